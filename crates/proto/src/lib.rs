@@ -1,0 +1,39 @@
+//! The nook host <-> guest wire protocol.
+//!
+//! One byte stream per VM (a virtio-console port today) carries multiplexed
+//! frames. Every frame is a 9-byte little-endian header followed by a payload:
+//!
+//! ```text
+//!  0        4        8  9
+//!  +--------+--------+--+---------------------------+
+//!  |  len   | stream |k | payload (len bytes)        |
+//!  +--------+--------+--+---------------------------+
+//!   u32 LE   u32 LE   u8
+//! ```
+//!
+//! `len` counts payload bytes only and never exceeds [`MAX_PAYLOAD`]. Stream 0
+//! is the control stream (handshake, shutdown); every exec uses its own stream
+//! id, chosen by the host. Control messages carry JSON payloads; stdio frames
+//! carry raw bytes, so binary data passes untouched.
+//!
+//! The crate is pure: no I/O beyond `Read`/`Write`, no threads, no unsafe.
+//! `docs/protocol.md` describes every message.
+#![forbid(unsafe_code)]
+
+mod frame;
+mod msg;
+
+pub use frame::{read_frame, write_frame, Decoder, Frame, FrameError, HEADER_LEN, MAX_PAYLOAD};
+pub use msg::{
+    ErrorCode, ErrorReply, ExecRequest, ExitStatus, GuestHello, GuestMsg, HostHello, HostMsg,
+    Kind, MsgError, Started, Winsize,
+};
+
+/// Version of the wire protocol. Host and agent refuse to talk across versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest stdio chunk a sender puts in one frame.
+pub const STDIO_CHUNK: usize = 32 * 1024;
+
+/// Stream id of the control stream.
+pub const CONTROL_STREAM: u32 = 0;

@@ -1,0 +1,100 @@
+//! Frozen wire schema: every message kind, encoded, must match the golden
+//! file byte for byte. A change here is a wire change: bump
+//! `PROTOCOL_VERSION` and regenerate with `NOOK_BLESS=1 cargo test -p nook-proto`.
+
+use nook_proto::*;
+
+fn samples() -> Vec<(&'static str, Frame)> {
+    vec![
+        (
+            "guest_hello",
+            GuestMsg::Hello(GuestHello {
+                protocol: PROTOCOL_VERSION,
+                agent_version: "0.1.0".into(),
+                kernel_release: "6.1.0".into(),
+            })
+            .to_frame(CONTROL_STREAM),
+        ),
+        (
+            "host_hello",
+            HostMsg::Hello(HostHello {
+                protocol: PROTOCOL_VERSION,
+                time_ns: Some(1_700_000_000_000_000_000),
+            })
+            .to_frame(CONTROL_STREAM),
+        ),
+        (
+            "exec",
+            HostMsg::Exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec![("FOO".into(), "bar".into())],
+                cwd: Some("/tmp".into()),
+                stdin: true,
+                tty: Some(Winsize { rows: 24, cols: 80 }),
+                timeout_ms: Some(3000),
+            })
+            .to_frame(1),
+        ),
+        ("started", GuestMsg::Started(Started { pid: 42 }).to_frame(1)),
+        ("stdin", HostMsg::Stdin(vec![0, 1, 2, 255]).to_frame(1)),
+        ("stdin_eof", HostMsg::Stdin(vec![]).to_frame(1)),
+        ("stdout", GuestMsg::Stdout(b"out\n".to_vec()).to_frame(1)),
+        ("stderr", GuestMsg::Stderr(b"err\n".to_vec()).to_frame(1)),
+        (
+            "exit",
+            GuestMsg::Exit(ExitStatus {
+                code: Some(7),
+                signal: None,
+                timed_out: false,
+            })
+            .to_frame(1),
+        ),
+        (
+            "error",
+            GuestMsg::Error(ErrorReply {
+                code: ErrorCode::NotFound,
+                message: "no such file".into(),
+            })
+            .to_frame(2),
+        ),
+        ("signal", HostMsg::Signal(15).to_frame(1)),
+        ("resize", HostMsg::Resize(Winsize { rows: 50, cols: 132 }).to_frame(1)),
+        ("shutdown", HostMsg::Shutdown.to_frame(CONTROL_STREAM)),
+    ]
+}
+
+fn render() -> String {
+    let mut out = format!("protocol {PROTOCOL_VERSION}\n");
+    for (name, frame) in samples() {
+        let bytes = frame.encode().expect("sample frames are small");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        out.push_str(&format!("{name} {hex}\n"));
+    }
+    out
+}
+
+#[test]
+fn wire_schema_is_frozen() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schema.golden");
+    let now = render();
+    if std::env::var_os("NOOK_BLESS").is_some() {
+        std::fs::write(path, &now).expect("write golden file");
+        return;
+    }
+    let golden = std::fs::read_to_string(path).expect("tests/schema.golden exists");
+    assert_eq!(
+        golden, now,
+        "the wire format changed: bump PROTOCOL_VERSION and re-bless (NOOK_BLESS=1)"
+    );
+}
+
+#[test]
+fn golden_frames_decode_back_to_the_samples() {
+    for (name, frame) in samples() {
+        let bytes = frame.encode().unwrap();
+        let back = read_frame(&mut &bytes[..]).unwrap().unwrap();
+        assert_eq!(back, frame, "{name}");
+        let ok = GuestMsg::from_frame(&back).is_ok() || HostMsg::from_frame(&back).is_ok();
+        assert!(ok, "{name} decodes as a message");
+    }
+}
