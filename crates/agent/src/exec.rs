@@ -1,0 +1,278 @@
+//! Running one command for the host: spawn in its own process group (or
+//! session, with a tty), pump stdio as frames, enforce the timeout, report
+//! the exit.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender as ChanSender};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nook_proto::{
+    ErrorCode, ErrorReply, ExecRequest, ExitStatus, GuestMsg, Kind, Started, STDIO_CHUNK,
+};
+
+use crate::channel::Sender;
+use crate::reaper::{kill_group, Reaper};
+use crate::tty;
+
+/// Base environment of every command; the request's env is applied on top.
+const BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+];
+
+/// After the command exits, how long to wait for its stdout/stderr to reach
+/// end of file (a background process may hold them open).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// What the request loop keeps of a running command.
+#[derive(Debug)]
+pub struct Running {
+    pub pgid: i32,
+    pub stdin: Option<ChanSender<Vec<u8>>>,
+    pub pty: Option<Arc<OwnedFd>>,
+}
+
+impl Running {
+    pub fn signal(&self, sig: i32) {
+        if let Ok(sig) = Signal::try_from(sig) {
+            kill_group(self.pgid, sig);
+        }
+    }
+}
+
+fn reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Starts `req` on `stream`. On success the command runs on its own threads
+/// and `on_done` is called once its `Exit` frame has been sent.
+pub fn start(
+    stream: u32,
+    req: ExecRequest,
+    out: Arc<Sender>,
+    reaper: &Reaper,
+    on_done: impl FnOnce() + Send + 'static,
+) -> Result<Running, ErrorReply> {
+    let Some(program) = req.argv.first() else {
+        return Err(reply(ErrorCode::BadRequest, "empty command"));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&req.argv[1..]).env_clear();
+    for (k, v) in BASE_ENV {
+        cmd.env(k, v);
+    }
+    if req.tty.is_some() {
+        cmd.env("TERM", "xterm-256color");
+    }
+    for (k, v) in &req.env {
+        cmd.env(k, v);
+    }
+    let cwd = req.cwd.as_deref().unwrap_or("/");
+    if !std::path::Path::new(cwd).is_dir() {
+        return Err(reply(
+            ErrorCode::BadRequest,
+            format!("working directory {cwd} does not exist in the guest"),
+        ));
+    }
+    cmd.current_dir(cwd);
+
+    let pty = match req.tty {
+        Some(ws) => Some(
+            tty::attach(&mut cmd, ws)
+                .map_err(|e| reply(ErrorCode::Internal, format!("cannot open a pty: {e}")))?,
+        ),
+        None => {
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+            None
+        }
+    };
+
+    let (mut child, status_rx) = reaper
+        .spawn(&mut cmd)
+        .map_err(|e| spawn_error(program, &e))?;
+    // Drop the command now: it holds the parent's copies of the pty slave.
+    drop(cmd);
+    let pid = child.id() as i32;
+    let _ = out.send(stream, &GuestMsg::Started(Started { pid: pid as u32 }));
+
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let mut pumps = 0;
+    let (stdin_tx, pty) = match pty {
+        Some(master) => {
+            let master = Arc::new(master);
+            let reader = File::from(
+                master
+                    .try_clone()
+                    .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?,
+            );
+            spawn_pump(stream, Kind::Stdout, reader, out.clone(), done_tx.clone());
+            pumps += 1;
+            let writer = File::from(
+                master
+                    .try_clone()
+                    .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?,
+            );
+            (Some(spawn_stdin(writer, true)), Some(master))
+        }
+        None => {
+            if let Some(o) = child.stdout.take() {
+                spawn_pump(stream, Kind::Stdout, o, out.clone(), done_tx.clone());
+                pumps += 1;
+            }
+            if let Some(e) = child.stderr.take() {
+                spawn_pump(stream, Kind::Stderr, e, out.clone(), done_tx.clone());
+                pumps += 1;
+            }
+            (child.stdin.take().map(|w| spawn_stdin(w, false)), None)
+        }
+    };
+    drop(done_tx);
+
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+    let waiter_out = out.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("nook-exec{stream}"))
+        .spawn(move || {
+            let (status, timed_out) = wait_for(pid, &status_rx, timeout);
+            // Let the pumps deliver what the command wrote before it ended.
+            let deadline = std::time::Instant::now() + DRAIN_GRACE;
+            for _ in 0..pumps {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if done_rx.recv_timeout(left).is_err() {
+                    break;
+                }
+            }
+            let mut exit = exit_status(status);
+            exit.timed_out = timed_out;
+            let _ = waiter_out.send(stream, &GuestMsg::Exit(exit));
+            on_done();
+        });
+    if let Err(e) = spawned {
+        kill_group(pid, Signal::SIGKILL);
+        return Err(reply(
+            ErrorCode::Internal,
+            format!("cannot start waiter thread: {e}"),
+        ));
+    }
+    Ok(Running {
+        pgid: pid,
+        stdin: stdin_tx,
+        pty,
+    })
+}
+
+/// Waits for the command's status, killing its process group at the timeout.
+fn wait_for(
+    pid: i32,
+    rx: &Receiver<WaitStatus>,
+    timeout: Option<Duration>,
+) -> (Option<WaitStatus>, bool) {
+    if let Some(t) = timeout {
+        match rx.recv_timeout(t) {
+            Ok(st) => return (Some(st), false),
+            Err(RecvTimeoutError::Disconnected) => return (None, false),
+            Err(RecvTimeoutError::Timeout) => {
+                kill_group(pid, Signal::SIGKILL);
+                return (rx.recv().ok(), true);
+            }
+        }
+    }
+    (rx.recv().ok(), false)
+}
+
+fn exit_status(st: Option<WaitStatus>) -> ExitStatus {
+    match st {
+        Some(WaitStatus::Exited(_, code)) => ExitStatus {
+            code: Some(code),
+            ..Default::default()
+        },
+        Some(WaitStatus::Signaled(_, sig, _)) => ExitStatus {
+            signal: Some(sig as i32),
+            ..Default::default()
+        },
+        _ => ExitStatus::default(),
+    }
+}
+
+fn spawn_error(program: &str, e: &io::Error) -> ErrorReply {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => reply(ErrorCode::NotFound, format!("{program}: command not found")),
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => reply(
+            ErrorCode::NotExecutable,
+            format!("{program}: cannot execute: {e}"),
+        ),
+        _ => reply(ErrorCode::Internal, format!("{program}: cannot start: {e}")),
+    }
+}
+
+/// Copies a command's output to the host as frames of `kind`.
+fn spawn_pump(
+    stream: u32,
+    kind: Kind,
+    mut from: impl Read + Send + 'static,
+    out: Arc<Sender>,
+    done: ChanSender<()>,
+) {
+    let _ = thread::Builder::new()
+        .name(format!("nook-pump{stream}"))
+        .spawn(move || {
+            let mut buf = vec![0u8; STDIO_CHUNK];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if out.raw(stream, kind as u8, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // A pty master reports EIO once the last slave fd closes.
+                    Err(_) => break,
+                }
+            }
+            let _ = done.send(());
+        });
+}
+
+/// Feeds stdin frames to the command. An empty chunk closes stdin (on a
+/// tty it is ignored: the terminal's own ^D ends input there).
+fn spawn_stdin(mut to: impl Write + Send + 'static, tty: bool) -> ChanSender<Vec<u8>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let _ = thread::Builder::new()
+        .name("nook-stdin".into())
+        .spawn(move || {
+            for chunk in rx {
+                if chunk.is_empty() {
+                    if tty {
+                        continue;
+                    }
+                    break;
+                }
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+    tx
+}

@@ -1,0 +1,104 @@
+//! PID 1 duties: pseudo filesystems, modules, hostname, power off.
+
+use std::fs;
+use std::io;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+
+use crate::modules;
+
+/// Mounts proc, sysfs, devtmpfs, devpts and the tmpfs mounts, loads the
+/// modules from the manifest and names the host.
+pub fn setup() -> io::Result<()> {
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    fs::create_dir_all("/dev/pts")?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=620,ptmxmode=666"),
+    )?;
+    // /dev/ptmx from devtmpfs is the legacy node; point it at this devpts.
+    let _ = fs::remove_file("/dev/ptmx");
+    std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx")?;
+    fs::create_dir_all("/dev/shm")?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    modules::load_manifest(modules::MANIFEST, &cmdline);
+    let _ = nix::unistd::sethostname("nook");
+    Ok(())
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mount {fstype} on {target}: {e}"),
+        )
+    })
+}
+
+/// Flushes file systems and powers the machine off. Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_POWER_OFF);
+    // Only reached when not allowed to reboot (not PID 1 in a VM).
+    std::process::exit(1)
+}

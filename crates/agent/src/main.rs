@@ -1,0 +1,53 @@
+//! nook-agent: PID 1 of a nook guest.
+//!
+//! Boot order: mount the pseudo filesystems, load the kernel modules listed
+//! in `/etc/nook/modules`, open the `nook.agent` virtio-console port, greet
+//! the host, then serve requests until told to shut down. Statically linked
+//! so the initramfs needs no libc.
+
+mod channel;
+mod exec;
+mod init;
+mod modules;
+mod reaper;
+mod serve;
+mod tty;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        if let Err(e) = init::setup() {
+            log(&format!("init failed: {e}"));
+            init::power_off();
+        }
+    }
+    let port = match channel::open_port(channel::PORT_NAME) {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!("cannot open the agent channel: {e}"));
+            if pid1 {
+                init::power_off();
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = serve::serve(port, pid1);
+    if let Err(e) = &result {
+        log(&format!("agent stopped: {e}"));
+    }
+    if pid1 {
+        init::power_off();
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Writes one line to the console (the kernel log device when PID 1).
+pub(crate) fn log(msg: &str) {
+    eprintln!("nook-agent: {msg}");
+}
