@@ -1,0 +1,17 @@
+//! The host side of nook images: a content-addressed image store that pulls
+//! from OCI registries, imports OCI layouts and `docker save` archives,
+//! builds Debian roots with mmdebstrap, unpacks layers safely (whiteouts,
+//! links, no escapes from the root) and turns each image into a read-only
+//! ext4 root filesystem file that the VM attaches as a virtio-blk disk.
+//!
+//! See `docs/images.md` for the store layout.
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod layer;
+pub mod manifest;
+
+pub use digest::{Digest, DigestError};
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
