@@ -1,2 +1,58 @@
-//! nook's own virtual machine monitor on KVM (the `kvm` engine).
+//! nook's own virtual machine monitor on KVM: the `kvm` engine.
+//!
+//! ```no_run
+//! use nook_vmm::{ExitReason, SerialSink, Vm, VmConfig};
+//! let mut cfg = VmConfig::new("/boot/vmlinuz");
+//! cfg.cmdline = "console=ttyS0 reboot=k".into();
+//! cfg.serial = SerialSink::Stdout;
+//! let mut vm = Vm::start(cfg)?;
+//! assert_eq!(vm.wait()?, ExitReason::PowerOff);
+//! # Ok::<(), nook_vmm::VmmError>(())
+//! ```
+//!
+//! # Machine
+//! x86_64, in-kernel irqchip and PIT, COM1 8250 (IRQ 4), an i8042 that only
+//! resets, ACPI (hardware-reduced FADT, DSDT with `\_S5`, MADT), and
+//! virtio-mmio devices (console, block, rng) announced on the kernel
+//! command line. See [`arch::x86_64::layout`] for the memory map.
+//!
+//! # Kernels
+//! bzImage (64-bit boot protocol), ELF with a PVH note (Linux `vmlinux`,
+//! 32-bit PVH entry) and plain 64-bit ELF (entered in long mode at
+//! `e_entry` with the first 4 GiB identity-mapped, RSI = Linux zero page).
+//!
+//! # How a VM ends ([`ExitReason`])
+//! * [`ExitReason::PowerOff`]: the guest wrote `0x34` (SLP_EN | SLP_TYP=5)
+//!   to the ACPI sleep control port 0x600. Linux does this on `poweroff`
+//!   (the ACPI tables make it install its ACPI power-off handler; do not
+//!   pass `acpi=off`).
+//! * [`ExitReason::Reset`]: i8042 command 0xfe on port 0x64 (Linux
+//!   `reboot=k`), or 1 written to the ACPI reset port 0x602 (`reboot=a`).
+//!   The VMM never reboots a guest.
+//! * [`ExitReason::TripleFault`]: a vCPU triple-faulted (`reboot=t`).
+//! * [`ExitReason::Stopped`]: the host called [`Vm::stop`] or dropped the VM.
+//! * [`ExitReason::InternalError`]: KVM could not run the guest further.
+//!
+//! Host-side failures while running (a failing `KVM_RUN` ioctl, the event
+//! loop dying) come back from [`Vm::wait`] as [`VmmError::Failed`].
+//!
+//! # Threads and signals
+//! One `nook-vcpu{N}` thread per vCPU and one `nook-vmm` device thread.
+//! vCPU threads are kicked out of `KVM_RUN` with the real-time signal
+//! `SIGRTMIN + 1`, for which the crate installs a handler.
+
+pub mod arch;
+mod builder;
+pub mod config;
+pub mod devices;
+mod error;
+mod event_loop;
+mod machine;
 pub mod probe;
+pub mod vstate;
+
+pub use arch::x86_64::boot::{BootSetup, KernelFormat};
+pub use config::{DiskConfig, SerialSink, VmConfig};
+pub use error::VmmError;
+pub use machine::{boot, Vm};
+pub use vstate::exit::ExitReason;

@@ -1,0 +1,270 @@
+//! Turns a [`VmConfig`] into a running [`Vm`], in this order:
+//!
+//! 1. validate the configuration, install the vCPU kick handler;
+//! 2. allocate guest memory;
+//! 3. write ACPI tables, load kernel/initrd/command line (with the
+//!    `virtio_mmio.device=` entries appended), boot page tables and GDT;
+//! 4. create the KVM VM: memory slots, then irqchip and PIT (cheap order);
+//! 5. wire devices: COM1, i8042, ACPI power ports on the port bus; virtio
+//!    transports on the MMIO bus with an irqfd each and an ioeventfd per
+//!    queue;
+//! 6. create and configure vCPUs;
+//! 7. start the `nook-vmm` event loop, then the `nook-vcpu{N}` threads.
+//!
+//! Any failure after threads exist goes through [`Vm`]'s drop, which stops
+//! and joins them.
+
+use std::fmt::Write as _;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::acpi::write_acpi_tables;
+use crate::arch::x86_64::boot::{load_guest, GuestImage};
+use crate::arch::x86_64::layout::{
+    COM1_IRQ, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, SLEEP_CONTROL_PORT, VIRTIO_IRQS,
+    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+};
+use crate::arch::x86_64::regs::write_boot_tables;
+use crate::config::{SerialSink, VmConfig};
+use crate::devices::bus::Bus;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::power::AcpiPower;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::Console;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::error::VmmError;
+use crate::event_loop::EventLoop;
+use crate::machine::Vm;
+use crate::vstate::exit::{ExitState, Outcome};
+use crate::vstate::memory::create_guest_memory;
+use crate::vstate::vcpu::{create_vcpu, install_kick_handler, Vcpu};
+use crate::vstate::vm::create_vm;
+
+fn new_eventfd(what: &str) -> Result<EventFd, VmmError> {
+    EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| VmmError::Device {
+        what: format!("{what} eventfd"),
+        source,
+    })
+}
+
+fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd, VmmError> {
+    evt.try_clone().map_err(|source| VmmError::Device {
+        what: format!("{what} eventfd"),
+        source,
+    })
+}
+
+fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
+    let evt = new_eventfd(what)?;
+    vm.register_irqfd(&evt, gsi).map_err(|e| VmmError::Device {
+        what: format!("{what} irqfd (line {gsi})"),
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+    Ok(evt)
+}
+
+/// Builds and starts the VM (see the module docs for the order).
+pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
+    cfg.validate()?;
+    install_kick_handler()?;
+    let mem = create_guest_memory(cfg.mem_bytes())?;
+
+    // The virtio devices, in their documented order.
+    let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    let VmConfig {
+        kernel,
+        initrd,
+        cmdline: user_cmdline,
+        vcpus,
+        serial,
+        console,
+        disks,
+        rng,
+        ..
+    } = cfg;
+    let mem_bytes = u64::from(cfg.mem_mib) << 20;
+    if let Some(stream) = console {
+        let c = Console::new(Some(stream)).map_err(|source| VmmError::Device {
+            what: "virtio-console stream".into(),
+            source,
+        })?;
+        devices.push(("virtio-console".into(), Box::new(c)));
+    }
+    for (i, d) in disks.iter().enumerate() {
+        let id = if d.id.is_empty() {
+            format!("nook-disk{i}")
+        } else {
+            d.id.clone()
+        };
+        let b = Block::open(&d.path, d.read_only, &id)?;
+        devices.push((format!("virtio-blk{i}"), Box::new(b)));
+    }
+    if rng {
+        devices.push(("virtio-rng".into(), Box::new(Rng::new())));
+    }
+
+    let mut cmdline = user_cmdline.trim().to_string();
+    for (i, _) in devices.iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        let _ = write!(
+            cmdline,
+            "virtio_mmio.device=4K@{base:#x}:{}",
+            VIRTIO_IRQS[i]
+        );
+    }
+
+    let rsdp = write_acpi_tables(&mem, vcpus)?;
+    let boot = load_guest(
+        &mem,
+        &GuestImage {
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            cmdline: &cmdline,
+            mem_bytes,
+            rsdp,
+        },
+    )?;
+    write_boot_tables(&mem, boot.mode)?;
+
+    let kvm_vm = create_vm(&mem)?;
+    let vm_fd = &kvm_vm.fd;
+
+    // Port I/O devices.
+    let mut pio = Bus::default();
+    let out: Box<dyn std::io::Write + Send> = match serial {
+        SerialSink::Null => Box::new(std::io::sink()),
+        SerialSink::Stdout => Box::new(std::io::stdout()),
+        SerialSink::File(path) => {
+            Box::new(
+                std::fs::File::create(&path).map_err(|source| VmmError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        SerialSink::Writer(w) => w,
+    };
+    let com1 = SerialDevice::new(irqfd(vm_fd, COM1_IRQ, "serial")?, out);
+    pio.insert(Arc::new(Mutex::new(com1)), u64::from(COM1_PORT), 8)?;
+    let i8042 = Arc::new(Mutex::new(I8042));
+    pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
+    pio.insert(i8042, u64::from(I8042_CMD_PORT), 1)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPower)),
+        u64::from(SLEEP_CONTROL_PORT),
+        3,
+    )?;
+
+    // Virtio devices.
+    let mut mmio = Bus::default();
+    let activated = new_eventfd("device activation")?;
+    let mut transports = Vec::new();
+    let mut queue_evts = Vec::new();
+    for (i, (name, device)) in devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        let irq = Arc::new(IrqTrigger::new(irqfd(vm_fd, VIRTIO_IRQS[i], &name)?));
+        let mut notify = Vec::new();
+        for q in 0..device.queue_max_sizes().len() {
+            let evt = new_eventfd(&name)?;
+            vm_fd
+                .register_ioevent(&evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
+                .map_err(|e| VmmError::Device {
+                    what: format!("{name} queue {q} ioeventfd"),
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+            notify.push(clone_eventfd(&evt, &name)?);
+            queue_evts.push((i, q as u16, evt));
+        }
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mem.clone(),
+            irq,
+            notify,
+            Some(clone_eventfd(&activated, "device activation")?),
+        )));
+        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        transports.push(transport);
+    }
+
+    let mut vcpu_fds = Vec::new();
+    for index in 0..vcpus {
+        vcpu_fds.push(create_vcpu(
+            vm_fd,
+            &kvm_vm.supported_cpuid,
+            index,
+            vcpus,
+            (boot.mode, boot.entry),
+        )?);
+    }
+
+    let exit = Arc::new(ExitState::new());
+    let event_stop = new_eventfd("event loop stop")?;
+    let event_loop = EventLoop::new(
+        clone_eventfd(&event_stop, "event loop stop")?,
+        activated,
+        transports,
+        queue_evts,
+    )
+    .map_err(|source| VmmError::Device {
+        what: "event loop epoll".into(),
+        source,
+    })?;
+
+    let mut vm = Vm {
+        exit: exit.clone(),
+        vcpu_threads: Vec::new(),
+        event_thread: None,
+        event_stop,
+        kvm_vm: None,
+        mem,
+        boot,
+        cmdline,
+    };
+    let loop_exit = exit.clone();
+    vm.event_thread = Some(
+        std::thread::Builder::new()
+            .name("nook-vmm".into())
+            .spawn(move || {
+                if let Err(e) = event_loop.run() {
+                    loop_exit.finish(Outcome::Failed {
+                        what: "device event loop".into(),
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    });
+                }
+            })
+            .map_err(|source| VmmError::Spawn {
+                name: "nook-vmm".into(),
+                source,
+            })?,
+    );
+
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let vcpu = Vcpu {
+            index: index as u8,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: exit.clone(),
+        };
+        let name = format!("nook-vcpu{index}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || vcpu.run())
+            .map_err(|source| VmmError::Spawn { name, source })?;
+        exit.register_vcpu_thread(handle.as_pthread_t());
+        vm.vcpu_threads.push(handle);
+    }
+    vm.kvm_vm = Some(kvm_vm);
+    Ok(vm)
+}

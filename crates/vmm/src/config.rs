@@ -1,0 +1,161 @@
+//! What a VM is made of: [`VmConfig`] and its parts, validated once by
+//! [`VmConfig::validate`] before anything is built.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use crate::arch::x86_64::layout::VIRTIO_IRQS;
+
+/// Where the guest's COM1 output goes.
+pub enum SerialSink {
+    /// Discarded.
+    Null,
+    /// The host process's stdout.
+    Stdout,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Any writer.
+    Writer(Box<dyn Write + Send>),
+}
+
+impl std::fmt::Debug for SerialSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Null => f.write_str("Null"),
+            Self::Stdout => f.write_str("Stdout"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Writer(_) => f.write_str("Writer(..)"),
+        }
+    }
+}
+
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Image file.
+    pub path: PathBuf,
+    /// Refuse guest writes (the file is also opened read-only).
+    pub read_only: bool,
+    /// Serial number returned to the guest (GET_ID), up to 20 bytes; empty
+    /// means `nook-disk{N}`.
+    pub id: String,
+}
+
+/// Everything needed to start a VM.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// Kernel: bzImage, ELF with a PVH note (vmlinux) or plain 64-bit ELF.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line. `virtio_mmio.device=` entries for the virtio
+    /// devices are appended to it.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub mem_mib: u32,
+    /// Number of vCPUs (1..=[`MAX_VCPUS`]).
+    pub vcpus: u8,
+    /// Where COM1 output goes.
+    pub serial: SerialSink,
+    /// Backend of the virtio-console port (the agent channel): bytes the
+    /// guest writes to the port go to this stream, bytes read from it go to
+    /// the guest. No console device if `None`.
+    pub console: Option<UnixStream>,
+    /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ... after the
+    /// console if any; see [`crate::Vm`] for the device order).
+    pub disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device.
+    pub rng: bool,
+}
+
+/// Most vCPUs supported (APIC ids fit the MADT and CPUID fields used).
+pub const MAX_VCPUS: u8 = 64;
+/// Least guest memory accepted, in MiB.
+pub const MIN_MEM_MIB: u32 = 2;
+
+/// Invalid configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Too little memory.
+    #[error("guest memory of {0} MiB is too small (at least {MIN_MEM_MIB} MiB)")]
+    MemoryTooSmall(u32),
+    /// vCPU count out of range.
+    #[error("{0} vcpus requested; 1 to {MAX_VCPUS} are supported")]
+    Vcpus(u8),
+    /// More virtio devices than interrupt lines.
+    #[error("{0} virtio devices requested; at most {max} are supported", max = VIRTIO_IRQS.len())]
+    TooManyDevices(usize),
+}
+
+impl VmConfig {
+    /// A configuration with defaults: 128 MiB, one vCPU, serial discarded,
+    /// no devices.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            mem_mib: 128,
+            vcpus: 1,
+            serial: SerialSink::Null,
+            console: None,
+            disks: Vec::new(),
+            rng: false,
+        }
+    }
+
+    /// Number of virtio devices this configuration asks for.
+    pub fn virtio_device_count(&self) -> usize {
+        usize::from(self.console.is_some()) + self.disks.len() + usize::from(self.rng)
+    }
+
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        u64::from(self.mem_mib) << 20
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mem_mib < MIN_MEM_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.mem_mib));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        let n = self.virtio_device_count();
+        if n > VIRTIO_IRQS.len() {
+            return Err(ConfigError::TooManyDevices(n));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_catches_bad_sizes() {
+        let mut c = VmConfig::new("/k");
+        assert!(c.validate().is_ok());
+        c.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
+        c.vcpus = 2;
+        c.mem_mib = 1;
+        assert!(c.validate().is_err());
+        c.mem_mib = 64;
+        c.disks = (0..11)
+            .map(|i| DiskConfig {
+                path: format!("/d{i}").into(),
+                read_only: true,
+                id: String::new(),
+            })
+            .collect();
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(11))));
+        assert_eq!(
+            format!("{:?}", SerialSink::Writer(Box::new(Vec::new()))),
+            "Writer(..)"
+        );
+    }
+}

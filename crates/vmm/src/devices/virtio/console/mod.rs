@@ -1,0 +1,7 @@
+//! virtio-console with a single port (no multiport), backed by a Unix
+//! stream: the agent channel.
+mod device;
+mod queue_handler;
+
+pub use device::Console;
+pub use queue_handler::{ConsoleQueueHandler, INPUT_CAPACITY, OUTPUT_CAPACITY};

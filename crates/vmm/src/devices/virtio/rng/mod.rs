@@ -1,0 +1,6 @@
+//! virtio-rng: entropy from the host's `getrandom`.
+mod device;
+mod queue_handler;
+
+pub use device::Rng;
+pub use queue_handler::{RngQueueHandler, MAX_BYTES_PER_REQUEST};

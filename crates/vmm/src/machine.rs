@@ -1,0 +1,133 @@
+//! The running VM handle: [`Vm::start`], [`Vm::wait`], [`Vm::stop`].
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::boot::BootSetup;
+use crate::builder;
+use crate::config::VmConfig;
+use crate::error::VmmError;
+use crate::vstate::exit::{ExitReason, ExitState, Outcome};
+use crate::vstate::vm::KvmVm;
+
+/// A running (or ended, not yet dropped) microVM.
+///
+/// Threads: `nook-vcpu{N}` per vCPU and `nook-vmm` for device I/O. Every
+/// way the VM ends — guest power-off, reset, triple fault, an error,
+/// [`stop`](Self::stop) or drop — joins all of them and, when the `Vm` is
+/// dropped, closes every file descriptor it opened.
+///
+/// Virtio devices sit at `0xd000_0000 + 0x1000 * n` with interrupt lines
+/// 5, 6, 7, 9, 10, ... in this order: console (if configured), disks in
+/// order, rng (if configured).
+pub struct Vm {
+    pub(crate) exit: std::sync::Arc<ExitState>,
+    pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
+    pub(crate) event_thread: Option<JoinHandle<()>>,
+    pub(crate) event_stop: EventFd,
+    /// Declared before `mem`: the VM fd goes before the memory it maps.
+    pub(crate) kvm_vm: Option<KvmVm>,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) boot: BootSetup,
+    pub(crate) cmdline: String,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("boot", &self.boot)
+            .field("vcpus", &self.vcpu_threads.len())
+            .field("ended", &self.exit.outcome().is_some())
+            .finish()
+    }
+}
+
+impl Vm {
+    /// Builds and starts a VM. Returns once the vCPUs are running.
+    pub fn start(cfg: VmConfig) -> Result<Vm, VmmError> {
+        builder::build(cfg)
+    }
+
+    /// Blocks until the VM ends, tears it down and says why it ended.
+    /// Calling it again returns the same answer.
+    pub fn wait(&mut self) -> Result<ExitReason, VmmError> {
+        let outcome = self.exit.wait(None);
+        self.teardown();
+        outcome_to_result(outcome)
+    }
+
+    /// Like [`wait`](Self::wait) but gives up after `timeout`, leaving the
+    /// VM running (`Ok(None)`).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitReason>, VmmError> {
+        match self.exit.wait(Some(timeout)) {
+            None => Ok(None),
+            some => {
+                self.teardown();
+                outcome_to_result(some).map(Some)
+            }
+        }
+    }
+
+    /// Kills the VM now (if it is still running) and joins its threads. The
+    /// exit reason becomes [`ExitReason::Stopped`] unless it had already
+    /// ended.
+    pub fn stop(&mut self) {
+        self.exit.finish(Outcome::Exit(ExitReason::Stopped));
+        self.teardown();
+    }
+
+    /// Kernel image format and entry mode used.
+    pub fn boot_setup(&self) -> BootSetup {
+        self.boot
+    }
+
+    /// The full kernel command line given to the guest.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Guest memory (for inspection by tests and tools).
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Joins every thread. Only called after the outcome is set (so every
+    /// vCPU thread has been kicked).
+    fn teardown(&mut self) {
+        debug_assert!(self.exit.outcome().is_some());
+        for t in self.vcpu_threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(t) = self.event_thread.take() {
+            let _ = self.event_stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn outcome_to_result(outcome: Option<Outcome>) -> Result<ExitReason, VmmError> {
+    match outcome {
+        Some(Outcome::Exit(reason)) => Ok(reason),
+        Some(Outcome::Failed { what, errno }) => Err(VmmError::Failed {
+            what,
+            source: std::io::Error::from_raw_os_error(errno),
+        }),
+        None => Ok(ExitReason::Stopped),
+    }
+}
+
+/// Boots `cfg` and waits for it to end: the whole life of a VM in one call
+/// (what `nook boot` needs; use [`SerialSink::Stdout`](crate::SerialSink)
+/// to see the console).
+pub fn boot(cfg: VmConfig) -> Result<ExitReason, VmmError> {
+    Vm::start(cfg)?.wait()
+}
