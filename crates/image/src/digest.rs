@@ -158,9 +158,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_digests() {
-        assert!(matches!(Digest::parse("sha512:00"), Err(DigestError::Algorithm(_))));
-        assert!(matches!(Digest::parse("sha256:XYZ"), Err(DigestError::Malformed(_))));
-        assert!(matches!(Digest::parse("nocolon"), Err(DigestError::Malformed(_))));
+        assert!(matches!(
+            Digest::parse("sha512:00"),
+            Err(DigestError::Algorithm(_))
+        ));
+        assert!(matches!(
+            Digest::parse("sha256:XYZ"),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            Digest::parse("nocolon"),
+            Err(DigestError::Malformed(_))
+        ));
         let upper = format!("sha256:{}", "A".repeat(64));
         assert!(Digest::parse(&upper).is_err());
     }

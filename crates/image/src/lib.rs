@@ -7,11 +7,22 @@
 //! See `docs/images.md` for the store layout.
 #![forbid(unsafe_code)]
 
+mod archive;
+mod debian;
 pub mod digest;
+mod error;
 pub mod layer;
+mod lock;
 pub mod manifest;
+mod registry;
+pub mod rootfs;
+mod store;
 
+pub use debian::MIRROR_ENV;
 pub use digest::{Digest, DigestError};
+pub use error::ImageError;
+pub use registry::{PullOptions, RegistryAuth};
+pub use store::{GcReport, ImageConfig, ImageInfo, ImageStore};
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

@@ -101,7 +101,8 @@ impl Descriptor {
 
     /// The validated size.
     pub fn size(&self) -> Result<u64, ManifestError> {
-        u64::try_from(self.size).map_err(|_| ManifestError::NegativeSize(self.digest.clone(), self.size))
+        u64::try_from(self.size)
+            .map_err(|_| ManifestError::NegativeSize(self.digest.clone(), self.size))
     }
 }
 
@@ -241,7 +242,9 @@ impl LayerCompression {
     /// Maps a layer media type; refuses non-layer content.
     pub fn from_media_type(media_type: &str) -> Result<LayerCompression, ManifestError> {
         match media_type {
-            OCI_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Ok(LayerCompression::None),
+            OCI_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
+                Ok(LayerCompression::None)
+            }
             OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Ok(LayerCompression::Gzip),
             OCI_LAYER_ZSTD => Ok(LayerCompression::Zstd),
             "" => Ok(LayerCompression::Sniff),
@@ -338,7 +341,10 @@ pub fn parse_config(bytes: &[u8], layer_count: usize) -> Result<ConfigFile, Mani
     }
     if let Some(rootfs) = &config.rootfs {
         if !rootfs.diff_ids.is_empty() && rootfs.diff_ids.len() != layer_count {
-            return Err(ManifestError::DiffIdCount(rootfs.diff_ids.len(), layer_count));
+            return Err(ManifestError::DiffIdCount(
+                rootfs.diff_ids.len(),
+                layer_count,
+            ));
         }
         for id in &rootfs.diff_ids {
             Digest::parse(id).map_err(ManifestError::Digest)?;
@@ -365,7 +371,9 @@ mod tests {
     #[test]
     fn parses_image_manifest() {
         let m = parse_manifest(manifest_json(OCI_LAYER_GZIP).as_bytes()).unwrap();
-        let Manifest::Image(m) = m else { panic!("not an image") };
+        let Manifest::Image(m) = m else {
+            panic!("not an image")
+        };
         assert_eq!(m.layers.len(), 1);
         assert_eq!(m.layers[0].digest().unwrap().to_string(), D);
     }
@@ -373,9 +381,15 @@ mod tests {
     #[test]
     fn refuses_foreign_layers_and_schema1() {
         let foreign = manifest_json("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip");
-        assert!(matches!(parse_manifest(foreign.as_bytes()), Err(ManifestError::MediaType(_))));
+        assert!(matches!(
+            parse_manifest(foreign.as_bytes()),
+            Err(ManifestError::MediaType(_))
+        ));
         let v1 = r#"{"schemaVersion":1,"fsLayers":[]}"#;
-        assert!(matches!(parse_manifest(v1.as_bytes()), Err(ManifestError::SchemaVersion(1))));
+        assert!(matches!(
+            parse_manifest(v1.as_bytes()),
+            Err(ManifestError::SchemaVersion(1))
+        ));
     }
 
     #[test]
@@ -386,23 +400,37 @@ mod tests {
             {{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
             "1".repeat(64)
         );
-        let Manifest::Index(idx) = parse_manifest(idx.as_bytes()).unwrap() else { panic!("not an index") };
+        let Manifest::Index(idx) = parse_manifest(idx.as_bytes()).unwrap() else {
+            panic!("not an index")
+        };
         let d = select_linux_amd64(&idx).unwrap();
         assert!(d.digest.ends_with(&"1".repeat(64)));
-        let arm_only = ImageIndex { manifests: vec![idx.manifests[0].clone(), idx.manifests[0].clone()], ..idx };
-        assert_eq!(select_linux_amd64(&arm_only).unwrap_err(), "linux/arm64, linux/arm64");
+        let arm_only = ImageIndex {
+            manifests: vec![idx.manifests[0].clone(), idx.manifests[0].clone()],
+            ..idx
+        };
+        assert_eq!(
+            select_linux_amd64(&arm_only).unwrap_err(),
+            "linux/arm64, linux/arm64"
+        );
     }
 
     #[test]
     fn config_platform_and_diff_ids_checked() {
         let arm = r#"{"architecture":"arm64","os":"linux"}"#;
-        assert!(matches!(parse_config(arm.as_bytes(), 0), Err(ManifestError::Platform(..))));
+        assert!(matches!(
+            parse_config(arm.as_bytes(), 0),
+            Err(ManifestError::Platform(..))
+        ));
         let cfg = format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["A=1"],"WorkingDir":"/w"}},"rootfs":{{"type":"layers","diff_ids":["{D}"]}}}}"#
         );
         let c = parse_config(cfg.as_bytes(), 1).unwrap();
         assert_eq!(c.config.unwrap().working_dir.as_deref(), Some("/w"));
-        assert!(matches!(parse_config(cfg.as_bytes(), 2), Err(ManifestError::DiffIdCount(1, 2))));
+        assert!(matches!(
+            parse_config(cfg.as_bytes(), 2),
+            Err(ManifestError::DiffIdCount(1, 2))
+        ));
     }
 
     proptest! {

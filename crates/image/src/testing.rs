@@ -104,7 +104,13 @@ impl LayerBuilder {
 
     /// A member of `kind` whose name is written verbatim (up to 100 bytes),
     /// bypassing the tar crate's checks: for `../x` and `/abs` members.
-    pub fn raw(&mut self, kind: tar::EntryType, name: &[u8], link: &[u8], data: &[u8]) -> &mut Self {
+    pub fn raw(
+        &mut self,
+        kind: tar::EntryType,
+        name: &[u8],
+        link: &[u8],
+        data: &[u8],
+    ) -> &mut Self {
         let mut h = header(kind, 0o644, data.len() as u64);
         {
             let gnu = h.as_gnu_mut().expect("gnu header");

@@ -90,7 +90,9 @@ impl MemberPath {
     /// The path of the parent, or `None` for the root.
     pub fn parent(&self) -> Option<MemberPath> {
         let (_, parent) = self.components.split_last()?;
-        Some(MemberPath { components: parent.to_vec() })
+        Some(MemberPath {
+            components: parent.to_vec(),
+        })
     }
 
     /// This path with one more component.
@@ -149,13 +151,28 @@ mod tests {
 
     #[test]
     fn refuses_escapes() {
-        assert!(matches!(MemberPath::parse(b"../x"), Err(PathError::ParentDir(_))));
-        assert!(matches!(MemberPath::parse(b"a/../../x"), Err(PathError::ParentDir(_))));
-        assert!(matches!(MemberPath::parse(b"a/.."), Err(PathError::ParentDir(_))));
-        assert!(matches!(MemberPath::parse(b"/etc/x"), Err(PathError::Absolute(_))));
+        assert!(matches!(
+            MemberPath::parse(b"../x"),
+            Err(PathError::ParentDir(_))
+        ));
+        assert!(matches!(
+            MemberPath::parse(b"a/../../x"),
+            Err(PathError::ParentDir(_))
+        ));
+        assert!(matches!(
+            MemberPath::parse(b"a/.."),
+            Err(PathError::ParentDir(_))
+        ));
+        assert!(matches!(
+            MemberPath::parse(b"/etc/x"),
+            Err(PathError::Absolute(_))
+        ));
         assert!(matches!(MemberPath::parse(b"a\0b"), Err(PathError::Nul(_))));
         let long = "a".repeat(256);
-        assert!(matches!(MemberPath::parse(long.as_bytes()), Err(PathError::TooLong(_))));
+        assert!(matches!(
+            MemberPath::parse(long.as_bytes()),
+            Err(PathError::TooLong(_))
+        ));
     }
 
     proptest! {

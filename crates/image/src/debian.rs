@@ -1,0 +1,346 @@
+//! Debian images: a root built from Debian's own packages with
+//! `mmdebstrap`, stored as a one-layer image and cached by recipe.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::digest::Digest;
+use crate::error::{io_err, ImageError};
+use crate::manifest;
+use crate::rootfs::tail;
+use crate::store::{remove_path, write_atomic, ImageInfo, ImageStore};
+
+/// Variant passed to mmdebstrap: Essential + Priority: required + apt.
+const VARIANT: &str = "minbase";
+/// Bump when the recipe's meaning changes, to invalidate cached builds.
+const RECIPE_VERSION: u32 = 1;
+/// Environment variable naming the Debian mirror (default: mmdebstrap's).
+pub const MIRROR_ENV: &str = "NOOK_DEBIAN_MIRROR";
+
+#[derive(Serialize, Deserialize)]
+struct CacheEntry {
+    digest: String,
+}
+
+fn invalid(what: &'static str, value: &str, rule: &'static str) -> ImageError {
+    ImageError::InvalidArgument {
+        what,
+        value: value.to_owned(),
+        rule,
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ImageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "image name",
+            name,
+            "use letters, digits and . _ - / : (128 at most), starting with a letter or digit",
+        ))
+    }
+}
+
+fn check_suite(suite: &str) -> Result<(), ImageError> {
+    let ok = !suite.is_empty()
+        && suite.len() <= 32
+        && suite.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && suite
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "Debian suite",
+            suite,
+            "use a suite or codename such as bookworm or stable",
+        ))
+    }
+}
+
+/// Debian policy: lower-case letters, digits, `+ - .`, starting with a
+/// letter or digit, at least two characters.
+fn check_package(pkg: &str) -> Result<(), ImageError> {
+    let ok = pkg.len() >= 2
+        && pkg.len() <= 100
+        && pkg
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && pkg
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "Debian package name",
+            pkg,
+            "use a package name as apt knows it, such as python3",
+        ))
+    }
+}
+
+fn check_mirror(mirror: &str) -> Result<(), ImageError> {
+    let ok = (mirror.starts_with("http://") || mirror.starts_with("https://"))
+        && !mirror
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            MIRROR_ENV,
+            mirror,
+            "use an http:// or https:// mirror URL",
+        ))
+    }
+}
+
+/// What identifies a build: same recipe, same image.
+fn recipe_key(suite: &str, packages: &BTreeSet<&str>, mirror: Option<&str>) -> Digest {
+    let recipe = json!({
+        "version": RECIPE_VERSION,
+        "suite": suite,
+        "variant": VARIANT,
+        "architecture": "amd64",
+        "packages": packages,
+        "mirror": mirror,
+    });
+    Digest::of_bytes(recipe.to_string().as_bytes())
+}
+
+impl ImageStore {
+    /// Builds (or finds in the cache) an image named `name` from Debian
+    /// `suite` with `packages` installed on top of the minbase variant,
+    /// using `mmdebstrap` (as root). The same suite, package set and mirror
+    /// (`NOOK_DEBIAN_MIRROR`) give the cached image without rebuilding.
+    /// `progress` lets mmdebstrap's output through to stderr.
+    pub fn build_debian(
+        &self,
+        name: &str,
+        suite: &str,
+        packages: &[String],
+        progress: bool,
+    ) -> Result<ImageInfo, ImageError> {
+        check_name(name)?;
+        check_suite(suite)?;
+        for p in packages {
+            check_package(p)?;
+        }
+        let mirror = std::env::var(MIRROR_ENV).ok().filter(|m| !m.is_empty());
+        if let Some(m) = &mirror {
+            check_mirror(m)?;
+        }
+        let packages: BTreeSet<&str> = packages.iter().map(String::as_str).collect();
+        let key = recipe_key(suite, &packages, mirror.as_deref());
+        let cache_path = self
+            .root()
+            .join("debian")
+            .join(format!("{}.json", key.hex()));
+
+        let _store_lock = self.shared_lock()?;
+        let _build_lock = self.named_lock(&format!("debian-{}", key.hex()))?;
+        if let Some(digest) = self.cached_build(&cache_path)? {
+            tracing::info!(name, suite, image = %digest, "image: Debian build cached");
+            self.tag(name, &digest)?;
+            return self.info_for(&digest, name);
+        }
+
+        let work = self.temp_path();
+        fs::create_dir_all(&work).map_err(io_err("create", &work))?;
+        let result = self.debian_build(&work, suite, &packages, mirror.as_deref(), progress);
+        let _ = remove_path(&work);
+        let digest = result?;
+        let entry = serde_json::to_vec(&CacheEntry {
+            digest: digest.to_string(),
+        })
+        .map_err(|source| ImageError::Json {
+            op: "serialize",
+            path: cache_path.clone(),
+            source,
+        })?;
+        write_atomic(&self.tmp_dir(), &cache_path, &entry)?;
+        self.tag(name, &digest)?;
+        self.info_for(&digest, name)
+    }
+
+    fn cached_build(&self, cache_path: &Path) -> Result<Option<Digest>, ImageError> {
+        let bytes = match fs::read(cache_path) {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let Ok(entry) = serde_json::from_slice::<CacheEntry>(&bytes) else {
+            return Ok(None);
+        };
+        let Ok(digest) = Digest::parse(&entry.digest) else {
+            return Ok(None);
+        };
+        Ok(self.read_record(&digest)?.map(|_| digest))
+    }
+
+    fn debian_build(
+        &self,
+        work: &Path,
+        suite: &str,
+        packages: &BTreeSet<&str>,
+        mirror: Option<&str>,
+        progress: bool,
+    ) -> Result<Digest, ImageError> {
+        let tar_path = work.join("rootfs.tar");
+        let mut cmd = Command::new("mmdebstrap");
+        cmd.arg(format!("--variant={VARIANT}"))
+            .arg("--architectures=amd64")
+            .arg("--format=tar");
+        if !packages.is_empty() {
+            cmd.arg(format!(
+                "--include={}",
+                packages.iter().copied().collect::<Vec<_>>().join(",")
+            ));
+        }
+        cmd.arg("--").arg(suite).arg(&tar_path);
+        if let Some(m) = mirror {
+            cmd.arg(m);
+        }
+        cmd.stdin(Stdio::null()).env("LC_ALL", "C.UTF-8");
+        if !progress {
+            cmd.arg("--quiet")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        tracing::info!(
+            suite,
+            ?packages,
+            "image: building Debian root with mmdebstrap"
+        );
+        let output = match cmd.output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::ToolMissing {
+                    tool: "mmdebstrap",
+                    package: "mmdebstrap",
+                })
+            }
+            Err(e) => return Err(io_err("run mmdebstrap for", &tar_path)(e)),
+        };
+        if !output.status.success() {
+            let text = String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout);
+            return Err(ImageError::Tool {
+                tool: "mmdebstrap",
+                task: format!("build a {suite} root (check the package names and that the Debian mirror is reachable)"),
+                status: output.status,
+                output: if progress { "(shown above)".to_owned() } else { tail(&text, 3000) },
+            });
+        }
+        let spinner = (progress && std::io::stderr().is_terminal()).then(|| {
+            let s = indicatif::ProgressBar::new_spinner();
+            s.set_message("building the ext4 root file system");
+            s.enable_steady_tick(Duration::from_millis(120));
+            s
+        });
+        let (layer, layer_size) = self.adopt_blob_file(&tar_path, "mmdebstrap output", None)?;
+        let packages_label = packages.iter().copied().collect::<Vec<_>>().join(",");
+        let config = json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+                "Cmd": ["/bin/bash"],
+                "Labels": {
+                    "org.nook.debian.suite": suite,
+                    "org.nook.debian.packages": packages_label,
+                },
+            },
+            "rootfs": {"type": "layers", "diff_ids": [layer.to_string()]},
+        });
+        let config_bytes = config.to_string().into_bytes();
+        let config_digest = self.put_blob_bytes(&config_bytes, "Debian image config", None)?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": manifest::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_bytes.len()},
+            "layers": [{"mediaType": manifest::OCI_LAYER_TAR, "digest": layer.to_string(), "size": layer_size}],
+        });
+        let digest = self.put_blob_bytes(
+            manifest.to_string().as_bytes(),
+            "Debian image manifest",
+            None,
+        )?;
+        let built = self.commit_image(&digest);
+        if let Some(s) = spinner {
+            s.finish_and_clear();
+        }
+        built?;
+        Ok(digest)
+    }
+}
+
+/// Drops cache entries whose image is gone or unnamed.
+pub(crate) fn gc_cache(store: &ImageStore, named: &BTreeSet<String>) -> Result<(), ImageError> {
+    let dir = store.root().join("debian");
+    for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+        let entry = entry.map_err(io_err("read directory", &dir))?;
+        let keep = fs::read(entry.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
+            .is_some_and(|e| named.contains(&e.digest));
+        if !keep {
+            remove_path(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_validated() {
+        assert!(check_name("py").is_ok());
+        assert!(check_name("team/py:3").is_ok());
+        assert!(check_name("-rf").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_suite("bookworm").is_ok());
+        assert!(check_suite("--foo").is_err());
+        assert!(check_package("python3").is_ok());
+        assert!(check_package("g++").is_ok());
+        assert!(check_package("--force").is_err());
+        assert!(check_package("a,b").is_err());
+        assert!(check_mirror("http://deb.debian.org/debian").is_ok());
+        assert!(check_mirror("file:///etc").is_err());
+    }
+
+    #[test]
+    fn recipe_key_ignores_order_and_duplicates() {
+        let a: BTreeSet<&str> = ["git", "python3"].into_iter().collect();
+        let b: BTreeSet<&str> = ["python3", "git", "git"].into_iter().collect();
+        assert_eq!(
+            recipe_key("bookworm", &a, None),
+            recipe_key("bookworm", &b, None)
+        );
+        assert_ne!(
+            recipe_key("bookworm", &a, None),
+            recipe_key("trixie", &a, None)
+        );
+    }
+}
