@@ -77,9 +77,13 @@ impl AssetsConfig {
 }
 
 /// What was done by one `prepare` call: telemetry a caller (or a test) can
-/// check. Both false on the fast path.
+/// check. All false on the fast path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrepareWork {
+    /// The fast-path index missed, so the cache was checked under the lock
+    /// and by content hash (tens of milliseconds; implies no download or
+    /// build by itself).
+    pub verified: bool,
     /// A kernel package was downloaded.
     pub downloaded: bool,
     /// An initramfs was written.

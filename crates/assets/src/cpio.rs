@@ -41,13 +41,17 @@ pub const S_IFCHR: u32 = 0o020_000;
 #[derive(Debug, thiserror::Error)]
 pub enum CpioError {
     /// The entry name cannot be stored.
-    #[error("cpio entry name {name:?} is invalid: names are relative, non-empty and contain no NUL")]
+    #[error(
+        "cpio entry name {name:?} is invalid: names are relative, non-empty and contain no NUL"
+    )]
     BadName {
         /// The rejected name.
         name: String,
     },
     /// A field does not fit in the format's 32 bits.
-    #[error("cpio entry {name} is too large for the newc format ({size} bytes, at most 4 GiB - 1)")]
+    #[error(
+        "cpio entry {name} is too large for the newc format ({size} bytes, at most 4 GiB - 1)"
+    )]
     TooLarge {
         /// The entry's name.
         name: String,
@@ -200,7 +204,9 @@ impl<W: Write> CpioWriter<W> {
         };
         self.out.write_all(&header).map_err(wrap)?;
         self.out.write_all(name.as_bytes()).map_err(wrap)?;
-        self.out.write_all(&[0u8; 4][..1 + name_pad]).map_err(wrap)?;
+        self.out
+            .write_all(&[0u8; 4][..1 + name_pad])
+            .map_err(wrap)?;
         self.out.write_all(data).map_err(wrap)?;
         self.out.write_all(&[0u8; 4][..data_pad]).map_err(wrap)?;
         self.written += (HEADER_LEN + name.len() + 1 + name_pad + data.len() + data_pad) as u64;
@@ -333,8 +339,7 @@ pub(crate) mod tests {
         w.file("init", 0o755, b"hello").unwrap();
         let buf = w.finish().unwrap();
         let expected_header = concat!(
-            "070701",
-            "00000001", // ino
+            "070701", "00000001", // ino
             "000081ED", // mode: S_IFREG | 0755
             "00000000", // uid
             "00000000", // gid
@@ -380,7 +385,8 @@ pub(crate) mod tests {
     fn round_trip_of_every_entry_kind() {
         let mut w = CpioWriter::new(Vec::new());
         w.dir("bin", 0o755).unwrap();
-        w.file("bin/busybox", 0o755, &[1, 2, 3, 4, 5, 6, 7]).unwrap();
+        w.file("bin/busybox", 0o755, &[1, 2, 3, 4, 5, 6, 7])
+            .unwrap();
         w.symlink("bin/sh", "/bin/busybox").unwrap();
         w.dir("dev", 0o755).unwrap();
         w.char_dev("dev/console", 0o600, 5, 1).unwrap();
@@ -392,7 +398,14 @@ pub(crate) mod tests {
         let names: Vec<_> = e.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
-            ["bin", "bin/busybox", "bin/sh", "dev", "dev/console", "empty"]
+            [
+                "bin",
+                "bin/busybox",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "empty"
+            ]
         );
         assert_eq!(e[0].mode, S_IFDIR | 0o755);
         assert_eq!(e[0].nlink, 2);

@@ -182,7 +182,11 @@ fn last_error_line(stderr: &[u8], fallback: &str) -> String {
 }
 
 /// Downloads the pinned `.deb` into `dir` and checks its SHA-256.
-pub(crate) fn download(pin: &DebPin, dir: &Path, progress: &Progress) -> Result<PathBuf, AssetsError> {
+pub(crate) fn download(
+    pin: &DebPin,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<PathBuf, AssetsError> {
     let spec = format!("{}={}", pin.package, pin.version);
     tracing::info!(target: "nook::assets", package = %spec, size = pin.size, "downloading kernel package");
     let mut child = Command::new("apt-get")
@@ -299,7 +303,10 @@ Package: second-stanza-ignored
         let f = parse_stanza(META);
         assert_eq!(f["Package"], "linux-image-cloud-amd64");
         assert_eq!(f["Installed-Size"], "13");
-        assert_eq!(f["Description"], "Linux for x86-64 cloud (meta-package)\ncontinuation line");
+        assert_eq!(
+            f["Description"],
+            "Linux for x86-64 cloud (meta-package)\ncontinuation line"
+        );
         assert_eq!(f["Size"], "1504");
         assert!(!f.values().any(|v| v.contains("second-stanza")));
     }

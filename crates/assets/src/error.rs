@@ -90,7 +90,9 @@ pub enum AssetsError {
         actual: String,
     },
     /// The package could not be unpacked.
-    #[error("cannot extract kernel package {deb}: the file is corrupt; retry with nook setup --update")]
+    #[error(
+        "cannot extract kernel package {deb}: the file is corrupt; retry with nook setup --update"
+    )]
     Extract {
         /// The .deb file.
         deb: PathBuf,
@@ -148,7 +150,10 @@ pub enum AssetsError {
 }
 
 /// `map_err` helper for cache file operations.
-pub(crate) fn cache_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> AssetsError {
+pub(crate) fn cache_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> AssetsError {
     let path = path.into();
     move |source| AssetsError::Cache { op, path, source }
 }

@@ -86,6 +86,9 @@ mod tests {
         sink.write_all(b"c").unwrap();
         assert_eq!(sink.finish(), (expected.to_owned(), 3));
         // Only the final file remains: no temporaries left behind.
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 }

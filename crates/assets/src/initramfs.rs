@@ -192,7 +192,11 @@ impl InitramfsSpec {
                 Node::CharDev { major, minor, .. } => format!("{major}:{minor}"),
                 _ => String::new(),
             };
-            h.update(format!("{kind} {perm:o} {dev} {} {}\n", path.len(), payload.len()));
+            h.update(format!(
+                "{kind} {perm:o} {dev} {} {}\n",
+                path.len(),
+                payload.len()
+            ));
             h.update(path.as_bytes());
             h.update(payload);
         }
@@ -232,7 +236,10 @@ pub(crate) fn busybox_applets(busybox: &Path) -> Result<Vec<String>, AssetsError
         path: busybox.to_owned(),
         source,
     };
-    let out = Command::new(busybox).arg("--list-full").output().map_err(err)?;
+    let out = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(err)?;
     if !out.status.success() {
         return Err(err(std::io::Error::other(format!(
             "exited with {}",
@@ -317,11 +324,18 @@ mod tests {
         InitramfsInputs {
             agent: Arc::new(b"AGENT".to_vec()),
             busybox: Arc::new(b"BUSYBOX".to_vec()),
-            applets: ["bin/sh", "usr/bin/sha256sum", "linuxrc", "sbin/init", "bin/busybox", "../evil"]
-                .iter()
-                .map(|s| s.to_string())
-                .filter(|s| is_plain_relative(s))
-                .collect(),
+            applets: [
+                "bin/sh",
+                "usr/bin/sha256sum",
+                "linuxrc",
+                "sbin/init",
+                "bin/busybox",
+                "../evil",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|s| is_plain_relative(s))
+            .collect(),
             release: "6.1.0-test".into(),
             modules: vec![
                 ("virtio.ko".into(), Arc::new(b"m1".to_vec())),
@@ -357,7 +371,9 @@ mod tests {
             b"/lib/modules/6.1.0-test/virtio.ko\n/lib/modules/6.1.0-test/virtio_ring.ko\n"
         );
         assert!(String::from_utf8_lossy(&get("etc/passwd").data).starts_with("root:x:0:0:"));
-        for d in ["proc", "sys", "dev", "tmp", "run", "mnt", "root", "etc", "var/tmp"] {
+        for d in [
+            "proc", "sys", "dev", "tmp", "run", "mnt", "root", "etc", "var/tmp",
+        ] {
             assert_eq!(get(d).mode & S_IFDIR, S_IFDIR, "{d}");
         }
         // Every entry's parent directory comes before it.
@@ -404,13 +420,19 @@ mod tests {
         let progress = crate::progress::Progress::new(false);
         let (path, built) = ensure(&spec, &cache, &tmp, &progress).unwrap();
         assert!(built);
-        assert_eq!(std::fs::read(&path).unwrap(), spec.write(Vec::new()).unwrap());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            spec.write(Vec::new()).unwrap()
+        );
         let (again, built) = ensure(&spec, &cache, &tmp, &progress).unwrap();
         assert_eq!((again.as_path(), built), (path.as_path(), false));
         std::fs::write(&path, b"070701 truncated").unwrap();
         let (_, built) = ensure(&spec, &cache, &tmp, &progress).unwrap();
         assert!(built, "damaged file is rebuilt");
-        assert_eq!(std::fs::read(&path).unwrap(), spec.write(Vec::new()).unwrap());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            spec.write(Vec::new()).unwrap()
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub(crate) fn debian(
     };
     if let Some(pin) = &saved {
         if let Some(k) = reuse_entry(layout, pin, wanted)? {
-            return Ok(k);
+            return with_pin_stamp(k, &pin_path);
         }
     }
     // The entry is missing, damaged or lacks modules: ask apt what is
@@ -66,8 +66,8 @@ pub(crate) fn debian(
     tracing::debug!(target: "nook::assets", package = %pin.package, version = %pin.version, sha256 = %pin.sha256, "resolved");
     if saved.as_ref() != Some(&pin) {
         if let Some(k) = reuse_entry(layout, &pin, wanted)? {
-            pin.save(&pin_path)?;
-            return Ok(with_pin_stamp(k, &pin_path)?);
+            save_pin(&pin, &pin_path)?;
+            return with_pin_stamp(k, &pin_path);
         }
     }
     let entry = layout.kernels().join(&pin.sha256);
@@ -89,10 +89,10 @@ pub(crate) fn debian(
         .tempdir_in(&tmp)
         .map_err(cache_err("create temporary directory in", &tmp))?;
     let staged = staging.path().join("entry");
-    kernel_entry::extract_deb(&deb, &pin, &staged, &keep, progress)?;
+    let staged_manifest = kernel_entry::extract_deb(&deb, &pin, &staged, &keep, progress)?;
     drop(download_dir);
-    kernel_entry::install(&staged, &entry, &tmp)?;
-    pin.save(&pin_path)?;
+    kernel_entry::install(&staged, &entry, &staged_manifest)?;
+    save_pin(&pin, &pin_path)?;
     let manifest = KernelManifest::load(&entry).ok_or_else(|| AssetsError::Cache {
         op: "read back manifest of",
         path: entry.clone(),
@@ -104,6 +104,7 @@ pub(crate) fn debian(
 }
 
 /// The pinned entry if it is intact and has every module `wanted` needs.
+/// The caller adds the pin's stamp once the pin file is final.
 fn reuse_entry(
     layout: &Layout,
     pin: &DebPin,
@@ -128,7 +129,16 @@ fn reuse_entry(
     }
     let k = from_manifest(&entry, &manifest, wanted)?;
     tracing::debug!(target: "nook::assets", entry = %entry.display(), "kernel reused");
-    Ok(Some(with_pin_stamp(k, &layout.pin(&pin.requested))?))
+    Ok(Some(k))
+}
+
+/// Saves the pin unless it is unchanged: rewriting it would change its
+/// stamp and needlessly send every other request down the slow path.
+fn save_pin(pin: &DebPin, path: &Path) -> Result<(), AssetsError> {
+    if DebPin::load(path).as_ref() == Some(pin) {
+        return Ok(());
+    }
+    pin.save(path)
 }
 
 fn with_pin_stamp(mut k: ResolvedKernel, pin_path: &Path) -> Result<ResolvedKernel, AssetsError> {
@@ -150,14 +160,12 @@ fn from_manifest(
     let order = manifest.table.load_order(wanted).map_err(modules_err)?;
     let mut modules = Vec::new();
     for name in order {
-        let path = manifest
-            .module_path(entry, &name)
-            .ok_or_else(|| {
-                modules_err(ModuleError::NotFound {
-                    name: name.clone(),
-                    wanted_by: "the cached kernel entry".to_owned(),
-                })
-            })?;
+        let path = manifest.module_path(entry, &name).ok_or_else(|| {
+            modules_err(ModuleError::NotFound {
+                name: name.clone(),
+                wanted_by: "the cached kernel entry".to_owned(),
+            })
+        })?;
         let file_name = manifest.table.modules[&name].plain_file_name();
         modules.push(ModuleFile {
             name,
@@ -290,7 +298,10 @@ mod tests {
     #[test]
     fn reads_the_release_of_a_bzimage() {
         let img = fake_bzimage("6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP\0");
-        assert_eq!(bzimage_release(&img).as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(
+            bzimage_release(&img).as_deref(),
+            Some("6.1.0-56-cloud-amd64")
+        );
         assert_eq!(bzimage_release(b"\x7fELF"), None);
         assert_eq!(bzimage_release(&img[..0x300]), None, "truncated");
         assert_eq!(bzimage_release(&fake_bzimage("\0")), None);
@@ -314,7 +325,10 @@ mod tests {
         assert_eq!(k.release, "9.1.0-test");
         let names: Vec<_> = k.modules.iter().map(|m| m.file_name.as_str()).collect();
         assert_eq!(names, ["virtio.ko", "virtio_ring.ko"]);
-        assert!(k.stamps.iter().any(|s| s.path == mods.join("kernel/virtio_ring.ko.zst")));
+        assert!(k
+            .stamps
+            .iter()
+            .any(|s| s.path == mods.join("kernel/virtio_ring.ko.zst")));
 
         let k = local(&image, None, &["virtio_ring".into()]).unwrap();
         assert!(k.modules.is_empty());

@@ -7,7 +7,7 @@
 //! half-extracted entry never exists under its final name.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -17,7 +17,7 @@ use crate::debian::DebPin;
 use crate::error::{cache_err, AssetsError};
 use crate::fsutil::{sha256_file, sha256_hex, write_atomic};
 use crate::index::FORMAT_VERSION;
-use crate::modules::{decompress, split_module_file, ModuleTable};
+use crate::modules::{decompress, split_module_file, Compression, ModuleTable};
 use crate::progress::{Progress, ProgressRead};
 
 /// The manifest's file name inside an entry.
@@ -101,11 +101,12 @@ impl KernelManifest {
     }
 }
 
-/// A module file spilled to disk during extraction.
+/// Where a module's bytes (as shipped) sit in the spill file.
+#[derive(Debug, Clone, Copy)]
 struct Spilled {
-    path: PathBuf,
-    sha256: String,
-    size: u64,
+    offset: u64,
+    len: usize,
+    compression: Compression,
 }
 
 /// Unpacks `deb` into the new entry directory `out`, keeping the kernel,
@@ -121,10 +122,17 @@ pub(crate) fn extract_deb(
         deb: deb.to_owned(),
         source,
     };
-    let spill_dir = out.join("all");
-    for dir in [out.join(MODULES), spill_dir.clone()] {
-        std::fs::create_dir_all(&dir).map_err(cache_err("create directory", &dir))?;
-    }
+    let modules_dir = out.join(MODULES);
+    std::fs::create_dir_all(&modules_dir).map_err(cache_err("create directory", &modules_dir))?;
+    // Which modules are needed is known only once every module's
+    // dependencies are: park each module's bytes in one spill file until then.
+    let spill_path = out.join("modules.spill");
+    let spill = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&spill_path)
+        .map_err(cache_err("create", &spill_path))?;
     let mut child = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -152,15 +160,17 @@ pub(crate) fn extract_deb(
         .take()
         .ok_or_else(|| extract_err(io::Error::other("dpkg-deb has no stdout")))?;
     let bar = progress.bar(pin.installed_size, "extracting kernel");
-    let mut state = ExtractState::default();
+    let mut state = ExtractState::new(BufWriter::with_capacity(1 << 20, spill));
     let walked = walk_tar(
-        ProgressRead {
-            inner: stdout,
-            bar: bar.clone(),
-        },
+        BufReader::with_capacity(
+            1 << 20,
+            ProgressRead {
+                inner: stdout,
+                bar: bar.clone(),
+            },
+        ),
         deb,
         out,
-        &spill_dir,
         &mut state,
     );
     bar.finish_and_clear();
@@ -179,6 +189,10 @@ pub(crate) fn extract_deb(
         deb: deb.to_owned(),
         missing: "boot/vmlinuz-*",
     })?;
+    let mut spill = state
+        .spill
+        .into_inner()
+        .map_err(|e| cache_err("write", &spill_path)(e.into_error()))?;
     let mut table = match &state.modules_dep {
         Some(dep) => ModuleTable::from_modules_dep(dep),
         None => state.modinfo_table,
@@ -204,18 +218,16 @@ pub(crate) fn extract_deb(
             });
         };
         let file = format!("{MODULES}/{}", info.plain_file_name());
-        let dest = out.join(&file);
-        std::fs::rename(&spilled.path, &dest).map_err(cache_err("move module to", &dest))?;
-        kept.insert(
-            name.clone(),
-            FileRecord {
-                file,
-                sha256: spilled.sha256.clone(),
-                size: spilled.size,
-            },
-        );
+        let mut raw = vec![0u8; spilled.len];
+        spill
+            .seek(SeekFrom::Start(spilled.offset))
+            .and_then(|_| spill.read_exact(&mut raw))
+            .map_err(cache_err("read back", &spill_path))?;
+        let elf = decompress(&raw, spilled.compression).map_err(extract_err)?;
+        kept.insert(name.clone(), keep(out, &file, &elf)?);
     }
-    std::fs::remove_dir_all(&spill_dir).map_err(cache_err("remove", &spill_dir))?;
+    drop(spill);
+    std::fs::remove_file(&spill_path).map_err(cache_err("remove", &spill_path))?;
     let manifest = KernelManifest {
         format: FORMAT_VERSION,
         package: pin.package.clone(),
@@ -243,23 +255,39 @@ pub(crate) fn extract_deb(
     Ok(manifest)
 }
 
-#[derive(Default)]
-struct ExtractState {
+struct ExtractState<W> {
     kernel: Option<(String, FileRecord)>,
     config: Option<FileRecord>,
     modules_dep: Option<String>,
     modules_builtin: Option<String>,
     modinfo_table: ModuleTable,
-    /// Relative module path (as in `lib/modules/RELEASE/`) → spilled file.
+    /// Every module's bytes, back to back.
+    spill: W,
+    spill_len: u64,
+    /// Relative module path (as in `lib/modules/RELEASE/`) → spilled bytes.
     spilled: BTreeMap<String, Spilled>,
 }
 
-fn walk_tar<R: Read>(
+impl<W: Write> ExtractState<W> {
+    fn new(spill: W) -> Self {
+        Self {
+            kernel: None,
+            config: None,
+            modules_dep: None,
+            modules_builtin: None,
+            modinfo_table: ModuleTable::default(),
+            spill,
+            spill_len: 0,
+            spilled: BTreeMap::new(),
+        }
+    }
+}
+
+fn walk_tar<R: Read, W: Write>(
     input: R,
     deb: &Path,
     out: &Path,
-    spill_dir: &Path,
-    state: &mut ExtractState,
+    state: &mut ExtractState<W>,
 ) -> Result<(), AssetsError> {
     let tar_err = |source: io::Error| AssetsError::Extract {
         deb: deb.to_owned(),
@@ -271,7 +299,11 @@ fn walk_tar<R: Read>(
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path().map_err(tar_err)?.to_string_lossy().into_owned();
+        let path = entry
+            .path()
+            .map_err(tar_err)?
+            .to_string_lossy()
+            .into_owned();
         let path = path.trim_start_matches("./");
         if let Some(release) = path.strip_prefix("boot/vmlinuz-") {
             let data = read_entry(&mut entry, path).map_err(tar_err)?;
@@ -312,16 +344,16 @@ fn walk_tar<R: Read>(
                     tracing::warn!(target: "nook::assets", module = rel, error = %e, "skipping unreadable module");
                     continue;
                 }
-                let spill = spill_dir.join(format!("{}.ko", state.spilled.len()));
-                std::fs::write(&spill, &elf).map_err(cache_err("write", &spill))?;
+                state.spill.write_all(&raw).map_err(tar_err)?;
                 state.spilled.insert(
                     rel.to_owned(),
                     Spilled {
-                        path: spill,
-                        sha256: sha256_hex(&elf),
-                        size: elf.len() as u64,
+                        offset: state.spill_len,
+                        len: raw.len(),
+                        compression,
                     },
                 );
+                state.spill_len += raw.len() as u64;
             }
         }
     }
@@ -337,6 +369,7 @@ fn read_entry<R: Read>(entry: &mut R, path: &str) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Writes `data` to `out/name` and records its hash.
 fn keep(out: &Path, name: &str, data: &[u8]) -> Result<FileRecord, AssetsError> {
     let path = out.join(name);
     std::fs::write(&path, data).map_err(cache_err("write", &path))?;
@@ -347,27 +380,48 @@ fn keep(out: &Path, name: &str, data: &[u8]) -> Result<FileRecord, AssetsError> 
     })
 }
 
-/// Moves the finished entry `staged` to `dest`, replacing an older entry
-/// (kept in `trash_dir` only between the two renames).
-pub(crate) fn install(staged: &Path, dest: &Path, trash_dir: &Path) -> Result<(), AssetsError> {
-    // Data must be on disk before the rename makes the entry visible.
+/// Makes the finished entry `staged` (described by `manifest`) visible at
+/// `dest`.
+///
+/// A new entry is one directory rename. An existing entry (same `.deb`, so
+/// same contents for the same file name) is updated file by file: files
+/// that already hash right stay untouched (their stamps in the fast-path
+/// index stay valid), others are renamed over, and the manifest is renamed
+/// last, so the entry never lists a file it does not have.
+pub(crate) fn install(
+    staged: &Path,
+    dest: &Path,
+    manifest: &KernelManifest,
+) -> Result<(), AssetsError> {
+    // Data must be on disk before a rename makes it visible.
     sync_tree(staged).map_err(cache_err("sync", staged))?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(cache_err("create directory", parent))?;
     }
-    if dest.exists() {
-        let trash = tempfile::Builder::new()
-            .prefix("old-entry-")
-            .tempdir_in(trash_dir)
-            .map_err(cache_err("create temporary directory in", trash_dir))?;
-        let old = trash.path().join("entry");
-        std::fs::rename(dest, &old).map_err(cache_err("move aside", dest))?;
-        std::fs::rename(staged, dest).map_err(cache_err("rename into place", dest))?;
-        drop(trash);
-    } else {
-        std::fs::rename(staged, dest).map_err(cache_err("rename into place", dest))?;
+    if !dest.is_dir() {
+        if dest.exists() {
+            std::fs::remove_file(dest).map_err(cache_err("remove", dest))?;
+        }
+        return std::fs::rename(staged, dest).map_err(cache_err("rename into place", dest));
     }
-    Ok(())
+    let mut records = vec![&manifest.kernel];
+    records.extend(manifest.config.as_ref());
+    records.extend(manifest.modules.values());
+    for record in records {
+        let have = dest.join(&record.file);
+        if sha256_file(&have).is_ok_and(|(sha, size)| sha == record.sha256 && size == record.size) {
+            continue;
+        }
+        if let Some(parent) = have.parent() {
+            std::fs::create_dir_all(parent).map_err(cache_err("create directory", parent))?;
+        }
+        std::fs::rename(staged.join(&record.file), &have)
+            .map_err(cache_err("rename into place", &have))?;
+    }
+    let target = dest.join(MANIFEST);
+    std::fs::rename(staged.join(MANIFEST), &target)
+        .map_err(cache_err("rename into place", &target))?;
+    std::fs::remove_dir_all(staged).map_err(cache_err("remove", staged))
 }
 
 fn sync_tree(dir: &Path) -> io::Result<()> {
@@ -386,6 +440,7 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::elf::tests::fake_module;
+    use crate::index::FileStamp;
 
     fn pin() -> DebPin {
         DebPin {
@@ -428,7 +483,10 @@ mod tests {
             "./lib/modules/9.9.9-test/kernel/fs/unrelated.ko",
             &fake_module("unrelated", &[]),
         );
-        add("./lib/modules/9.9.9-test/modules.builtin", b"kernel/fs/ext4/ext4.ko\n");
+        add(
+            "./lib/modules/9.9.9-test/modules.builtin",
+            b"kernel/fs/ext4/ext4.ko\n",
+        );
         add("./usr/share/doc/x/copyright", b"text");
         b.into_inner().unwrap()
     }
@@ -437,11 +495,9 @@ mod tests {
     fn walks_a_package_tar_and_keeps_only_what_is_needed() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("entry");
-        let spill = out.join("all");
         std::fs::create_dir_all(out.join(MODULES)).unwrap();
-        std::fs::create_dir_all(&spill).unwrap();
-        let mut state = ExtractState::default();
-        walk_tar(&fake_tar()[..], Path::new("x.deb"), &out, &spill, &mut state).unwrap();
+        let mut state = ExtractState::new(Vec::new());
+        walk_tar(&fake_tar()[..], Path::new("x.deb"), &out, &mut state).unwrap();
         let (release, kernel) = state.kernel.clone().unwrap();
         assert_eq!(release, "9.9.9-test");
         assert_eq!(kernel.sha256, sha256_hex(b"KERNEL"));
@@ -451,15 +507,20 @@ mod tests {
         let mut table = state.modinfo_table.clone();
         table.add_builtin(state.modules_builtin.as_deref().unwrap());
         assert_eq!(
-            table.load_order(&["virtio-rng".into(), "ext4".into()]).unwrap(),
+            table
+                .load_order(&["virtio-rng".into(), "ext4".into()])
+                .unwrap(),
             ["virtio", "virtio_ring", "virtio_rng"]
         );
-        // The zstd module was stored decompressed.
-        let ring = &state.spilled["kernel/drivers/virtio/virtio_ring.ko.zst"];
+        // The zstd module was parked as shipped and decompresses back.
+        let ring = state.spilled["kernel/drivers/virtio/virtio_ring.ko.zst"];
+        assert_eq!(ring.compression, Compression::Zstd);
+        let raw = &state.spill[ring.offset as usize..ring.offset as usize + ring.len];
         assert_eq!(
-            std::fs::read(&ring.path).unwrap(),
+            *decompress(raw, ring.compression).unwrap(),
             fake_module("virtio_ring", &["virtio"])
         );
+        assert_eq!(state.spill_len, state.spill.len() as u64);
     }
 
     #[test]
@@ -493,23 +554,57 @@ mod tests {
         assert!(KernelManifest::load(entry).is_none());
     }
 
+    fn manifest_of(entry: &Path, modules: &[(&str, &[u8])]) -> KernelManifest {
+        let mut kept = BTreeMap::new();
+        std::fs::create_dir_all(entry.join(MODULES)).unwrap();
+        for (name, data) in modules {
+            let file = format!("{MODULES}/{name}.ko");
+            kept.insert(name.to_string(), keep(entry, &file, data).unwrap());
+        }
+        let manifest = KernelManifest {
+            format: FORMAT_VERSION,
+            package: pin().package,
+            version: pin().version,
+            deb_sha256: pin().sha256,
+            release: "9.9.9-test".into(),
+            kernel: keep(entry, KERNEL, b"KERNEL").unwrap(),
+            config: None,
+            table: ModuleTable::default(),
+            modules: kept,
+        };
+        write_atomic(
+            &entry.join(MANIFEST),
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        manifest
+    }
+
     #[test]
-    fn install_replaces_an_old_entry() {
+    fn install_creates_or_extends_an_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let (staged, dest, trash) = (
-            dir.path().join("staged"),
-            dir.path().join("kernels/abc"),
-            dir.path().join("tmp"),
-        );
-        std::fs::create_dir_all(&trash).unwrap();
-        std::fs::create_dir_all(&dest).unwrap();
-        std::fs::write(dest.join("old"), b"1").unwrap();
-        std::fs::create_dir_all(staged.join("sub")).unwrap();
-        std::fs::write(staged.join("sub/new"), b"2").unwrap();
-        install(&staged, &dest, &trash).unwrap();
-        assert!(dest.join("sub/new").exists());
-        assert!(!dest.join("old").exists());
+        let dest = dir.path().join("kernels/abc");
+        let staged = dir.path().join("staged1");
+        let first = manifest_of(&staged, &[("virtio", b"m1")]);
+        install(&staged, &dest, &first).unwrap();
         assert!(!staged.exists());
-        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "trash removed");
+        assert_eq!(KernelManifest::load(&dest), Some(first));
+        let kernel_ino = FileStamp::of(&dest.join(KERNEL)).unwrap();
+
+        // Extending with another module keeps the intact kernel file.
+        let staged = dir.path().join("staged2");
+        let second = manifest_of(&staged, &[("virtio", b"m1"), ("vsock", b"m2")]);
+        install(&staged, &dest, &second).unwrap();
+        assert!(!staged.exists());
+        assert_eq!(KernelManifest::load(&dest), Some(second.clone()));
+        assert!(second.verify(&dest, &["virtio".into(), "vsock".into()]));
+        assert!(kernel_ino.is_current(), "kernel file untouched");
+
+        // A damaged kernel is replaced.
+        std::fs::write(dest.join(KERNEL), b"KERN").unwrap();
+        let staged = dir.path().join("staged3");
+        let third = manifest_of(&staged, &[("virtio", b"m1")]);
+        install(&staged, &dest, &third).unwrap();
+        assert!(third.verify(&dest, &["virtio".into()]));
     }
 }

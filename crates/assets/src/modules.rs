@@ -5,6 +5,7 @@
 //! Module names treat `-` and `_` alike (`virtio-rng` is `virtio_rng`); the
 //! table is keyed by the normalized (`_`) form.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -116,10 +117,11 @@ fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// Decompresses module bytes (any [`Compression`]) into a plain ELF image.
-pub fn decompress(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
+/// Decompresses module bytes (any [`Compression`]) into a plain ELF image;
+/// plain modules are returned as they are.
+pub fn decompress(data: &[u8], compression: Compression) -> io::Result<Cow<'_, [u8]>> {
     if compression == Compression::None {
-        return Ok(data.to_vec());
+        return Ok(Cow::Borrowed(data));
     }
     let mut out = LimitedWriter {
         buf: Vec::with_capacity(data.len().saturating_mul(3)),
@@ -138,7 +140,7 @@ pub fn decompress(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> 
             io::copy(&mut flate2::read::GzDecoder::new(data), &mut out)?;
         }
     }
-    Ok(out.buf)
+    Ok(Cow::Owned(out.buf))
 }
 
 struct LimitedWriter {
@@ -340,10 +342,14 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, ModuleError> {
         .and_then(|n| n.to_str())
         .and_then(split_module_file)
         .map_or(Compression::None, |(_, c)| c);
-    decompress(&data, compression).map_err(|source| ModuleError::Decompress {
-        path: path.to_owned(),
-        source,
-    })
+    match decompress(&data, compression) {
+        Ok(Cow::Borrowed(_)) => Ok(data),
+        Ok(Cow::Owned(elf)) => Ok(elf),
+        Err(source) => Err(ModuleError::Decompress {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Collects module files under `dir` (relative paths), not following
@@ -429,14 +435,23 @@ kernel/drivers/char/hw_random/rng-core.ko:
     fn load_order_from_modinfo() {
         let mut table = ModuleTable::default();
         for (path, name, deps) in [
-            ("kernel/virtio_mmio.ko", "virtio_mmio", &["virtio", "virtio_ring"][..]),
+            (
+                "kernel/virtio_mmio.ko",
+                "virtio_mmio",
+                &["virtio", "virtio_ring"][..],
+            ),
             ("kernel/virtio_ring.ko", "virtio_ring", &["virtio"][..]),
             ("kernel/virtio.ko", "virtio", &[][..]),
             ("kernel/vsock.ko", "vsock", &[][..]),
             (
                 "kernel/vmw_vsock_virtio_transport.ko",
                 "vmw_vsock_virtio_transport",
-                &["vmw_vsock_virtio_transport_common", "vsock", "virtio", "virtio_ring"][..],
+                &[
+                    "vmw_vsock_virtio_transport_common",
+                    "vsock",
+                    "virtio",
+                    "virtio_ring",
+                ][..],
             ),
             (
                 "kernel/vmw_vsock_virtio_transport_common.ko",
@@ -490,7 +505,8 @@ kernel/drivers/char/hw_random/rng-core.ko:
 
     #[test]
     fn cycles_are_reported() {
-        let table = ModuleTable::from_modules_dep("kernel/a.ko: kernel/b.ko\nkernel/b.ko: kernel/a.ko\n");
+        let table =
+            ModuleTable::from_modules_dep("kernel/a.ko: kernel/b.ko\nkernel/b.ko: kernel/a.ko\n");
         assert!(matches!(
             table.load_order(&names(&["a"])),
             Err(ModuleError::Cycle { .. })
@@ -510,20 +526,28 @@ kernel/drivers/char/hw_random/rng-core.ko:
         assert_eq!(split_module_file("a.ko.gz"), Some(("a", Compression::Gzip)));
         assert_eq!(split_module_file("modules.dep"), None);
         assert_eq!(split_module_file(".ko"), None);
-        assert_eq!(name_of_path("kernel/x/virtio-rng.ko").as_deref(), Some("virtio_rng"));
+        assert_eq!(
+            name_of_path("kernel/x/virtio-rng.ko").as_deref(),
+            Some("virtio_rng")
+        );
     }
 
     #[test]
     fn compressed_modules_round_trip() {
         let elf = fake_module("virtio", &[]);
         let zst = zstd::stream::encode_all(&elf[..], 3).unwrap();
-        assert_eq!(decompress(&zst, Compression::Zstd).unwrap(), elf);
+        assert_eq!(*decompress(&zst, Compression::Zstd).unwrap(), elf);
         let mut xz = Vec::new();
         lzma_rs::xz_compress(&mut &elf[..], &mut xz).unwrap();
-        assert_eq!(decompress(&xz, Compression::Xz).unwrap(), elf);
+        assert_eq!(*decompress(&xz, Compression::Xz).unwrap(), elf);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&elf).unwrap();
-        assert_eq!(decompress(&gz.finish().unwrap(), Compression::Gzip).unwrap(), elf);
+        let gz = gz.finish().unwrap();
+        assert_eq!(*decompress(&gz, Compression::Gzip).unwrap(), elf);
+        assert!(matches!(
+            decompress(&elf, Compression::None),
+            Ok(Cow::Borrowed(_))
+        ));
         assert!(decompress(b"not xz", Compression::Xz).is_err());
     }
 
@@ -539,7 +563,11 @@ kernel/drivers/char/hw_random/rng-core.ko:
             zstd::stream::encode_all(&ring[..], 3).unwrap(),
         )
         .unwrap();
-        std::fs::write(dir.path().join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/fs/ext4/ext4.ko\n",
+        )
+        .unwrap();
         let table = ModuleTable::from_dir(dir.path()).unwrap();
         assert_eq!(
             table.load_order(&names(&["virtio_ring", "ext4"])).unwrap(),
@@ -549,7 +577,10 @@ kernel/drivers/char/hw_random/rng-core.ko:
             table.modules["virtio_ring"].path,
             "kernel/drivers/virtio/virtio_ring.ko.zst"
         );
-        assert_eq!(read_module_file(&sub.join("virtio_ring.ko.zst")).unwrap(), ring);
+        assert_eq!(
+            read_module_file(&sub.join("virtio_ring.ko.zst")).unwrap(),
+            ring
+        );
         // With modules.dep present, it wins.
         std::fs::write(dir.path().join("modules.dep"), "kernel/other.ko:\n").unwrap();
         let table = ModuleTable::from_dir(dir.path()).unwrap();

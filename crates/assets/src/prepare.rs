@@ -160,6 +160,7 @@ fn slow_path(
     });
     index.save(&layout.index())?;
     let work = PrepareWork {
+        verified: true,
         downloaded: kernel.downloaded,
         built_initramfs: built,
     };
