@@ -51,7 +51,14 @@ impl DebPin {
 }
 
 /// Asks apt which versioned package `requested` stands for.
-pub(crate) fn resolve(requested: &str) -> Result<DebPin, AssetsError> {
+pub(crate) fn resolve(requested: &str, progress: &Progress) -> Result<DebPin, AssetsError> {
+    let spinner = progress.spinner(format!("asking apt about {requested}"));
+    let pin = resolve_quietly(requested);
+    spinner.finish_and_clear();
+    pin
+}
+
+fn resolve_quietly(requested: &str) -> Result<DebPin, AssetsError> {
     let mut spec = requested.to_owned();
     // A metapackage depends on the versioned one; follow at most a few hops.
     for _ in 0..4 {

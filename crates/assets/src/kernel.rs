@@ -62,7 +62,7 @@ pub(crate) fn debian(
     }
     // The entry is missing, damaged or lacks modules: ask apt what is
     // current (it may have moved on since the pin was written).
-    let pin = debian::resolve(requested)?;
+    let pin = debian::resolve(requested, progress)?;
     tracing::debug!(target: "nook::assets", package = %pin.package, version = %pin.version, sha256 = %pin.sha256, "resolved");
     if saved.as_ref() != Some(&pin) {
         if let Some(k) = reuse_entry(layout, &pin, wanted)? {

@@ -12,6 +12,7 @@ mod debian;
 mod elf;
 mod error;
 mod fsutil;
+mod gc;
 mod index;
 mod initramfs;
 mod kernel;

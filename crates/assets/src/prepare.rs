@@ -10,6 +10,7 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::config::{Assets, AssetsConfig, KernelSource, Layout, PrepareWork};
 use crate::error::{cache_err, AssetsError};
+use crate::gc;
 use crate::index::{request_key, FileStamp, Index, IndexEntry};
 use crate::initramfs::{self, InitramfsInputs, InitramfsSpec};
 use crate::kernel::{self, ResolvedKernel};
@@ -120,7 +121,7 @@ fn slow_path(
     )?;
     let (busybox_stamp, busybox) = read_input(
         &cfg.busybox,
-        "busybox",
+        "static busybox",
         "install it (apt-get install busybox-static) or pass --busybox FILE",
     )?;
     stamps.extend([agent_stamp, busybox_stamp]);
@@ -159,6 +160,7 @@ fn slow_path(
         stamps,
     });
     index.save(&layout.index())?;
+    gc::collect(layout, &index, gc::GRACE);
     let work = PrepareWork {
         verified: true,
         downloaded: kernel.downloaded,

@@ -22,6 +22,20 @@ impl Progress {
         }
     }
 
+    /// A spinner for work of unknown length.
+    pub fn spinner(&self, message: String) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_message(message);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+
     /// A byte-counting bar of `len` bytes (0: unknown, drawn as a spinner).
     pub fn bar(&self, len: u64, message: &'static str) -> ProgressBar {
         if !self.enabled {

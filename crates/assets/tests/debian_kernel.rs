@@ -264,3 +264,50 @@ fn concurrent_prepares_share_one_cache() {
     assert_eq!(idle, 3);
     assert_eq!(prepare(&cfg).unwrap().work, Default::default());
 }
+
+#[test]
+fn errors_say_what_to_do() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(&agent, b"agent").unwrap();
+
+    let mut cfg = config(dir.path(), agent.clone());
+    cfg.kernel = KernelSource::Debian {
+        package: "linux-image-nook-test-no-such-package".into(),
+    };
+    let err = prepare(&cfg).unwrap_err().to_string();
+    println!("{err}");
+    assert!(
+        err.contains("linux-image-nook-test-no-such-package"),
+        "{err}"
+    );
+    assert!(err.contains("--kernel FILE"), "{err}");
+
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let mut cfg = config(dir.path(), dir.path().join("no-agent"));
+    cfg.kernel = KernelSource::Local {
+        kernel: kernel.clone(),
+        modules_dir: None,
+    };
+    let err = prepare(&cfg).unwrap_err().to_string();
+    println!("{err}");
+    assert!(
+        err.contains("guest agent") && err.contains("--agent"),
+        "{err}"
+    );
+
+    let mut cfg = config(dir.path(), agent);
+    cfg.kernel = KernelSource::Local {
+        kernel,
+        modules_dir: None,
+    };
+    cfg.busybox = dir.path().join("no-busybox");
+    let err = prepare(&cfg).unwrap_err().to_string();
+    println!("{err}");
+    assert!(err.contains("busybox-static"), "{err}");
+}
