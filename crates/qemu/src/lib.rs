@@ -1,0 +1,42 @@
+//! nook's QEMU engine: runs a guest in QEMU's `microvm` machine.
+//!
+//! [`QemuVm::start`] turns a [`QemuConfig`] into a QEMU process whose
+//! serial console goes to a log file in the VM's run directory, whose
+//! `nook.agent` virtio-serial port is a connected [`UnixStream`] on the host
+//! ([`QemuVm::take_agent_channel`]), and whose QMP monitor is negotiated
+//! lazily on first use ([`QemuVm::qmp`]). The QEMU process cannot outlive
+//! its [`QemuVm`] or the nook process; see the `spawn` module for how.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), nook_qemu::QemuError> {
+//! use nook_qemu::{locate_qemu, Accel, QemuConfig, QemuVm};
+//! use std::time::Duration;
+//! let mut cfg = QemuConfig::new(locate_qemu()?, Accel::Tcg, "/boot/vmlinuz", "/run/nook/vm1");
+//! cfg.initrd = Some("/var/lib/nook/initrd".into());
+//! let mut vm = QemuVm::start(cfg)?;
+//! let agent = vm.take_agent_channel();
+//! let status = vm.qmp_execute("query-status", None)?;
+//! vm.shutdown(Duration::from_secs(2))?;
+//! # let _ = (agent, status); Ok(()) }
+//! ```
+//!
+//! [`UnixStream`]: std::os::unix::net::UnixStream
+
+#![deny(unsafe_code)]
+
+mod cmdline;
+mod config;
+mod error;
+pub mod qmp;
+mod spawn;
+mod tsc;
+mod vm;
+
+pub use cmdline::{MACHINE, SANDBOX};
+pub use config::{
+    locate_qemu, Accel, DiskCache, DiskConfig, QemuConfig, AGENT_PORT_NAME, QEMU_BINARY_NAME,
+    QEMU_ENV,
+};
+pub use error::{Diagnostics, QemuError};
+pub use qmp::{Qmp, QmpError, QmpEvent};
+pub use vm::{QemuVm, CONSOLE_LOG, DIAGNOSTIC_CONSOLE_LINES, STDERR_LOG};
