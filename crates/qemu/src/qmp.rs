@@ -121,14 +121,19 @@ impl Qmp {
         }
         let mut line = request.to_string();
         line.push('\n');
+        let waiting = format!("the reply to {command}");
         self.stream
             .write_all(line.as_bytes())
-            .map_err(|source| QmpError::Io {
-                op: "send a command",
-                source,
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => QmpError::Closed {
+                    waiting_for: waiting.clone(),
+                },
+                _ => QmpError::Io {
+                    op: "send a command",
+                    source,
+                },
             })?;
         let deadline = Instant::now() + self.timeout;
-        let waiting = format!("the reply to {command}");
         let waiting_for = || waiting.clone();
         loop {
             let mut message = self.read_message(deadline, &waiting)?;
