@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -456,8 +456,4 @@ pub fn store_size(root: &Path) -> u64 {
         }
     }
     walk(root)
-}
-
-pub fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
 }
