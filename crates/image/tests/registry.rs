@@ -131,7 +131,7 @@ fn concurrent_pulls_of_one_image_both_succeed() {
     assert_eq!(digests[0], image.digest().to_string());
     let list = store.list().expect("list");
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0].references, [reference.clone()]);
+    assert_eq!(list[0].references, std::slice::from_ref(&reference));
     common::assert_blobs_verify(store.root());
     assert!(
         common::dir_is_empty(&store.root().join("tmp")),
