@@ -71,9 +71,11 @@ fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
 
 /// Builds and starts the VM (see the module docs for the order).
 pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
+    let mut timer = PhaseTimer::new();
     cfg.validate()?;
     install_kick_handler()?;
     let mem = create_guest_memory(cfg.mem_bytes())?;
+    timer.mark("guest memory");
 
     // The virtio devices, in their documented order.
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
@@ -134,8 +136,10 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         },
     )?;
     write_boot_tables(&mem, boot.mode)?;
+    timer.mark("load guest");
 
     let kvm_vm = create_vm(&mem)?;
+    timer.mark("create kvm vm");
     let vm_fd = &kvm_vm.fd;
 
     // Port I/O devices.
@@ -195,6 +199,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         transports.push(transport);
     }
 
+    timer.mark("devices");
     let mut vcpu_fds = Vec::new();
     for index in 0..vcpus {
         vcpu_fds.push(create_vcpu(
@@ -206,6 +211,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         )?);
     }
 
+    timer.mark("vcpus");
     let exit = Arc::new(ExitState::new());
     let event_stop = new_eventfd("event loop stop")?;
     let event_loop = EventLoop::new(
@@ -228,6 +234,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         mem,
         boot,
         cmdline,
+        phases: Vec::new(),
     };
     let loop_exit = exit.clone();
     vm.event_thread = Some(
@@ -266,5 +273,28 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         vm.vcpu_threads.push(handle);
     }
     vm.kvm_vm = Some(kvm_vm);
+    timer.mark("threads");
+    vm.phases = timer.phases;
     Ok(vm)
+}
+
+/// Durations of the build steps, for [`Vm::start_phases`].
+struct PhaseTimer {
+    last: std::time::Instant,
+    phases: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl PhaseTimer {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
 }

@@ -33,6 +33,7 @@ pub struct Vm {
     pub(crate) mem: GuestMemoryMmap,
     pub(crate) boot: BootSetup,
     pub(crate) cmdline: String,
+    pub(crate) phases: Vec<(&'static str, Duration)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -87,6 +88,11 @@ impl Vm {
     /// The full kernel command line given to the guest.
     pub fn cmdline(&self) -> &str {
         &self.cmdline
+    }
+
+    /// How long each step of [`start`](Self::start) took, in order.
+    pub fn start_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     /// Guest memory (for inspection by tests and tools).

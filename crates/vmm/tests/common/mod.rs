@@ -2,6 +2,8 @@
 //! plain 64-bit ELF files, plus leak accounting and a shared serial sink.
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
