@@ -818,4 +818,86 @@ mod tests {
         let err = apply(&root, &tar[..1024]).unwrap_err();
         assert!(matches!(err, LayerError::Tar(_)), "{err:?}");
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Dir(&'static str),
+            File(&'static str),
+            Symlink(&'static str, usize),
+            HardLink(&'static str, &'static str),
+        }
+
+        const NAMES: &[&str] = &[
+            "x",
+            "x/y",
+            "x/y/z",
+            "a",
+            "a/b",
+            "./x/./y",
+            "x/../y",
+            "/abs",
+            "../up",
+            "x/.wh.y",
+            "x/.wh..wh..opq",
+            ".wh.a",
+            ".",
+        ];
+
+        fn op() -> impl Strategy<Value = Op> {
+            let name = proptest::sample::select(NAMES);
+            prop_oneof![
+                name.clone().prop_map(Op::Dir),
+                name.clone().prop_map(Op::File),
+                (name.clone(), 0usize..6).prop_map(|(n, t)| Op::Symlink(n, t)),
+                (name.clone(), proptest::sample::select(NAMES))
+                    .prop_map(|(n, t)| Op::HardLink(n, t)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever a layer holds, nothing appears outside the root and
+            /// nothing panics.
+            #[test]
+            fn no_layer_writes_outside_the_root(layers in proptest::collection::vec(proptest::collection::vec(op(), 1..10), 1..3)) {
+                let t = tempfile::tempdir().unwrap();
+                let root = t.path().join("root");
+                let outside = t.path().join("outside");
+                std::fs::create_dir(&root).unwrap();
+                std::fs::create_dir(&outside).unwrap();
+                std::fs::write(outside.join("sentinel"), b"keep").unwrap();
+                let outside_str = outside.to_str().unwrap().to_owned();
+                let targets = [outside_str.as_str(), "..", "../..", "a", "x", "x/y"];
+                for ops in &layers {
+                    let mut b = LayerBuilder::new();
+                    for op in ops {
+                        match op {
+                            Op::Dir(n) => b.raw(tar::EntryType::Directory, n.as_bytes(), b"", b""),
+                            Op::File(n) => b.raw(tar::EntryType::Regular, n.as_bytes(), b"", b"data"),
+                            Op::Symlink(n, i) => b.raw(tar::EntryType::Symlink, n.as_bytes(), targets[*i].as_bytes(), b""),
+                            Op::HardLink(n, target) => b.raw(tar::EntryType::Link, n.as_bytes(), target.as_bytes(), b""),
+                        };
+                    }
+                    let _ = apply(&root, &b.tar());
+                }
+                let mut beside: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+                beside.sort();
+                prop_assert_eq!(beside, vec![OsString::from("outside"), OsString::from("root")]);
+                let inside: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+                prop_assert_eq!(inside, vec![OsString::from("sentinel")]);
+                prop_assert_eq!(std::fs::read(outside.join("sentinel")).unwrap(), b"keep".to_vec());
+            }
+
+            #[test]
+            fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let t = tempfile::tempdir().unwrap();
+                let _ = apply(t.path(), &bytes);
+            }
+        }
+    }
 }
