@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tree: {} inodes, {} data blocks ({} MiB)",
         usage.inodes,
         usage.blocks,
-        usage.blocks * 4096 >> 20
+        (usage.blocks * 4096) >> 20
     );
     println!("ext4: {} MiB, built in {:?}", size >> 20, started.elapsed());
     Ok(())
