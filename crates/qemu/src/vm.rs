@@ -373,6 +373,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vm_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<QemuVm>();
+    }
+
+    #[test]
     fn read_tail_cuts_at_a_line_boundary_and_tolerates_missing_files() {
         let dir = std::env::temp_dir().join(format!("nook-qemu-tail-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -16,9 +16,9 @@ use support::*;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 const ECHO_INIT: &str = r#"
-wait_for /dev/vport0p1
+port=$(find_port nook.agent)
 wait_for /dev/vda
-exec 3<>/dev/vport0p1
+exec 3<>$port
 echo "hello from guest $(uname -r)" >&3
 read -r line <&3
 echo "echo: $line" >&3

@@ -184,6 +184,20 @@ wait_for() {
         usleep 10000
     done
 }
+# Prints the device node of the virtio-serial port named $1. The node can
+# exist before the port is usable (opening it then fails with ENXIO); the port
+# name arrives from the host only after that, so wait for the name.
+find_port() {
+    i=0
+    while :; do
+        for p in /sys/class/virtio-ports/*; do
+            if [ "$(cat $p/name 2>/dev/null)" = "$1" ]; then echo /dev/${p##*/}; return; fi
+        done
+        i=$((i+1))
+        if [ $i -gt 1000 ]; then echo "nook-test: no port named $1" >&2; poweroff -f; fi
+        usleep 10000
+    done
+}
 "#;
 
 /// Whether process `pid` is gone (or a zombie awaiting a reaper).
