@@ -95,6 +95,13 @@ fn mount_fs(
     })
 }
 
+/// Whether the kernel command line has the word `word`.
+pub fn cmdline_has(word: &str) -> bool {
+    fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == word))
+        .unwrap_or(false)
+}
+
 /// Flushes file systems and powers the machine off. Never returns.
 pub fn power_off() -> ! {
     nix::unistd::sync();

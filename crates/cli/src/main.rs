@@ -1,0 +1,54 @@
+//! `nook`: run commands inside hardware-isolated Linux microVMs.
+//!
+//! Exit codes (see `nook --help`): the guest command's own code; 124 when
+//! `--timeout` killed it; 125 when nook itself or the VM failed; 126 when the
+//! command cannot be executed; 127 when it does not exist; 128+N when signal
+//! N killed it; 130 / 143 when nook was interrupted by SIGINT / SIGTERM.
+#![forbid(unsafe_code)]
+
+mod exit;
+mod run;
+mod setup;
+mod term;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nook",
+    version,
+    about = "Run commands inside hardware-isolated Linux microVMs",
+    after_help = "Exit codes: the guest command's own code; 124 timeout; 125 nook or VM failure; \
+126 command not executable; 127 command not found; 128+N killed by signal N; 130/143 nook interrupted.\n\
+Environment: NOOK_HOME (cache dir), NOOK_KERNEL (kernel image), NOOK_AGENT (guest agent), \
+NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command in a fresh microVM and exit with its exit code.
+    Run(run::RunArgs),
+    /// Prepare the guest kernel and initramfs, probe the engines, and say which will be used.
+    Setup(setup::SetupArgs),
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NOOK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Setup(args) => setup::setup(args),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,287 @@
+//! `nook run`: one command in a fresh microVM.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use nook::{EngineKind, ExecError, ExecEvent, Vm, VmConfig};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
+
+use crate::exit::{self, report};
+use crate::term;
+
+/// Options that describe the VM, shared by the commands that boot one.
+#[derive(Args, Debug, Clone)]
+pub struct VmArgs {
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub memory: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u8,
+    /// Engine: auto picks the fastest one that runs guest kernels at speed here.
+    #[arg(long, default_value = "auto", value_parser = parse_engine)]
+    pub engine: EngineKind,
+    /// Guest kernel image to boot instead of Debian's cloud kernel.
+    #[arg(long, env = "NOOK_KERNEL", value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// How long to wait for the guest to boot, in seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub boot_timeout: u64,
+}
+
+fn parse_engine(s: &str) -> Result<EngineKind, String> {
+    s.parse()
+}
+
+impl VmArgs {
+    pub fn config(&self) -> VmConfig {
+        let mut cfg = VmConfig {
+            engine: self.engine,
+            memory_mib: self.memory,
+            vcpus: self.cpus,
+            boot_timeout: Duration::from_secs(self.boot_timeout),
+            ..VmConfig::default()
+        };
+        if self.kernel.is_some() {
+            cfg.kernel = self.kernel.clone();
+        }
+        cfg
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Kill the command (its whole process group) after this many seconds; nook then exits 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Set an environment variable in the guest (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Forward stdin even when it is a terminal (it is always forwarded from a pipe or file).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal (raw mode, window resize).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// What the main loop reacts to.
+enum Input {
+    Event(Result<ExecEvent, ExecError>),
+    Signal(i32),
+    GraceOver,
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let mut env = Vec::new();
+    for kv in &args.env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
+            _ => {
+                eprintln!("nook: -e expects KEY=VALUE, got `{kv}`");
+                return exit::NOOK_FAILED;
+            }
+        }
+    }
+    let tty = args.tty && term::stdin_is_tty();
+    if args.tty && !tty {
+        eprintln!("nook: -t needs a terminal on stdin; running without one");
+    }
+    let forward_stdin = args.interactive || tty || !term::stdin_is_tty();
+
+    // Signals are handled from the start so that an interrupted boot still
+    // tears the VM down.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = channel::<Input>();
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH])
+    {
+        Ok(s) => s,
+        Err(e) => {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+    {
+        let tx = tx.clone();
+        let cancel = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nook-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig != SIGWINCH {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send(Input::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    }
+
+    let mut cfg = args.vm.config();
+    cfg.cancel = Some(cancel.clone());
+    let vm = match Vm::start(cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            if cancel.load(Ordering::Relaxed) {
+                return signal_exit(&rx);
+            }
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+
+    let mut builder = vm.exec(args.command.clone()).envs(env);
+    if let Some(w) = &args.workdir {
+        builder = builder.cwd(w.clone());
+    }
+    if let Some(t) = args.timeout {
+        builder = builder.timeout(Duration::from_secs_f64(t.max(0.0)));
+    }
+    if forward_stdin {
+        builder = builder.stdin_piped();
+    }
+    if tty {
+        builder = builder.tty(term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 }));
+    }
+    let mut child = match builder.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nook: {e}");
+            return e.exit_code();
+        }
+    };
+    let handle = child.handle();
+    let mut raw = if tty { term::RawMode::enable() } else { None };
+
+    if let Some(mut stdin) = child.take_stdin() {
+        let _ = std::thread::Builder::new()
+            .name("nook-stdin".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 32 * 1024];
+                let mut input = std::io::stdin().lock();
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stdin.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stdin.close();
+            });
+    }
+    {
+        let tx = tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("nook-events".into())
+            .spawn(move || loop {
+                let ev = child.next_event();
+                let last = !matches!(ev, Ok(ExecEvent::Stdout(_)) | Ok(ExecEvent::Stderr(_)));
+                if tx.send(Input::Event(ev)).is_err() || last {
+                    break;
+                }
+            });
+    }
+
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    let mut interrupted: Option<i32> = None;
+    let code = loop {
+        let Ok(input) = rx.recv() else {
+            break exit::NOOK_FAILED;
+        };
+        match input {
+            Input::Event(Ok(ExecEvent::Stdout(b))) => {
+                let _ = out.write_all(&b).and_then(|_| out.flush());
+            }
+            Input::Event(Ok(ExecEvent::Stderr(b))) => {
+                let _ = err.write_all(&b);
+            }
+            Input::Event(Ok(ExecEvent::Exit(status))) => {
+                if status.timed_out {
+                    let _ = out.flush();
+                    raw = None;
+                    eprintln!("nook: the command timed out and was killed");
+                    break exit::TIMEOUT;
+                }
+                break status.shell_code();
+            }
+            Input::Event(Err(e)) => {
+                raw = None;
+                eprintln!("nook: {e}");
+                break e.exit_code();
+            }
+            Input::Signal(SIGWINCH) => {
+                if tty {
+                    if let Some(ws) = term::size() {
+                        let _ = handle.resize(ws);
+                    }
+                }
+            }
+            Input::Signal(sig) => {
+                if interrupted.is_some() {
+                    break signal_code(sig);
+                }
+                // Pass the signal to the command; if it is still running
+                // after a grace period, stop the VM anyway.
+                interrupted = Some(sig);
+                let _ = handle.signal(sig);
+                let tx = tx.clone();
+                let _ = std::thread::Builder::new()
+                    .name("nook-grace".into())
+                    .spawn(move || {
+                        std::thread::sleep(Duration::from_secs(3));
+                        let _ = tx.send(Input::GraceOver);
+                    });
+            }
+            Input::GraceOver => break interrupted.map(signal_code).unwrap_or(exit::NOOK_FAILED),
+        }
+    };
+    let _ = out.flush();
+    drop(raw);
+    let _ = vm.stop();
+    // A signal that ended the command by default action reports as the
+    // signal, as a shell would (SIGINT -> 130).
+    code
+}
+
+fn signal_code(sig: i32) -> i32 {
+    match sig {
+        SIGINT => exit::INTERRUPTED,
+        SIGTERM => exit::TERMINATED,
+        SIGHUP => exit::HANGUP,
+        s => 128 + s,
+    }
+}
+
+/// Exit code for a boot that a signal abandoned.
+fn signal_exit(rx: &std::sync::mpsc::Receiver<Input>) -> i32 {
+    while let Ok(input) = rx.try_recv() {
+        if let Input::Signal(sig) = input {
+            if sig != SIGWINCH {
+                return signal_code(sig);
+            }
+        }
+    }
+    exit::INTERRUPTED
+}

@@ -1,0 +1,35 @@
+//! The engine boundary: every engine turns a [`MachineSpec`] into a running
+//! [`Machine`] that hands back the agent channel.
+
+pub mod qemu;
+pub mod select;
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to boot, independent of the engine.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub mem_mib: u32,
+    pub vcpus: u8,
+    /// Per-VM directory for sockets and the console log.
+    pub run_dir: PathBuf,
+}
+
+/// A booted machine, whatever engine runs it.
+pub trait Machine: Send + std::fmt::Debug {
+    /// The byte stream to the guest agent (taken once).
+    fn take_channel(&mut self) -> Option<UnixStream>;
+    /// The last `lines` lines of the guest console, for error messages.
+    fn console_tail(&self, lines: usize) -> String;
+    /// `Some(description)` once the machine has ended.
+    fn exited(&mut self) -> Option<String>;
+    /// Waits up to `grace` for the machine to end by itself.
+    fn wait_exit(&mut self, grace: Duration) -> bool;
+    /// Ends the machine now and releases everything it holds.
+    fn kill(&mut self);
+}

@@ -1,0 +1,384 @@
+//! Running commands in a VM: [`ExecBuilder`] -> [`Child`] / [`Output`].
+
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nook_proto::{ErrorCode, ExecRequest, HostMsg, Kind, Winsize, STDIO_CHUNK};
+
+use crate::conn::{Conn, Event};
+use crate::error::{ExecError, VmError};
+use crate::vm::Vm;
+
+/// How much longer than its own timeout the host waits for the guest to
+/// report a command killed, before giving up on it.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, when the command exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+    /// The guest killed it because its timeout passed.
+    pub timed_out: bool,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    /// The code a shell would report: the exit code, 128+signal for a signal,
+    /// 124 for a timeout (as coreutils' `timeout` does).
+    pub fn shell_code(&self) -> i32 {
+        if self.timed_out {
+            return 124;
+        }
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 125,
+        }
+    }
+}
+
+impl From<nook_proto::ExitStatus> for ExitStatus {
+    fn from(s: nook_proto::ExitStatus) -> Self {
+        ExitStatus {
+            code: s.code,
+            signal: s.signal,
+            timed_out: s.timed_out,
+        }
+    }
+}
+
+/// Everything a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum StdinMode {
+    Null,
+    Bytes(Vec<u8>),
+    Piped,
+}
+
+/// Builds one command: argv, env, cwd, stdin, tty, timeout.
+#[derive(Debug)]
+pub struct ExecBuilder<'vm> {
+    vm: &'vm Vm,
+    req: ExecRequest,
+    stdin: StdinMode,
+}
+
+impl<'vm> ExecBuilder<'vm> {
+    pub(crate) fn new(vm: &'vm Vm, argv: Vec<String>) -> Self {
+        ExecBuilder {
+            vm,
+            req: ExecRequest {
+                argv,
+                ..Default::default()
+            },
+            stdin: StdinMode::Null,
+        }
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.req.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn envs<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.req
+            .env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Working directory in the guest.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.req.cwd = Some(dir.into());
+        self
+    }
+
+    /// Feeds these bytes as stdin, then end of input.
+    pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = StdinMode::Bytes(bytes.into());
+        self
+    }
+
+    /// Stdin is streamed through [`Child::take_stdin`].
+    pub fn stdin_piped(mut self) -> Self {
+        self.stdin = StdinMode::Piped;
+        self
+    }
+
+    /// Run on a pseudo-terminal of this size (stdout and stderr merge).
+    pub fn tty(mut self, size: Winsize) -> Self {
+        self.req.tty = Some(size);
+        self
+    }
+
+    /// Kill the command's whole process group after `d`.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.req.timeout_ms = Some(d.as_millis().min(u64::MAX as u128) as u64);
+        self
+    }
+
+    /// Starts the command; returns once the guest has started it (or failed
+    /// to: a missing program is [`ExecError::NotFound`]).
+    pub fn spawn(self) -> Result<Child, ExecError> {
+        let conn = self.vm.conn().clone();
+        let (stream, events) = conn.open_stream()?;
+        let mut req = self.req;
+        req.stdin = !matches!(self.stdin, StdinMode::Null);
+        let deadline = req
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms) + TIMEOUT_GRACE);
+        let mut child = Child {
+            conn,
+            stream,
+            events,
+            pid: None,
+            stdin: None,
+            deadline,
+            done: false,
+        };
+        child.conn.send(stream, &HostMsg::Exec(req))?;
+        match child.recv()? {
+            Event::Started(pid) => child.pid = Some(pid),
+            other => return Err(child.unexpected(other)),
+        }
+        let stdin = ChildStdin {
+            conn: child.conn.clone(),
+            stream,
+            closed: false,
+        };
+        match self.stdin {
+            StdinMode::Null => {}
+            StdinMode::Piped => child.stdin = Some(stdin),
+            StdinMode::Bytes(bytes) => {
+                let mut stdin = stdin;
+                stdin
+                    .write_all(&bytes)
+                    .map_err(|e| VmError::ChannelLost(e.to_string()))?;
+                stdin
+                    .close()
+                    .map_err(|e| VmError::ChannelLost(e.to_string()))?;
+            }
+        }
+        Ok(child)
+    }
+
+    /// Runs the command to completion and collects its output.
+    pub fn output(self) -> Result<Output, ExecError> {
+        self.spawn()?.wait_with_output()
+    }
+}
+
+/// Output or the end of a running command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Always the last event.
+    Exit(ExitStatus),
+}
+
+/// A command running in the guest.
+#[derive(Debug)]
+pub struct Child {
+    conn: Arc<Conn>,
+    stream: u32,
+    events: Receiver<Event>,
+    pid: Option<u32>,
+    stdin: Option<ChildStdin>,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl Child {
+    /// The command's pid inside the guest.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// The stdin writer, when the builder asked for [`ExecBuilder::stdin_piped`].
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// Sends `signal` to the command's process group.
+    pub fn signal(&self, signal: i32) -> Result<(), ExecError> {
+        self.handle().signal(signal)
+    }
+
+    /// Tells the command's terminal its new size.
+    pub fn resize(&self, size: Winsize) -> Result<(), ExecError> {
+        self.handle().resize(size)
+    }
+
+    /// A handle that signals and resizes the command from another thread.
+    pub fn handle(&self) -> ChildHandle {
+        ChildHandle {
+            conn: self.conn.clone(),
+            stream: self.stream,
+        }
+    }
+
+    fn recv(&mut self) -> Result<Event, ExecError> {
+        match self.deadline {
+            None => self
+                .events
+                .recv()
+                .map_err(|_| ExecError::Vm(VmError::ChannelLost("the VM is gone".into()))),
+            Some(d) => match self
+                .events
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+            {
+                Ok(e) => Ok(e),
+                Err(RecvTimeoutError::Timeout) => Err(ExecError::Timeout),
+                Err(RecvTimeoutError::Disconnected) => {
+                    Err(ExecError::Vm(VmError::ChannelLost("the VM is gone".into())))
+                }
+            },
+        }
+    }
+
+    fn unexpected(&mut self, e: Event) -> ExecError {
+        self.done = true;
+        match e {
+            Event::Error(r) => match r.code {
+                ErrorCode::NotFound => ExecError::NotFound(r.message),
+                ErrorCode::NotExecutable => ExecError::NotExecutable(r.message),
+                ErrorCode::BadRequest => ExecError::BadRequest(r.message),
+                _ => ExecError::Agent(r.message),
+            },
+            Event::Lost(why) => ExecError::Vm(VmError::ChannelLost(why)),
+            other => ExecError::Vm(VmError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The next piece of output, or the exit. Blocks.
+    pub fn next_event(&mut self) -> Result<ExecEvent, ExecError> {
+        if self.done {
+            return Err(ExecError::Vm(VmError::Protocol(
+                "the command already ended".into(),
+            )));
+        }
+        match self.recv()? {
+            Event::Stdout(b) => Ok(ExecEvent::Stdout(b)),
+            Event::Stderr(b) => Ok(ExecEvent::Stderr(b)),
+            Event::Exit(s) => {
+                self.done = true;
+                Ok(ExecEvent::Exit(s.into()))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Waits for the end, collecting stdout and stderr.
+    pub fn wait_with_output(mut self) -> Result<Output, ExecError> {
+        drop(self.stdin.take());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match self.next_event()? {
+                ExecEvent::Stdout(b) => stdout.extend_from_slice(&b),
+                ExecEvent::Stderr(b) => stderr.extend_from_slice(&b),
+                ExecEvent::Exit(status) => {
+                    return Ok(Output {
+                        status,
+                        stdout,
+                        stderr,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.done {
+            // Nobody will read the rest: stop the command.
+            let _ = self.conn.send(self.stream, &HostMsg::Signal(9));
+        }
+        self.conn.close_stream(self.stream);
+    }
+}
+
+/// Signals and resizes a running command; cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct ChildHandle {
+    conn: Arc<Conn>,
+    stream: u32,
+}
+
+impl ChildHandle {
+    /// Sends `signal` to the command's process group.
+    pub fn signal(&self, signal: i32) -> Result<(), ExecError> {
+        Ok(self.conn.send(self.stream, &HostMsg::Signal(signal))?)
+    }
+
+    /// Tells the command's terminal its new size.
+    pub fn resize(&self, size: Winsize) -> Result<(), ExecError> {
+        Ok(self.conn.send(self.stream, &HostMsg::Resize(size))?)
+    }
+}
+
+/// Writes to a running command's stdin. Dropping it closes stdin.
+#[derive(Debug)]
+pub struct ChildStdin {
+    conn: Arc<Conn>,
+    stream: u32,
+    closed: bool,
+}
+
+impl ChildStdin {
+    /// Sends end of input.
+    pub fn close(&mut self) -> io::Result<()> {
+        if !self.closed {
+            self.closed = true;
+            self.conn
+                .send_raw(self.stream, Kind::Stdin as u8, &[])
+                .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChildStdin {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed"));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(STDIO_CHUNK);
+        self.conn
+            .send_raw(self.stream, Kind::Stdin as u8, &buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ChildStdin {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
