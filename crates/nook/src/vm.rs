@@ -19,6 +19,11 @@ use crate::exec::ExecBuilder;
 /// (an emulated UART: every byte is a VM exit) nearly silent during boot.
 const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init";
 
+/// Kernel modules every guest loads (their dependencies come along): the
+/// virtio-mmio transport, the console carrying the agent channel, block
+/// devices and the entropy device.
+const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtio_blk", "virtio_rng"];
+
 /// How many console lines an error message shows.
 const CONSOLE_TAIL: usize = 30;
 
@@ -95,6 +100,7 @@ pub(crate) fn find_agent(cfg: &VmConfig) -> Result<PathBuf, VmError> {
 /// The assets request this configuration makes.
 pub(crate) fn assets_config(cfg: &VmConfig) -> Result<AssetsConfig, VmError> {
     let mut a = AssetsConfig::new(find_agent(cfg)?);
+    a.modules = GUEST_MODULES.iter().map(|m| m.to_string()).collect();
     a.home = cfg.home.clone();
     a.progress = cfg.progress;
     if let Some(k) = &cfg.kernel {
