@@ -84,10 +84,12 @@ pub fn setup(args: SetupArgs) -> i32 {
         None => println!("kvm probe:     {}", verdict.reason),
     }
     println!("engine:        {}: {}", choice.label(), choice.reason());
-    if let EngineChoice::Kvm { .. } = choice {
-        if !verdict.hardware_speed {
-            eprintln!("nook: warning: KVM runs guest kernels emulated on this host; the kvm engine will be very slow");
-        }
+    if let EngineChoice::Kvm {
+        hardware_speed: false,
+        ..
+    } = choice
+    {
+        eprintln!("nook: warning: KVM runs guest kernels emulated on this host; the kvm engine will be very slow");
     }
     0
 }

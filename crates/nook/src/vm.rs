@@ -11,7 +11,7 @@ use nook_proto::{GuestHello, HostMsg, CONTROL_STREAM};
 use crate::config::VmConfig;
 use crate::conn::{await_hello, Conn, Greeting};
 use crate::engine::select::{select_engine, EngineChoice};
-use crate::engine::{qemu, Machine, MachineSpec};
+use crate::engine::{kvm, qemu, Machine, MachineSpec};
 use crate::error::VmError;
 use crate::exec::ExecBuilder;
 
@@ -126,6 +126,13 @@ impl Vm {
         );
         let choice = select_engine(cfg.engine, &cfg.home)?;
         tracing::info!("nook: booting on {}: {}", choice.label(), choice.reason());
+        if let EngineChoice::Kvm {
+            hardware_speed: false,
+            reason,
+        } = &choice
+        {
+            tracing::warn!("nook: the kvm engine was {reason}");
+        }
         let run_dir = make_run_dir()?;
         let mut cmdline = BASE_CMDLINE.to_string();
         if !cfg.cmdline.is_empty() {
@@ -142,11 +149,7 @@ impl Vm {
         };
         let mut machine: Box<dyn Machine> = match &choice {
             EngineChoice::Qemu { kvm_accel, .. } => Box::new(qemu::boot(&spec, *kvm_accel)?),
-            EngineChoice::Kvm { .. } => {
-                return Err(VmError::KvmUnavailable(
-                    "the kvm engine cannot boot full guests yet: use --engine qemu".into(),
-                ))
-            }
+            EngineChoice::Kvm { .. } => Box::new(kvm::boot(&spec)?),
         };
         let Some(stream) = machine.take_channel() else {
             machine.kill();

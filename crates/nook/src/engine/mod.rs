@@ -1,6 +1,7 @@
 //! The engine boundary: every engine turns a [`MachineSpec`] into a running
 //! [`Machine`] that hands back the agent channel.
 
+pub mod kvm;
 pub mod qemu;
 pub mod select;
 
@@ -32,4 +33,12 @@ pub trait Machine: Send + std::fmt::Debug {
     fn wait_exit(&mut self, grace: Duration) -> bool;
     /// Ends the machine now and releases everything it holds.
     fn kill(&mut self);
+}
+
+/// The last `lines` lines of a log file (empty when it cannot be read).
+pub fn tail_lines(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

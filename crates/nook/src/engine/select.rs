@@ -29,14 +29,20 @@ pub struct KvmVerdict {
 /// The engine a run will use and why.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineChoice {
-    Kvm { reason: String },
-    Qemu { kvm_accel: bool, reason: String },
+    Kvm {
+        hardware_speed: bool,
+        reason: String,
+    },
+    Qemu {
+        kvm_accel: bool,
+        reason: String,
+    },
 }
 
 impl EngineChoice {
     pub fn reason(&self) -> &str {
         match self {
-            EngineChoice::Kvm { reason } | EngineChoice::Qemu { reason, .. } => reason,
+            EngineChoice::Kvm { reason, .. } | EngineChoice::Qemu { reason, .. } => reason,
         }
     }
 
@@ -130,16 +136,21 @@ pub fn select_engine(kind: EngineKind, home: &Path) -> Result<EngineChoice, VmEr
             } else {
                 format!("requested, but it will be very slow: {}", v.reason)
             };
-            Ok(EngineChoice::Kvm { reason })
+            Ok(EngineChoice::Kvm {
+                hardware_speed: v.hardware_speed,
+                reason,
+            })
         }
         EngineKind::Qemu => Ok(EngineChoice::Qemu {
             kvm_accel: v.usable && v.hardware_speed,
             reason: format!("requested; accelerator chosen because {}", v.reason),
         }),
-        // The kvm engine joins `auto` once it boots full guests end to end;
-        // until then auto prefers QEMU with the best accelerator.
+        EngineKind::Auto if v.usable && v.hardware_speed => Ok(EngineChoice::Kvm {
+            hardware_speed: true,
+            reason: v.reason,
+        }),
         EngineKind::Auto => Ok(EngineChoice::Qemu {
-            kvm_accel: v.usable && v.hardware_speed,
+            kvm_accel: false,
             reason: v.reason,
         }),
     }

@@ -1,0 +1,69 @@
+//! The kvm engine (nook's own VMM) behind the [`Machine`] boundary.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nook_vmm::{SerialSink, VmConfig};
+
+use super::{tail_lines, Machine, MachineSpec};
+use crate::error::VmError;
+
+#[derive(Debug)]
+pub struct KvmMachine {
+    vm: nook_vmm::Vm,
+    channel: Option<UnixStream>,
+    console_log: PathBuf,
+    ended: Option<String>,
+}
+
+pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
+    // The VMM serves the guest's console port on one end of a socketpair;
+    // the agent channel is the other end, exactly as with QEMU.
+    let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
+    let console_log = spec.run_dir.join("console.log");
+    let mut cfg = VmConfig::new(&spec.kernel);
+    cfg.initrd = Some(spec.initrd.clone());
+    cfg.cmdline = spec.cmdline.clone();
+    cfg.mem_mib = spec.mem_mib;
+    cfg.vcpus = spec.vcpus;
+    cfg.serial = SerialSink::File(console_log.clone());
+    cfg.console = Some(guest);
+    cfg.rng = true;
+    let vm = nook_vmm::Vm::start(cfg).map_err(VmError::Kvm)?;
+    Ok(KvmMachine {
+        vm,
+        channel: Some(host),
+        console_log,
+        ended: None,
+    })
+}
+
+impl Machine for KvmMachine {
+    fn take_channel(&mut self) -> Option<UnixStream> {
+        self.channel.take()
+    }
+
+    fn console_tail(&self, lines: usize) -> String {
+        tail_lines(&self.console_log, lines)
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        if self.ended.is_none() {
+            self.ended = match self.vm.wait_timeout(Duration::ZERO) {
+                Ok(Some(reason)) => Some(format!("the VM ended: {reason:?}")),
+                Ok(None) => None,
+                Err(e) => Some(format!("the VMM failed: {e}")),
+            };
+        }
+        self.ended.clone()
+    }
+
+    fn wait_exit(&mut self, grace: Duration) -> bool {
+        matches!(self.vm.wait_timeout(grace), Ok(Some(_)) | Err(_))
+    }
+
+    fn kill(&mut self) {
+        self.vm.stop();
+    }
+}
