@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -306,6 +307,11 @@ pub(crate) fn ensure(
     let ProgressWrite { inner: tmp, bar } = out
         .into_inner()
         .map_err(|e| cache_err("write", &path)(e.into_error()))?;
+    // tempfile creates 0600; the image is not secret and a VMM running as
+    // another user may need to read it.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(cache_err("set permissions of", &path))?;
     tmp.as_file().sync_all().map_err(cache_err("sync", &path))?;
     tmp.persist(&path)
         .map_err(|e| cache_err("rename into place", &path)(e.error))?;
