@@ -110,20 +110,20 @@ pub struct Assets {
 }
 
 /// nook's cache directory: `$NOOK_HOME`, else `$XDG_CACHE_HOME/nook`, else
-/// `~/.cache/nook`.
+/// `~/.cache/nook` (relative values are ignored, as the XDG spec says).
 pub fn default_home() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    if let Some(home) = var("NOOK_HOME") {
+    home_from(|name| std::env::var_os(name))
+}
+
+fn home_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let abs = |name: &str| var(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(home) = abs("NOOK_HOME") {
         return home;
     }
-    if let Some(cache) = var("XDG_CACHE_HOME") {
+    if let Some(cache) = abs("XDG_CACHE_HOME") {
         return cache.join("nook");
     }
-    if let Some(home) = var("HOME") {
+    if let Some(home) = abs("HOME") {
         return home.join(".cache").join("nook");
     }
     // No home at all (a bare service environment): a per-user temp dir.
@@ -165,5 +165,49 @@ impl Layout {
     /// The lock serializing slow-path work between processes.
     pub fn lock(&self) -> PathBuf {
         self.home.join("assets.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_follows_nook_home_then_xdg_then_home() {
+        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())
+        }
+        let all = [
+            ("NOOK_HOME", "/n"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(home_from(env(&all)), Path::new("/n"));
+        assert_eq!(home_from(env(&all[1..])), Path::new("/x/nook"));
+        assert_eq!(home_from(env(&all[2..])), Path::new("/h/.cache/nook"));
+        let relative = [
+            ("NOOK_HOME", "rel"),
+            ("XDG_CACHE_HOME", "rel"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(home_from(env(&relative)), Path::new("/h/.cache/nook"));
+        assert!(home_from(env(&[])).starts_with(std::env::temp_dir()));
+    }
+
+    #[test]
+    fn config_defaults() {
+        let cfg = AssetsConfig::new("/agent");
+        assert_eq!(cfg.modules, ["virtio_mmio", "virtio_console"]);
+        assert_eq!(cfg.busybox, Path::new("/bin/busybox"));
+        assert_eq!(
+            cfg.kernel,
+            KernelSource::Debian {
+                package: "linux-image-cloud-amd64".into()
+            }
+        );
     }
 }

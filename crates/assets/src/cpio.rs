@@ -432,6 +432,35 @@ pub(crate) mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_files_round_trip(
+            files in proptest::collection::btree_map(
+                "[a-z0-9_.-]{1,12}(/[a-z0-9_.-]{1,12}){0,2}",
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                0..12,
+            )
+        ) {
+            let files: Vec<_> = files
+                .into_iter()
+                .filter(|(n, _)| check_name(n).is_ok())
+                .collect();
+            let mut w = CpioWriter::new(Vec::new());
+            for (name, data) in &files {
+                w.file(name, 0o640, data).unwrap();
+            }
+            let buf = w.finish().unwrap();
+            proptest::prop_assert_eq!(buf.len() % 4, 0);
+            let back = read_newc(&buf);
+            proptest::prop_assert_eq!(back.len(), files.len());
+            for (entry, (name, data)) in back.iter().zip(&files) {
+                proptest::prop_assert_eq!(&entry.name, name);
+                proptest::prop_assert_eq!(&entry.data, data);
+                proptest::prop_assert_eq!(entry.mode, S_IFREG | 0o640);
+            }
+        }
+    }
+
     #[test]
     fn empty_archive_is_just_the_trailer() {
         let buf = CpioWriter::new(Vec::new()).finish().unwrap();

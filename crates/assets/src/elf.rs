@@ -237,6 +237,24 @@ pub(crate) mod tests {
         )
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = read_modinfo(&bytes);
+            let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+            elf.extend_from_slice(&bytes);
+            let _ = read_modinfo(&elf);
+        }
+
+        #[test]
+        fn mutated_modules_never_panic(at in 0usize..400, value in proptest::prelude::any::<u8>()) {
+            let mut elf = fake_module("virtio_ring", &["virtio"]);
+            let at = at % elf.len();
+            elf[at] = value;
+            let _ = read_modinfo(&elf);
+        }
+    }
+
     #[test]
     fn reads_name_and_depends() {
         let elf = fake_module("virtio_mmio", &["virtio", "virtio_ring"]);

@@ -82,12 +82,15 @@ pub(crate) fn request_key(cfg: &AssetsConfig) -> String {
         agent: &'a Path,
         busybox: &'a Path,
     }
+    // Relative paths mean different files from different directories.
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let (agent, busybox) = (abs(&cfg.agent), abs(&cfg.busybox));
     let key = Key {
         format: FORMAT_VERSION,
         kernel: &cfg.kernel,
         modules: &cfg.modules,
-        agent: &cfg.agent,
-        busybox: &cfg.busybox,
+        agent: &agent,
+        busybox: &busybox,
     };
     // Serializing plain strings and paths cannot fail; fall back to Debug
     // formatting rather than panic if a path is not UTF-8.
