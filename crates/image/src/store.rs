@@ -423,6 +423,9 @@ impl ImageStore {
     /// Points `name` at the image `digest`.
     pub(crate) fn tag(&self, name: &str, digest: &Digest) -> Result<(), ImageError> {
         let value = digest.to_string();
+        if self.read_refs()?.get(name) == Some(&value) {
+            return Ok(());
+        }
         self.update_refs(|refs| {
             refs.insert(name.to_owned(), value);
         })
