@@ -437,8 +437,14 @@ impl ImageStore {
         self.root.join("images").join(digest.hex())
     }
 
+    /// The image's metadata, if the image is complete (metadata and rootfs
+    /// both present).
     pub(crate) fn read_record(&self, digest: &Digest) -> Result<Option<ImageRecord>, ImageError> {
-        read_json(&self.image_dir(digest).join("image.json"))
+        let dir = self.image_dir(digest);
+        if !dir.join("rootfs.ext4").is_file() {
+            return Ok(None);
+        }
+        read_json(&dir.join("image.json"))
     }
 
     fn info(
@@ -770,6 +776,8 @@ impl ImageStore {
         let json_path = out.join("image.json");
         write_atomic(&self.tmp_dir(), &json_path, &to_json(&record, &json_path)?)?;
         let dest = self.image_dir(digest);
+        // An incomplete directory (rootfs deleted by hand) is replaced.
+        remove_path(&dest)?;
         fs::rename(&out, &dest).map_err(io_err("rename into place", &dest))?;
         tracing::info!(
             image = %digest,

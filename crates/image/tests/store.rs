@@ -115,6 +115,20 @@ fn corrupt_stored_blob_is_detected_on_rebuild() {
 }
 
 #[test]
+fn deleted_rootfs_is_rebuilt_on_import() {
+    let (tmp, store) = common::store();
+    let info = import_sample(&store, &tmp, "r:1");
+    std::fs::remove_file(&info.rootfs).expect("delete rootfs");
+    assert!(
+        store.get("r:1").expect("get").is_none(),
+        "an image without its rootfs looks complete"
+    );
+    let again = import_sample(&store, &tmp, "r:1");
+    assert_eq!(again.digest, info.digest);
+    common::check_sample_ext4(&again.rootfs);
+}
+
+#[test]
 fn layout_version_is_checked() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path().join("images");
