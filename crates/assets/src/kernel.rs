@@ -308,6 +308,69 @@ mod tests {
     }
 
     #[test]
+    fn only_complete_intact_entries_are_reused() {
+        use crate::kernel_entry::tests::{manifest_of, pin};
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let pin = pin();
+        let entry = layout.kernels().join(&pin.sha256);
+        let wanted = vec!["virtio".to_owned()];
+
+        // No entry, or an entry without a manifest (an interrupted run).
+        assert!(reuse_entry(&layout, &pin, &wanted).unwrap().is_none());
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("vmlinuz"), b"KERNEL").unwrap();
+        assert!(reuse_entry(&layout, &pin, &wanted).unwrap().is_none());
+
+        // A complete entry is reused, with the kernel stamped.
+        manifest_of(&entry, &[("virtio", b"m1")]);
+        let k = reuse_entry(&layout, &pin, &wanted).unwrap().unwrap();
+        assert_eq!(k.release, "9.9.9-test");
+        assert_eq!(k.modules[0].path, entry.join("modules/virtio.ko"));
+        assert_eq!(k.stamps[0].path, entry.join("vmlinuz"));
+        assert!(!k.downloaded);
+
+        // A module the entry does not keep, a damaged module, or an entry
+        // of another .deb: not reused.
+        let mut table_only = manifest_of(&entry, &[("virtio", b"m1")]);
+        table_only.table.modules.insert(
+            "vsock".into(),
+            crate::modules::ModuleInfo {
+                path: "kernel/vsock.ko".into(),
+                depends: vec![],
+            },
+        );
+        crate::fsutil::write_atomic(
+            &entry.join("manifest.json"),
+            &serde_json::to_vec(&table_only).unwrap(),
+        )
+        .unwrap();
+        assert!(reuse_entry(&layout, &pin, &["vsock".into()])
+            .unwrap()
+            .is_none());
+        std::fs::write(entry.join("modules/virtio.ko"), b"m2").unwrap();
+        assert!(reuse_entry(&layout, &pin, &wanted).unwrap().is_none());
+        manifest_of(&entry, &[("virtio", b"m1")]);
+        let other = DebPin {
+            sha256: "11".repeat(32),
+            ..pin.clone()
+        };
+        std::fs::rename(&entry, layout.kernels().join(&other.sha256)).unwrap();
+        assert!(reuse_entry(&layout, &pin, &wanted).unwrap().is_none());
+        assert!(
+            reuse_entry(&layout, &other, &wanted).unwrap().is_none(),
+            "manifest names another .deb"
+        );
+
+        // Unknown modules are an error, not a reason to download again.
+        manifest_of(&entry, &[("virtio", b"m1")]);
+        assert!(matches!(
+            reuse_entry(&layout, &pin, &["nope".into()]),
+            Err(AssetsError::Modules { .. })
+        ));
+    }
+
+    #[test]
     fn local_kernel_with_a_modules_dir_without_modules_dep() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("bzImage");

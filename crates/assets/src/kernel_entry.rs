@@ -437,12 +437,12 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::elf::tests::fake_module;
     use crate::index::FileStamp;
 
-    fn pin() -> DebPin {
+    pub(crate) fn pin() -> DebPin {
         DebPin {
             requested: "linux-image-test".into(),
             package: "linux-image-9.9.9-test".into(),
@@ -554,12 +554,21 @@ mod tests {
         assert!(KernelManifest::load(entry).is_none());
     }
 
-    fn manifest_of(entry: &Path, modules: &[(&str, &[u8])]) -> KernelManifest {
+    /// Writes a kernel entry with the given dependency-free modules.
+    pub(crate) fn manifest_of(entry: &Path, modules: &[(&str, &[u8])]) -> KernelManifest {
         let mut kept = BTreeMap::new();
+        let mut table = ModuleTable::default();
         std::fs::create_dir_all(entry.join(MODULES)).unwrap();
         for (name, data) in modules {
             let file = format!("{MODULES}/{name}.ko");
             kept.insert(name.to_string(), keep(entry, &file, data).unwrap());
+            table.modules.insert(
+                name.to_string(),
+                crate::modules::ModuleInfo {
+                    path: format!("kernel/{name}.ko"),
+                    depends: vec![],
+                },
+            );
         }
         let manifest = KernelManifest {
             format: FORMAT_VERSION,
@@ -569,7 +578,7 @@ mod tests {
             release: "9.9.9-test".into(),
             kernel: keep(entry, KERNEL, b"KERNEL").unwrap(),
             config: None,
-            table: ModuleTable::default(),
+            table,
             modules: kept,
         };
         write_atomic(

@@ -221,51 +221,6 @@ fn prepares_debian_cloud_kernel_then_reuses_and_repairs() {
 }
 
 #[test]
-fn concurrent_prepares_share_one_cache() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
-    // A local kernel keeps this test off the network: the point is the lock
-    // and the index under concurrency, not apt.
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let kernel = dir.path().join("vmlinuz");
-    std::fs::write(&kernel, b"not a real kernel").unwrap();
-    let agent = dir.path().join("agent");
-    std::fs::write(&agent, b"agent").unwrap();
-    let cfg = AssetsConfig {
-        kernel: KernelSource::Local {
-            kernel,
-            modules_dir: None,
-        },
-        ..config(&home, agent)
-    };
-    let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| prepare(&cfg))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let built = results
-        .iter()
-        .map(|r| r.as_ref().unwrap())
-        .filter(|a| a.work.built_initramfs)
-        .count();
-    assert_eq!(built, 1, "exactly one caller builds the initramfs");
-    let paths: Vec<_> = results
-        .iter()
-        .map(|r| r.as_ref().unwrap().initramfs.clone())
-        .collect();
-    assert!(paths.windows(2).all(|w| w[0] == w[1]));
-    // The others waited on the lock, then found the work done.
-    let idle = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().work == Default::default())
-        .count();
-    assert_eq!(idle, 3);
-    assert_eq!(prepare(&cfg).unwrap().work, Default::default());
-}
-
-#[test]
 fn errors_say_what_to_do() {
     if let Some(reason) = skip_reason() {
         eprintln!("skipped: {reason}");
