@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::{escape_opt_value, Accel, QemuConfig, AGENT_PORT_NAME};
 
@@ -19,6 +19,30 @@ pub const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=o
 
 /// QEMU's seccomp sandbox as nook uses it.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The id of the guest RAM backend when nook names one: QEMU's own default
+/// RAM id for `microvm`, so RAM blocks carry the same name in every
+/// migration stream whichever way a VM's RAM is backed.
+pub(crate) const RAM_BACKEND_ID: &str = "microvm.ram";
+
+/// How guest RAM is backed on one QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RamBacking {
+    /// `-m` alone: private anonymous memory.
+    Anonymous,
+    /// A `memory-backend-file` mapped shared (writes reach the file: a VM
+    /// to snapshot) or private (copy-on-write over the file: a clone).
+    File { path: PathBuf, shared: bool },
+}
+
+/// What differs between a cold boot and a restore on the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub ram: RamBacking,
+    /// Wait for an incoming migration (`-incoming defer`): the state is
+    /// fed later with QMP `migrate-incoming`.
+    pub incoming: bool,
+}
 
 /// The file descriptors (in the child) of QEMU's ends of the host channels.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +72,7 @@ pub(crate) fn build_args(
     console_log: &Path,
     fds: ChannelFds,
     tsc_khz: Option<u64>,
+    launch: &Launch,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::with_capacity(48);
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
@@ -57,9 +82,13 @@ pub(crate) fn build_args(
     });
     let smp = cfg.vcpus.to_string();
     let mem = format!("{}M", cfg.mem_mib);
+    let machine = match launch.ram {
+        RamBacking::Anonymous => MACHINE.to_owned(),
+        RamBacking::File { .. } => format!("{MACHINE},memory-backend={RAM_BACKEND_ID}"),
+    };
     push(&[
         "-M",
-        MACHINE,
+        &machine,
         "-accel",
         cfg.accel.as_qemu_arg(),
         "-cpu",
@@ -97,6 +126,20 @@ pub(crate) fn build_args(
         args.push(initrd.clone().into());
     }
     args.extend(cfg.disk_args());
+    if let RamBacking::File { path, shared } = &launch.ram {
+        let mut backend = OsString::from(format!(
+            "memory-backend-file,id={RAM_BACKEND_ID},size={}M,share={},mem-path=",
+            cfg.mem_mib,
+            if *shared { "on" } else { "off" }
+        ));
+        backend.push(escape_opt_value(path.as_os_str()));
+        args.push("-object".into());
+        args.push(backend);
+    }
+    if launch.incoming {
+        args.push("-incoming".into());
+        args.push("defer".into());
+    }
     args.extend(cfg.extra_args.iter().map(OsString::from));
     args
 }
@@ -105,6 +148,11 @@ pub(crate) fn build_args(
 mod tests {
     use super::*;
     use crate::config::DiskConfig;
+
+    const BOOT: Launch = Launch {
+        ram: RamBacking::Anonymous,
+        incoming: false,
+    };
 
     fn strings(args: Vec<OsString>) -> Vec<String> {
         args.into_iter().map(|a| a.into_string().unwrap()).collect()
@@ -131,6 +179,7 @@ mod tests {
             Path::new("/run/vm1/console,log"),
             fds,
             Some(2_445_428),
+            &BOOT,
         ));
         assert_eq!(value_of(&args, "-M"), [MACHINE]);
         assert_eq!(value_of(&args, "-accel"), ["tcg"]);
@@ -179,6 +228,7 @@ mod tests {
             Path::new("c"),
             ChannelFds { agent: 3, qmp: 4 },
             Some(1000),
+            &BOOT,
         ));
         assert_eq!(value_of(&args, "-cpu"), ["host"]);
         assert_eq!(value_of(&args, "-accel"), ["kvm"]);
@@ -202,5 +252,51 @@ mod tests {
         assert_eq!(kernel_cmdline(&cfg, None), "");
         cfg.tsc_hint = false;
         assert_eq!(kernel_cmdline(&cfg, Some(5)), "");
+    }
+
+    #[test]
+    fn file_backed_ram_and_incoming_name_the_backend_on_the_machine() {
+        let cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
+        let launch = Launch {
+            ram: RamBacking::File {
+                path: "/snap,1/memory".into(),
+                shared: false,
+            },
+            incoming: true,
+        };
+        let args = strings(build_args(
+            &cfg,
+            Path::new("c"),
+            ChannelFds { agent: 3, qmp: 4 },
+            None,
+            &launch,
+        ));
+        assert_eq!(
+            value_of(&args, "-M"),
+            [format!("{MACHINE},memory-backend=microvm.ram").as_str()]
+        );
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-file,id=microvm.ram,size=256M,share=off,mem-path=/snap,,1/memory"]
+        );
+        assert_eq!(value_of(&args, "-m"), ["256M"]);
+        assert_eq!(value_of(&args, "-incoming"), ["defer"]);
+
+        let shared = Launch {
+            ram: RamBacking::File {
+                path: "/run/vm/guest.ram".into(),
+                shared: true,
+            },
+            incoming: false,
+        };
+        let args = strings(build_args(
+            &cfg,
+            Path::new("c"),
+            ChannelFds { agent: 3, qmp: 4 },
+            None,
+            &shared,
+        ));
+        assert!(value_of(&args, "-object")[0].contains(",share=on,"));
+        assert!(value_of(&args, "-incoming").is_empty());
     }
 }

@@ -51,7 +51,7 @@ pub enum DiskCache {
 }
 
 impl DiskCache {
-    fn as_qemu_arg(self) -> &'static str {
+    pub(crate) fn as_qemu_arg(self) -> &'static str {
         match self {
             DiskCache::Writeback => "writeback",
             DiskCache::Direct => "none",
@@ -59,6 +59,25 @@ impl DiskCache {
         }
     }
 }
+
+/// Where guest RAM lives, which decides how snapshots store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestRam {
+    /// Private anonymous memory (QEMU's default). A snapshot carries the RAM
+    /// inside its migration stream, and a restore reads it all back in.
+    #[default]
+    Anonymous,
+    /// A file, `RUN_DIR/guest.ram` ([`GUEST_RAM_FILE`]), mapped shared. A
+    /// snapshot copies it (sparsely) next to the device state, and restored
+    /// clones map that copy copy-on-write instead of loading it: restore
+    /// cost no longer grows with guest memory. Put the run directory on
+    /// tmpfs, or the guest's memory writes become disk writeback.
+    SharedFile,
+}
+
+/// File name of the guest RAM file in the run directory
+/// ([`GuestRam::SharedFile`]).
+pub const GUEST_RAM_FILE: &str = "guest.ram";
 
 /// A raw disk image attached as a `virtio-blk-device` on virtio-mmio.
 /// Disks appear in the guest in the order they are listed.
@@ -120,6 +139,9 @@ pub struct QemuConfig {
     pub cpu_model: Option<String>,
     /// Extra arguments appended verbatim to QEMU's command line.
     pub extra_args: Vec<String>,
+    /// Where guest RAM lives; [`GuestRam::SharedFile`] for VMs that will be
+    /// snapshotted to make clones.
+    pub ram: GuestRam,
 }
 
 impl QemuConfig {
@@ -146,6 +168,7 @@ impl QemuConfig {
             tsc_hint: true,
             cpu_model: None,
             extra_args: Vec::new(),
+            ram: GuestRam::Anonymous,
         }
     }
 

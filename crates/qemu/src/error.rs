@@ -6,6 +6,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::qmp::QmpError;
+use crate::snapshot::SnapshotError;
 
 /// What went wrong starting, talking to or stopping a QEMU guest.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,37 @@ pub enum QemuError {
         pid: u32,
         #[source]
         source: QmpError,
+    },
+    #[error("snapshot directory {dir} already exists: remove it or choose another path")]
+    SnapshotExists { dir: PathBuf },
+    #[error("cannot take a snapshot into {dir}")]
+    SnapshotTake {
+        dir: PathBuf,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("cannot restore snapshot {dir}")]
+    SnapshotRestore {
+        dir: PathBuf,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("qemu (pid {pid}) could not save the guest's state into {dir}: {desc}\n{report}")]
+    SaveFailed {
+        dir: PathBuf,
+        pid: u32,
+        desc: String,
+        report: Box<Diagnostics>,
+    },
+    #[error(
+        "qemu (pid {pid}) could not load snapshot {dir}: {desc}; the snapshot is damaged or \
+         does not fit this QEMU or device model: take it again\n{report}"
+    )]
+    LoadFailed {
+        dir: PathBuf,
+        pid: u32,
+        desc: String,
+        report: Box<Diagnostics>,
     },
 }
 

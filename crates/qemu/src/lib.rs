@@ -28,15 +28,21 @@ mod cmdline;
 mod config;
 mod error;
 pub mod qmp;
+mod snapshot;
 mod spawn;
+mod sys;
 mod tsc;
 mod vm;
 
 pub use cmdline::{MACHINE, SANDBOX};
 pub use config::{
-    locate_qemu, Accel, DiskCache, DiskConfig, QemuConfig, AGENT_PORT_NAME, QEMU_BINARY_NAME,
-    QEMU_ENV,
+    locate_qemu, Accel, DiskCache, DiskConfig, GuestRam, QemuConfig, AGENT_PORT_NAME,
+    GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
 };
 pub use error::{Diagnostics, QemuError};
 pub use qmp::{Qmp, QmpError, QmpEvent};
+pub use snapshot::{
+    AfterSnapshot, QemuSnapshotInfo, RestoreOptions, SnapshotError, SnapshotMemory,
+    SnapshotTimings, MANIFEST_FILE, MEMORY_FILE, STATE_FILE,
+};
 pub use vm::{QemuVm, CONSOLE_LOG, DIAGNOSTIC_CONSOLE_LINES, STDERR_LOG};

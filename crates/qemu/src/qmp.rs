@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,27 @@ impl Qmp {
     /// the value of its `return` member. Events that arrive meanwhile are
     /// queued.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, None)
+    }
+
+    /// Like [`Qmp::execute`], with `fd` attached to the command's bytes as
+    /// `SCM_RIGHTS`: for `getfd`, which hands QEMU a file descriptor under a
+    /// name (`{"fdname": "x"}`) that later commands use as `fd:x`.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, Some(fd))
+    }
+
+    fn execute_inner(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         self.next_id += 1;
         let id = self.next_id;
         let mut request = json!({ "execute": command, "id": id });
@@ -122,8 +144,12 @@ impl Qmp {
         let mut line = request.to_string();
         line.push('\n');
         let waiting = format!("the reply to {command}");
-        self.stream
-            .write_all(line.as_bytes())
+        let sent = match fd {
+            // QEMU takes the descriptor that arrived with the command's bytes.
+            Some(fd) => crate::sys::send_with_fd(&self.stream, line.as_bytes(), fd),
+            None => Ok(0),
+        };
+        sent.and_then(|n| self.stream.write_all(&line.as_bytes()[n..]))
             .map_err(|source| match source.kind() {
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => QmpError::Closed {
                     waiting_for: waiting.clone(),

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::cmdline::{build_args, ChannelFds};
-use crate::config::{Accel, QemuConfig};
+use crate::cmdline::{build_args, kernel_cmdline, ChannelFds, Launch, RamBacking};
+use crate::config::{Accel, GuestRam, QemuConfig, GUEST_RAM_FILE};
 use crate::error::{Diagnostics, QemuError};
 use crate::qmp::{Qmp, QmpError};
 use crate::spawn::spawn_guarded;
@@ -41,10 +41,13 @@ pub struct QemuVm {
     agent: Option<UnixStream>,
     qmp_stream: Option<UnixStream>,
     qmp: Option<Qmp>,
-    qmp_timeout: Duration,
+    pub(crate) qmp_timeout: Duration,
     console_log: PathBuf,
     stderr_log: PathBuf,
     started: Instant,
+    /// The config as launched, with the kernel command line as passed.
+    pub(crate) config: QemuConfig,
+    pub(crate) ram: RamBacking,
 }
 
 impl QemuVm {
@@ -58,6 +61,35 @@ impl QemuVm {
     /// stderr, from [`QemuVm::boot_failure`].
     pub fn start(cfg: QemuConfig) -> Result<QemuVm, QemuError> {
         cfg.validate()?;
+        let ram = match cfg.ram {
+            GuestRam::Anonymous => RamBacking::Anonymous,
+            GuestRam::SharedFile => {
+                let path = cfg.run_dir.join(GUEST_RAM_FILE);
+                // A fresh sparse file of the right size, whatever a previous
+                // VM in this directory left behind.
+                File::create(&path)
+                    .and_then(|f| f.set_len(u64::from(cfg.mem_mib) << 20))
+                    .map_err(|source| QemuError::CreateFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                RamBacking::File { path, shared: true }
+            }
+        };
+        let launch = Launch {
+            ram,
+            incoming: false,
+        };
+        QemuVm::launch(cfg, launch, None)
+    }
+
+    /// Spawns QEMU for a validated `cfg`; `inherit` is one more descriptor
+    /// QEMU inherits under the same number (a restore's state file).
+    pub(crate) fn launch(
+        mut cfg: QemuConfig,
+        launch: Launch,
+        inherit: Option<BorrowedFd<'_>>,
+    ) -> Result<QemuVm, QemuError> {
         let console_log = cfg.run_dir.join(CONSOLE_LOG);
         let stderr_log = cfg.run_dir.join(STDERR_LOG);
         let create_err = |source| QemuError::CreateFile {
@@ -83,7 +115,7 @@ impl QemuVm {
             agent: agent_qemu.as_raw_fd(),
             qmp: qmp_qemu.as_raw_fd(),
         };
-        let args = build_args(&cfg, &console_log, fds, tsc_khz);
+        let args = build_args(&cfg, &console_log, fds, tsc_khz, &launch);
         debug!(target: "nook::qemu", binary = %cfg.binary.display(), ?args, "spawning qemu");
         let mut command = Command::new(&cfg.binary);
         command
@@ -93,11 +125,11 @@ impl QemuVm {
             .stdout(stdout)
             .stderr(stderr);
         let started = Instant::now();
-        let child = spawn_guarded(command, vec![fds.agent, fds.qmp]).map_err(|source| {
-            QemuError::Spawn {
-                binary: cfg.binary.clone(),
-                source,
-            }
+        let mut inherit_fds = vec![fds.agent, fds.qmp];
+        inherit_fds.extend(inherit.map(|fd| fd.as_raw_fd()));
+        let child = spawn_guarded(command, inherit_fds).map_err(|source| QemuError::Spawn {
+            binary: cfg.binary.clone(),
+            source,
         })?;
         // Only QEMU may hold its ends now, so its exit shows up as EOF here.
         drop(agent_qemu);
@@ -105,6 +137,10 @@ impl QemuVm {
         let pid = child.id();
         info!(target: "nook::qemu", pid, accel = ?cfg.accel, mem_mib = cfg.mem_mib,
               vcpus = cfg.vcpus, "qemu started");
+        // Record the command line as run, so a snapshot reproduces it
+        // exactly (the TSC hint is measured once, not again on restore).
+        cfg.cmdline = kernel_cmdline(&cfg, tsc_khz);
+        cfg.tsc_hint = false;
         Ok(QemuVm {
             child,
             pid,
@@ -116,6 +152,8 @@ impl QemuVm {
             console_log,
             stderr_log,
             started,
+            config: cfg,
+            ram: launch.ram,
         })
     }
 
@@ -229,7 +267,7 @@ impl QemuVm {
         result.map_err(|e| self.qmp_failed(e))
     }
 
-    fn qmp_failed(&mut self, e: QmpError) -> QemuError {
+    pub(crate) fn qmp_failed(&mut self, e: QmpError) -> QemuError {
         if matches!(e, QmpError::Closed { .. }) {
             if let Ok(Some(status)) = self.wait_timeout(Duration::from_millis(200)) {
                 return QemuError::Exited {
