@@ -26,4 +26,4 @@ pub use error::{ExecError, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
 pub use nook_proto::Winsize;
-pub use vm::{prepare_assets, Vm};
+pub use vm::{prepare_assets, Vm, BASE_CMDLINE};

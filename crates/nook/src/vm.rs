@@ -17,7 +17,7 @@ use crate::exec::ExecBuilder;
 
 /// Kernel command line every nook guest gets. `quiet` keeps the console
 /// (an emulated UART: every byte is a VM exit) nearly silent during boot.
-const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init";
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init";
 
 /// Kernel modules every guest loads (their dependencies come along): the
 /// virtio-mmio transport, the console carrying the agent channel, block
