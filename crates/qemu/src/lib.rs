@@ -7,6 +7,12 @@
 //! lazily on first use ([`QemuVm::qmp`]). The QEMU process cannot outlive
 //! its [`QemuVm`] or the nook process; see the `spawn` module for how.
 //!
+//! [`QemuVm::snapshot`] saves a running guest into a directory (QEMU's
+//! migration stream plus a manifest, and with [`GuestRam::SharedFile`] a
+//! sparse RAM image), and [`QemuVm::restore`] starts clones from it, mapping
+//! that RAM image copy-on-write; the layout is in the `snapshot` module and
+//! the crate's README.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), nook_qemu::QemuError> {
 //! use nook_qemu::{locate_qemu, Accel, QemuConfig, QemuVm};

@@ -119,15 +119,34 @@ fn boot(g: &Guest, ram: GuestRam, run: &Path) -> (QemuVm, Agent) {
     (vm, agent)
 }
 
+/// How long a restore took: until [`QemuVm::restore`] returned (state
+/// loaded, guest continued) and until the guest's first answer.
+struct RestoreTime {
+    returned: Duration,
+    answered: Duration,
+}
+
+impl std::fmt::Display for RestoreTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "returned {:?}, answered {:?}",
+            self.returned, self.answered
+        )
+    }
+}
+
 /// Restores a clone and times it from the call to the guest's first answer,
 /// which must continue the counter at `next`.
-fn clone_of(snap: &Path, run: &Path, next: u32) -> (QemuVm, Agent, Duration) {
+fn clone_of(snap: &Path, run: &Path, next: u32) -> (QemuVm, Agent, RestoreTime) {
     let started = Instant::now();
     let mut vm = QemuVm::restore(snap, run, RestoreOptions::default())
         .unwrap_or_else(|e| panic!("restore failed: {e}"));
+    let returned = started.elapsed();
     let mut agent = Agent::take(&mut vm);
     assert_eq!(agent.ask(&mut vm, "ping"), format!("pong {next}"));
-    (vm, agent, started.elapsed())
+    let answered = started.elapsed();
+    (vm, agent, RestoreTime { returned, answered })
 }
 
 fn clones_answer_and_diverge(ram: GuestRam, expect: SnapshotMemory) {
@@ -211,10 +230,10 @@ fn clones_answer_and_diverge(ram: GuestRam, expect: SnapshotMemory) {
         info.state_bytes >> 10,
         info.memory_data_bytes >> 10
     );
-    eprintln!("restore ({ram:?}) to first answer: {restore_a:?}, {restore_b:?}");
+    eprintln!("restore ({ram:?}): {restore_a}; {restore_b}");
     eprintln!(
         "clone snapshot (stream): paused {:?}, total {:?}, state {} KiB; \
-         restore to first answer {restore_c:?}",
+         restore {restore_c}",
         t2.paused,
         t2.total,
         info2.state_bytes >> 10
