@@ -21,6 +21,17 @@
 //! 32-bit PVH entry) and plain 64-bit ELF (entered in long mode at
 //! `e_entry` with the first 4 GiB identity-mapped, RSI = Linux zero page).
 //!
+//! **bzImage fast path** ([`KernelFormat::BzImagePvh`]): a bzImage whose
+//! payload is LZ4 (legacy frames), gzip, zstd or uncompressed, and whose
+//! `vmlinux` carries a PVH note, is decompressed on the host
+//! ([`arch::x86_64::payload`]) and that `vmlinux` is loaded and entered
+//! through PVH, skipping the bzImage's in-guest decompressor (up to a
+//! second of ring-0 work on hardware, minutes where ring 0 is emulated).
+//! The setup header's command-line size and initrd limit still apply.
+//! Anything else (xz, bzip2, lzma, lzo payloads, no PVH note) boots the
+//! classic way ([`KernelFormat::BzImage`]); a `debug` log line says which
+//! path was taken and why.
+//!
 //! # How a VM ends ([`ExitReason`])
 //! * [`ExitReason::PowerOff`]: the guest wrote `0x34` (SLP_EN | SLP_TYP=5)
 //!   to the ACPI sleep control port 0x600. Linux does this on `poweroff`

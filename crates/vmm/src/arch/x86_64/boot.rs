@@ -2,20 +2,21 @@
 //! command line and boot information (Linux zero page or PVH start info).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
     memory_map, ram_ranges, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
     PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
 };
+use super::payload::{extract_pvh_vmlinux, Compression};
 use super::regs::EntryMode;
 
 /// Errors loading a guest.
@@ -78,8 +79,13 @@ pub enum BootError {
 /// The kernel image formats understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFormat {
-    /// Linux bzImage, entered at its 64-bit entry point.
+    /// Linux bzImage, entered at its 64-bit entry point (its own
+    /// decompressor runs in the guest).
     BzImage,
+    /// Linux bzImage whose payload was decompressed on the host: the
+    /// `vmlinux` inside is loaded and entered through PVH (see
+    /// [`super::payload`]).
+    BzImagePvh,
     /// ELF with a Xen PVH note (e.g. Linux `vmlinux`), entered in 32-bit mode.
     PvhElf,
     /// Any other 64-bit ELF, entered in long mode at `e_entry`.
@@ -133,20 +139,17 @@ pub fn load_guest(mem: &GuestMemoryMmap, img: &GuestImage<'_>) -> Result<BootSet
     let himem = Some(GuestAddress(HIMEM_START));
     let (setup, header, kernel_end) = if &magic == b"\x7fELF" {
         let r = Elf::load(mem, None, &mut file, himem).map_err(kload)?;
-        let setup = match r.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => BootSetup {
-                entry: addr.0,
-                mode: EntryMode::Pvh32,
-                format: KernelFormat::PvhElf,
-            },
-            _ => BootSetup {
-                entry: r.kernel_load.0,
-                mode: EntryMode::Long64,
-                format: KernelFormat::Elf64,
-            },
-        };
-        (setup, None, r.kernel_end)
+        (elf_setup(&r, KernelFormat::PvhElf), None, r.kernel_end)
+    } else if let Some((limits, vmlinux)) = bzimage_fast_path(&mut file, img.kernel)? {
+        // The kernel inside the bzImage, entered through PVH.
+        let r = Elf::load(mem, None, &mut Cursor::new(&vmlinux[..]), himem).map_err(kload)?;
+        let setup = elf_setup(&r, KernelFormat::BzImagePvh);
+        // Were the loader to see no PVH note after all, the vmlinux would be
+        // entered as a plain ELF, without the bzImage's setup header.
+        let limits = (setup.mode == EntryMode::Pvh32).then_some(limits);
+        (setup, limits, r.kernel_end)
     } else {
+        file.seek(SeekFrom::Start(0)).map_err(kio)?;
         let r = BzImage::load(mem, None, &mut file, himem).map_err(kload)?;
         let hdr = r
             .setup_header
@@ -265,6 +268,64 @@ pub fn load_guest(mem: &GuestMemoryMmap, img: &GuestImage<'_>) -> Result<BootSet
     Ok(setup)
 }
 
+fn elf_setup(r: &KernelLoaderResult, pvh_format: KernelFormat) -> BootSetup {
+    match r.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => BootSetup {
+            entry: addr.0,
+            mode: EntryMode::Pvh32,
+            format: pvh_format,
+        },
+        _ => BootSetup {
+            entry: r.kernel_load.0,
+            mode: EntryMode::Long64,
+            format: KernelFormat::Elf64,
+        },
+    }
+}
+
+/// The bzImage fast path: if the image's payload decompresses on the host
+/// into a `vmlinux` with a PVH note, returns that `vmlinux` and the setup
+/// header fields that still apply (command-line size, initrd limit).
+/// `None` sends the caller down the classic path (the reason is logged).
+fn bzimage_fast_path(
+    file: &mut File,
+    path: &Path,
+) -> Result<Option<(setup_header, Vec<u8>)>, BootError> {
+    let kio = |source| BootError::KernelIo {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut image = Vec::new();
+    file.seek(SeekFrom::Start(0)).map_err(kio)?;
+    file.read_to_end(&mut image).map_err(kio)?;
+    let t0 = std::time::Instant::now();
+    match extract_pvh_vmlinux(&image) {
+        Ok((info, vmlinux)) => {
+            tracing::debug!(
+                "vmm: {}: {} payload decompressed on the host ({} bytes, {:?}); entering through pvh",
+                path.display(),
+                Compression::detect(info.payload),
+                vmlinux.len(),
+                t0.elapsed()
+            );
+            let hdr = setup_header {
+                version: info.version,
+                cmdline_size: info.cmdline_size,
+                initrd_addr_max: info.initrd_addr_max,
+                ..Default::default()
+            };
+            Ok(Some((hdr, vmlinux)))
+        }
+        Err(why) => {
+            tracing::debug!(
+                "vmm: {}: no host-side decompression ({why}); booting the bzImage's own decompressor",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
@@ -365,6 +426,85 @@ mod tests {
         let mut cmd = [0u8; 14];
         m.read_slice(&mut cmd, GuestAddress(CMDLINE_ADDR)).unwrap();
         assert_eq!(&cmd, b"console=ttyS0\0");
+    }
+
+    /// `tiny_elf` plus a PT_NOTE with the Xen PVH entry note.
+    fn tiny_pvh_elf(code: &[u8]) -> Vec<u8> {
+        let mut e = tiny_elf(code);
+        let mut note = Vec::new();
+        for v in [4u32, 4, 18] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&0x20_0000u32.to_le_bytes());
+        let note_off = e.len() as u64;
+        e.extend_from_slice(&note);
+        // Second program header: the first starts at 0x40 and the code at
+        // 0x78, so move the code (and its offset) back by one header.
+        let code_start = 0x78;
+        let tail = e.split_off(code_start);
+        let mut ph = vec![0u8; 0x38];
+        ph[0..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        ph[8..16].copy_from_slice(&(note_off + 0x38).to_le_bytes());
+        ph[32..40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        ph[40..48].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        e.extend_from_slice(&ph);
+        e.extend_from_slice(&tail);
+        e[56..58].copy_from_slice(&2u16.to_le_bytes()); // phnum
+        e[0x48..0x50].copy_from_slice(&(0x78u64 + 0x38).to_le_bytes()); // code offset
+        e
+    }
+
+    /// A bzImage-shaped file whose payload is `vmlinux`, LZ4-compressed.
+    fn bzimage_of(vmlinux: &[u8]) -> Vec<u8> {
+        let mut payload = 0x184c_2102u32.to_le_bytes().to_vec();
+        let block = lz4_flex::block::compress(vmlinux);
+        payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&block);
+        payload.extend_from_slice(&(vmlinux.len() as u32).to_le_bytes());
+        let mut img = vec![0u8; 2 * 512];
+        img[0x1f1] = 1;
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        img[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes());
+        img[0x238..0x23c].copy_from_slice(&64u32.to_le_bytes());
+        img[0x248..0x24c].copy_from_slice(&0u32.to_le_bytes());
+        img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        img.extend_from_slice(&payload);
+        img
+    }
+
+    #[test]
+    fn bzimage_with_pvh_payload_is_entered_through_pvh() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("bzImage");
+        std::fs::write(&kernel, bzimage_of(&tiny_pvh_elf(&[0xf4, 0x90]))).unwrap();
+        let m = mem();
+        let img = GuestImage {
+            kernel: &kernel,
+            initrd: None,
+            cmdline: "console=ttyS0",
+            mem_bytes: 16 << 20,
+            rsdp: 0xe0000,
+        };
+        let setup = load_guest(&m, &img).unwrap();
+        assert_eq!(setup.format, KernelFormat::BzImagePvh);
+        assert_eq!(setup.mode, EntryMode::Pvh32);
+        assert_eq!(setup.entry, 0x20_0000);
+        let code: [u8; 2] = m.read_obj(GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(code, [0xf4, 0x90]);
+        let info: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
+        assert_eq!({ info.cmdline_paddr }, CMDLINE_ADDR);
+        // The bzImage's cmdline_size (64) still bounds the command line.
+        let long = "x".repeat(65);
+        let img = GuestImage {
+            cmdline: &long,
+            ..img
+        };
+        assert!(matches!(
+            load_guest(&m, &img),
+            Err(BootError::CmdlineTooLong { max: 64, .. })
+        ));
     }
 
     #[test]

@@ -3,4 +3,5 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod layout;
+pub mod payload;
 pub mod regs;
