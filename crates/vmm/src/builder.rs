@@ -41,26 +41,28 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::machine::Vm;
+use crate::snapshot::SnapshotHandles;
 use crate::vstate::exit::{ExitState, Outcome};
 use crate::vstate::memory::create_guest_memory;
+use crate::vstate::pause::PauseControl;
 use crate::vstate::vcpu::{create_vcpu, install_kick_handler, Vcpu};
 use crate::vstate::vm::create_vm;
 
-fn new_eventfd(what: &str) -> Result<EventFd, VmmError> {
+pub(crate) fn new_eventfd(what: &str) -> Result<EventFd, VmmError> {
     EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| VmmError::Device {
         what: format!("{what} eventfd"),
         source,
     })
 }
 
-fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd, VmmError> {
+pub(crate) fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd, VmmError> {
     evt.try_clone().map_err(|source| VmmError::Device {
         what: format!("{what} eventfd"),
         source,
     })
 }
 
-fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
+pub(crate) fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
     let evt = new_eventfd(what)?;
     vm.register_irqfd(&evt, gsi).map_err(|e| VmmError::Device {
         what: format!("{what} irqfd (line {gsi})"),
@@ -144,21 +146,10 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
 
     // Port I/O devices.
     let mut pio = Bus::default();
-    let out: Box<dyn std::io::Write + Send> = match serial {
-        SerialSink::Null => Box::new(std::io::sink()),
-        SerialSink::Stdout => Box::new(std::io::stdout()),
-        SerialSink::File(path) => {
-            Box::new(
-                std::fs::File::create(&path).map_err(|source| VmmError::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
-        }
-        SerialSink::Writer(w) => w,
-    };
+    let out = open_serial_sink(serial)?;
     let com1 = SerialDevice::new(irqfd(vm_fd, COM1_IRQ, "serial")?, out);
-    pio.insert(Arc::new(Mutex::new(com1)), u64::from(COM1_PORT), 8)?;
+    let com1 = Arc::new(Mutex::new(com1));
+    pio.insert(com1.clone(), u64::from(COM1_PORT), 8)?;
     let i8042 = Arc::new(Mutex::new(I8042));
     pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
     pio.insert(i8042, u64::from(I8042_CMD_PORT), 1)?;
@@ -213,11 +204,12 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
 
     timer.mark("vcpus");
     let exit = Arc::new(ExitState::new());
+    let pause = Arc::new(PauseControl::default());
     let event_stop = new_eventfd("event loop stop")?;
     let event_loop = EventLoop::new(
         clone_eventfd(&event_stop, "event loop stop")?,
         activated,
-        transports,
+        transports.clone(),
         queue_evts,
     )
     .map_err(|source| VmmError::Device {
@@ -235,6 +227,12 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         boot,
         cmdline,
         phases: Vec::new(),
+        snap: SnapshotHandles {
+            pause: pause.clone(),
+            serial: com1,
+            transports,
+            vcpus,
+        },
     };
     let loop_exit = exit.clone();
     vm.event_thread = Some(
@@ -263,6 +261,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
             pio: pio.clone(),
             mmio: mmio.clone(),
             exit: exit.clone(),
+            pause: pause.clone(),
         };
         let name = format!("nook-vcpu{index}");
         let handle = std::thread::Builder::new()
@@ -276,6 +275,23 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
     timer.mark("threads");
     vm.phases = timer.phases;
     Ok(vm)
+}
+
+/// Opens where COM1 output goes.
+pub(crate) fn open_serial_sink(
+    serial: SerialSink,
+) -> Result<Box<dyn std::io::Write + Send>, VmmError> {
+    Ok(match serial {
+        SerialSink::Null => Box::new(std::io::sink()),
+        SerialSink::Stdout => Box::new(std::io::stdout()),
+        SerialSink::File(path) => Box::new(std::fs::File::create(&path).map_err(|source| {
+            VmmError::SerialFile {
+                path: path.clone(),
+                source,
+            }
+        })?),
+        SerialSink::Writer(w) => w,
+    })
 }
 
 /// Durations of the build steps, for [`Vm::start_phases`].

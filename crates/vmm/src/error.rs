@@ -69,6 +69,9 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// Taking or restoring a snapshot.
+    #[error("snapshot failed")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// A host-side operation failed while the VM ran.
     #[error("{what} failed")]
     Failed {

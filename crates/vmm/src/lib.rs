@@ -60,10 +60,12 @@ mod error;
 mod event_loop;
 mod machine;
 pub mod probe;
+pub mod snapshot;
 pub mod vstate;
 
 pub use arch::x86_64::boot::{BootSetup, KernelFormat};
 pub use config::{DiskConfig, SerialSink, VmConfig};
 pub use error::VmmError;
 pub use machine::{boot, Vm};
+pub use snapshot::{AfterSnapshot, RestoreConfig, SnapshotError, SnapshotInfo};
 pub use vstate::exit::ExitReason;

@@ -34,6 +34,8 @@ pub struct Vm {
     pub(crate) boot: BootSetup,
     pub(crate) cmdline: String,
     pub(crate) phases: Vec<(&'static str, Duration)>,
+    /// What snapshots read.
+    pub(crate) snap: crate::snapshot::SnapshotHandles,
 }
 
 impl std::fmt::Debug for Vm {

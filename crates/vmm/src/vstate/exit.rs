@@ -97,6 +97,15 @@ impl ExitState {
         self.cv.notify_all();
     }
 
+    /// Kicks every registered vCPU thread out of KVM_RUN (used to pause
+    /// them; see [`super::pause`]).
+    pub(crate) fn kick_vcpus(&self) {
+        let g = lock(&self.inner);
+        for &t in &g.vcpu_threads {
+            super::vcpu::kick(t);
+        }
+    }
+
     /// Registers a running vCPU thread so that [`finish`](Self::finish) can
     /// kick it. Threads must be registered before they are joined, and only
     /// joined after `finish` was called.

@@ -15,6 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
 
 use super::exit::{ExitReason, ExitState, Outcome};
+use super::pause::PauseControl;
 use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::devices::bus::{Bus, BusWrite};
@@ -111,6 +112,8 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     /// Where the VM's end is recorded.
     pub(crate) exit: Arc<ExitState>,
+    /// Pause requests (snapshots).
+    pub(crate) pause: Arc<PauseControl>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -133,6 +136,10 @@ impl Vcpu {
             })
         };
         while !self.exit.should_stop() {
+            if self.pause.requested() {
+                self.pause.park(index, &mut self.fd, &self.exit);
+                continue;
+            }
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => match self.pio.write(u64::from(port), data) {
                     BusWrite::Exit(reason) => Some(Outcome::Exit(reason)),

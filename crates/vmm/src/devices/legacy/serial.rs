@@ -23,8 +23,8 @@ impl Trigger for IrqFdTrigger {
 
 /// COM1.
 pub struct SerialDevice {
-    serial: Serial<IrqFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
-    errors: u64,
+    pub(super) serial: Serial<IrqFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    pub(super) errors: u64,
 }
 
 impl std::fmt::Debug for SerialDevice {

@@ -20,6 +20,9 @@ use super::{
 use crate::devices::bus::BusDevice;
 use crate::vstate::exit::ExitReason;
 
+mod persist;
+pub use persist::MmioTransportState;
+
 const MAGIC_VALUE: u64 = 0x000;
 const VERSION: u64 = 0x004;
 const DEVICE_ID: u64 = 0x008;
@@ -417,7 +420,7 @@ mod tests {
         }
     }
 
-    fn transport(fail: bool) -> (MmioTransport, Arc<AtomicU32>, Arc<AtomicU32>) {
+    pub(super) fn transport(fail: bool) -> (MmioTransport, Arc<AtomicU32>, Arc<AtomicU32>) {
         let a = Arc::new(AtomicU32::new(0));
         let p = Arc::new(AtomicU32::new(0));
         let dev = Dummy {
@@ -445,7 +448,7 @@ mod tests {
     }
 
     /// Drives the transport like Linux's virtio_mmio driver does.
-    fn bring_up(t: &mut MmioTransport) {
+    pub(super) fn bring_up(t: &mut MmioTransport) {
         w(t, STATUS, status::ACKNOWLEDGE);
         w(t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(t, DRIVER_FEATURES_SEL, 1);

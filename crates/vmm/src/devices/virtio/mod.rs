@@ -10,6 +10,7 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod persist;
 pub mod rng;
 
 use std::os::fd::RawFd;
@@ -170,6 +171,10 @@ pub trait VirtioDevice: Send {
     /// The backend file descriptor is ready.
     fn process_backend(&mut self, _events: EventSet) -> Result<(), VirtioError> {
         Ok(())
+    }
+    /// The device's snapshot state; `None` if it cannot be snapshotted.
+    fn save_state(&self) -> Option<persist::VirtioDeviceState> {
+        None
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_handler::{BlockQueueHandler, Disk, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES};
+use crate::devices::virtio::persist::VirtioDeviceState;
 use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -27,7 +28,7 @@ pub enum BlockError {
     },
 }
 
-enum State {
+pub(super) enum State {
     Idle(Disk),
     Active(GuestMemoryMmap, BlockQueueHandler<Arc<IrqTrigger>>),
     /// Only while moving the disk between the other two.
@@ -36,9 +37,11 @@ enum State {
 
 /// virtio-blk on a raw image file.
 pub struct Block {
-    state: State,
-    features: u64,
-    sectors: u64,
+    pub(super) state: State,
+    pub(super) features: u64,
+    pub(super) sectors: u64,
+    /// The image path (kept for snapshots).
+    pub(super) path: PathBuf,
 }
 
 impl std::fmt::Debug for Block {
@@ -80,6 +83,7 @@ impl Block {
             }),
             features,
             sectors,
+            path: path.to_path_buf(),
         })
     }
 }
@@ -146,6 +150,10 @@ impl VirtioDevice for Block {
             (State::Active(mem, handler), 0) => handler.process_queue(mem),
             _ => Ok(()),
         }
+    }
+
+    fn save_state(&self) -> Option<VirtioDeviceState> {
+        Some(VirtioDeviceState::Block(self.save()))
     }
 }
 

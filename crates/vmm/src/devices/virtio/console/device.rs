@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
 use super::queue_handler::{ConsoleQueueHandler, RX, TX};
+use crate::devices::virtio::persist::VirtioDeviceState;
 use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
@@ -21,9 +22,9 @@ const QUEUE_SIZES: [u16; 2] = [256, 256];
 /// When the host end closes, guest output is discarded and no more input
 /// arrives.
 pub struct Console {
-    stream: Option<UnixStream>,
-    eof: bool,
-    active: Option<(GuestMemoryMmap, ConsoleQueueHandler<Arc<IrqTrigger>>)>,
+    pub(super) stream: Option<UnixStream>,
+    pub(super) eof: bool,
+    pub(super) active: Option<(GuestMemoryMmap, ConsoleQueueHandler<Arc<IrqTrigger>>)>,
 }
 
 impl std::fmt::Debug for Console {
@@ -174,6 +175,10 @@ impl VirtioDevice for Console {
             self.pump_input()?;
         }
         Ok(())
+    }
+
+    fn save_state(&self) -> Option<VirtioDeviceState> {
+        Some(VirtioDeviceState::Console(self.save()))
     }
 }
 

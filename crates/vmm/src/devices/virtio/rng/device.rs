@@ -5,6 +5,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_handler::RngQueueHandler;
+use crate::devices::virtio::persist::VirtioDeviceState;
 use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 const QUEUE_SIZES: [u16; 1] = [256];
@@ -12,7 +13,7 @@ const QUEUE_SIZES: [u16; 1] = [256];
 /// virtio-rng (one request queue, no config space).
 #[derive(Debug, Default)]
 pub struct Rng {
-    active: Option<(GuestMemoryMmap, RngQueueHandler<Arc<IrqTrigger>>)>,
+    pub(super) active: Option<(GuestMemoryMmap, RngQueueHandler<Arc<IrqTrigger>>)>,
 }
 
 impl Rng {
@@ -65,5 +66,9 @@ impl VirtioDevice for Rng {
             (Some((mem, handler)), 0) => handler.process_queue(mem),
             _ => Ok(()),
         }
+    }
+
+    fn save_state(&self) -> Option<VirtioDeviceState> {
+        Some(VirtioDeviceState::Rng(self.save()))
     }
 }

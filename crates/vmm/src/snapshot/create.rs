@@ -1,0 +1,253 @@
+//! Taking a snapshot: [`Vm::snapshot`].
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::error::SnapshotError;
+use super::format::{encode_state, HostCompat, SnapshotHeader, PAGE_SIZE};
+use super::memory::write_memory;
+use super::state::{BootState, MicrovmState, VirtioSlotState};
+use crate::devices::lock;
+use crate::error::VmmError;
+use crate::machine::Vm;
+use crate::vstate::exit::Outcome;
+use crate::vstate::vcpu_state::msr_list;
+use crate::vstate::vm_state::VmState;
+use crate::ExitReason;
+
+/// How long vCPUs get to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the source VM does once its snapshot is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSnapshot {
+    /// Keep running.
+    Resume,
+    /// End it ([`ExitReason::Stopped`]) without running it further.
+    Stop,
+}
+
+/// What a snapshot took.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    /// The file written.
+    pub path: PathBuf,
+    /// File length (header, state, whole memory section).
+    pub apparent_bytes: u64,
+    /// Bytes the file occupies on disk (zero pages are holes).
+    pub allocated_bytes: u64,
+    /// Length of the state section.
+    pub state_bytes: u64,
+    /// Guest pages written (the others are holes).
+    pub pages_written: u64,
+    /// How long the guest was paused.
+    pub paused: Duration,
+}
+
+impl Vm {
+    /// Writes a snapshot of the running VM to `path`, then resumes or
+    /// stops it as `then` says.
+    ///
+    /// Every vCPU is parked out of `KVM_RUN` and every device is locked
+    /// while the state and memory are read. The file appears at `path`
+    /// only once complete and synced (written to a temporary file in the
+    /// same directory, then renamed); on any error, including a full disk,
+    /// nothing is left at `path` and the VM keeps running.
+    pub fn snapshot(&mut self, path: &Path, then: AfterSnapshot) -> Result<SnapshotInfo, VmmError> {
+        let info = self.snapshot_inner(path, then)?;
+        if then == AfterSnapshot::Stop {
+            self.stop();
+        }
+        Ok(info)
+    }
+
+    fn snapshot_inner(
+        &mut self,
+        path: &Path,
+        then: AfterSnapshot,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        let kvm_vm = self.kvm_vm.as_ref().ok_or(SnapshotError::NotRunning)?;
+        if self.exit.outcome().is_some() {
+            return Err(SnapshotError::NotRunning);
+        }
+        let compat = HostCompat::current(&kvm_vm.kvm);
+        if compat.xsave_size > 4096 {
+            return Err(SnapshotError::Machine("xsave areas over 4 KiB"));
+        }
+        let msrs = cached_msr_list(&kvm_vm.kvm);
+        let snap = &self.snap;
+        let t0 = Instant::now();
+        let vcpus = snap
+            .pause
+            .pause(&self.exit, usize::from(snap.vcpus), msrs, PAUSE_TIMEOUT)?;
+        // From here on the vCPUs are parked: resume them whatever happens.
+        let result = (|| -> Result<(SnapshotHeader, u64, u64), SnapshotError> {
+            let serial = lock(&snap.serial);
+            let transports: Vec<_> = snap.transports.iter().map(|t| lock(t)).collect();
+            let mut devices = Vec::with_capacity(transports.len());
+            for t in &transports {
+                let device = t
+                    .device()
+                    .save_state()
+                    .ok_or(SnapshotError::UnsupportedDevice(t.device().device_type()))?;
+                devices.push(VirtioSlotState {
+                    transport: t.save_state(),
+                    device,
+                });
+            }
+            let vm = VmState::save(&kvm_vm.fd)?;
+            let mut state = MicrovmState {
+                vcpus,
+                vm,
+                memory: Vec::new(),
+                serial: serial.save(),
+                devices,
+                boot: BootState::save(&self.boot),
+                cmdline: self.cmdline.clone(),
+            };
+            // The memory layout is known before the memory is written:
+            // the regions back to back, page aligned.
+            let mut offset = 0;
+            for r in vm_memory::GuestMemoryBackend::iter(&self.mem) {
+                use vm_memory::GuestMemoryRegion;
+                state.memory.push(super::state::MemoryRegionState {
+                    guest_addr: r.start_addr().0,
+                    len: r.len(),
+                    offset,
+                });
+                offset += r.len().next_multiple_of(PAGE_SIZE);
+            }
+            let bytes = encode_state(&state).map_err(SnapshotError::Encode)?;
+            let header = SnapshotHeader::new(&bytes, offset, compat);
+            let written = write_atomically(path, |file| {
+                file.write_all_at(&bytes, header.state_offset)?;
+                let (regions, stats) = write_memory(file, header.mem_offset, &self.mem)?;
+                if regions != state.memory {
+                    return Err(io::Error::other("guest memory layout changed"));
+                }
+                file.set_len(header.file_len())?;
+                // The header goes last: an interrupted write never has a
+                // valid one.
+                file.write_all_at(&header.encode(), 0)?;
+                Ok(stats.pages_written)
+            })
+            .map_err(|(op, source)| SnapshotError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok((header, bytes.len() as u64, written))
+        })();
+        let paused = t0.elapsed();
+        if result.is_ok() && then == AfterSnapshot::Stop {
+            // Stopped before the vCPUs wake: the guest runs no further
+            // than what the file holds.
+            self.exit.finish(Outcome::Exit(ExitReason::Stopped));
+        }
+        snap.pause.resume();
+        let (header, state_bytes, pages_written) = result?;
+        let allocated_bytes = std::fs::metadata(path)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0);
+        tracing::debug!(
+            "vmm: snapshot {} written, guest paused {paused:?}",
+            path.display()
+        );
+        Ok(SnapshotInfo {
+            path: path.to_path_buf(),
+            apparent_bytes: header.file_len(),
+            allocated_bytes,
+            state_bytes,
+            pages_written,
+            paused,
+        })
+    }
+}
+
+/// KVM's MSR list, read once per process.
+fn cached_msr_list(kvm: &kvm_ioctls::Kvm) -> Vec<u32> {
+    static LIST: OnceLock<Vec<u32>> = OnceLock::new();
+    LIST.get_or_init(|| msr_list(kvm).unwrap_or_default())
+        .clone()
+}
+
+/// Creates `path` through a temporary file in the same directory: `fill`
+/// writes it, then it is synced, renamed over `path`, and the directory
+/// synced. On failure the temporary file is removed and `path` untouched.
+fn write_atomically<T>(
+    path: &Path,
+    fill: impl FnOnce(&File) -> io::Result<T>,
+) -> Result<T, (&'static str, io::Error)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or((
+            "name",
+            io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
+        ))?
+        .to_string_lossy()
+        .into_owned();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| ("create", e))?;
+    let result = fill(&file)
+        .map_err(|e| ("write", e))
+        .and_then(|v| file.sync_all().map(|()| v).map_err(|e| ("sync", e)))
+        .and_then(|v| {
+            std::fs::rename(&tmp, path)
+                .map(|()| v)
+                .map_err(|e| ("rename", e))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // The rename is durable once the directory is synced.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_nothing_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        std::fs::write(&path, b"old").unwrap();
+        let e = write_atomically(&path, |f| {
+            f.write_all_at(b"partial", 0)?;
+            Err::<(), _>(io::Error::from_raw_os_error(libc::ENOSPC))
+        })
+        .unwrap_err();
+        assert_eq!(e.0, "write");
+        assert_eq!(e.1.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old", "target untouched");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file"
+        );
+        write_atomically(&path, |f| f.write_all_at(b"new", 0)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
