@@ -50,7 +50,12 @@ impl Frame {
     }
 }
 
-fn encode_parts(stream: u32, kind: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+fn encode_parts(
+    stream: u32,
+    kind: u8,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(FrameError::TooLarge { len: payload.len() });
     }
@@ -197,7 +202,10 @@ mod tests {
         write_frame(&mut wire, 7, 5, b"hello").unwrap();
         write_frame(&mut wire, 0, 1, b"").unwrap();
         let mut r = &wire[..];
-        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::new(7, 5, b"hello".to_vec())));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::new(7, 5, b"hello".to_vec()))
+        );
         assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::new(0, 1, vec![])));
         assert_eq!(read_frame(&mut r).unwrap(), None);
     }
@@ -230,7 +238,10 @@ mod tests {
         let wire = Frame::new(3, 4, b"abcdef".to_vec()).encode().unwrap();
         for cut in 1..wire.len() {
             let err = read_frame(&mut &wire[..cut]).unwrap_err();
-            assert!(matches!(err, FrameError::Truncated { .. }), "cut at {cut}: {err:?}");
+            assert!(
+                matches!(err, FrameError::Truncated { .. }),
+                "cut at {cut}: {err:?}"
+            );
         }
     }
 

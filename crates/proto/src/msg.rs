@@ -121,6 +121,11 @@ pub struct ExecRequest {
     /// Kill the command's whole process group after this many milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run as this user: `name`, `uid`, `uid:gid`, `name:group` (names are
+    /// resolved from the guest root's `/etc/passwd` and `/etc/group`); root
+    /// when absent. Omitted from the encoding when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The command is running.
@@ -312,15 +317,24 @@ mod tests {
         let f = HostMsg::Shutdown.to_frame(0);
         assert!(matches!(
             GuestMsg::from_frame(&f),
-            Err(MsgError::WrongDirection { kind: Kind::Shutdown })
+            Err(MsgError::WrongDirection {
+                kind: Kind::Shutdown
+            })
         ));
         let f = GuestMsg::Stdout(b"x".to_vec()).to_frame(1);
-        assert!(matches!(HostMsg::from_frame(&f), Err(MsgError::WrongDirection { .. })));
+        assert!(matches!(
+            HostMsg::from_frame(&f),
+            Err(MsgError::WrongDirection { .. })
+        ));
     }
 
     #[test]
     fn unknown_error_codes_from_newer_peers_decode_as_other() {
-        let f = Frame::new(1, Kind::Error as u8, br#"{"code":"quota","message":"m"}"#.to_vec());
+        let f = Frame::new(
+            1,
+            Kind::Error as u8,
+            br#"{"code":"quota","message":"m"}"#.to_vec(),
+        );
         let GuestMsg::Error(e) = GuestMsg::from_frame(&f).unwrap() else {
             panic!("not an error reply");
         };

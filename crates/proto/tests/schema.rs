@@ -32,10 +32,23 @@ fn samples() -> Vec<(&'static str, Frame)> {
                 stdin: true,
                 tty: Some(Winsize { rows: 24, cols: 80 }),
                 timeout_ms: Some(3000),
+                user: None,
             })
             .to_frame(1),
         ),
-        ("started", GuestMsg::Started(Started { pid: 42 }).to_frame(1)),
+        (
+            "exec_user",
+            HostMsg::Exec(ExecRequest {
+                argv: vec!["id".into()],
+                user: Some("app:staff".into()),
+                ..Default::default()
+            })
+            .to_frame(3),
+        ),
+        (
+            "started",
+            GuestMsg::Started(Started { pid: 42 }).to_frame(1),
+        ),
         ("stdin", HostMsg::Stdin(vec![0, 1, 2, 255]).to_frame(1)),
         ("stdin_eof", HostMsg::Stdin(vec![]).to_frame(1)),
         ("stdout", GuestMsg::Stdout(b"out\n".to_vec()).to_frame(1)),
@@ -58,7 +71,14 @@ fn samples() -> Vec<(&'static str, Frame)> {
             .to_frame(2),
         ),
         ("signal", HostMsg::Signal(15).to_frame(1)),
-        ("resize", HostMsg::Resize(Winsize { rows: 50, cols: 132 }).to_frame(1)),
+        (
+            "resize",
+            HostMsg::Resize(Winsize {
+                rows: 50,
+                cols: 132,
+            })
+            .to_frame(1),
+        ),
         ("shutdown", HostMsg::Shutdown.to_frame(CONTROL_STREAM)),
     ]
 }
