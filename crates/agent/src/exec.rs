@@ -21,6 +21,7 @@ use nook_proto::{
 use crate::channel::Sender;
 use crate::reaper::{kill_group, Reaper};
 use crate::tty;
+use crate::user::{self, Identity};
 
 /// Base environment of every command; the request's env is applied on top.
 const BASE_ENV: &[(&str, &str)] = &[
@@ -70,10 +71,19 @@ pub fn start(
     let Some(program) = req.argv.first() else {
         return Err(reply(ErrorCode::BadRequest, "empty command"));
     };
+    let identity = match req.user.as_deref() {
+        Some(spec) => {
+            Some(user::resolve_here(spec).map_err(|m| reply(ErrorCode::BadRequest, m))?)
+        }
+        None => None,
+    };
     let mut cmd = Command::new(program);
     cmd.args(&req.argv[1..]).env_clear();
     for (k, v) in BASE_ENV {
         cmd.env(k, v);
+    }
+    if let Some(id) = &identity {
+        cmd.env("HOME", &id.home);
     }
     if req.tty.is_some() {
         cmd.env("TERM", "xterm-256color");
@@ -107,6 +117,10 @@ pub fn start(
             None
         }
     };
+
+    if let Some(id) = identity {
+        switch_user(&mut cmd, id);
+    }
 
     let (mut child, status_rx) = reaper
         .spawn(&mut cmd)
@@ -180,6 +194,27 @@ pub fn start(
         stdin: stdin_tx,
         pty,
     })
+}
+
+/// Makes the child drop to `id` (groups, then gid, then uid) just before
+/// it executes the program.
+fn switch_user(cmd: &mut Command, id: Identity) {
+    let groups: Vec<libc::gid_t> = id.groups;
+    let (uid, gid) = (id.uid, id.gid);
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // makes async-signal-safe system calls on memory allocated before the
+    // fork (the groups vector moved into it) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                || libc::setgid(gid) < 0
+                || libc::setuid(uid) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Waits for the command's status, killing its process group at the timeout.

@@ -1,15 +1,19 @@
-//! PID 1 duties: pseudo filesystems, modules, hostname, power off.
+//! PID 1 duties: pseudo filesystems, modules, the root and volumes, hostname,
+//! power off.
 
 use std::fs;
 use std::io;
 
 use nix::mount::{mount, MsFlags};
+use nix::sys::signal::Signal;
 use nix::sys::reboot::{reboot, RebootMode};
 
 use crate::modules;
+use crate::storage::{self, StorageConfig};
 
 /// Mounts proc, sysfs, devtmpfs, devpts and the tmpfs mounts, loads the
-/// modules from the manifest and names the host.
+/// modules from the manifest, switches to the image root and mounts the
+/// volumes the command line names (see [`storage`]), and names the host.
 pub fn setup() -> io::Result<()> {
     mount_fs(
         "proc",
@@ -75,6 +79,9 @@ pub fn setup() -> io::Result<()> {
     }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     modules::load_manifest(modules::MANIFEST, &cmdline);
+    let storage = StorageConfig::parse(&cmdline)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    storage::setup(&storage)?;
     let _ = nix::unistd::sethostname("nook");
     Ok(())
 }
@@ -104,6 +111,13 @@ pub fn cmdline_has(word: &str) -> bool {
 
 /// Flushes file systems and powers the machine off. Never returns.
 pub fn power_off() -> ! {
+    if std::process::id() == 1 {
+        // Nothing may hold a volume busy: end every other process, then
+        // unmount the volumes so the host finds them clean.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
+        nix::unistd::sync();
+        storage::unmount_volumes();
+    }
     nix::unistd::sync();
     let _ = reboot(RebootMode::RB_POWER_OFF);
     // Only reached when not allowed to reboot (not PID 1 in a VM).

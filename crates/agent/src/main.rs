@@ -6,12 +6,15 @@
 //! so the initramfs needs no libc.
 
 mod channel;
+mod entropy;
 mod exec;
 mod init;
 mod modules;
 mod reaper;
 mod serve;
+mod storage;
 mod tty;
+mod user;
 
 use std::process::ExitCode;
 

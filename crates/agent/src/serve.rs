@@ -13,7 +13,7 @@ use nook_proto::{
 use crate::channel::Sender;
 use crate::exec::{self, Running};
 use crate::reaper::Reaper;
-use crate::{log, tty};
+use crate::{entropy, log, tty};
 
 type Table = Arc<Mutex<HashMap<u32, Running>>>;
 
@@ -83,6 +83,14 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
                 }
             }
             HostMsg::Shutdown => return Ok(()),
+            HostMsg::Resync(r) => {
+                if pid1 {
+                    set_clock(r.time_ns);
+                    if let Err(e) = entropy::reseed(&r.entropy) {
+                        log(&format!("cannot reseed the entropy pool: {e}"));
+                    }
+                }
+            }
             HostMsg::Hello(_) => {}
         }
     }

@@ -192,6 +192,44 @@ fn env_and_cwd_apply() {
 }
 
 #[test]
+fn user_switches_uid_gid_and_groups() {
+    if !nix_is_root() {
+        eprintln!("skipping: switching users needs root");
+        return;
+    }
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    // Numeric ids need no passwd entry; HOME is then `/`.
+    let mut req = exec(&["sh", "-c", "id -u; id -g; id -G; echo $HOME"]);
+    req.user = Some("65432:65433".into());
+    send(&mut a, 1, HostMsg::Exec(req));
+    let d = collect(&mut a, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&d.stdout),
+        "65534\n65533\n65533\n/\n",
+        "{}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+
+    let mut req = exec(&["id", "-u"]);
+    req.user = Some("no-such-user-here".into());
+    send(&mut a, 2, HostMsg::Exec(req));
+    let e = collect(&mut a, 2).error.expect("an error reply");
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("no-such-user-here"), "{}", e.message);
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
 fn timeout_kills_the_whole_process_group() {
     let (mut a, _) = start(PROTOCOL_VERSION);
     // The grandchild writes its pid; after the timeout it must be gone too.

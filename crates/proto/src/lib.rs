@@ -26,7 +26,7 @@ mod msg;
 pub use frame::{read_frame, write_frame, Decoder, Frame, FrameError, HEADER_LEN, MAX_PAYLOAD};
 pub use msg::{
     ErrorCode, ErrorReply, ExecRequest, ExitStatus, GuestHello, GuestMsg, HostHello, HostMsg, Kind,
-    MsgError, Started, Winsize,
+    MsgError, Resync, Started, Winsize,
 };
 
 /// Version of the wire protocol. Host and agent refuse to talk across versions.

@@ -35,6 +35,9 @@ pub enum Kind {
     Resize = 11,
     /// host -> guest, control stream: sync and power off.
     Shutdown = 12,
+    /// host -> guest, control stream: the VM was restored from a snapshot;
+    /// set the clock and reseed the entropy pool ([`Resync`]).
+    Resync = 13,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             10 => Signal,
             11 => Resize,
             12 => Shutdown,
+            13 => Resync,
             _ => return None,
         })
     }
@@ -174,6 +178,17 @@ pub struct ErrorReply {
     pub message: String,
 }
 
+/// Sent after a restore: every clone of a snapshot must get the host's
+/// time and its own entropy, or clones would share clocks and random bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resync {
+    /// Host wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// Fresh random bytes from the host, mixed into the guest's pool before
+    /// it is forced to reseed.
+    pub entropy: Vec<u8>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct SignalBody {
     signal: i32,
@@ -200,6 +215,7 @@ pub enum HostMsg {
     Signal(i32),
     Resize(Winsize),
     Shutdown,
+    Resync(Resync),
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -266,6 +282,7 @@ impl HostMsg {
             HostMsg::Signal(_) => Kind::Signal,
             HostMsg::Resize(_) => Kind::Resize,
             HostMsg::Shutdown => Kind::Shutdown,
+            HostMsg::Resync(_) => Kind::Resync,
         }
     }
 
@@ -277,6 +294,7 @@ impl HostMsg {
             HostMsg::Signal(signal) => json(&SignalBody { signal: *signal }),
             HostMsg::Resize(m) => json(m),
             HostMsg::Shutdown => Vec::new(),
+            HostMsg::Resync(m) => json(m),
         };
         Frame::new(stream, self.kind() as u8, payload)
     }
@@ -291,6 +309,7 @@ impl HostMsg {
             Kind::Signal => HostMsg::Signal(parse::<SignalBody>(kind, p)?.signal),
             Kind::Resize => HostMsg::Resize(parse(kind, p)?),
             Kind::Shutdown => HostMsg::Shutdown,
+            Kind::Resync => HostMsg::Resync(parse(kind, p)?),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -309,7 +328,7 @@ mod tests {
             }
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(13), None);
+        assert_eq!(Kind::from_u8(14), None);
     }
 
     #[test]

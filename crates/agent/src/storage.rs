@@ -1,0 +1,315 @@
+//! Disks the host attached, as the kernel command line describes them:
+//!
+//! - `nook.root=SERIAL`: an ext4 image root. It is mounted read-only
+//!   (`ro,noload`) under a writable overlay (tmpfs, or the ext4 disk named
+//!   by `nook.scratch=SERIAL`); /dev, /proc, /sys, /run and /tmp move into
+//!   it, and it becomes `/` (MS_MOVE + chroot, as switch_root does).
+//! - `nook.mount=SERIAL:PATH:ro|rw` (repeatable): an ext4 volume mounted at
+//!   PATH (percent-encoded) in the final root.
+//!
+//! Disks are found by their virtio-blk serial (`/sys/block/vdX/serial`),
+//! never by their order.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount, MsFlags};
+
+use crate::log;
+
+/// How long to wait for an attached disk to appear.
+const DISK_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the image root is put together before it becomes `/`.
+const STAGE: &str = "/.nook";
+
+/// Pseudo file systems that move from the initramfs into the image root.
+const MOVED_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/run", "/tmp"];
+
+/// Volumes mounted by [`mount_volumes`], unmounted at power off.
+static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A volume to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub serial: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub root: Option<String>,
+    pub scratch: Option<String>,
+    pub mounts: Vec<VolumeMount>,
+}
+
+impl StorageConfig {
+    pub fn parse(cmdline: &str) -> Result<StorageConfig, String> {
+        let mut cfg = StorageConfig::default();
+        for word in cmdline.split_whitespace() {
+            if let Some(serial) = word.strip_prefix("nook.root=") {
+                cfg.root = Some(serial.to_string());
+            } else if let Some(serial) = word.strip_prefix("nook.scratch=") {
+                cfg.scratch = Some(serial.to_string());
+            } else if let Some(spec) = word.strip_prefix("nook.mount=") {
+                let mut parts = spec.splitn(3, ':');
+                let (Some(serial), Some(path), Some(mode)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(format!("bad nook.mount `{spec}`: want SERIAL:PATH:ro|rw"));
+                };
+                let read_only = match mode {
+                    "ro" => true,
+                    "rw" => false,
+                    _ => return Err(format!("bad nook.mount mode `{mode}`: want ro or rw")),
+                };
+                let path = percent_decode(path)
+                    .filter(|p| p.starts_with('/'))
+                    .ok_or_else(|| format!("bad nook.mount path `{path}`"))?;
+                cfg.mounts.push(VolumeMount {
+                    serial: serial.to_string(),
+                    path,
+                    read_only,
+                });
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Sets up the image root (when asked) and the volumes.
+pub fn setup(cfg: &StorageConfig) -> io::Result<()> {
+    if let Some(root) = &cfg.root {
+        switch_to_image_root(root, cfg.scratch.as_deref())?;
+    }
+    for m in &cfg.mounts {
+        mount_volume(m)?;
+    }
+    Ok(())
+}
+
+fn err(what: String) -> impl FnOnce(nix::Error) -> io::Error {
+    move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+}
+
+/// The `/dev` node of the virtio-blk disk with this serial, once both its
+/// sysfs entry and its device node exist.
+fn find_disk(serial: &str) -> io::Result<PathBuf> {
+    let deadline = Instant::now() + DISK_WAIT;
+    loop {
+        if let Ok(dir) = fs::read_dir("/sys/block") {
+            for entry in dir.flatten() {
+                let s = fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+                if s.trim_end_matches(['\n', '\0']) == serial {
+                    let dev = Path::new("/dev").join(entry.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no disk with serial {serial} appeared in {DISK_WAIT:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn mount_ext4(dev: &Path, target: &Path, read_only: bool, data: Option<&str>) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    let flags = if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount(Some(dev), target, Some("ext4"), flags, data).map_err(err(format!(
+        "mount {} on {}",
+        dev.display(),
+        target.display()
+    )))
+}
+
+fn switch_to_image_root(root_serial: &str, scratch: Option<&str>) -> io::Result<()> {
+    let stage = Path::new(STAGE);
+    let lower = stage.join("lower");
+    let rw = stage.join("rw");
+    let new_root = stage.join("root");
+    mount_ext4(&find_disk(root_serial)?, &lower, true, Some("noload"))?;
+    match scratch {
+        Some(serial) => mount_ext4(&find_disk(serial)?, &rw, false, None)?,
+        None => {
+            fs::create_dir_all(&rw)?;
+            mount(
+                Some("tmpfs"),
+                &rw,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .map_err(err(format!("mount tmpfs on {}", rw.display())))?;
+        }
+    }
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    fs::create_dir_all(&upper)?;
+    fs::create_dir_all(&work)?;
+    fs::create_dir_all(&new_root)?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &new_root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(err(format!(
+        "mount overlay on {} (is the overlay module loaded?)",
+        new_root.display()
+    )))?;
+    for m in MOVED_MOUNTS {
+        let target = new_root.join(m.trim_start_matches('/'));
+        // An image may have a symlink here (`/run -> /var/run`): replace it.
+        if fs::symlink_metadata(&target).is_ok_and(|t| !t.is_dir()) {
+            fs::remove_file(&target)?;
+        }
+        fs::create_dir_all(&target)?;
+        mount(Some(*m), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(err(format!("move {m} into the image root")))?;
+    }
+    // switch_root: make the new root `/` and forget the initramfs.
+    std::env::set_current_dir(&new_root)?;
+    mount(
+        Some("."),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(err("move the image root onto /".into()))?;
+    nix::unistd::chroot(".").map_err(err("chroot into the image root".into()))?;
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+fn mount_volume(m: &VolumeMount) -> io::Result<()> {
+    let dev = find_disk(&m.serial)?;
+    let target = Path::new(&m.path);
+    let mounted = mount_ext4(&dev, target, m.read_only, None);
+    if let (Err(e), true) = (&mounted, m.read_only) {
+        // A volume left unclean by a crashed VM has a journal to replay,
+        // which a read-only disk cannot do: show it as it was last synced.
+        log(&format!("{e}; retrying without the journal"));
+        mount_ext4(&dev, target, true, Some("noload"))?;
+    } else {
+        mounted?;
+    }
+    MOUNTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(target.to_path_buf());
+    Ok(())
+}
+
+/// Unmounts the volumes (last mounted first) so they are clean on the host;
+/// one that stays busy is remounted read-only. Called at power off, after
+/// every other process is gone.
+pub fn unmount_volumes() {
+    let mut mounted = MOUNTED.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(path) = mounted.pop() {
+        if let Err(e) = umount(&path) {
+            log(&format!("cannot unmount {}: {e}", path.display()));
+            let _ = mount(
+                None::<&str>,
+                &path,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_names_root_scratch_and_mounts() {
+        let cfg = StorageConfig::parse(
+            "console=ttyS0 nook.root=nook-root nook.scratch=nook-scratch \
+             nook.mount=nook-vol0:/data:rw nook.mount=nook-vol1:/my%20dir%3Ax:ro quiet",
+        )
+        .unwrap();
+        assert_eq!(cfg.root.as_deref(), Some("nook-root"));
+        assert_eq!(cfg.scratch.as_deref(), Some("nook-scratch"));
+        assert_eq!(
+            cfg.mounts,
+            [
+                VolumeMount {
+                    serial: "nook-vol0".into(),
+                    path: "/data".into(),
+                    read_only: false
+                },
+                VolumeMount {
+                    serial: "nook-vol1".into(),
+                    path: "/my dir:x".into(),
+                    read_only: true
+                },
+            ]
+        );
+        assert_eq!(
+            StorageConfig::parse("quiet").unwrap(),
+            StorageConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_mounts_are_refused() {
+        for bad in [
+            "nook.mount=x",
+            "nook.mount=x:/a",
+            "nook.mount=x:/a:rx",
+            "nook.mount=x:rel:rw",
+            "nook.mount=x:/a%2:rw",
+            "nook.mount=x:/a%zz:rw",
+        ] {
+            assert!(StorageConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/a%25b%3a%3A").as_deref(), Some("/a%b::"));
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}
