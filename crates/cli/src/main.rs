@@ -6,6 +6,7 @@
 //! N killed it; 130 / 143 when nook was interrupted by SIGINT / SIGTERM.
 #![forbid(unsafe_code)]
 
+mod boot;
 mod exit;
 mod run;
 mod setup;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run a command in a fresh microVM and exit with its exit code.
     Run(run::RunArgs),
+    /// Boot a kernel with no agent, its serial console on stdout; the exit code says how it ended.
+    #[command(after_help = boot::EXIT_CODES_HELP)]
+    Boot(boot::BootArgs),
     /// Prepare the guest kernel and initramfs, probe the engines, and say which will be used.
     Setup(setup::SetupArgs),
 }
@@ -49,6 +53,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Setup(args) => setup::setup(args),
+        Command::Boot(args) => boot::boot(args),
     };
     std::process::exit(code);
 }

@@ -74,6 +74,16 @@ impl Vm {
         }
     }
 
+    /// Waits (at most `timeout`, if given) for the VM to end and says why,
+    /// without tearing it down: vCPU and device threads may still be
+    /// winding down. Meant for a process that exits as soon as its VM does
+    /// (`nook boot`) and leaves the teardown to the kernel's process exit;
+    /// anyone else wants [`wait`](Self::wait). `None` on timeout.
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<Result<ExitReason, VmmError>> {
+        let outcome = self.exit.wait(timeout)?;
+        Some(outcome_to_result(Some(outcome)))
+    }
+
     /// Kills the VM now (if it is still running) and joins its threads. The
     /// exit reason becomes [`ExitReason::Stopped`] unless it had already
     /// ended.
