@@ -443,4 +443,26 @@ mod tests {
         let bytes = postcard::to_allocvec(&a).unwrap();
         assert_eq!(postcard::from_bytes::<HostCompat>(&bytes).unwrap(), a);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics_on_random_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096), extra in 0u64..1 << 40) {
+            let _ = parse_snapshot(&bytes, bytes.len() as u64 + extra);
+        }
+
+        #[test]
+        fn parser_never_panics_on_random_states(state in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), flip in 0usize..2048) {
+            // A valid header with a matching checksum over random state
+            // bytes: the decoder itself sees garbage.
+            let h = SnapshotHeader::new(&state, 4096, compat());
+            let mut file = h.encode().to_vec();
+            file.extend_from_slice(&state);
+            let len = h.file_len();
+            let r = parse_snapshot(&file, len);
+            proptest::prop_assert!(r.is_err());
+            let i = flip % file.len();
+            file[i] ^= 0x5a;
+            proptest::prop_assert!(parse_snapshot(&file, len).is_err());
+        }
+    }
 }

@@ -145,7 +145,9 @@ impl Vm {
 
         let kvm_err = |op| move |source| VmError::Kvm { op, source };
         let fd = kvm.create_vm().map_err(kvm_err("create vm"))?;
+        timer.mark("kvm create vm");
         register_guest_memory(&fd, &mem).map_err(VmError::from)?;
+        timer.mark("memory slots");
         fd.set_tss_address(TSS_ADDR as usize)
             .map_err(kvm_err("set tss address"))?;
         fd.set_identity_map_address(IDENTITY_MAP_ADDR)
@@ -156,8 +158,9 @@ impl Vm {
             ..Default::default()
         })
         .map_err(kvm_err("create pit"))?;
+        timer.mark("irqchip and pit");
         state.vm.restore(&fd).map_err(SnapshotError::from)?;
-        timer.mark("create kvm vm");
+        timer.mark("vm state");
 
         // Port I/O devices.
         let mut pio = Bus::default();
