@@ -89,6 +89,10 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Host caching policy.
     pub cache: DiskCache,
+    /// Serial number the guest reads from `/sys/block/vdX/serial` (at most
+    /// 20 bytes, QEMU's limit; letters, digits, `-`, `_`, `.`): lets the
+    /// guest find a disk by name instead of by order.
+    pub serial: Option<String>,
 }
 
 impl DiskConfig {
@@ -98,6 +102,7 @@ impl DiskConfig {
             path: path.into(),
             read_only,
             cache: DiskCache::default(),
+            serial: None,
         }
     }
 }
@@ -209,6 +214,18 @@ impl QemuConfig {
             })?;
         }
         for disk in &self.disks {
+            if let Some(serial) = &disk.serial {
+                let ok = serial.len() <= 20
+                    && serial
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    return Err(QemuError::InvalidConfig {
+                        field: "disks.serial",
+                        reason: "must be at most 20 letters, digits, `-`, `_` or `.`",
+                    });
+                }
+            }
             check_file(&disk.path, |path, source| QemuError::DiskUnreadable {
                 path,
                 source,
@@ -244,8 +261,13 @@ impl QemuConfig {
             drive.push(disk.cache.as_qemu_arg());
             args.push("-drive".into());
             args.push(drive);
+            let mut device = format!("virtio-blk-device,drive=disk{i}");
+            if let Some(serial) = &disk.serial {
+                device.push_str(",serial=");
+                device.push_str(serial);
+            }
             args.push("-device".into());
-            args.push(format!("virtio-blk-device,drive=disk{i}").into());
+            args.push(device.into());
         }
         args
     }
@@ -354,6 +376,18 @@ mod tests {
         assert!(err.to_string().contains("no-disk"), "{err}");
 
         let mut cfg = good.clone();
+        let mut disk = DiskConfig::new(&file, true);
+        disk.serial = Some("a,b".into());
+        cfg.disks.push(disk);
+        assert!(matches!(
+            cfg.validate(),
+            Err(QemuError::InvalidConfig {
+                field: "disks.serial",
+                ..
+            })
+        ));
+
+        let mut cfg = good.clone();
         cfg.run_dir = file.clone();
         assert!(matches!(
             cfg.validate(),
@@ -382,6 +416,7 @@ mod tests {
         cfg.disks.push(DiskConfig::new("/img/root,1.raw", true));
         let mut scratch = DiskConfig::new("/img/scratch.raw", false);
         scratch.cache = DiskCache::Unsafe;
+        scratch.serial = Some("nook-scratch".into());
         cfg.disks.push(scratch);
         let args: Vec<String> = cfg
             .disk_args()
@@ -398,7 +433,7 @@ mod tests {
                 "-drive",
                 "if=none,id=disk1,format=raw,file=/img/scratch.raw,readonly=off,cache=unsafe",
                 "-device",
-                "virtio-blk-device,drive=disk1",
+                "virtio-blk-device,drive=disk1,serial=nook-scratch",
             ]
         );
     }

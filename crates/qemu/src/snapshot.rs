@@ -808,6 +808,7 @@ fn config_to_json(cfg: &QemuConfig) -> Result<Value, SnapshotError> {
                 "path": path_json(&d.path)?,
                 "read_only": d.read_only,
                 "cache": d.cache.as_qemu_arg(),
+                "serial": d.serial,
             }))
         })
         .collect::<Result<Vec<_>, SnapshotError>>()?;
@@ -951,6 +952,7 @@ fn config_from_json(c: &Map<String, Value>) -> Result<QemuConfig, SnapshotError>
                 path: str_field(d, "path")?.into(),
                 read_only: bool_field(d, "read_only")?,
                 cache,
+                serial: d.get("serial").and_then(Value::as_str).map(str::to_owned),
             })
         })
         .collect::<Result<_, SnapshotError>>()?;
