@@ -56,6 +56,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Set to abandon a boot in progress (a signal handler's flag).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Host directories shared into the guest (virtio-fs; qemu engine).
+    pub shares: Vec<crate::ShareConfig>,
 }
 
 impl Default for VmConfig {
@@ -72,6 +74,7 @@ impl Default for VmConfig {
             progress: true,
             cmdline: String::new(),
             cancel: None,
+            shares: Vec::new(),
         }
     }
 }
@@ -86,6 +89,9 @@ impl VmConfig {
         }
         if self.vcpus == 0 {
             return Err(crate::VmError::Config("a VM needs at least one vCPU"));
+        }
+        for share in &self.shares {
+            share.validate()?;
         }
         Ok(())
     }

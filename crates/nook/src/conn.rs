@@ -192,6 +192,33 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Reconnects to the agent of a restored VM: it already said hello
+    /// (recorded in the snapshot) and is waiting for requests.
+    pub fn resume(
+        stream: UnixStream,
+        hello: GuestHello,
+        reader: FrameSource,
+    ) -> Result<Arc<Conn>, VmError> {
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(VmError::VersionMismatch {
+                agent: hello.protocol,
+                host: PROTOCOL_VERSION,
+            });
+        }
+        let conn = Arc::new(Conn {
+            writer: Mutex::new(stream),
+            routes: Arc::new(Mutex::new(Routes::default())),
+            next_stream: AtomicU32::new(1),
+            hello,
+        });
+        let routes = conn.routes.clone();
+        std::thread::Builder::new()
+            .name("nook-chan".into())
+            .spawn(move || read_loop(reader, routes))
+            .map_err(VmError::Channel)?;
+        Ok(conn)
+    }
+
     /// Opens a new stream and returns its id and event queue.
     pub fn open_stream(&self) -> Result<(u32, Receiver<Event>), VmError> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);

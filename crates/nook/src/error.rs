@@ -18,6 +18,8 @@ pub enum VmError {
     Qemu(#[source] nook_qemu::QemuError),
     #[error("the kvm engine failed")]
     Kvm(#[source] nook_vmm::VmmError),
+    #[error("cannot serve a host directory share")]
+    Share(#[source] nook_fs::FsError),
     #[error("cannot create the VM's runtime directory {path}")]
     RunDir {
         path: PathBuf,
@@ -32,6 +34,14 @@ pub enum VmError {
     ChannelLost(String),
     #[error("the guest agent broke the protocol: {0}")]
     Protocol(String),
+    #[error("snapshot {path} is unusable: {reason}")]
+    BadSnapshot { path: PathBuf, reason: String },
+    #[error("cannot write snapshot {path}")]
+    SnapshotIo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the guest agent speaks protocol {agent}, this nook speaks {host}: rebuild the guest assets with `nook setup`")]
     VersionMismatch { agent: u32, host: u32 },
 }

@@ -18,6 +18,9 @@ mod conn;
 mod engine;
 mod error;
 mod exec;
+mod pool;
+mod share;
+mod snapshot;
 mod vm;
 
 pub use config::{EngineKind, VmConfig};
@@ -26,4 +29,9 @@ pub use error::{ExecError, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
 pub use nook_proto::Winsize;
+pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
+pub use share::ShareConfig;
+pub use snapshot::{
+    list_snapshots, named_snapshot, remove_snapshot, snapshots_dir, Snapshot, SnapshotManifest,
+};
 pub use vm::{prepare_assets, Vm, BASE_CMDLINE};

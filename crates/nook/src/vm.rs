@@ -21,8 +21,14 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/
 
 /// Kernel modules every guest loads (their dependencies come along): the
 /// virtio-mmio transport, the console carrying the agent channel, block
-/// devices and the entropy device.
-const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_console", "virtio_blk", "virtio_rng"];
+/// devices, the entropy device and virtio-fs for shares.
+const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_console",
+    "virtio_blk",
+    "virtio_rng",
+    "virtiofs",
+];
 
 /// How many console lines an error message shows.
 const CONSOLE_TAIL: usize = 30;
@@ -30,16 +36,17 @@ const CONSOLE_TAIL: usize = 30;
 /// A running microVM. Dropping it kills the VM.
 #[derive(Debug)]
 pub struct Vm {
-    machine: Mutex<Box<dyn Machine>>,
-    conn: Arc<Conn>,
-    _run_dir: RunDir,
-    choice: EngineChoice,
-    boot_time: Duration,
+    pub(crate) machine: Mutex<Box<dyn Machine>>,
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) _run_dir: RunDir,
+    pub(crate) choice: EngineChoice,
+    pub(crate) boot_time: Duration,
+    pub(crate) cfg: VmConfig,
 }
 
 /// A runtime directory that removes itself.
 #[derive(Debug)]
-struct RunDir(PathBuf);
+pub(crate) struct RunDir(pub(crate) PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
@@ -47,7 +54,7 @@ impl Drop for RunDir {
     }
 }
 
-fn make_run_dir() -> Result<RunDir, VmError> {
+pub(crate) fn make_run_dir() -> Result<RunDir, VmError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     // Unix socket paths are limited to 108 bytes: keep this short.
     let base = std::env::var_os("XDG_RUNTIME_DIR")
@@ -139,6 +146,10 @@ impl Vm {
             cmdline.push(' ');
             cmdline.push_str(&cfg.cmdline);
         }
+        for (i, share) in cfg.shares.iter().enumerate() {
+            cmdline.push(' ');
+            cmdline.push_str(&crate::share::cmdline_word(i, share));
+        }
         let spec = MachineSpec {
             kernel: assets.kernel.clone(),
             initrd: assets.initramfs.clone(),
@@ -146,6 +157,13 @@ impl Vm {
             mem_mib: cfg.memory_mib,
             vcpus: cfg.vcpus,
             run_dir: run_dir.0.clone(),
+            disks: Vec::new(),
+            shares: cfg
+                .shares
+                .iter()
+                .enumerate()
+                .map(|(i, s)| crate::share::fs_share(i, s))
+                .collect(),
         };
         let mut machine: Box<dyn Machine> = match &choice {
             EngineChoice::Qemu { kvm_accel, .. } => Box::new(qemu::boot(&spec, *kvm_accel)?),
@@ -192,6 +210,7 @@ impl Vm {
             _run_dir: run_dir,
             choice,
             boot_time,
+            cfg,
         })
     }
 

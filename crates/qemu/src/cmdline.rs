@@ -82,9 +82,12 @@ pub(crate) fn build_args(
     });
     let smp = cfg.vcpus.to_string();
     let mem = format!("{}M", cfg.mem_mib);
+    // vhost-user backends (shares) map guest RAM themselves: it must be
+    // shared memory, a memfd unless it already is a shared file.
+    let memfd = launch.ram == RamBacking::Anonymous && !cfg.shares.is_empty();
     let machine = match launch.ram {
-        RamBacking::Anonymous => MACHINE.to_owned(),
-        RamBacking::File { .. } => format!("{MACHINE},memory-backend={RAM_BACKEND_ID}"),
+        RamBacking::Anonymous if !memfd => MACHINE.to_owned(),
+        _ => format!("{MACHINE},memory-backend={RAM_BACKEND_ID}"),
     };
     push(&[
         "-M",
@@ -136,6 +139,17 @@ pub(crate) fn build_args(
         args.push("-object".into());
         args.push(backend);
     }
+    if memfd {
+        args.push("-object".into());
+        args.push(
+            format!(
+                "memory-backend-memfd,id={RAM_BACKEND_ID},size={}M,share=on",
+                cfg.mem_mib
+            )
+            .into(),
+        );
+    }
+    args.extend(cfg.share_args());
     if launch.incoming {
         args.push("-incoming".into());
         args.push("defer".into());
@@ -298,5 +312,49 @@ mod tests {
         ));
         assert!(value_of(&args, "-object")[0].contains(",share=on,"));
         assert!(value_of(&args, "-incoming").is_empty());
+    }
+    #[test]
+    fn shares_get_shared_memfd_ram_and_vhost_user_fs_devices() {
+        let mut cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
+        cfg.shares.push(crate::config::ShareConfig {
+            socket: "/run/vm,1/fs0.sock".into(),
+            tag: "work".into(),
+        });
+        let args = strings(build_args(
+            &cfg,
+            Path::new("c"),
+            ChannelFds { agent: 3, qmp: 4 },
+            None,
+            &BOOT,
+        ));
+        assert_eq!(
+            value_of(&args, "-M"),
+            [format!("{MACHINE},memory-backend=microvm.ram").as_str()]
+        );
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=microvm.ram,size=256M,share=on"]
+        );
+        assert!(value_of(&args, "-chardev").contains(&"socket,id=fs0,path=/run/vm,,1/fs0.sock"));
+        assert!(value_of(&args, "-device").contains(&"vhost-user-fs-device,chardev=fs0,tag=work"));
+
+        // A shared RAM file is already shared: no memfd on top.
+        let shared = Launch {
+            ram: RamBacking::File {
+                path: "/run/vm/guest.ram".into(),
+                shared: true,
+            },
+            incoming: false,
+        };
+        let args = strings(build_args(
+            &cfg,
+            Path::new("c"),
+            ChannelFds { agent: 3, qmp: 4 },
+            None,
+            &shared,
+        ));
+        let objects = value_of(&args, "-object");
+        assert_eq!(objects.len(), 1);
+        assert!(objects[0].starts_with("memory-backend-file,"));
     }
 }

@@ -107,6 +107,19 @@ impl DiskConfig {
     }
 }
 
+/// A host directory share: a `vhost-user-fs-device` whose backend (nook's
+/// virtio-fs server) listens on `socket` before QEMU starts. A VM with
+/// shares gets its RAM from a shared memfd (or its shared RAM file) so the
+/// backend can map it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The backend's vhost-user socket.
+    pub socket: PathBuf,
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`): 1 to 36
+    /// letters, digits, `-`, `_` or `.`.
+    pub tag: String,
+}
+
 /// Everything needed to start one QEMU `microvm` guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
@@ -147,6 +160,8 @@ pub struct QemuConfig {
     /// Where guest RAM lives; [`GuestRam::SharedFile`] for VMs that will be
     /// snapshotted to make clones.
     pub ram: GuestRam,
+    /// Host directory shares, as virtio-fs devices.
+    pub shares: Vec<ShareConfig>,
 }
 
 impl QemuConfig {
@@ -174,6 +189,7 @@ impl QemuConfig {
             cpu_model: None,
             extra_args: Vec::new(),
             ram: GuestRam::Anonymous,
+            shares: Vec::new(),
         }
     }
 
@@ -231,6 +247,20 @@ impl QemuConfig {
                 source,
             })?;
         }
+        for share in &self.shares {
+            let ok = !share.tag.is_empty()
+                && share.tag.len() <= 36
+                && share
+                    .tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return Err(QemuError::InvalidConfig {
+                    field: "shares.tag",
+                    reason: "must be 1 to 36 letters, digits, `-`, `_` or `.`",
+                });
+            }
+        }
         match std::fs::metadata(&self.run_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => Err(QemuError::RunDirUnusable {
@@ -268,6 +298,22 @@ impl QemuConfig {
             }
             args.push("-device".into());
             args.push(device.into());
+        }
+        args
+    }
+}
+
+impl QemuConfig {
+    /// The `-chardev`/`-device` pairs for the configured shares.
+    pub(crate) fn share_args(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
+        for (i, share) in self.shares.iter().enumerate() {
+            let mut chardev = OsString::from(format!("socket,id=fs{i},path="));
+            chardev.push(escape_opt_value(share.socket.as_os_str()));
+            args.push("-chardev".into());
+            args.push(chardev);
+            args.push("-device".into());
+            args.push(format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag).into());
         }
         args
     }

@@ -42,7 +42,7 @@ mod vm;
 
 pub use cmdline::{MACHINE, SANDBOX};
 pub use config::{
-    locate_qemu, Accel, DiskCache, DiskConfig, GuestRam, QemuConfig, AGENT_PORT_NAME,
+    locate_qemu, Accel, DiskCache, DiskConfig, GuestRam, QemuConfig, ShareConfig, AGENT_PORT_NAME,
     GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
 };
 pub use error::{Diagnostics, QemuError};

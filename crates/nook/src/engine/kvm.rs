@@ -4,10 +4,13 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nook_vmm::{SerialSink, VmConfig};
+use nook_vmm::{DiskConfig, SerialSink, VmConfig};
 
 use super::{tail_lines, Machine, MachineSpec};
 use crate::error::VmError;
+
+/// The VMM's snapshot file inside a snapshot's engine directory.
+const SNAPSHOT_FILE: &str = "vm.snap";
 
 #[derive(Debug)]
 pub struct KvmMachine {
@@ -18,6 +21,11 @@ pub struct KvmMachine {
 }
 
 pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
+    if !spec.shares.is_empty() {
+        return Err(VmError::Config(
+            "host directory shares need the qemu engine for now: use --engine qemu",
+        ));
+    }
     // The VMM serves the guest's console port on one end of a socketpair;
     // the agent channel is the other end, exactly as with QEMU.
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
@@ -30,6 +38,15 @@ pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
     cfg.serial = SerialSink::File(console_log.clone());
     cfg.console = Some(guest);
     cfg.rng = true;
+    cfg.disks = spec
+        .disks
+        .iter()
+        .map(|d| DiskConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            id: d.serial.clone(),
+        })
+        .collect();
     let vm = nook_vmm::Vm::start(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {
         vm,
@@ -66,4 +83,34 @@ impl Machine for KvmMachine {
     fn kill(&mut self) {
         self.vm.stop();
     }
+
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), VmError> {
+        std::fs::create_dir(dir).map_err(|source| VmError::SnapshotIo {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.vm
+            .snapshot(&dir.join(SNAPSHOT_FILE), nook_vmm::AfterSnapshot::Resume)
+            .map(|_| ())
+            .map_err(VmError::Kvm)
+    }
+}
+
+/// Starts a clone of a snapshot taken by [`Machine::snapshot`]: guest
+/// memory is mapped copy-on-write from the snapshot file.
+pub fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachine, VmError> {
+    let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
+    let console_log = run_dir.join("console.log");
+    let cfg = nook_vmm::RestoreConfig {
+        serial: SerialSink::File(console_log.clone()),
+        console: Some(guest),
+        disks: Vec::new(),
+    };
+    let vm = nook_vmm::Vm::restore(&dir.join(SNAPSHOT_FILE), cfg).map_err(VmError::Kvm)?;
+    Ok(KvmMachine {
+        vm,
+        channel: Some(host),
+        console_log,
+        ended: None,
+    })
 }

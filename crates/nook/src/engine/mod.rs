@@ -19,6 +19,21 @@ pub struct MachineSpec {
     pub vcpus: u8,
     /// Per-VM directory for sockets and the console log.
     pub run_dir: PathBuf,
+    /// Host directory shares (virtio-fs), tagged as the guest mounts them.
+    pub shares: Vec<nook_fs::Share>,
+    /// Raw disk images, attached as virtio-blk devices.
+    pub disks: Vec<DiskSpec>,
+}
+
+/// A raw disk image attached as a virtio-blk device. The guest finds it by
+/// its serial (`/sys/block/vdX/serial`), never by its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    /// The guest cannot write to it (and the host opens it read-only).
+    pub read_only: bool,
+    /// At most 20 bytes of `[A-Za-z0-9._-]`.
+    pub serial: String,
 }
 
 /// A booted machine, whatever engine runs it.
@@ -33,6 +48,9 @@ pub trait Machine: Send + std::fmt::Debug {
     fn wait_exit(&mut self, grace: Duration) -> bool;
     /// Ends the machine now and releases everything it holds.
     fn kill(&mut self);
+    /// Saves the machine's complete state into the new directory `dir`
+    /// (which must not exist) and lets it run on.
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), crate::error::VmError>;
 }
 
 /// The last `lines` lines of a log file (empty when it cannot be read).

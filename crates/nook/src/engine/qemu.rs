@@ -3,7 +3,10 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use nook_qemu::{locate_qemu, Accel, QemuConfig, QemuVm};
+use nook_fs::ShareServer;
+use nook_qemu::{
+    locate_qemu, Accel, AfterSnapshot, DiskConfig, QemuConfig, QemuVm, RestoreOptions, ShareConfig,
+};
 
 use super::{Machine, MachineSpec};
 use crate::error::VmError;
@@ -11,6 +14,8 @@ use crate::error::VmError;
 #[derive(Debug)]
 pub struct QemuMachine {
     vm: QemuVm,
+    /// The virtio-fs servers of the VM's shares: stopped after QEMU.
+    shares: Vec<ShareServer>,
 }
 
 pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError> {
@@ -21,8 +26,30 @@ pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError>
     cfg.cmdline = spec.cmdline.clone();
     cfg.mem_mib = spec.mem_mib;
     cfg.vcpus = spec.vcpus;
+    // Writeback caching: the host page cache, and guest flushes reach the
+    // host disk (a guest `sync` makes volume data durable).
+    cfg.disks = spec
+        .disks
+        .iter()
+        .map(|d| {
+            let mut disk = DiskConfig::new(&d.path, d.read_only);
+            disk.serial = Some(d.serial.clone());
+            disk
+        })
+        .collect();
+    // Each share's server listens before QEMU starts: QEMU connects to it
+    // while it sets up the device.
+    let mut shares = Vec::with_capacity(spec.shares.len());
+    for share in &spec.shares {
+        let socket = spec.run_dir.join(format!("{}.fs.sock", share.tag));
+        shares.push(ShareServer::start(share, &socket).map_err(VmError::Share)?);
+        cfg.shares.push(ShareConfig {
+            socket,
+            tag: share.tag.clone(),
+        });
+    }
     let vm = QemuVm::start(cfg).map_err(VmError::Qemu)?;
-    Ok(QemuMachine { vm })
+    Ok(QemuMachine { vm, shares })
 }
 
 impl Machine for QemuMachine {
@@ -48,5 +75,24 @@ impl Machine for QemuMachine {
 
     fn kill(&mut self) {
         let _ = self.vm.kill();
+        for share in self.shares.drain(..) {
+            share.stop();
+        }
     }
+
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), VmError> {
+        self.vm
+            .snapshot(dir, AfterSnapshot::Resume)
+            .map(|_| ())
+            .map_err(VmError::Qemu)
+    }
+}
+
+/// Starts a clone of a snapshot taken by [`Machine::snapshot`].
+pub fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<QemuMachine, VmError> {
+    let vm = QemuVm::restore(dir, run_dir, RestoreOptions::default()).map_err(VmError::Qemu)?;
+    Ok(QemuMachine {
+        vm,
+        shares: Vec::new(),
+    })
 }

@@ -1,0 +1,280 @@
+//! Snapshots of running VMs and VMs restored from them.
+//!
+//! A snapshot is a directory:
+//!
+//! ```text
+//! NAME/
+//!   nook.json   what nook needs: engine, memory, vCPUs, the agent's hello
+//!   engine/     the engine's own state (QEMU: migration stream + manifest;
+//!               kvm: one snapshot file, memory mapped copy-on-write on restore)
+//! ```
+//!
+//! It is written under a temporary name and renamed into place, so a
+//! crash mid-way never leaves something that looks complete. Named
+//! snapshots live in `$NOOK_HOME/snapshots/NAME`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nook_proto::{GuestHello, HostMsg, Resync, CONTROL_STREAM};
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+use crate::conn::{Conn, FrameSource};
+use crate::engine::select::EngineChoice;
+use crate::engine::{kvm, qemu, Machine};
+use crate::error::VmError;
+use crate::vm::{make_run_dir, Vm};
+
+const MANIFEST: &str = "nook.json";
+const ENGINE_DIR: &str = "engine";
+const FORMAT: u32 = 1;
+
+/// What `nook.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub format: u32,
+    /// `kvm`, `qemu (kvm)` or `qemu (tcg)`.
+    pub engine: String,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub kernel_release: String,
+    pub agent_protocol: u32,
+    pub agent_version: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// A snapshot on disk.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub path: PathBuf,
+    pub manifest: SnapshotManifest,
+    /// Bytes allocated on disk.
+    pub disk_usage: u64,
+}
+
+impl Snapshot {
+    /// Opens the snapshot directory `path`, checking its manifest.
+    pub fn open(path: &Path) -> Result<Snapshot, VmError> {
+        let bad = |reason: String| VmError::BadSnapshot {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path.join(MANIFEST))
+            .map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
+        let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("{MANIFEST} is malformed: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(bad(format!(
+                "snapshot format {} is not the {FORMAT} this nook reads: create it again",
+                manifest.format
+            )));
+        }
+        if manifest.agent_protocol != nook_proto::PROTOCOL_VERSION {
+            return Err(bad(format!(
+                "its agent speaks protocol {}, this nook {}: create it again",
+                manifest.agent_protocol,
+                nook_proto::PROTOCOL_VERSION
+            )));
+        }
+        Ok(Snapshot {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            manifest,
+            disk_usage: disk_usage(path),
+        })
+    }
+}
+
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += disk_usage(&e.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// The directory of named snapshots.
+pub fn snapshots_dir(home: &Path) -> PathBuf {
+    home.join("snapshots")
+}
+
+/// The path of the named snapshot `name` (checked to be a plain name).
+pub fn named_snapshot(home: &Path, name: &str) -> Result<PathBuf, VmError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        return Err(VmError::Config(
+            "snapshot names use letters, digits, '-', '_' and '.', and do not start with '.'",
+        ));
+    }
+    Ok(snapshots_dir(home).join(name))
+}
+
+/// Every named snapshot (unreadable ones are skipped).
+pub fn list_snapshots(home: &Path) -> Vec<Snapshot> {
+    let mut out: Vec<Snapshot> = std::fs::read_dir(snapshots_dir(home))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Snapshot::open(&e.path()).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Removes a snapshot directory and everything in it.
+pub fn remove_snapshot(path: &Path) -> Result<(), VmError> {
+    Snapshot::open(path)?;
+    std::fs::remove_dir_all(path).map_err(|source| VmError::SnapshotIo {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn host_entropy() -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut buf);
+    }
+    buf
+}
+
+impl Vm {
+    /// Snapshots this VM into the new directory `path` and lets it run on.
+    /// No command may be running in it (the channel must be quiet).
+    pub fn snapshot(&self, path: &Path) -> Result<Snapshot, VmError> {
+        if path.exists() {
+            return Err(VmError::BadSnapshot {
+                path: path.to_path_buf(),
+                reason: "it already exists: remove it first".into(),
+            });
+        }
+        let io = |source| VmError::SnapshotIo {
+            path: path.to_path_buf(),
+            source,
+        };
+        let parent = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(io)?;
+        let result = (|| {
+            self.machine
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot(&tmp.join(ENGINE_DIR))?;
+            let hello = &self.conn.hello;
+            let manifest = SnapshotManifest {
+                format: FORMAT,
+                engine: self.choice.label().to_string(),
+                memory_mib: self.cfg.memory_mib,
+                vcpus: self.cfg.vcpus,
+                kernel_release: hello.kernel_release.clone(),
+                agent_protocol: hello.protocol,
+                agent_version: hello.agent_version.clone(),
+                created: now_ns() / 1_000_000_000,
+            };
+            let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            std::fs::write(tmp.join(MANIFEST), json).map_err(io)?;
+            std::fs::File::open(tmp.join(MANIFEST))
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            std::fs::rename(&tmp, path).map_err(io)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result?;
+        Snapshot::open(path)
+    }
+
+    /// Starts a new VM from a snapshot. Its clock is set from the host and
+    /// its entropy pool reseeded, so clones never share random bytes.
+    pub fn restore(path: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
+        let t0 = Instant::now();
+        let snap = Snapshot::open(path)?;
+        let m = &snap.manifest;
+        let run_dir = make_run_dir()?;
+        let engine_dir = path.join(ENGINE_DIR);
+        let (mut machine, choice): (Box<dyn Machine>, EngineChoice) = if m.engine == "kvm" {
+            let machine = kvm::restore(&engine_dir, &run_dir.0)?;
+            let choice = EngineChoice::Kvm {
+                hardware_speed: crate::probe_kvm(&cfg.home).hardware_speed,
+                reason: "restored from a kvm snapshot".into(),
+            };
+            (Box::new(machine), choice)
+        } else {
+            let choice = EngineChoice::Qemu {
+                kvm_accel: m.engine == "qemu (kvm)",
+                reason: "restored from a qemu snapshot".into(),
+            };
+            (Box::new(qemu::restore(&engine_dir, &run_dir.0)?), choice)
+        };
+        let Some(stream) = machine.take_channel() else {
+            machine.kill();
+            return Err(VmError::Protocol("the engine gave no agent channel".into()));
+        };
+        let hello = GuestHello {
+            protocol: m.agent_protocol,
+            agent_version: m.agent_version.clone(),
+            kernel_release: m.kernel_release.clone(),
+        };
+        let source = FrameSource::new(stream.try_clone().map_err(VmError::Channel)?);
+        let conn = match Conn::resume(stream, hello, source) {
+            Ok(c) => c,
+            Err(e) => {
+                machine.kill();
+                return Err(e);
+            }
+        };
+        let resync = HostMsg::Resync(Resync {
+            time_ns: now_ns(),
+            entropy: host_entropy(),
+        });
+        if let Err(e) = conn.send(CONTROL_STREAM, &resync) {
+            machine.kill();
+            return Err(e);
+        }
+        let mut vm_cfg = cfg.clone();
+        vm_cfg.memory_mib = m.memory_mib;
+        vm_cfg.vcpus = m.vcpus;
+        Ok(Vm {
+            machine: Mutex::new(machine),
+            conn,
+            _run_dir: run_dir,
+            choice,
+            boot_time: t0.elapsed(),
+            cfg: vm_cfg,
+        })
+    }
+}
