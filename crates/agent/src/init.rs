@@ -8,7 +8,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::signal::Signal;
 use nix::sys::reboot::{reboot, RebootMode};
 
-use crate::modules;
+use crate::{modules, shares};
 use crate::storage::{self, StorageConfig};
 
 /// Mounts proc, sysfs, devtmpfs, devpts and the tmpfs mounts, loads the
@@ -82,6 +82,10 @@ pub fn setup() -> io::Result<()> {
     let storage = StorageConfig::parse(&cmdline)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     storage::setup(&storage)?;
+    // Shares go into the final root, after the image root (if any) is `/`.
+    let shares =
+        shares::parse(&cmdline).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    shares::mount_all(&shares);
     let _ = nix::unistd::sethostname("nook");
     Ok(())
 }

@@ -12,6 +12,7 @@ mod init;
 mod modules;
 mod reaper;
 mod serve;
+mod shares;
 mod storage;
 mod tty;
 mod user;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use nook::{EngineKind, ExecError, ExecEvent, Vm, VmConfig};
+use nook::{EngineKind, ExecError, ExecEvent, ShareConfig, Vm, VmConfig};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
 use crate::exit::{self, report};
@@ -32,9 +32,16 @@ pub struct VmArgs {
     /// How long to wait for the guest to boot, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub boot_timeout: u64,
+    /// Share a host directory at GUEST path through virtio-fs; `:ro` makes it read-only (repeatable; qemu engine).
+    #[arg(long = "share", value_name = "HOST:GUEST[:ro]", value_parser = parse_share)]
+    pub shares: Vec<ShareConfig>,
 }
 
 fn parse_engine(s: &str) -> Result<EngineKind, String> {
+    s.parse()
+}
+
+fn parse_share(s: &str) -> Result<ShareConfig, String> {
     s.parse()
 }
 
@@ -50,6 +57,7 @@ impl VmArgs {
         if self.kernel.is_some() {
             cfg.kernel = self.kernel.clone();
         }
+        cfg.shares = self.shares.clone();
         cfg
     }
 }
