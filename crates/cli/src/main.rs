@@ -10,6 +10,7 @@ mod boot;
 mod exit;
 mod run;
 mod setup;
+mod snapshot;
 mod term;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create, list and remove named snapshots of booted (and warmed) VMs.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Run a command in a fresh microVM and exit with its exit code.
     Run(run::RunArgs),
     /// Boot a kernel with no agent, its serial console on stdout; the exit code says how it ended.
@@ -54,6 +58,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Setup(args) => setup::setup(args),
         Command::Boot(args) => boot::boot(args),
+        Command::Snapshot(cmd) => snapshot::snapshot(cmd),
     };
     std::process::exit(code);
 }

@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// Give the command a terminal (raw mode, window resize).
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Start from this named snapshot (see `nook snapshot create`) instead of booting.
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -145,7 +148,13 @@ pub fn run(args: RunArgs) -> i32 {
 
     let mut cfg = args.vm.config();
     cfg.cancel = Some(cancel.clone());
-    let vm = match Vm::start(cfg) {
+    let started = match &args.snapshot {
+        Some(name) => {
+            nook::named_snapshot(&cfg.home, name).and_then(|path| Vm::restore(&path, &cfg))
+        }
+        None => Vm::start(cfg),
+    };
+    let vm = match started {
         Ok(vm) => vm,
         Err(e) => {
             if cancel.load(Ordering::Relaxed) {

@@ -1,0 +1,86 @@
+//! `nook snapshot create|ls|rm` and `nook run --snapshot`, on real guests.
+
+use std::process::{Command, Stdio};
+
+fn nook() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nook"));
+    c.env_remove("NOOK_LOG").stdin(Stdio::null());
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn create_run_list_remove() {
+    if !std::env::var_os("NOOK_AGENT")
+        .map(|p| std::path::Path::new(&p).is_file())
+        .unwrap_or(false)
+    {
+        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test)");
+        return;
+    }
+    let name = format!("warm-test-{}", std::process::id());
+    let out = nook()
+        .args([
+            "snapshot",
+            "create",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo warmed-up > /root/warm",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+
+    let out = nook()
+        .args(["run", "--snapshot", &name, "--", "echo", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "hi\n", "stderr: {}", text(&out.stderr));
+    // The warm-up's state is in the snapshot.
+    let out = nook()
+        .args(["run", "--snapshot", &name, "--", "cat", "/root/warm"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "warmed-up\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    let out = nook().args(["snapshot", "ls"]).output().unwrap();
+    assert!(text(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name.as_str())));
+    let out = nook().args(["snapshot", "ls", "--json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .map(|s| s["path"].as_str().unwrap().to_string())
+        .expect("listed in --json");
+    assert!(std::path::Path::new(&path).is_dir());
+
+    let out = nook().args(["snapshot", "rm", &name]).output().unwrap();
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "rm removes the files"
+    );
+    let out = nook().args(["snapshot", "ls"]).output().unwrap();
+    assert!(!text(&out.stdout).contains(&name));
+    // Running a removed snapshot is a clear error.
+    let out = nook()
+        .args(["run", "--snapshot", &name, "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains(&name), "{}", text(&out.stderr));
+}
