@@ -171,12 +171,7 @@ impl Conn {
             .duration_since(UNIX_EPOCH)
             .ok()
             .map(|d| d.as_nanos() as u64);
-        let conn = Arc::new(Conn {
-            writer: Mutex::new(stream),
-            routes: Arc::new(Mutex::new(Routes::default())),
-            next_stream: AtomicU32::new(1),
-            hello,
-        });
+        let conn = Conn::new(stream, hello);
         conn.send(
             CONTROL_STREAM,
             &HostMsg::Hello(HostHello {
@@ -184,12 +179,26 @@ impl Conn {
                 time_ns,
             }),
         )?;
-        let routes = conn.routes.clone();
+        conn.start_reader(reader)
+    }
+
+    fn new(stream: UnixStream, hello: GuestHello) -> Conn {
+        Conn {
+            writer: Mutex::new(stream),
+            routes: Arc::new(Mutex::new(Routes::default())),
+            next_stream: AtomicU32::new(1),
+            hello,
+        }
+    }
+
+    /// Starts the thread that routes the agent's frames to exec streams.
+    fn start_reader(self, reader: FrameSource) -> Result<Arc<Conn>, VmError> {
+        let routes = self.routes.clone();
         std::thread::Builder::new()
             .name("nook-chan".into())
             .spawn(move || read_loop(reader, routes))
             .map_err(VmError::Channel)?;
-        Ok(conn)
+        Ok(Arc::new(self))
     }
 
     /// Reconnects to the agent of a restored VM: it already said hello
@@ -205,18 +214,7 @@ impl Conn {
                 host: PROTOCOL_VERSION,
             });
         }
-        let conn = Arc::new(Conn {
-            writer: Mutex::new(stream),
-            routes: Arc::new(Mutex::new(Routes::default())),
-            next_stream: AtomicU32::new(1),
-            hello,
-        });
-        let routes = conn.routes.clone();
-        std::thread::Builder::new()
-            .name("nook-chan".into())
-            .spawn(move || read_loop(reader, routes))
-            .map_err(VmError::Channel)?;
-        Ok(conn)
+        Conn::new(stream, hello).start_reader(reader)
     }
 
     /// Opens a new stream and returns its id and event queue.
