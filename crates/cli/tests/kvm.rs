@@ -7,27 +7,8 @@
 //! takes hours, so the boot test is opt-in; what runs by default checks
 //! that nook tells the user why the kvm engine would be slow.
 
-use std::process::{Command, Stdio};
-
-fn nook() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nook"));
-    c.env_remove("NOOK_LOG").stdin(Stdio::null());
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn agent_ready() -> bool {
-    let ok = std::env::var_os("NOOK_AGENT")
-        .map(|p| std::path::Path::new(&p).is_file())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test)");
-    }
-    ok
-}
+mod common;
+use common::{nook, ready as agent_ready, text};
 
 #[test]
 fn full_boot_runs_a_command_on_the_kvm_engine() {

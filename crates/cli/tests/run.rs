@@ -8,31 +8,8 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn nook() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nook"));
-    c.env_remove("NOOK_LOG");
-    c
-}
-
-/// Skips (with a printed reason) when the machine cannot run guests.
-fn ready() -> bool {
-    let agent_ok = std::env::var_os("NOOK_AGENT")
-        .map(|p| std::path::Path::new(&p).is_file())
-        .unwrap_or(false);
-    if !agent_ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test, or scripts/setup and export NOOK_AGENT)");
-        return false;
-    }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: qemu-system-x86_64 is not installed (run scripts/setup)");
-        return false;
-    }
-    true
-}
+mod common;
+use common::{nook, ready, text};
 
 fn run(args: &[&str]) -> Output {
     nook()
@@ -41,10 +18,6 @@ fn run(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run nook")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// QEMU processes started on behalf of the nook process `pid` (their

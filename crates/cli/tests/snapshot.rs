@@ -1,24 +1,11 @@
 //! `nook snapshot create|ls|rm` and `nook run --snapshot`, on real guests.
 
-use std::process::{Command, Stdio};
-
-fn nook() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nook"));
-    c.env_remove("NOOK_LOG").stdin(Stdio::null());
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{nook, ready, text};
 
 #[test]
 fn create_run_list_remove() {
-    if !std::env::var_os("NOOK_AGENT")
-        .map(|p| std::path::Path::new(&p).is_file())
-        .unwrap_or(false)
-    {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test)");
+    if !ready() {
         return;
     }
     let name = format!("warm-test-{}", std::process::id());
