@@ -4,6 +4,9 @@
 //! the following `ud2` triple-faults and `-no-reboot` ends it).
 //!
 //! `cargo bench -p nook-vmm --bench boot [-- ITERATIONS]`; prints medians.
+//! The whole-process row runs the `nook` binary (`cargo build --release -p
+//! nook-cli` first, or set `NOOK_BIN`); the close rows show where the
+//! in-process teardown goes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -220,6 +223,81 @@ fn bench_qemu(kernel: &std::path::Path, n: usize) -> Option<Row> {
     Some(row)
 }
 
+/// `nook boot` spawned as a process, as a user runs it: wall time from spawn
+/// to reaped, with the guest's byte read from its stdout. The binary is
+/// `NOOK_BIN` or `nook` next to this bench's directory (build it with
+/// `cargo build --release -p nook-cli`).
+fn bench_process(kernel: &std::path::Path, n: usize) -> Option<Vec<f64>> {
+    let bin = std::env::var_os("NOOK_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("nook"))
+        })?;
+    if !bin.is_file() {
+        eprintln!(
+            "no nook binary at {} (cargo build --release -p nook-cli, or set NOOK_BIN): \
+             skipping the whole-process row",
+            bin.display()
+        );
+        return None;
+    }
+    let mut wall = Vec::new();
+    for i in 0..n + 1 {
+        let t0 = Instant::now();
+        let out = Command::new(&bin)
+            .args(["boot", "--engine", "kvm", "--memory", &MEM_MIB.to_string()])
+            .arg("--kernel")
+            .arg(kernel)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let t = t0.elapsed();
+        assert_eq!(out.stdout, b"X", "nook boot printed {:?}", out.stdout);
+        assert_eq!(out.status.code(), Some(0), "nook boot: {}", out.status);
+        if i > 0 {
+            wall.push(t.as_secs_f64() * 1e3);
+        }
+    }
+    Some(wall)
+}
+
+/// What closing a KVM VM fd costs, by what the VM holds (this is most of
+/// the in-process teardown): `[memory only, + irqchip, + irqchip and PIT]`.
+fn bench_vm_close(n: usize) -> [Vec<f64>; 3] {
+    use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region};
+    let mut rows: [Vec<f64>; 3] = Default::default();
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let mem = nook_vmm::vstate::memory::create_guest_memory(u64::from(MEM_MIB) << 20).unwrap();
+    let region = mem.iter().next().unwrap();
+    let host = mem.get_host_address(region.start_addr()).unwrap();
+    for _ in 0..n {
+        for (level, row) in rows.iter_mut().enumerate() {
+            let vm = kvm.create_vm().unwrap();
+            let desc = kvm_userspace_memory_region {
+                slot: 0,
+                flags: 0,
+                guest_phys_addr: 0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `desc` describes a live mapping owned by `mem`, which
+            // outlives `vm`.
+            unsafe { vm.set_user_memory_region(desc) }.unwrap();
+            if level >= 1 {
+                vm.create_irq_chip().unwrap();
+            }
+            if level >= 2 {
+                vm.create_pit2(kvm_pit_config::default()).unwrap();
+            }
+            let t0 = Instant::now();
+            drop(vm);
+            row.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    rows
+}
+
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -233,6 +311,8 @@ fn main() {
     let kernel = dir.path().join("pvh-guest.elf");
     std::fs::write(&kernel, pvh_guest()).unwrap();
     let mut nook = bench_nook(&kernel, n);
+    let process = bench_process(&kernel, n);
+    let mut close = bench_vm_close(n.min(15));
     let qemu = bench_qemu(&kernel, n.min(10));
     println!("guest: {MEM_MIB} MiB, 1 vCPU, PVH ELF that prints 1 byte and powers off; medians");
     println!(
@@ -273,6 +353,19 @@ fn main() {
         q.as_mut().map(|r| &mut r.total),
         "ms",
     );
+    match process {
+        Some(mut wall) => line(
+            "whole process: nook boot (spawn->reap)",
+            &mut wall,
+            q.as_mut().map(|r| &mut r.total),
+            "ms",
+        ),
+        None => println!("{:<34} {:>14}", "whole process: nook boot", "n/a"),
+    }
+    let [mem_only, irqchip, pit] = &mut close;
+    line("  close vm fd: memory slot only", mem_only, None, "ms");
+    line("  close vm fd: + irqchip", irqchip, None, "ms");
+    line("  close vm fd: + irqchip + pit", pit, None, "ms");
     line(
         "rss beyond guest (later VMs; qemu: peak)",
         &mut nook.rss,

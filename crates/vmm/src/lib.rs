@@ -55,6 +55,7 @@
 pub mod arch;
 mod builder;
 pub mod config;
+mod detach;
 pub mod devices;
 mod error;
 mod event_loop;

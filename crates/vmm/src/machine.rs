@@ -1,5 +1,6 @@
 //! The running VM handle: [`Vm::start`], [`Vm::wait`], [`Vm::stop`].
 
+use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -82,6 +83,18 @@ impl Vm {
     pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<Result<ExitReason, VmmError>> {
         let outcome = self.exit.wait(timeout)?;
         Some(outcome_to_result(Some(outcome)))
+    }
+
+    /// Ends the process with `code` without waiting for KVM to release the
+    /// VM: a forked helper holds the VM's fd and releases it once the
+    /// process is gone (see `detach.rs`; 15–25 ms saved per process where
+    /// destroying the in-kernel irqchip and PIT is slow). For a process whose
+    /// work ends with its VM (`nook boot`); flush your output first.
+    pub fn exit_process(self, code: i32) -> ! {
+        match &self.kvm_vm {
+            Some(k) => crate::detach::exit_leaving_teardown(k.fd.as_raw_fd(), &self.mem, code),
+            None => std::process::exit(code),
+        }
     }
 
     /// Kills the VM now (if it is still running) and joins its threads. The
