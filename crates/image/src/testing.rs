@@ -1,7 +1,20 @@
 //! Test fixtures: a layer tar builder that can also write the hostile
-//! member names a real tar tool refuses to produce.
+//! member names a real tar tool refuses to produce; test images (written as
+//! OCI layouts or `docker save` archives, or pushed); Debian's
+//! `docker-registry` on a free loopback port.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::manifest::{
+    OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST,
+};
+use crate::Digest;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -143,4 +156,328 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
     enc.write_all(data).expect("gzip into memory");
     enc.finish().expect("gzip into memory")
+}
+
+/// A layer as pushed: its blob, media type and uncompressed digest.
+#[derive(Debug, Clone)]
+pub struct TestLayer {
+    pub blob: Vec<u8>,
+    pub media_type: &'static str,
+    pub diff_id: Digest,
+}
+
+impl TestLayer {
+    pub fn plain(tar: Vec<u8>) -> TestLayer {
+        TestLayer {
+            diff_id: Digest::of_bytes(&tar),
+            blob: tar,
+            media_type: OCI_LAYER_TAR,
+        }
+    }
+    pub fn gzip(tar: Vec<u8>) -> TestLayer {
+        TestLayer {
+            diff_id: Digest::of_bytes(&tar),
+            blob: gzip(&tar),
+            media_type: OCI_LAYER_GZIP,
+        }
+    }
+    pub fn zstd(tar: Vec<u8>) -> TestLayer {
+        let blob = zstd::encode_all(&tar[..], 3).expect("zstd into memory");
+        TestLayer {
+            diff_id: Digest::of_bytes(&tar),
+            blob,
+            media_type: OCI_LAYER_ZSTD,
+        }
+    }
+}
+
+/// A complete test image: layers, config and manifest bytes.
+#[derive(Debug)]
+pub struct TestImage {
+    pub layers: Vec<TestLayer>,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+impl TestImage {
+    /// An image with a fixed runtime config (Env, WorkingDir `/work`,
+    /// Entrypoint `/bin/sh -c`, Cmd `echo hi`, User `1000:1000`).
+    pub fn new(layers: Vec<TestLayer>, arch: &str) -> TestImage {
+        let config = json!({
+            "Env": ["PATH=/usr/bin:/bin", "GREETING=hello"],
+            "WorkingDir": "/work",
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo hi"],
+            "User": "1000:1000",
+        });
+        TestImage::with_config(layers, arch, config)
+    }
+
+    /// An image with this runtime config (`{"Env": [...], "Cmd": [...]}`).
+    pub fn with_config(
+        layers: Vec<TestLayer>,
+        arch: &str,
+        runtime: serde_json::Value,
+    ) -> TestImage {
+        let config = json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": runtime,
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+        })
+        .to_string()
+        .into_bytes();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": Digest::of_bytes(&config).to_string(), "size": config.len()},
+            "layers": layers.iter().map(|l| json!({
+                "mediaType": l.media_type, "digest": Digest::of_bytes(&l.blob).to_string(), "size": l.blob.len()
+            })).collect::<Vec<_>>(),
+        })
+        .to_string()
+        .into_bytes();
+        TestImage {
+            layers,
+            config,
+            manifest,
+        }
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of_bytes(&self.manifest)
+    }
+
+    /// Writes it as an OCI image layout directory, named `ref_name`.
+    pub fn write_oci_layout(&self, dir: &Path, ref_name: &str) {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).expect("mkdir");
+        let put = |bytes: &[u8]| {
+            std::fs::write(blobs.join(Digest::of_bytes(bytes).hex()), bytes).expect("write blob");
+        };
+        put(&self.config);
+        put(&self.manifest);
+        for l in &self.layers {
+            put(&l.blob);
+        }
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .expect("write");
+        let index = json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": OCI_MANIFEST,
+                "digest": self.digest().to_string(),
+                "size": self.manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": ref_name},
+            }],
+        });
+        std::fs::write(dir.join("index.json"), index.to_string()).expect("write index");
+    }
+
+    /// Writes it as a legacy `docker save` archive tagged `tags`, layers
+    /// uncompressed as `<n>/layer.tar`.
+    pub fn write_docker_archive(&self, path: &Path, tags: &[&str]) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            tar.append_data(&mut h, name, data).expect("append");
+        };
+        let config_name = format!("{}.json", Digest::of_bytes(&self.config).hex());
+        let mut layer_names = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let plain = match l.media_type {
+                OCI_LAYER_GZIP => {
+                    let mut out = Vec::new();
+                    flate2::read::GzDecoder::new(&l.blob[..])
+                        .read_to_end(&mut out)
+                        .expect("gunzip");
+                    out
+                }
+                OCI_LAYER_ZSTD => zstd::decode_all(&l.blob[..]).expect("zstd"),
+                _ => l.blob.clone(),
+            };
+            let name = format!("{i}/layer.tar");
+            add(&name, &plain);
+            layer_names.push(name);
+        }
+        add(&config_name, &self.config);
+        let manifest = json!([{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]);
+        add("manifest.json", manifest.to_string().as_bytes());
+        std::fs::write(path, tar.into_inner().expect("tar")).expect("write archive");
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free loopback port")
+}
+
+/// Debian's `docker-registry` on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    pub host: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts one, or returns `None` (after printing why) when the binary
+    /// is missing. `htpasswd` enables basic auth with that file's content.
+    pub fn start(htpasswd: Option<&str>) -> Option<Registry> {
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            eprintln!(
+                "skipping: docker-registry is not installed (apt-get install docker-registry)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let auth = match htpasswd {
+            Some(content) => {
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, content).expect("write htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: nook-test\n    path: {}\n",
+                    path.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry {
+            host,
+            child,
+            _dir: dir,
+        };
+        registry.wait_ready();
+        Some(registry)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(&self.host) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not start on {}", self.host);
+    }
+
+    fn client(&self) -> oci_client::Client {
+        oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::HttpsExcept(vec![self.host.clone()]),
+            ..Default::default()
+        })
+    }
+
+    /// Pushes `image` as `repo:tag` with oci-client, byte for byte (so its
+    /// manifest digest is `image.digest()`).
+    pub fn push(
+        &self,
+        repo_tag: &str,
+        image: &TestImage,
+        auth: &oci_client::secrets::RegistryAuth,
+    ) {
+        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.host)
+            .parse()
+            .expect("reference");
+        let client = self.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            client
+                .auth(&reference, auth, oci_client::RegistryOperation::Push)
+                .await
+                .expect("auth for push");
+            let mut blobs: Vec<&[u8]> = image.layers.iter().map(|l| &l.blob[..]).collect();
+            blobs.push(&image.config);
+            for blob in blobs {
+                let digest = Digest::of_bytes(blob).to_string();
+                client
+                    .push_blob(&reference, blob.to_vec(), &digest)
+                    .await
+                    .expect("push blob");
+            }
+            client
+                .push_manifest_raw(
+                    &reference,
+                    image.manifest.clone(),
+                    http::HeaderValue::from_static(OCI_MANIFEST),
+                )
+                .await
+                .expect("push manifest");
+        });
+    }
+
+    /// Pushes an index over already pushed manifests as `repo:tag`.
+    pub fn push_index(&self, repo_tag: &str, entries: &[(&TestImage, &str)]) {
+        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.host)
+            .parse()
+            .expect("reference");
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": entries.iter().map(|(img, arch)| json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": img.digest().to_string(),
+                "size": img.manifest.len(),
+                "platform": {"architecture": arch, "os": "linux"},
+            })).collect::<Vec<_>>(),
+        });
+        let client = self.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let anon = oci_client::secrets::RegistryAuth::Anonymous;
+            client
+                .auth(&reference, &anon, oci_client::RegistryOperation::Push)
+                .await
+                .expect("auth for push");
+            client
+                .push_manifest_raw(
+                    &reference,
+                    index.to_string().into_bytes(),
+                    http::HeaderValue::from_static(OCI_INDEX),
+                )
+                .await
+                .expect("push index");
+        });
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
