@@ -72,9 +72,7 @@ pub fn start(
         return Err(reply(ErrorCode::BadRequest, "empty command"));
     };
     let identity = match req.user.as_deref() {
-        Some(spec) => {
-            Some(user::resolve_here(spec).map_err(|m| reply(ErrorCode::BadRequest, m))?)
-        }
+        Some(spec) => Some(user::resolve_here(spec).map_err(|m| reply(ErrorCode::BadRequest, m))?),
         None => None,
     };
     let mut cmd = Command::new(program);

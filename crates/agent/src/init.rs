@@ -5,11 +5,11 @@ use std::fs;
 use std::io;
 
 use nix::mount::{mount, MsFlags};
-use nix::sys::signal::Signal;
 use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::Signal;
 
-use crate::{modules, shares};
 use crate::storage::{self, StorageConfig};
+use crate::{modules, shares};
 
 /// Mounts proc, sysfs, devtmpfs, devpts and the tmpfs mounts, loads the
 /// modules from the manifest, switches to the image root and mounts the

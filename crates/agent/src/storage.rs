@@ -3,7 +3,9 @@
 //! - `nook.root=SERIAL`: an ext4 image root. It is mounted read-only
 //!   (`ro,noload`) under a writable overlay (tmpfs, or the ext4 disk named
 //!   by `nook.scratch=SERIAL`); /dev, /proc, /sys, /run and /tmp move into
-//!   it, and it becomes `/` (MS_MOVE + chroot, as switch_root does).
+//!   it, and it becomes `/` (MS_MOVE + chroot, as switch_root does). The
+//!   image disk and the writable layer stay visible at /run/nook/lower and
+//!   /run/nook/rw.
 //! - `nook.mount=SERIAL:PATH:ro|rw` (repeatable): an ext4 volume mounted at
 //!   PATH (percent-encoded) in the final root.
 //!
@@ -203,19 +205,33 @@ fn switch_to_image_root(root_serial: &str, scratch: Option<&str>) -> io::Result<
             fs::remove_file(&target)?;
         }
         fs::create_dir_all(&target)?;
-        mount(Some(*m), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(err(format!("move {m} into the image root")))?;
+        mount(
+            Some(*m),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(err(format!("move {m} into the image root")))?;
+    }
+    // Keep the image disk and the writable layer visible in the new root
+    // (read-only image at /run/nook/lower, upper layer under /run/nook/rw).
+    for (mnt, name) in [(&lower, "lower"), (&rw, "rw")] {
+        let target = new_root.join("run/nook").join(name);
+        fs::create_dir_all(&target)?;
+        mount(
+            Some(mnt.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(err(format!("move {} to /run/nook/{name}", mnt.display())))?;
     }
     // switch_root: make the new root `/` and forget the initramfs.
     std::env::set_current_dir(&new_root)?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(err("move the image root onto /".into()))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(err("move the image root onto /".into()))?;
     nix::unistd::chroot(".").map_err(err("chroot into the image root".into()))?;
     std::env::set_current_dir("/")?;
     Ok(())

@@ -205,7 +205,7 @@ fn user_switches_uid_gid_and_groups() {
     let d = collect(&mut a, 1);
     assert_eq!(
         String::from_utf8_lossy(&d.stdout),
-        "65534\n65533\n65533\n/\n",
+        "65432\n65433\n65433\n/\n",
         "{}",
         String::from_utf8_lossy(&d.stderr)
     );
