@@ -8,6 +8,7 @@
 
 mod boot;
 mod exit;
+mod image;
 mod run;
 mod setup;
 mod snapshot;
@@ -35,8 +36,20 @@ enum Command {
     /// Create, list and remove named snapshots of booted (and warmed) VMs.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
-    /// Run a command in a fresh microVM and exit with its exit code.
+    /// Run a command (or an image's default command) in a fresh microVM and exit with its exit code.
     Run(run::RunArgs),
+    /// Pull an image from a registry into the image store.
+    Pull(image::PullArgs),
+    /// List the images in the store.
+    Images(image::ImagesArgs),
+    /// Remove an image name from the store (the image goes with its last name).
+    Rmi(image::RmiArgs),
+    /// Manage images: ls, pull, rm, gc, build (Debian), import (OCI layout, docker archive).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Manage named volumes: ls, create, rm.
+    #[command(subcommand)]
+    Volume(image::VolumeCommand),
     /// Boot a kernel with no agent, its serial console on stdout; the exit code says how it ended.
     #[command(after_help = boot::EXIT_CODES_HELP)]
     Boot(boot::BootArgs),
@@ -56,6 +69,11 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Pull(args) => image::pull(args),
+        Command::Images(args) => image::images(args),
+        Command::Rmi(args) => image::rmi(args),
+        Command::Image(cmd) => image::image(cmd),
+        Command::Volume(cmd) => image::volume(cmd),
         Command::Setup(args) => setup::setup(args),
         Command::Boot(args) => boot::boot(args),
         Command::Snapshot(cmd) => snapshot::snapshot(cmd),

@@ -12,6 +12,7 @@ use nook::{EngineKind, ExecError, ExecEvent, ShareConfig, Vm, VmConfig};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
 use crate::exit::{self, report};
+use crate::image;
 use crate::term;
 
 /// Options that describe the VM, shared by the commands that boot one.
@@ -84,8 +85,23 @@ pub struct RunArgs {
     /// Start from this named snapshot (see `nook snapshot create`) instead of booting.
     #[arg(long, value_name = "NAME")]
     pub snapshot: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// Run the command as this guest user: name, uid, uid:gid or name:group (default: the image's User, else root).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Attach a volume: NAME:/path[:ro] (a named volume, created on first use) or /host/file.img:/path[:ro] (an ext4 image file). Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:/PATH[:ro]")]
+    pub volumes: Vec<String>,
+    /// Size of the named volumes --volume creates.
+    #[arg(long, default_value = "1G", value_parser = image::parse_size, value_name = "SIZE")]
+    pub volume_size: u64,
+    /// Keep the image's writable layer on an ext4 scratch disk of this size (deleted with the VM) instead of in guest memory.
+    #[arg(long, value_parser = image::parse_size, value_name = "SIZE")]
+    pub disk_size: Option<u64>,
+    /// Image to boot (from the store, pulled when missing); default: the built-in minimal root.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The command and its arguments (default: the image's Entrypoint and Cmd).
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -103,6 +119,36 @@ pub fn run(args: RunArgs) -> i32 {
             Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
             _ => {
                 eprintln!("nook: -e expects KEY=VALUE, got `{kv}`");
+                return exit::NOOK_FAILED;
+            }
+        }
+    }
+    if args.image.is_none() && args.command.is_empty() {
+        eprintln!("nook: nothing to run: give an IMAGE, a command after --, or both");
+        return exit::NOOK_FAILED;
+    }
+    if args.disk_size.is_some() && args.image.is_none() {
+        eprintln!("nook: --disk-size applies to an IMAGE's writable layer: give an IMAGE");
+        return exit::NOOK_FAILED;
+    }
+    // Pulls and volume creation happen before nook handles signals: an
+    // interrupt simply ends nook (the image store is crash-safe).
+    let image = match &args.image {
+        Some(reference) => match image::resolve_image(reference, false) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                report(&e);
+                return exit::NOOK_FAILED;
+            }
+        },
+        None => None,
+    };
+    let mut volumes = Vec::new();
+    for spec in &args.volumes {
+        match image::parse_volume(spec, args.volume_size) {
+            Ok(v) => volumes.push(v),
+            Err(e) => {
+                eprintln!("nook: {e}");
                 return exit::NOOK_FAILED;
             }
         }
@@ -148,6 +194,12 @@ pub fn run(args: RunArgs) -> i32 {
 
     let mut cfg = args.vm.config();
     cfg.cancel = Some(cancel.clone());
+    cfg.image = image.as_ref().map(|info| {
+        let mut root = nook::ImageRoot::new(info);
+        root.scratch_size = args.disk_size;
+        root
+    });
+    cfg.volumes = volumes;
     let started = match &args.snapshot {
         Some(name) => {
             nook::named_snapshot(&cfg.home, name).and_then(|path| Vm::restore(&path, &cfg))
@@ -165,9 +217,26 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    let mut builder = vm.exec(args.command.clone()).envs(env);
+    // With no command, the image's Entrypoint + Cmd; the image's Env,
+    // WorkingDir and User apply unless -e, -w or -u say otherwise.
+    let argv = if args.command.is_empty() {
+        vm.image_command()
+    } else {
+        args.command.clone()
+    };
+    if argv.is_empty() {
+        eprintln!(
+            "nook: image {} has no Entrypoint or Cmd: give a command after --",
+            args.image.as_deref().unwrap_or_default()
+        );
+        return exit::NOOK_FAILED;
+    }
+    let mut builder = vm.exec(argv).envs(env);
     if let Some(w) = &args.workdir {
         builder = builder.cwd(w.clone());
+    }
+    if let Some(u) = &args.user {
+        builder = builder.user(u.clone());
     }
     if let Some(t) = args.timeout {
         builder = builder.timeout(Duration::from_secs_f64(t.max(0.0)));
@@ -276,7 +345,12 @@ pub fn run(args: RunArgs) -> i32 {
     };
     let _ = out.flush();
     drop(raw);
-    let _ = vm.stop();
+    if vm.has_writable_volumes() {
+        // The guest syncs and unmounts its volumes before powering off.
+        let _ = vm.shutdown(Duration::from_secs(10));
+    } else {
+        let _ = vm.stop();
+    }
     // A signal that ended the command by default action reports as the
     // signal, as a shell would (SIGINT -> 130).
     code

@@ -56,6 +56,11 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Set to abandon a boot in progress (a signal handler's flag).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Boot from this image's root file system instead of the built-in
+    /// initramfs root; its config gives every command its defaults.
+    pub image: Option<crate::ImageRoot>,
+    /// ext4 disks mounted in the guest (named volumes or image files).
+    pub volumes: Vec<crate::VolumeMount>,
     /// Host directories shared into the guest (virtio-fs; qemu engine).
     pub shares: Vec<crate::ShareConfig>,
 }
@@ -74,6 +79,8 @@ impl Default for VmConfig {
             progress: true,
             cmdline: String::new(),
             cancel: None,
+            image: None,
+            volumes: Vec::new(),
             shares: Vec::new(),
         }
     }

@@ -18,6 +18,8 @@ pub enum VmError {
     Qemu(#[source] nook_qemu::QemuError),
     #[error("the kvm engine failed")]
     Kvm(#[source] nook_vmm::VmmError),
+    #[error("cannot prepare the VM's disks")]
+    Storage(#[source] crate::VolumeError),
     #[error("cannot serve a host directory share")]
     Share(#[source] nook_fs::FsError),
     #[error("cannot create the VM's runtime directory {path}")]

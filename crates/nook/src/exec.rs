@@ -79,13 +79,28 @@ pub struct ExecBuilder<'vm> {
 }
 
 impl<'vm> ExecBuilder<'vm> {
+    /// A command with the VM image's defaults (Env, WorkingDir, User),
+    /// which the builder's own settings override.
     pub(crate) fn new(vm: &'vm Vm, argv: Vec<String>) -> Self {
+        let mut req = ExecRequest {
+            argv,
+            ..Default::default()
+        };
+        if let Some(image) = vm.image_config() {
+            req.env = image
+                .env
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (kv.clone(), String::new()),
+                })
+                .collect();
+            req.cwd = image.working_dir.clone();
+            req.user = image.user.clone();
+        }
         ExecBuilder {
             vm,
-            req: ExecRequest {
-                argv,
-                ..Default::default()
-            },
+            req,
             stdin: StdinMode::Null,
         }
     }
@@ -108,6 +123,13 @@ impl<'vm> ExecBuilder<'vm> {
     /// Working directory in the guest.
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.req.cwd = Some(dir.into());
+        self
+    }
+
+    /// Run as this user (`name`, `uid`, `uid:gid`, `name:group`), resolved
+    /// in the guest root's /etc/passwd and /etc/group.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.req.user = Some(user.into());
         self
     }
 

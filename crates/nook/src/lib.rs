@@ -21,6 +21,7 @@ mod exec;
 mod pool;
 mod share;
 mod snapshot;
+mod storage;
 mod vm;
 
 pub use config::{EngineKind, VmConfig};
@@ -28,10 +29,14 @@ pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict};
 pub use error::{ExecError, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
+pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
 pub use nook_proto::Winsize;
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;
 pub use snapshot::{
     list_snapshots, named_snapshot, remove_snapshot, snapshots_dir, Snapshot, SnapshotManifest,
+};
+pub use storage::{
+    make_ext4, ImageRoot, Volume, VolumeError, VolumeMount, VolumeStore, DEFAULT_VOLUME_SIZE,
 };
 pub use vm::{prepare_assets, Vm, BASE_CMDLINE};

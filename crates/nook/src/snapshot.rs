@@ -275,6 +275,7 @@ impl Vm {
             choice,
             boot_time: t0.elapsed(),
             cfg: vm_cfg,
+            _scratch: None,
         })
     }
 }

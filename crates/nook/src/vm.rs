@@ -14,6 +14,7 @@ use crate::engine::select::{select_engine, EngineChoice};
 use crate::engine::{kvm, qemu, Machine, MachineSpec};
 use crate::error::VmError;
 use crate::exec::ExecBuilder;
+use crate::storage::{self, TempFile};
 
 /// Kernel command line every nook guest gets. `quiet` keeps the console
 /// (an emulated UART: every byte is a VM exit) nearly silent during boot.
@@ -21,12 +22,13 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/
 
 /// Kernel modules every guest loads (their dependencies come along): the
 /// virtio-mmio transport, the console carrying the agent channel, block
-/// devices, the entropy device and virtio-fs for shares.
+/// devices, overlayfs for image roots, the entropy device and virtio-fs for shares.
 const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_console",
     "virtio_blk",
     "virtio_rng",
+    "overlay",
     "virtiofs",
 ];
 
@@ -42,6 +44,8 @@ pub struct Vm {
     pub(crate) choice: EngineChoice,
     pub(crate) boot_time: Duration,
     pub(crate) cfg: VmConfig,
+    /// The scratch disk of an image root, deleted after the VM.
+    pub(crate) _scratch: Option<TempFile>,
 }
 
 /// A runtime directory that removes itself.
@@ -141,10 +145,16 @@ impl Vm {
             tracing::warn!("nook: the kvm engine was {reason}");
         }
         let run_dir = make_run_dir()?;
+        let plan = storage::plan(cfg.image.as_ref(), &cfg.volumes, &cfg.home.join("tmp"))
+            .map_err(VmError::Storage)?;
         let mut cmdline = BASE_CMDLINE.to_string();
         if !cfg.cmdline.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&cfg.cmdline);
+        }
+        for word in &plan.cmdline {
+            cmdline.push(' ');
+            cmdline.push_str(word);
         }
         for (i, share) in cfg.shares.iter().enumerate() {
             cmdline.push(' ');
@@ -157,7 +167,7 @@ impl Vm {
             mem_mib: cfg.memory_mib,
             vcpus: cfg.vcpus,
             run_dir: run_dir.0.clone(),
-            disks: Vec::new(),
+            disks: plan.disks.clone(),
             shares: cfg
                 .shares
                 .iter()
@@ -210,6 +220,7 @@ impl Vm {
             _run_dir: run_dir,
             choice,
             boot_time,
+            _scratch: plan.scratch,
             cfg,
         })
     }
@@ -242,6 +253,25 @@ impl Vm {
         self.boot_time
     }
 
+    /// The run-time defaults of the image the VM booted from.
+    pub fn image_config(&self) -> Option<&nook_image::ImageConfig> {
+        self.cfg.image.as_ref().map(|i| &i.config)
+    }
+
+    /// The image's default command: its Entrypoint followed by its Cmd
+    /// (empty without an image, or when the image has neither).
+    pub fn image_command(&self) -> Vec<String> {
+        self.image_config()
+            .map(|c| c.entrypoint.iter().chain(&c.cmd).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a writable volume is attached: end such a VM with
+    /// [`Vm::shutdown`] so the guest syncs and unmounts it first.
+    pub fn has_writable_volumes(&self) -> bool {
+        self.cfg.volumes.iter().any(|v| !v.read_only)
+    }
+
     /// The guest console so far (last `lines` lines).
     pub fn console_tail(&self, lines: usize) -> String {
         self.machine
@@ -260,8 +290,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops the VM at once. Nothing in the guest is persistent yet (the root
-    /// is the initramfs), so there is nothing to flush.
+    /// Stops the VM at once. Writes to volumes the guest has not synced are
+    /// lost: use [`Vm::shutdown`] when [`Vm::has_writable_volumes`].
     pub fn stop(self) -> Result<(), VmError> {
         self.machine
             .lock()
