@@ -284,12 +284,14 @@ pub(crate) fn open_serial_sink(
     Ok(match serial {
         SerialSink::Null => Box::new(std::io::sink()),
         SerialSink::Stdout => Box::new(std::io::stdout()),
-        SerialSink::File(path) => Box::new(std::fs::File::create(&path).map_err(|source| {
-            VmmError::SerialFile {
-                path: path.clone(),
-                source,
-            }
-        })?),
+        SerialSink::File(path) => {
+            Box::new(
+                std::fs::File::create(&path).map_err(|source| VmmError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
         SerialSink::Writer(w) => w,
     })
 }
