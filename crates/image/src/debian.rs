@@ -216,16 +216,18 @@ impl ImageStore {
                 packages.iter().copied().collect::<Vec<_>>().join(",")
             ));
         }
-        cmd.arg("--").arg(suite).arg(&tar_path);
-        if let Some(m) = mirror {
-            cmd.arg(m);
-        }
-        cmd.stdin(Stdio::null()).env("LC_ALL", "C.UTF-8");
+        // Options go before `--`: after it every word is a positional
+        // (suite, target, mirrors).
         if !progress {
             cmd.arg("--quiet")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
         }
+        cmd.arg("--").arg(suite).arg(&tar_path);
+        if let Some(m) = mirror {
+            cmd.arg(m);
+        }
+        cmd.stdin(Stdio::null()).env("LC_ALL", "C.UTF-8");
         tracing::info!(
             suite,
             ?packages,
