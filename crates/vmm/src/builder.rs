@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::acpi::write_acpi_tables;
@@ -234,43 +234,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
             vcpus,
         },
     };
-    let loop_exit = exit.clone();
-    vm.event_thread = Some(
-        std::thread::Builder::new()
-            .name("nook-vmm".into())
-            .spawn(move || {
-                if let Err(e) = event_loop.run() {
-                    loop_exit.finish(Outcome::Failed {
-                        what: "device event loop".into(),
-                        errno: e.raw_os_error().unwrap_or(libc::EIO),
-                    });
-                }
-            })
-            .map_err(|source| VmmError::Spawn {
-                name: "nook-vmm".into(),
-                source,
-            })?,
-    );
-
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(mmio);
-    for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        let vcpu = Vcpu {
-            index: index as u8,
-            fd,
-            pio: pio.clone(),
-            mmio: mmio.clone(),
-            exit: exit.clone(),
-            pause: pause.clone(),
-        };
-        let name = format!("nook-vcpu{index}");
-        let handle = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || vcpu.run())
-            .map_err(|source| VmmError::Spawn { name, source })?;
-        exit.register_vcpu_thread(handle.as_pthread_t());
-        vm.vcpu_threads.push(handle);
-    }
+    start_threads(&mut vm, event_loop, vcpu_fds, pio, mmio, &exit, &pause)?;
     vm.kvm_vm = Some(kvm_vm);
     timer.mark("threads");
     vm.phases = timer.phases;
@@ -315,4 +279,54 @@ impl PhaseTimer {
         self.phases.push((name, now - self.last));
         self.last = now;
     }
+}
+
+/// Starts the device event loop thread (`nook-vmm`) and one thread per vCPU
+/// (`nook-vcpu{N}`): the last step of both a boot and a restore.
+pub(crate) fn start_threads(
+    vm: &mut Vm,
+    event_loop: EventLoop,
+    vcpu_fds: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    exit: &Arc<ExitState>,
+    pause: &Arc<PauseControl>,
+) -> Result<(), VmmError> {
+    let loop_exit = exit.clone();
+    vm.event_thread = Some(
+        std::thread::Builder::new()
+            .name("nook-vmm".into())
+            .spawn(move || {
+                if let Err(e) = event_loop.run() {
+                    loop_exit.finish(Outcome::Failed {
+                        what: "device event loop".into(),
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    });
+                }
+            })
+            .map_err(|source| VmmError::Spawn {
+                name: "nook-vmm".into(),
+                source,
+            })?,
+    );
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let vcpu = Vcpu {
+            index: index as u8,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: exit.clone(),
+            pause: pause.clone(),
+        };
+        let name = format!("nook-vcpu{index}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || vcpu.run())
+            .map_err(|source| VmmError::Spawn { name, source })?;
+        exit.register_vcpu_thread(handle.as_pthread_t());
+        vm.vcpu_threads.push(handle);
+    }
+    Ok(())
 }

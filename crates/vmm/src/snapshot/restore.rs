@@ -17,7 +17,6 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,7 +33,7 @@ use crate::arch::x86_64::layout::{
     COM1_IRQ, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, IDENTITY_MAP_ADDR, SLEEP_CONTROL_PORT,
     TSS_ADDR, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
-use crate::builder::{clone_eventfd, irqfd, new_eventfd, open_serial_sink};
+use crate::builder::{clone_eventfd, irqfd, new_eventfd, open_serial_sink, start_threads};
 use crate::config::{SerialSink, MAX_VCPUS};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::I8042;
@@ -49,10 +48,10 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::machine::Vm;
-use crate::vstate::exit::{ExitState, Outcome};
+use crate::vstate::exit::ExitState;
 use crate::vstate::memory::register_guest_memory;
 use crate::vstate::pause::PauseControl;
-use crate::vstate::vcpu::{install_kick_handler, Vcpu};
+use crate::vstate::vcpu::install_kick_handler;
 use crate::vstate::vm::{KvmVm, VmError};
 
 /// How to reconnect a restored VM to the host.
@@ -280,42 +279,7 @@ impl Vm {
                 vcpus,
             },
         };
-        let loop_exit = exit.clone();
-        vm.event_thread = Some(
-            std::thread::Builder::new()
-                .name("nook-vmm".into())
-                .spawn(move || {
-                    if let Err(e) = event_loop.run() {
-                        loop_exit.finish(Outcome::Failed {
-                            what: "device event loop".into(),
-                            errno: e.raw_os_error().unwrap_or(libc::EIO),
-                        });
-                    }
-                })
-                .map_err(|source| VmmError::Spawn {
-                    name: "nook-vmm".into(),
-                    source,
-                })?,
-        );
-        let pio = Arc::new(pio);
-        let mmio = Arc::new(mmio);
-        for (index, fd) in vcpu_fds.into_iter().enumerate() {
-            let vcpu = Vcpu {
-                index: index as u8,
-                fd,
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                exit: exit.clone(),
-                pause: pause.clone(),
-            };
-            let name = format!("nook-vcpu{index}");
-            let handle = std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || vcpu.run())
-                .map_err(|source| VmmError::Spawn { name, source })?;
-            exit.register_vcpu_thread(handle.as_pthread_t());
-            vm.vcpu_threads.push(handle);
-        }
+        start_threads(&mut vm, event_loop, vcpu_fds, pio, mmio, &exit, &pause)?;
         // Backends of active devices, queued work, pending interrupts.
         let _ = activated.write(1);
         for k in &kicks {
