@@ -9,9 +9,11 @@
 //! assets, QEMU, `docker-registry`, busybox or mkfs.ext4 are missing.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+use common::{nook, text};
 use nook_image::testing::{LayerBuilder, Registry, TestImage, TestLayer};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -20,18 +22,8 @@ const APPLETS: &[&str] = &[
     "mkdir", "env",
 ];
 
-fn nook() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nook"));
-    c.env_remove("NOOK_LOG").stdin(Stdio::null());
-    c
-}
-
 fn nook_out(args: &[&str]) -> Output {
     nook().args(args).output().expect("run nook")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn ok(out: &Output) -> String {
@@ -44,19 +36,10 @@ fn ok(out: &Output) -> String {
     text(&out.stdout)
 }
 
-/// Skips (with a printed reason) when the machine cannot run guests.
+/// Skips (with a printed reason) when the machine cannot run guests or
+/// build the test image.
 fn ready() -> bool {
-    let agent_ok = std::env::var_os("NOOK_AGENT").is_some_and(|p| Path::new(&p).is_file());
-    if !agent_ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test, or scripts/setup and export NOOK_AGENT)");
-        return false;
-    }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: qemu-system-x86_64 is not installed (run scripts/setup)");
+    if !common::ready() {
         return false;
     }
     if !Path::new(BUSYBOX).is_file() {

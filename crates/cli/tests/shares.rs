@@ -5,37 +5,18 @@
 //! prepares; without them each test prints why and skips.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-/// Skips (with a printed reason) when the machine cannot run guests.
-fn ready() -> bool {
-    let agent_ok = std::env::var_os("NOOK_AGENT")
-        .map(|p| Path::new(&p).is_file())
-        .unwrap_or(false);
-    if !agent_ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test, or scripts/setup and export NOOK_AGENT)");
-        return false;
-    }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: qemu-system-x86_64 is not installed (run scripts/setup)");
-        return false;
-    }
-    true
-}
+mod common;
+use common::{nook, ready};
 
 /// `nook run --engine qemu --share SHARE -- sh -c SCRIPT`.
 fn run_with_share(share: &str, script: &str) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_nook"))
-        .env_remove("NOOK_LOG")
+    let out = nook()
         .args([
             "run", "--engine", "qemu", "--share", share, "--", "sh", "-c",
         ])
         .arg(script)
-        .stdin(Stdio::null())
         .output()
         .expect("run nook");
     eprintln!(
