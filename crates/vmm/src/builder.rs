@@ -145,19 +145,10 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
     let vm_fd = &kvm_vm.fd;
 
     // Port I/O devices.
-    let mut pio = Bus::default();
     let out = open_serial_sink(serial)?;
     let com1 = SerialDevice::new(irqfd(vm_fd, COM1_IRQ, "serial")?, out);
     let com1 = Arc::new(Mutex::new(com1));
-    pio.insert(com1.clone(), u64::from(COM1_PORT), 8)?;
-    let i8042 = Arc::new(Mutex::new(I8042));
-    pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
-    pio.insert(i8042, u64::from(I8042_CMD_PORT), 1)?;
-    pio.insert(
-        Arc::new(Mutex::new(AcpiPower)),
-        u64::from(SLEEP_CONTROL_PORT),
-        3,
-    )?;
+    let pio = port_io_bus(&com1)?;
 
     // Virtio devices.
     let mut mmio = Bus::default();
@@ -279,6 +270,22 @@ impl PhaseTimer {
         self.phases.push((name, now - self.last));
         self.last = now;
     }
+}
+
+/// The port I/O bus every VM has: COM1, the i8042 (reset only) and the
+/// ACPI sleep/reset ports. Boot and restore differ only in how COM1 is made.
+pub(crate) fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmError> {
+    let mut pio = Bus::default();
+    pio.insert(com1.clone(), u64::from(COM1_PORT), 8)?;
+    let i8042 = Arc::new(Mutex::new(I8042));
+    pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
+    pio.insert(i8042, u64::from(I8042_CMD_PORT), 1)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPower)),
+        u64::from(SLEEP_CONTROL_PORT),
+        3,
+    )?;
+    Ok(pio)
 }
 
 /// Starts the device event loop thread (`nook-vmm`) and one thread per vCPU

@@ -30,14 +30,13 @@ use super::handles::SnapshotHandles;
 use super::memory::map_memory;
 use super::state::MicrovmState;
 use crate::arch::x86_64::layout::{
-    COM1_IRQ, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, IDENTITY_MAP_ADDR, SLEEP_CONTROL_PORT,
-    TSS_ADDR, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    COM1_IRQ, IDENTITY_MAP_ADDR, TSS_ADDR, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
-use crate::builder::{clone_eventfd, irqfd, new_eventfd, open_serial_sink, start_threads};
+use crate::builder::{
+    clone_eventfd, irqfd, new_eventfd, open_serial_sink, port_io_bus, start_threads,
+};
 use crate::config::{SerialSink, MAX_VCPUS};
 use crate::devices::bus::Bus;
-use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::power::AcpiPower;
 use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
@@ -162,20 +161,11 @@ impl Vm {
         timer.mark("vm state");
 
         // Port I/O devices.
-        let mut pio = Bus::default();
         let out = open_serial_sink(cfg.serial)?;
         let com1 = SerialDevice::restore(&state.serial, irqfd(&fd, COM1_IRQ, "serial")?, out)
             .map_err(SnapshotError::from)?;
         let com1 = Arc::new(Mutex::new(com1));
-        pio.insert(com1.clone(), u64::from(COM1_PORT), 8)?;
-        let i8042 = Arc::new(Mutex::new(I8042));
-        pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
-        pio.insert(i8042, u64::from(I8042_CMD_PORT), 1)?;
-        pio.insert(
-            Arc::new(Mutex::new(AcpiPower)),
-            u64::from(SLEEP_CONTROL_PORT),
-            3,
-        )?;
+        let pio = port_io_bus(&com1)?;
 
         // Virtio devices, in their saved slots.
         let mut mmio = Bus::default();
