@@ -39,6 +39,15 @@ fn qemu_of(pid: u32) -> Vec<String> {
     found
 }
 
+/// Waits until the nook process `pid` has started its QEMU.
+fn wait_for_qemu(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while qemu_of(pid).is_empty() {
+        assert!(Instant::now() < deadline, "qemu never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn assert_no_qemu_left(pid: u32) {
     // Reaping by the kernel after SIGKILL is quick but not instant.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -259,11 +268,7 @@ fn sigint_during_boot_leaves_no_qemu() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while qemu_of(pid).is_empty() {
-        assert!(Instant::now() < deadline, "qemu never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_qemu(pid);
     Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
@@ -286,11 +291,7 @@ fn sigkill_of_nook_takes_qemu_down() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while qemu_of(pid).is_empty() {
-        assert!(Instant::now() < deadline, "qemu never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_qemu(pid);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_no_qemu_left(pid);
