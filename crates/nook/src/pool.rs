@@ -311,10 +311,7 @@ impl Drop for PooledVm {
         let Some(vm) = self.vm.take() else { return };
         let mut st = self.pool.lock();
         st.in_use -= 1;
-        if self.pool.cfg.reuse
-            && !st.closing
-            && vm.conn.hello.protocol == nook_proto::PROTOCOL_VERSION
-        {
+        if self.pool.cfg.reuse && !st.closing {
             st.idle.push_front((vm, Instant::now()));
             self.pool.changed.notify_all();
             return;
