@@ -40,7 +40,6 @@ fn main() {
         progress: false,
         ..VmConfig::default()
     };
-    let t = Instant::now();
     let assets = match nook::prepare_assets(&cfg, false) {
         Ok(a) => a,
         Err(e) => {
@@ -48,7 +47,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let _ = t;
     let choice = nook::select_engine(cfg.engine, &cfg.home).expect("engine selection");
     let kvm_accel = matches!(
         choice,
