@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nook_proto::{
-    ErrorCode, ErrorReply, ExecRequest, ExitStatus, GuestMsg, Kind, Started, STDIO_CHUNK,
+    ErrorCode, ErrorReply, ExecRequest, Exited, GuestMsg, Kind, Started, STDIO_CHUNK,
 };
 
 use crate::channel::Sender;
@@ -234,17 +234,17 @@ fn wait_for(
     (rx.recv().ok(), false)
 }
 
-fn exit_status(st: Option<WaitStatus>) -> ExitStatus {
+fn exit_status(st: Option<WaitStatus>) -> Exited {
     match st {
-        Some(WaitStatus::Exited(_, code)) => ExitStatus {
+        Some(WaitStatus::Exited(_, code)) => Exited {
             code: Some(code),
             ..Default::default()
         },
-        Some(WaitStatus::Signaled(_, sig, _)) => ExitStatus {
+        Some(WaitStatus::Signaled(_, sig, _)) => Exited {
             signal: Some(sig as i32),
             ..Default::default()
         },
-        _ => ExitStatus::default(),
+        _ => Exited::default(),
     }
 }
 

@@ -82,7 +82,7 @@ fn recv(a: &mut Agent) -> (u32, GuestMsg) {
 struct Done {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
-    exit: Option<ExitStatus>,
+    exit: Option<Exited>,
     error: Option<ErrorReply>,
 }
 

@@ -17,7 +17,7 @@ use crate::debian::DebPin;
 use crate::error::{cache_err, AssetsError};
 use crate::fsutil::{sha256_file, sha256_hex, write_atomic};
 use crate::index::FORMAT_VERSION;
-use crate::modules::{decompress, split_module_file, Compression, ModuleTable};
+use crate::modules::{decompress, split_module_file, ModuleCompression, ModuleTable};
 use crate::progress::{Progress, ProgressRead};
 
 /// The manifest's file name inside an entry.
@@ -106,7 +106,7 @@ impl KernelManifest {
 struct Spilled {
     offset: u64,
     len: usize,
-    compression: Compression,
+    compression: ModuleCompression,
 }
 
 /// Unpacks `deb` into the new entry directory `out`, keeping the kernel,
@@ -514,7 +514,7 @@ pub(crate) mod tests {
         );
         // The zstd module was parked as shipped and decompresses back.
         let ring = state.spilled["kernel/drivers/virtio/virtio_ring.ko.zst"];
-        assert_eq!(ring.compression, Compression::Zstd);
+        assert_eq!(ring.compression, ModuleCompression::Zstd);
         let raw = &state.spill[ring.offset as usize..ring.offset as usize + ring.len];
         assert_eq!(
             *decompress(raw, ring.compression).unwrap(),

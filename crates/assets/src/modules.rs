@@ -78,7 +78,7 @@ pub enum ModuleError {
 
 /// How a module file is compressed, from its file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub enum ModuleCompression {
     /// Plain `.ko`.
     None,
     /// `.ko.xz`.
@@ -96,12 +96,12 @@ pub fn normalize(name: &str) -> String {
 
 /// Splits a module file name into its stem and compression:
 /// `virtio-rng.ko.xz` → (`virtio-rng`, Xz). `None` if it is not a module.
-pub fn split_module_file(file_name: &str) -> Option<(&str, Compression)> {
+pub fn split_module_file(file_name: &str) -> Option<(&str, ModuleCompression)> {
     for (suffix, c) in [
-        (".ko", Compression::None),
-        (".ko.xz", Compression::Xz),
-        (".ko.zst", Compression::Zstd),
-        (".ko.gz", Compression::Gzip),
+        (".ko", ModuleCompression::None),
+        (".ko.xz", ModuleCompression::Xz),
+        (".ko.zst", ModuleCompression::Zstd),
+        (".ko.gz", ModuleCompression::Gzip),
     ] {
         if let Some(stem) = file_name.strip_suffix(suffix) {
             if !stem.is_empty() {
@@ -117,26 +117,26 @@ fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// Decompresses module bytes (any [`Compression`]) into a plain ELF image;
+/// Decompresses module bytes (any [`ModuleCompression`]) into a plain ELF image;
 /// plain modules are returned as they are.
-pub fn decompress(data: &[u8], compression: Compression) -> io::Result<Cow<'_, [u8]>> {
-    if compression == Compression::None {
+pub fn decompress(data: &[u8], compression: ModuleCompression) -> io::Result<Cow<'_, [u8]>> {
+    if compression == ModuleCompression::None {
         return Ok(Cow::Borrowed(data));
     }
     let mut out = LimitedWriter {
         buf: Vec::with_capacity(data.len().saturating_mul(3)),
     };
     match compression {
-        Compression::None => {}
-        Compression::Xz => {
+        ModuleCompression::None => {}
+        ModuleCompression::Xz => {
             let mut input = data;
             lzma_rs::xz_decompress(&mut input, &mut out)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         }
-        Compression::Zstd => {
+        ModuleCompression::Zstd => {
             io::copy(&mut zstd::stream::read::Decoder::new(data)?, &mut out)?;
         }
-        Compression::Gzip => {
+        ModuleCompression::Gzip => {
             io::copy(&mut flate2::read::GzDecoder::new(data), &mut out)?;
         }
     }
@@ -341,7 +341,7 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, ModuleError> {
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(split_module_file)
-        .map_or(Compression::None, |(_, c)| c);
+        .map_or(ModuleCompression::None, |(_, c)| c);
     match decompress(&data, compression) {
         Ok(Cow::Borrowed(_)) => Ok(data),
         Ok(Cow::Owned(elf)) => Ok(elf),
@@ -517,13 +517,16 @@ kernel/drivers/char/hw_random/rng-core.ko:
     fn split_and_normalize_names() {
         assert_eq!(
             split_module_file("virtio-rng.ko.xz"),
-            Some(("virtio-rng", Compression::Xz))
+            Some(("virtio-rng", ModuleCompression::Xz))
         );
         assert_eq!(
             split_module_file("a.ko.zst"),
-            Some(("a", Compression::Zstd))
+            Some(("a", ModuleCompression::Zstd))
         );
-        assert_eq!(split_module_file("a.ko.gz"), Some(("a", Compression::Gzip)));
+        assert_eq!(
+            split_module_file("a.ko.gz"),
+            Some(("a", ModuleCompression::Gzip))
+        );
         assert_eq!(split_module_file("modules.dep"), None);
         assert_eq!(split_module_file(".ko"), None);
         assert_eq!(
@@ -536,19 +539,19 @@ kernel/drivers/char/hw_random/rng-core.ko:
     fn compressed_modules_round_trip() {
         let elf = fake_module("virtio", &[]);
         let zst = zstd::stream::encode_all(&elf[..], 3).unwrap();
-        assert_eq!(*decompress(&zst, Compression::Zstd).unwrap(), elf);
+        assert_eq!(*decompress(&zst, ModuleCompression::Zstd).unwrap(), elf);
         let mut xz = Vec::new();
         lzma_rs::xz_compress(&mut &elf[..], &mut xz).unwrap();
-        assert_eq!(*decompress(&xz, Compression::Xz).unwrap(), elf);
+        assert_eq!(*decompress(&xz, ModuleCompression::Xz).unwrap(), elf);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&elf).unwrap();
         let gz = gz.finish().unwrap();
-        assert_eq!(*decompress(&gz, Compression::Gzip).unwrap(), elf);
+        assert_eq!(*decompress(&gz, ModuleCompression::Gzip).unwrap(), elf);
         assert!(matches!(
-            decompress(&elf, Compression::None),
+            decompress(&elf, ModuleCompression::None),
             Ok(Cow::Borrowed(_))
         ));
-        assert!(decompress(b"not xz", Compression::Xz).is_err());
+        assert!(decompress(b"not xz", ModuleCompression::Xz).is_err());
     }
 
     #[test]

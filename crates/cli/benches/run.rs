@@ -95,7 +95,7 @@ fn main() {
         let mut qc = nook_qemu::QemuConfig::new(qemu, accel, &assets.kernel, &dir);
         qc.initrd = Some(assets.initramfs.clone());
         qc.cmdline = format!("{} nook.poweroff_after_init", nook::BASE_CMDLINE);
-        qc.mem_mib = cfg.memory_mib;
+        qc.memory_mib = cfg.memory_mib;
         let t = Instant::now();
         let mut vm = nook_qemu::QemuVm::start(qc).expect("start qemu");
         let st = vm.wait_timeout(Duration::from_secs(120)).expect("wait");

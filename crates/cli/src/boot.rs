@@ -10,7 +10,7 @@
 //! | 125 | could not be booted, or the engine failed |
 //!
 //! On `kvm` the VMM writes COM1 straight to stdout; when the VM ends, nook
-//! exits at once ([`nook_vmm::Vm::exit_process`]): the vCPU threads go with
+//! exits at once ([`nook_vmm::KvmVm::exit_process`]): the vCPU threads go with
 //! the process, and a forked helper holds the KVM VM fd until the process
 //! is gone, so the slow release of the VM (15–25 ms here) is not waited for. On `qemu` the guest runs in
 //! QEMU `microvm` (`-no-reboot`), started paused so that QMP is ready before
@@ -162,13 +162,13 @@ fn run(args: BootArgs) -> Result<Ending, BootError> {
 }
 
 fn boot_kvm(args: &BootArgs, timeout: Option<Duration>) -> Result<Ending, BootError> {
-    let mut cfg = nook_vmm::VmConfig::new(&args.kernel);
+    let mut cfg = nook_vmm::KvmConfig::new(&args.kernel);
     cfg.initrd = args.initrd.clone();
     cfg.cmdline = args.cmdline.clone();
-    cfg.mem_mib = args.memory;
+    cfg.memory_mib = args.memory;
     cfg.vcpus = args.cpus;
     cfg.serial = SerialSink::Stdout;
-    let mut vm = nook_vmm::Vm::start(cfg).map_err(BootError::Kvm)?;
+    let mut vm = nook_vmm::KvmVm::start(cfg).map_err(BootError::Kvm)?;
     let ending = match vm.wait_exit(timeout) {
         None => {
             vm.stop();
@@ -248,7 +248,7 @@ fn boot_qemu(
     let mut cfg = QemuConfig::new(binary, accel, &args.kernel, &dir.0);
     cfg.initrd = args.initrd.clone();
     cfg.cmdline = args.cmdline.clone();
-    cfg.mem_mib = args.memory;
+    cfg.memory_mib = args.memory;
     cfg.vcpus = args.cpus;
     cfg.rng = false;
     if accel == Accel::Kvm {

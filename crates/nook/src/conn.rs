@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{
-    write_frame, Decoder, ErrorReply, ExitStatus, Frame, GuestHello, GuestMsg, HostHello, HostMsg,
+    write_frame, Decoder, ErrorReply, Exited, Frame, GuestHello, GuestMsg, HostHello, HostMsg,
     CONTROL_STREAM, PROTOCOL_VERSION,
 };
 
@@ -22,7 +22,7 @@ pub enum Event {
     Started(u32),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
-    Exit(ExitStatus),
+    Exit(Exited),
     Error(ErrorReply),
     /// The channel to the agent broke (the VM died or misbehaved).
     Lost(String),

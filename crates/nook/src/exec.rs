@@ -45,8 +45,8 @@ impl ExitStatus {
     }
 }
 
-impl From<nook_proto::ExitStatus> for ExitStatus {
-    fn from(s: nook_proto::ExitStatus) -> Self {
+impl From<nook_proto::Exited> for ExitStatus {
+    fn from(s: nook_proto::Exited) -> Self {
         ExitStatus {
             code: s.code,
             signal: s.signal,

@@ -164,7 +164,7 @@ impl Vm {
             kernel: assets.kernel.clone(),
             initrd: assets.initramfs.clone(),
             cmdline,
-            mem_mib: cfg.memory_mib,
+            memory_mib: cfg.memory_mib,
             vcpus: cfg.vcpus,
             run_dir: run_dir.0.clone(),
             disks: plan.disks.clone(),

@@ -25,7 +25,7 @@ mod msg;
 
 pub use frame::{read_frame, write_frame, Decoder, Frame, FrameError, HEADER_LEN, MAX_PAYLOAD};
 pub use msg::{
-    ErrorCode, ErrorReply, ExecRequest, ExitStatus, GuestHello, GuestMsg, HostHello, HostMsg, Kind,
+    ErrorCode, ErrorReply, ExecRequest, Exited, GuestHello, GuestMsg, HostHello, HostMsg, Kind,
     MsgError, Resync, Started, Winsize,
 };
 

@@ -25,7 +25,7 @@ pub enum Kind {
     Stdout = 6,
     /// guest -> host: stderr bytes.
     Stderr = 7,
-    /// guest -> host: the command ended ([`ExitStatus`]); last frame of a stream.
+    /// guest -> host: the command ended ([`Exited`]); last frame of a stream.
     Exit = 8,
     /// guest -> host: a request failed ([`ErrorReply`]); last frame of a stream.
     Error = 9,
@@ -140,7 +140,7 @@ pub struct Started {
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ExitStatus {
+pub struct Exited {
     /// Exit code, when the command exited.
     #[serde(default)]
     pub code: Option<i32>,
@@ -201,7 +201,7 @@ pub enum GuestMsg {
     Started(Started),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
-    Exit(ExitStatus),
+    Exit(Exited),
     Error(ErrorReply),
 }
 

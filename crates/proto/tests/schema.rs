@@ -57,7 +57,7 @@ fn samples() -> Vec<(&'static str, Frame)> {
         ("stderr", GuestMsg::Stderr(b"err\n".to_vec()).to_frame(1)),
         (
             "exit",
-            GuestMsg::Exit(ExitStatus {
+            GuestMsg::Exit(Exited {
                 code: Some(7),
                 signal: None,
                 timed_out: false,

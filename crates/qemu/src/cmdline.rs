@@ -81,7 +81,7 @@ pub(crate) fn build_args(
         Accel::Tcg => "max",
     });
     let smp = cfg.vcpus.to_string();
-    let mem = format!("{}M", cfg.mem_mib);
+    let mem = format!("{}M", cfg.memory_mib);
     // vhost-user backends (shares) map guest RAM themselves: it must be
     // shared memory, a memfd unless it already is a shared file.
     let memfd = launch.ram == RamBacking::Anonymous && !cfg.shares.is_empty();
@@ -132,7 +132,7 @@ pub(crate) fn build_args(
     if let RamBacking::File { path, shared } = &launch.ram {
         let mut backend = OsString::from(format!(
             "memory-backend-file,id={RAM_BACKEND_ID},size={}M,share={},mem-path=",
-            cfg.mem_mib,
+            cfg.memory_mib,
             if *shared { "on" } else { "off" }
         ));
         backend.push(escape_opt_value(path.as_os_str()));
@@ -144,7 +144,7 @@ pub(crate) fn build_args(
         args.push(
             format!(
                 "memory-backend-memfd,id={RAM_BACKEND_ID},size={}M,share=on",
-                cfg.mem_mib
+                cfg.memory_mib
             )
             .into(),
         );
@@ -161,7 +161,7 @@ pub(crate) fn build_args(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DiskConfig;
+    use crate::config::QemuDiskConfig;
 
     const BOOT: Launch = Launch {
         ram: RamBacking::Anonymous,
@@ -184,8 +184,8 @@ mod tests {
         let mut cfg = QemuConfig::new("/usr/bin/qemu", Accel::Tcg, "/k/vmlinuz", "/run/vm1");
         cfg.initrd = Some("/k/initrd".into());
         cfg.vcpus = 2;
-        cfg.mem_mib = 512;
-        cfg.disks.push(DiskConfig::new("/d/root.img", true));
+        cfg.memory_mib = 512;
+        cfg.disks.push(QemuDiskConfig::new("/d/root.img", true));
         cfg.extra_args = vec!["-S".into()];
         let fds = ChannelFds { agent: 7, qmp: 9 };
         let args = strings(build_args(
@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn shares_get_shared_memfd_ram_and_vhost_user_fs_devices() {
         let mut cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
-        cfg.shares.push(crate::config::ShareConfig {
+        cfg.shares.push(crate::config::QemuShareConfig {
             socket: "/run/vm,1/fs0.sock".into(),
             tag: "work".into(),
         });

@@ -82,7 +82,7 @@ pub const GUEST_RAM_FILE: &str = "guest.ram";
 /// A raw disk image attached as a `virtio-blk-device` on virtio-mmio.
 /// Disks appear in the guest in the order they are listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskConfig {
+pub struct QemuDiskConfig {
     /// Path of the raw image file on the host.
     pub path: PathBuf,
     /// Attach read-only (QEMU opens the file read-only too).
@@ -95,10 +95,10 @@ pub struct DiskConfig {
     pub serial: Option<String>,
 }
 
-impl DiskConfig {
+impl QemuDiskConfig {
     /// A raw disk with the default cache policy.
     pub fn new(path: impl Into<PathBuf>, read_only: bool) -> Self {
-        DiskConfig {
+        QemuDiskConfig {
             path: path.into(),
             read_only,
             cache: DiskCache::default(),
@@ -112,7 +112,7 @@ impl DiskConfig {
 /// shares gets its RAM from a shared memfd (or its shared RAM file) so the
 /// backend can map it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareConfig {
+pub struct QemuShareConfig {
     /// The backend's vhost-user socket.
     pub socket: PathBuf,
     /// The tag the guest mounts (`mount -t virtiofs TAG DIR`): 1 to 36
@@ -134,14 +134,14 @@ pub struct QemuConfig {
     /// Kernel command line. The serial console is the guest's `ttyS0`.
     pub cmdline: String,
     /// Guest memory in MiB.
-    pub mem_mib: u32,
+    pub memory_mib: u32,
     /// Number of vCPUs.
     pub vcpus: u8,
     /// Per-VM directory, created and removed by the caller. The engine
     /// creates the console log and QEMU's stderr log in it.
     pub run_dir: PathBuf,
     /// Raw disks, attached in order.
-    pub disks: Vec<DiskConfig>,
+    pub disks: Vec<QemuDiskConfig>,
     /// Attach a `virtio-rng-device` so the guest has entropy early.
     pub rng: bool,
     /// Run QEMU under its seccomp sandbox (`-sandbox on,...`): no spawning,
@@ -161,7 +161,7 @@ pub struct QemuConfig {
     /// snapshotted to make clones.
     pub ram: GuestRam,
     /// Host directory shares, as virtio-fs devices.
-    pub shares: Vec<ShareConfig>,
+    pub shares: Vec<QemuShareConfig>,
 }
 
 impl QemuConfig {
@@ -179,7 +179,7 @@ impl QemuConfig {
             kernel: kernel.into(),
             initrd: None,
             cmdline: "console=ttyS0 panic=-1".to_owned(),
-            mem_mib: 256,
+            memory_mib: 256,
             vcpus: 1,
             run_dir: run_dir.into(),
             disks: Vec::new(),
@@ -197,9 +197,9 @@ impl QemuConfig {
     /// mistake is reported with the path at fault instead of as QEMU's
     /// stderr.
     pub fn validate(&self) -> Result<(), QemuError> {
-        if self.mem_mib < 16 {
+        if self.memory_mib < 16 {
             return Err(QemuError::InvalidConfig {
-                field: "mem_mib",
+                field: "memory_mib",
                 reason: "must be at least 16 MiB",
             });
         }
@@ -417,12 +417,13 @@ mod tests {
         ));
 
         let mut cfg = good.clone();
-        cfg.disks.push(DiskConfig::new(dir.join("no-disk"), true));
+        cfg.disks
+            .push(QemuDiskConfig::new(dir.join("no-disk"), true));
         let err = cfg.validate().unwrap_err();
         assert!(err.to_string().contains("no-disk"), "{err}");
 
         let mut cfg = good.clone();
-        let mut disk = DiskConfig::new(&file, true);
+        let mut disk = QemuDiskConfig::new(&file, true);
         disk.serial = Some("a,b".into());
         cfg.disks.push(disk);
         assert!(matches!(
@@ -459,8 +460,8 @@ mod tests {
     #[test]
     fn disks_become_drive_and_device_pairs() {
         let mut cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
-        cfg.disks.push(DiskConfig::new("/img/root,1.raw", true));
-        let mut scratch = DiskConfig::new("/img/scratch.raw", false);
+        cfg.disks.push(QemuDiskConfig::new("/img/root,1.raw", true));
+        let mut scratch = QemuDiskConfig::new("/img/scratch.raw", false);
         scratch.cache = DiskCache::Unsafe;
         scratch.serial = Some("nook-scratch".into());
         cfg.disks.push(scratch);

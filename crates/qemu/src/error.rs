@@ -6,7 +6,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::qmp::QmpError;
-use crate::snapshot::SnapshotError;
+use crate::snapshot::QemuSnapshotError;
 
 /// What went wrong starting, talking to or stopping a QEMU guest.
 #[derive(Debug, thiserror::Error)]
@@ -107,13 +107,13 @@ pub enum QemuError {
     SnapshotTake {
         dir: PathBuf,
         #[source]
-        source: SnapshotError,
+        source: QemuSnapshotError,
     },
     #[error("cannot restore snapshot {dir}")]
     SnapshotRestore {
         dir: PathBuf,
         #[source]
-        source: SnapshotError,
+        source: QemuSnapshotError,
     },
     #[error("qemu (pid {pid}) could not save the guest's state into {dir}: {desc}\n{report}")]
     SaveFailed {

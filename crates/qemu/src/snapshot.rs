@@ -21,7 +21,7 @@
 //! dir/
 //!   manifest.json   format, QEMU version, config minus run_dir, sizes, CRC32 of state
 //!   state           QEMU migration stream (device state; all RAM in stream mode)
-//!   memory          guest RAM image, sparse, mem_mib MiB long (file mode only)
+//!   memory          guest RAM image, sparse, memory_mib MiB long (file mode only)
 //! ```
 //!
 //! Everything is written into a hidden sibling `.NAME.partial-PID-NANOS`,
@@ -40,7 +40,7 @@ use serde_json::{json, Map, Value};
 use tracing::{debug, info, warn};
 
 use crate::cmdline::{Launch, RamBacking};
-use crate::config::{Accel, DiskCache, DiskConfig, GuestRam, QemuConfig};
+use crate::config::{Accel, DiskCache, GuestRam, QemuConfig, QemuDiskConfig};
 use crate::error::QemuError;
 use crate::qmp::QmpError;
 use crate::sys;
@@ -67,7 +67,7 @@ const PAGE: usize = 4096;
 
 /// What can be wrong with a snapshot's files, taking or restoring it.
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub enum QemuSnapshotError {
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -192,13 +192,13 @@ pub struct QemuSnapshotInfo {
 /// Changes a restore may make to the snapshot's configuration. Anything
 /// that shapes the device model stays as recorded.
 #[derive(Debug, Clone)]
-pub struct RestoreOptions {
+pub struct QemuRestoreConfig {
     /// Another QEMU binary (it must be the same QEMU version).
     pub binary: Option<PathBuf>,
     /// Replacement disks, one per snapshot disk, in order, with the same
     /// read-only flags: a clone needs its own copy of every writable disk
     /// (QEMU's image locking refuses to share one).
-    pub disks: Option<Vec<DiskConfig>>,
+    pub disks: Option<Vec<QemuDiskConfig>>,
     /// Leave the restored guest paused instead of continuing it.
     pub paused: bool,
     /// Check the state file against the manifest's CRC-32 before starting
@@ -209,9 +209,9 @@ pub struct RestoreOptions {
     pub load_timeout: Duration,
 }
 
-impl Default for RestoreOptions {
+impl Default for QemuRestoreConfig {
     fn default() -> Self {
-        RestoreOptions {
+        QemuRestoreConfig {
             binary: None,
             disks: None,
             paused: false,
@@ -355,7 +355,7 @@ impl QemuVm {
             .create_new(true)
             .open(&state_path)
             .map_err(|source| {
-                take_err(SnapshotError::Io {
+                take_err(QemuSnapshotError::Io {
                     op: "create",
                     path: state_path.clone(),
                     source,
@@ -387,7 +387,7 @@ impl QemuVm {
         let copy_started = Instant::now();
         let memory_path = partial.join(MEMORY_FILE);
         let data = copy_sparse(&ram, &memory_path).map_err(|source| {
-            take_err(SnapshotError::Io {
+            take_err(QemuSnapshotError::Io {
                 op: "copy guest RAM into",
                 path: memory_path.clone(),
                 source,
@@ -436,7 +436,7 @@ impl QemuVm {
     /// in `run_dir`: same device model, state loaded by QEMU (`-incoming
     /// defer` + `migrate-incoming`), guest RAM mapped copy-on-write from the
     /// snapshot's `memory` file in file mode. Returns once the state is
-    /// loaded and the guest continued (unless [`RestoreOptions::paused`]).
+    /// loaded and the guest continued (unless [`QemuRestoreConfig::paused`]).
     ///
     /// The clone's `nook.agent` port is connected to a new socket pair,
     /// taken with [`QemuVm::take_agent_channel`] as after a cold boot; the
@@ -449,7 +449,7 @@ impl QemuVm {
     pub fn restore(
         snapshot: &Path,
         run_dir: &Path,
-        options: RestoreOptions,
+        options: QemuRestoreConfig,
     ) -> Result<QemuVm, QemuError> {
         let restore_err = |source| QemuError::SnapshotRestore {
             dir: snapshot.to_owned(),
@@ -461,7 +461,7 @@ impl QemuVm {
         if options.verify_state {
             let (_, crc) = checksum(&state_path).map_err(restore_err)?;
             if crc != info.state_crc32 {
-                return Err(restore_err(SnapshotError::ChecksumMismatch {
+                return Err(restore_err(QemuSnapshotError::ChecksumMismatch {
                     path: state_path,
                 }));
             }
@@ -470,7 +470,8 @@ impl QemuVm {
             SnapshotMemory::Stream => RamBacking::Anonymous,
             SnapshotMemory::File => {
                 let path = snapshot.join(MEMORY_FILE);
-                open_checked(&path, u64::from(info.config.mem_mib) << 20).map_err(restore_err)?;
+                open_checked(&path, u64::from(info.config.memory_mib) << 20)
+                    .map_err(restore_err)?;
                 RamBacking::File {
                     path,
                     shared: false,
@@ -499,7 +500,7 @@ impl QemuVm {
 
         let running = greeting_version(vm.qmp()?.greeting());
         if major_minor(&running) != major_minor(&info.qemu_version) {
-            return Err(restore_err(SnapshotError::QemuVersion {
+            return Err(restore_err(QemuSnapshotError::QemuVersion {
                 snapshot: info.qemu_version,
                 running,
                 binary,
@@ -556,8 +557,8 @@ struct PartialDir {
 }
 
 impl PartialDir {
-    fn create(dir: &Path) -> Result<PartialDir, SnapshotError> {
-        let name = dir.file_name().ok_or_else(|| SnapshotError::Io {
+    fn create(dir: &Path) -> Result<PartialDir, QemuSnapshotError> {
+        let name = dir.file_name().ok_or_else(|| QemuSnapshotError::Io {
             op: "name a snapshot directory",
             path: dir.to_owned(),
             source: io::ErrorKind::InvalidInput.into(),
@@ -570,7 +571,7 @@ impl PartialDir {
         hidden.push(name);
         hidden.push(format!(".partial-{}-{nanos}", std::process::id()));
         let path = dir.with_file_name(hidden);
-        std::fs::create_dir(&path).map_err(|source| SnapshotError::Io {
+        std::fs::create_dir(&path).map_err(|source| QemuSnapshotError::Io {
             op: "create",
             path: path.clone(),
             source,
@@ -592,7 +593,7 @@ impl PartialDir {
         dir: &Path,
         manifest: &Value,
         memory: SnapshotMemory,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<(), QemuSnapshotError> {
         let mut files = vec![STATE_FILE];
         if memory == SnapshotMemory::File {
             files.push(MEMORY_FILE);
@@ -601,7 +602,7 @@ impl PartialDir {
             let path = self.path.join(name);
             File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|source| SnapshotError::Io {
+                .map_err(|source| QemuSnapshotError::Io {
                     op: "sync",
                     path,
                     source,
@@ -612,13 +613,13 @@ impl PartialDir {
         text.push('\n');
         std::fs::write(&path, text)
             .and_then(|()| File::open(&path)?.sync_all())
-            .map_err(|source| SnapshotError::Io {
+            .map_err(|source| QemuSnapshotError::Io {
                 op: "write",
                 path,
                 source,
             })?;
         sync_dir(&self.path)?;
-        std::fs::rename(&self.path, dir).map_err(|source| SnapshotError::Io {
+        std::fs::rename(&self.path, dir).map_err(|source| QemuSnapshotError::Io {
             op: "rename the finished snapshot to",
             path: dir.to_owned(),
             source,
@@ -642,10 +643,10 @@ impl Drop for PartialDir {
     }
 }
 
-fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
+fn sync_dir(path: &Path) -> Result<(), QemuSnapshotError> {
     File::open(path)
         .and_then(|d| d.sync_all())
-        .map_err(|source| SnapshotError::Io {
+        .map_err(|source| QemuSnapshotError::Io {
             op: "sync directory",
             path: path.to_owned(),
             source,
@@ -653,8 +654,8 @@ fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
 }
 
 /// Opens `path` and checks that it is `expected` bytes long.
-fn open_checked(path: &Path, expected: u64) -> Result<File, SnapshotError> {
-    let io_err = |source| SnapshotError::Io {
+fn open_checked(path: &Path, expected: u64) -> Result<File, QemuSnapshotError> {
+    let io_err = |source| QemuSnapshotError::Io {
         op: "open",
         path: path.to_owned(),
         source,
@@ -662,7 +663,7 @@ fn open_checked(path: &Path, expected: u64) -> Result<File, SnapshotError> {
     let file = File::open(path).map_err(io_err)?;
     let actual = file.metadata().map_err(io_err)?.len();
     if actual != expected {
-        return Err(SnapshotError::SizeMismatch {
+        return Err(QemuSnapshotError::SizeMismatch {
             path: path.to_owned(),
             expected,
             actual,
@@ -672,8 +673,8 @@ fn open_checked(path: &Path, expected: u64) -> Result<File, SnapshotError> {
 }
 
 /// Length and CRC-32 of a file.
-fn checksum(path: &Path) -> Result<(u64, u32), SnapshotError> {
-    let io_err = |source| SnapshotError::Io {
+fn checksum(path: &Path) -> Result<(u64, u32), QemuSnapshotError> {
+    let io_err = |source| QemuSnapshotError::Io {
         op: "read",
         path: path.to_owned(),
         source,
@@ -752,18 +753,18 @@ fn nonzero_runs(buf: &[u8]) -> Vec<(usize, &[u8])> {
 }
 
 fn check_disk_overrides(
-    recorded: &[DiskConfig],
-    given: &[DiskConfig],
-) -> Result<(), SnapshotError> {
+    recorded: &[QemuDiskConfig],
+    given: &[QemuDiskConfig],
+) -> Result<(), QemuSnapshotError> {
     if given.len() != recorded.len() {
-        return Err(SnapshotError::DiskOverride {
+        return Err(QemuSnapshotError::DiskOverride {
             index: given.len().min(recorded.len()),
             reason: "the number of disks differs",
         });
     }
     for (index, (r, g)) in recorded.iter().zip(given).enumerate() {
         if r.read_only != g.read_only {
-            return Err(SnapshotError::DiskOverride {
+            return Err(QemuSnapshotError::DiskOverride {
                 index,
                 reason: "the read-only flag differs",
             });
@@ -791,15 +792,15 @@ fn major_minor(version: &str) -> &str {
     }
 }
 
-fn path_json(path: &Path) -> Result<Value, SnapshotError> {
+fn path_json(path: &Path) -> Result<Value, QemuSnapshotError> {
     path.to_str()
         .map(|s| Value::String(s.to_owned()))
-        .ok_or_else(|| SnapshotError::NonUtf8Path {
+        .ok_or_else(|| QemuSnapshotError::NonUtf8Path {
             path: path.to_owned(),
         })
 }
 
-fn config_to_json(cfg: &QemuConfig) -> Result<Value, SnapshotError> {
+fn config_to_json(cfg: &QemuConfig) -> Result<Value, QemuSnapshotError> {
     let disks = cfg
         .disks
         .iter()
@@ -811,14 +812,14 @@ fn config_to_json(cfg: &QemuConfig) -> Result<Value, SnapshotError> {
                 "serial": d.serial,
             }))
         })
-        .collect::<Result<Vec<_>, SnapshotError>>()?;
+        .collect::<Result<Vec<_>, QemuSnapshotError>>()?;
     Ok(json!({
         "binary": path_json(&cfg.binary)?,
         "accel": cfg.accel.as_qemu_arg(),
         "kernel": path_json(&cfg.kernel)?,
         "initrd": cfg.initrd.as_deref().map(path_json).transpose()?,
         "cmdline": cfg.cmdline,
-        "mem_mib": cfg.mem_mib,
+        "memory_mib": cfg.memory_mib,
         "vcpus": cfg.vcpus,
         "disks": disks,
         "rng": cfg.rng,
@@ -846,15 +847,15 @@ fn manifest_json(info: &QemuSnapshotInfo, config: Value) -> Value {
     })
 }
 
-fn read_manifest(dir: &Path) -> Result<QemuSnapshotInfo, SnapshotError> {
+fn read_manifest(dir: &Path) -> Result<QemuSnapshotInfo, QemuSnapshotError> {
     let path = dir.join(MANIFEST_FILE);
     let text = match std::fs::read(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(SnapshotError::ManifestMissing { path })
+            return Err(QemuSnapshotError::ManifestMissing { path })
         }
         Err(source) => {
-            return Err(SnapshotError::Io {
+            return Err(QemuSnapshotError::Io {
                 op: "read",
                 path,
                 source,
@@ -862,14 +863,14 @@ fn read_manifest(dir: &Path) -> Result<QemuSnapshotInfo, SnapshotError> {
         }
     };
     let value: Value = serde_json::from_slice(&text)
-        .map_err(|source| SnapshotError::ManifestSyntax { path, source })?;
-    let top = value.as_object().ok_or(SnapshotError::ManifestField {
+        .map_err(|source| QemuSnapshotError::ManifestSyntax { path, source })?;
+    let top = value.as_object().ok_or(QemuSnapshotError::ManifestField {
         field: "(top level)",
     })?;
     let format = str_field(top, "format")?;
     let version = u64_field(top, "version")?;
     if format != FORMAT || version != FORMAT_VERSION {
-        return Err(SnapshotError::UnsupportedFormat {
+        return Err(QemuSnapshotError::UnsupportedFormat {
             format: format.to_owned(),
             version,
         });
@@ -877,12 +878,12 @@ fn read_manifest(dir: &Path) -> Result<QemuSnapshotInfo, SnapshotError> {
     let memory = match str_field(top, "memory")? {
         "stream" => SnapshotMemory::Stream,
         "file" => SnapshotMemory::File,
-        _ => return Err(SnapshotError::ManifestField { field: "memory" }),
+        _ => return Err(QemuSnapshotError::ManifestField { field: "memory" }),
     };
     let config = top
         .get("config")
         .and_then(Value::as_object)
-        .ok_or(SnapshotError::ManifestField { field: "config" })?;
+        .ok_or(QemuSnapshotError::ManifestField { field: "config" })?;
     Ok(QemuSnapshotInfo {
         dir: dir.to_owned(),
         config: config_from_json(config)?,
@@ -891,7 +892,7 @@ fn read_manifest(dir: &Path) -> Result<QemuSnapshotInfo, SnapshotError> {
         state_bytes: u64_field(top, "state_bytes")?,
         memory_data_bytes: u64_field(top, "memory_data_bytes")?,
         state_crc32: u32::try_from(u64_field(top, "state_crc32")?).map_err(|_| {
-            SnapshotError::ManifestField {
+            QemuSnapshotError::ManifestField {
                 field: "state_crc32",
             }
         })?,
@@ -899,11 +900,11 @@ fn read_manifest(dir: &Path) -> Result<QemuSnapshotInfo, SnapshotError> {
     })
 }
 
-fn config_from_json(c: &Map<String, Value>) -> Result<QemuConfig, SnapshotError> {
+fn config_from_json(c: &Map<String, Value>) -> Result<QemuConfig, QemuSnapshotError> {
     let accel = match str_field(c, "accel")? {
         "kvm" => Accel::Kvm,
         "tcg" => Accel::Tcg,
-        _ => return Err(SnapshotError::ManifestField { field: "accel" }),
+        _ => return Err(QemuSnapshotError::ManifestField { field: "accel" }),
     };
     let mut cfg = QemuConfig::new(
         str_field(c, "binary")?,
@@ -914,26 +915,29 @@ fn config_from_json(c: &Map<String, Value>) -> Result<QemuConfig, SnapshotError>
     cfg.initrd = match c.get("initrd") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(PathBuf::from(s)),
-        Some(_) => return Err(SnapshotError::ManifestField { field: "initrd" }),
+        Some(_) => return Err(QemuSnapshotError::ManifestField { field: "initrd" }),
     };
     cfg.cmdline = str_field(c, "cmdline")?.to_owned();
     cfg.tsc_hint = false;
-    cfg.mem_mib = u32::try_from(u64_field(c, "mem_mib")?)
-        .map_err(|_| SnapshotError::ManifestField { field: "mem_mib" })?;
+    // Snapshots taken before the rename spell it `mem_mib`.
+    let memory_mib = u64_field(c, "memory_mib").or_else(|_| u64_field(c, "mem_mib"))?;
+    cfg.memory_mib = u32::try_from(memory_mib).map_err(|_| QemuSnapshotError::ManifestField {
+        field: "memory_mib",
+    })?;
     cfg.vcpus = u8::try_from(u64_field(c, "vcpus")?)
-        .map_err(|_| SnapshotError::ManifestField { field: "vcpus" })?;
+        .map_err(|_| QemuSnapshotError::ManifestField { field: "vcpus" })?;
     cfg.rng = bool_field(c, "rng")?;
     cfg.sandbox = bool_field(c, "sandbox")?;
     cfg.cpu_model = match c.get("cpu_model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(SnapshotError::ManifestField { field: "cpu_model" }),
+        Some(_) => return Err(QemuSnapshotError::ManifestField { field: "cpu_model" }),
     };
     cfg.extra_args = array_field(c, "extra_args")?
         .iter()
         .map(|a| a.as_str().map(str::to_owned))
         .collect::<Option<Vec<_>>>()
-        .ok_or(SnapshotError::ManifestField {
+        .ok_or(QemuSnapshotError::ManifestField {
             field: "extra_args",
         })?;
     cfg.disks = array_field(c, "disks")?
@@ -941,50 +945,53 @@ fn config_from_json(c: &Map<String, Value>) -> Result<QemuConfig, SnapshotError>
         .map(|d| {
             let d = d
                 .as_object()
-                .ok_or(SnapshotError::ManifestField { field: "disks" })?;
+                .ok_or(QemuSnapshotError::ManifestField { field: "disks" })?;
             let cache = match str_field(d, "cache")? {
                 "writeback" => DiskCache::Writeback,
                 "none" => DiskCache::Direct,
                 "unsafe" => DiskCache::Unsafe,
-                _ => return Err(SnapshotError::ManifestField { field: "cache" }),
+                _ => return Err(QemuSnapshotError::ManifestField { field: "cache" }),
             };
-            Ok(DiskConfig {
+            Ok(QemuDiskConfig {
                 path: str_field(d, "path")?.into(),
                 read_only: bool_field(d, "read_only")?,
                 cache,
                 serial: d.get("serial").and_then(Value::as_str).map(str::to_owned),
             })
         })
-        .collect::<Result<_, SnapshotError>>()?;
+        .collect::<Result<_, QemuSnapshotError>>()?;
     cfg.ram = GuestRam::Anonymous;
     Ok(cfg)
 }
 
-fn str_field<'a>(o: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, SnapshotError> {
+fn str_field<'a>(
+    o: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, QemuSnapshotError> {
     o.get(field)
         .and_then(Value::as_str)
-        .ok_or(SnapshotError::ManifestField { field })
+        .ok_or(QemuSnapshotError::ManifestField { field })
 }
 
-fn u64_field(o: &Map<String, Value>, field: &'static str) -> Result<u64, SnapshotError> {
+fn u64_field(o: &Map<String, Value>, field: &'static str) -> Result<u64, QemuSnapshotError> {
     o.get(field)
         .and_then(Value::as_u64)
-        .ok_or(SnapshotError::ManifestField { field })
+        .ok_or(QemuSnapshotError::ManifestField { field })
 }
 
-fn bool_field(o: &Map<String, Value>, field: &'static str) -> Result<bool, SnapshotError> {
+fn bool_field(o: &Map<String, Value>, field: &'static str) -> Result<bool, QemuSnapshotError> {
     o.get(field)
         .and_then(Value::as_bool)
-        .ok_or(SnapshotError::ManifestField { field })
+        .ok_or(QemuSnapshotError::ManifestField { field })
 }
 
 fn array_field<'a>(
     o: &'a Map<String, Value>,
     field: &'static str,
-) -> Result<&'a Vec<Value>, SnapshotError> {
+) -> Result<&'a Vec<Value>, QemuSnapshotError> {
     o.get(field)
         .and_then(Value::as_array)
-        .ok_or(SnapshotError::ManifestField { field })
+        .ok_or(QemuSnapshotError::ManifestField { field })
 }
 
 #[cfg(test)]
@@ -996,14 +1003,14 @@ mod tests {
         cfg.initrd = Some("/k/initrd,x".into());
         cfg.cmdline = "console=ttyS0 tsc_early_khz=2445428".into();
         cfg.tsc_hint = false;
-        cfg.mem_mib = 512;
+        cfg.memory_mib = 512;
         cfg.vcpus = 2;
         cfg.rng = false;
         cfg.cpu_model = Some("qemu64".into());
         cfg.extra_args = vec!["-S".into()];
-        let mut disk = DiskConfig::new("/d/scratch.raw", false);
+        let mut disk = QemuDiskConfig::new("/d/scratch.raw", false);
         disk.cache = DiskCache::Unsafe;
-        cfg.disks = vec![DiskConfig::new("/d/root.raw", true), disk];
+        cfg.disks = vec![QemuDiskConfig::new("/d/root.raw", true), disk];
         cfg
     }
 
@@ -1030,7 +1037,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = read_manifest(dir.path()).unwrap_err();
         assert!(
-            matches!(err, SnapshotError::ManifestMissing { .. }),
+            matches!(err, QemuSnapshotError::ManifestMissing { .. }),
             "{err}"
         );
         assert!(err.to_string().contains("take the snapshot again"), "{err}");
@@ -1039,7 +1046,7 @@ mod tests {
         std::fs::write(&path, b"{\"format\": ").unwrap();
         assert!(matches!(
             read_manifest(dir.path()),
-            Err(SnapshotError::ManifestSyntax { .. })
+            Err(QemuSnapshotError::ManifestSyntax { .. })
         ));
 
         let info = QemuSnapshotInfo {
@@ -1058,21 +1065,21 @@ mod tests {
         std::fs::write(&path, bad.to_string()).unwrap();
         assert!(matches!(
             read_manifest(dir.path()),
-            Err(SnapshotError::UnsupportedFormat { version: 99, .. })
+            Err(QemuSnapshotError::UnsupportedFormat { version: 99, .. })
         ));
         let mut bad = good.clone();
         bad["config"]["vcpus"] = json!(1000);
         std::fs::write(&path, bad.to_string()).unwrap();
         assert!(matches!(
             read_manifest(dir.path()),
-            Err(SnapshotError::ManifestField { field: "vcpus" })
+            Err(QemuSnapshotError::ManifestField { field: "vcpus" })
         ));
         let mut bad = good;
         bad["config"]["disks"][1]["cache"] = json!("sometimes");
         std::fs::write(&path, bad.to_string()).unwrap();
         assert!(matches!(
             read_manifest(dir.path()),
-            Err(SnapshotError::ManifestField { field: "cache" })
+            Err(QemuSnapshotError::ManifestField { field: "cache" })
         ));
     }
 
@@ -1083,7 +1090,7 @@ mod tests {
         cfg.kernel = PathBuf::from(std::ffi::OsStr::from_bytes(b"/k/\xff"));
         assert!(matches!(
             config_to_json(&cfg),
-            Err(SnapshotError::NonUtf8Path { .. })
+            Err(QemuSnapshotError::NonUtf8Path { .. })
         ));
     }
 
@@ -1133,15 +1140,24 @@ mod tests {
 
     #[test]
     fn disk_overrides_must_match_count_and_read_only() {
-        let recorded = vec![DiskConfig::new("/a", true), DiskConfig::new("/b", false)];
-        let same = vec![DiskConfig::new("/x", true), DiskConfig::new("/y", false)];
+        let recorded = vec![
+            QemuDiskConfig::new("/a", true),
+            QemuDiskConfig::new("/b", false),
+        ];
+        let same = vec![
+            QemuDiskConfig::new("/x", true),
+            QemuDiskConfig::new("/y", false),
+        ];
         check_disk_overrides(&recorded, &same).unwrap();
         let err = check_disk_overrides(&recorded, &same[..1]).unwrap_err();
         assert!(err.to_string().contains("number of disks"), "{err}");
-        let flipped = vec![DiskConfig::new("/x", true), DiskConfig::new("/y", true)];
+        let flipped = vec![
+            QemuDiskConfig::new("/x", true),
+            QemuDiskConfig::new("/y", true),
+        ];
         assert!(matches!(
             check_disk_overrides(&recorded, &flipped),
-            Err(SnapshotError::DiskOverride { index: 1, .. })
+            Err(QemuSnapshotError::DiskOverride { index: 1, .. })
         ));
     }
 

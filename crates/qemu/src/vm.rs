@@ -68,7 +68,7 @@ impl QemuVm {
                 // A fresh sparse file of the right size, whatever a previous
                 // VM in this directory left behind.
                 File::create(&path)
-                    .and_then(|f| f.set_len(u64::from(cfg.mem_mib) << 20))
+                    .and_then(|f| f.set_len(u64::from(cfg.memory_mib) << 20))
                     .map_err(|source| QemuError::CreateFile {
                         path: path.clone(),
                         source,
@@ -135,7 +135,7 @@ impl QemuVm {
         drop(agent_qemu);
         drop(qmp_qemu);
         let pid = child.id();
-        info!(target: "nook::qemu", pid, accel = ?cfg.accel, mem_mib = cfg.mem_mib,
+        info!(target: "nook::qemu", pid, accel = ?cfg.accel, memory_mib = cfg.memory_mib,
               vcpus = cfg.vcpus, "qemu started");
         // Record the command line as run, so a snapshot reproduces it
         // exactly (the TSC hint is measured once, not again on restore).

@@ -10,7 +10,7 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use nook_qemu::{DiskConfig, QemuVm};
+use nook_qemu::{QemuDiskConfig, QemuVm};
 use support::*;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,7 +49,7 @@ fn boots_echoes_over_agent_channel_and_powers_off() {
 
     let mut cfg = tcg_config(&qemu, &kernel, dir.path());
     cfg.initrd = Some(initrd);
-    cfg.disks.push(DiskConfig::new(&disk, true));
+    cfg.disks.push(QemuDiskConfig::new(&disk, true));
     let started = Instant::now();
     let mut vm = QemuVm::start(cfg).unwrap();
     let spawn_time = started.elapsed();

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nook_qemu::{
-    AfterSnapshot, GuestRam, QemuError, QemuSnapshotInfo, QemuVm, RestoreOptions, SnapshotError,
-    SnapshotMemory, MANIFEST_FILE, MEMORY_FILE, STATE_FILE,
+    AfterSnapshot, GuestRam, QemuError, QemuRestoreConfig, QemuSnapshotError, QemuSnapshotInfo,
+    QemuVm, SnapshotMemory, MANIFEST_FILE, MEMORY_FILE, STATE_FILE,
 };
 use support::*;
 
@@ -140,7 +140,7 @@ impl std::fmt::Display for RestoreTime {
 /// which must continue the counter at `next`.
 fn clone_of(snap: &Path, run: &Path, next: u32) -> (QemuVm, Agent, RestoreTime) {
     let started = Instant::now();
-    let mut vm = QemuVm::restore(snap, run, RestoreOptions::default())
+    let mut vm = QemuVm::restore(snap, run, QemuRestoreConfig::default())
         .unwrap_or_else(|e| panic!("restore failed: {e}"));
     let returned = started.elapsed();
     let mut agent = Agent::take(&mut vm);
@@ -271,9 +271,9 @@ fn set_manifest_field(snap: &Path, field: &str, value: serde_json::Value) {
 /// Restores `snap` expecting QEMU itself to reject the state: the error
 /// carries QEMU's stderr and QEMU is gone.
 fn expect_qemu_rejects(snap: &Path, run: &Path) -> String {
-    let options = RestoreOptions {
+    let options = QemuRestoreConfig {
         verify_state: false,
-        ..RestoreOptions::default()
+        ..QemuRestoreConfig::default()
     };
     match QemuVm::restore(snap, run, options) {
         Err(err @ QemuError::LoadFailed { pid, .. }) => {
@@ -311,10 +311,10 @@ fn damaged_snapshots_fail_restore_with_clear_errors_and_no_qemu_left() {
         .unwrap()
         .set_len(half)
         .unwrap();
-    let err = QemuVm::restore(&snap, run.path(), RestoreOptions::default()).unwrap_err();
+    let err = QemuVm::restore(&snap, run.path(), QemuRestoreConfig::default()).unwrap_err();
     match &err {
         QemuError::SnapshotRestore {
-            source: SnapshotError::SizeMismatch { actual, .. },
+            source: QemuSnapshotError::SizeMismatch { actual, .. },
             ..
         } => assert_eq!(*actual, half),
         other => panic!("unexpected error: {other}"),
@@ -339,12 +339,12 @@ fn damaged_snapshots_fail_restore_with_clear_errors_and_no_qemu_left() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x5a;
     std::fs::write(snap.join(STATE_FILE), &bytes).unwrap();
-    let err = QemuVm::restore(&snap, run.path(), RestoreOptions::default()).unwrap_err();
+    let err = QemuVm::restore(&snap, run.path(), QemuRestoreConfig::default()).unwrap_err();
     assert!(
         matches!(
             &err,
             QemuError::SnapshotRestore {
-                source: SnapshotError::ChecksumMismatch { .. },
+                source: QemuSnapshotError::ChecksumMismatch { .. },
                 ..
             }
         ),
@@ -370,24 +370,24 @@ fn damaged_snapshots_fail_restore_with_clear_errors_and_no_qemu_left() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let err = QemuVm::restore(&snap, run.path(), RestoreOptions::default()).unwrap_err();
+    let err = QemuVm::restore(&snap, run.path(), QemuRestoreConfig::default()).unwrap_err();
     assert!(
         matches!(
             &err,
             QemuError::SnapshotRestore {
-                source: SnapshotError::SizeMismatch { .. },
+                source: QemuSnapshotError::SizeMismatch { .. },
                 ..
             }
         ),
         "{err}"
     );
     std::fs::remove_file(snap.join(MANIFEST_FILE)).unwrap();
-    let err = QemuVm::restore(&snap, run.path(), RestoreOptions::default()).unwrap_err();
+    let err = QemuVm::restore(&snap, run.path(), QemuRestoreConfig::default()).unwrap_err();
     assert!(
         matches!(
             &err,
             QemuError::SnapshotRestore {
-                source: SnapshotError::ManifestMissing { .. },
+                source: QemuSnapshotError::ManifestMissing { .. },
                 ..
             }
         ),

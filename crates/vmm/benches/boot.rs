@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::SharedBuf;
-use nook_vmm::{ExitReason, SerialSink, Vm, VmConfig};
+use nook_vmm::{ExitReason, KvmConfig, KvmVm, SerialSink};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 const MEM_MIB: u32 = 128;
@@ -80,7 +80,7 @@ fn rss_bytes() -> u64 {
 
 /// Resident bytes of the guest memory mappings (pages the guest touched or
 /// the VMM wrote while loading).
-fn guest_resident(vm: &Vm) -> u64 {
+fn guest_resident(vm: &KvmVm) -> u64 {
     let mem = vm.guest_memory();
     let mut total = 0;
     for region in mem.iter() {
@@ -122,12 +122,12 @@ fn bench_nook(kernel: &std::path::Path, n: usize) -> Row {
     };
     for i in 0..n + 1 {
         let serial = SharedBuf::default();
-        let mut cfg = VmConfig::new(kernel);
-        cfg.mem_mib = MEM_MIB;
+        let mut cfg = KvmConfig::new(kernel);
+        cfg.memory_mib = MEM_MIB;
         cfg.serial = SerialSink::Writer(Box::new(serial.clone()));
         let rss0 = rss_bytes();
         let t0 = Instant::now();
-        let mut vm = Vm::start(cfg).expect("start");
+        let mut vm = KvmVm::start(cfg).expect("start");
         while serial.contents().is_empty() {
             std::hint::spin_loop();
             if t0.elapsed() > Duration::from_secs(10) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::Guest;
 use iced_x86::code_asm::{al, dx};
-use nook_vmm::{AfterSnapshot, RestoreConfig, SerialSink, Vm, VmConfig};
+use nook_vmm::{AfterSnapshot, KvmConfig, KvmRestoreConfig, KvmVm, SerialSink};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Records when the first byte arrives.
@@ -67,11 +67,11 @@ fn idle_guest(dir: &Path) -> std::path::PathBuf {
     g.write(dir)
 }
 
-fn start(kernel: &Path, mem_mib: u32, first: &FirstWrite) -> Vm {
-    let mut cfg = VmConfig::new(kernel);
-    cfg.mem_mib = mem_mib;
+fn start(kernel: &Path, memory_mib: u32, first: &FirstWrite) -> KvmVm {
+    let mut cfg = KvmConfig::new(kernel);
+    cfg.memory_mib = memory_mib;
     cfg.serial = SerialSink::Writer(Box::new(first.clone()));
-    let vm = Vm::start(cfg).unwrap();
+    let vm = KvmVm::start(cfg).unwrap();
     first.wait();
     eprintln!(
         "(fresh boot phases, for comparison: {:?})",
@@ -121,9 +121,9 @@ fn main() {
 
     println!("| guest | snapshot (median of 5) | file apparent | file allocated | restore call (median / p99) | restore → first guest instruction (median / p99) |");
     println!("|---|---|---|---|---|---|");
-    for mem_mib in [256u32, 1024] {
-        let path = dir.path().join(format!("chatty-{mem_mib}.snap"));
-        let mut vm = start(&chatty, mem_mib, &FirstWrite::default());
+    for memory_mib in [256u32, 1024] {
+        let path = dir.path().join(format!("chatty-{memory_mib}.snap"));
+        let mut vm = start(&chatty, memory_mib, &FirstWrite::default());
         let mut snap_times = Vec::new();
         let mut info = None;
         for i in 0..5 {
@@ -145,9 +145,9 @@ fn main() {
         for _ in 0..runs {
             let first = FirstWrite::default();
             let t0 = Instant::now();
-            let mut vm = Vm::restore(
+            let mut vm = KvmVm::restore(
                 &path,
-                RestoreConfig {
+                KvmRestoreConfig {
                     serial: SerialSink::Writer(Box::new(first.clone())),
                     ..Default::default()
                 },
@@ -164,7 +164,7 @@ fn main() {
             vm.stop();
         }
         println!(
-            "| {mem_mib} MiB, spinning | {} | {} | {} ({} pages written) | {} / {} | {} / {} |",
+            "| {memory_mib} MiB, spinning | {} | {} | {} ({} pages written) | {} / {} | {} / {} |",
             ms(pct(&mut snap_times, 0.5)),
             mib(info.apparent_bytes),
             mib(info.allocated_bytes),
@@ -194,7 +194,7 @@ fn main() {
     drop(data);
     // Each clone's working set: the guest's 32 MiB, read through its
     // mapping as the guest would.
-    let touch = |vm: &Vm| {
+    let touch = |vm: &KvmVm| {
         let mut buf = vec![0u8; 1 << 20];
         for mb in 0..32u64 {
             vm.guest_memory()
@@ -204,13 +204,13 @@ fn main() {
     };
     let (r0, p0) = rss_pss();
     let mut clones = Vec::new();
-    let one = Vm::restore(&path, RestoreConfig::default()).unwrap();
+    let one = KvmVm::restore(&path, KvmRestoreConfig::default()).unwrap();
     touch(&one);
     clones.push(one);
     std::thread::sleep(Duration::from_millis(20));
     let (r1, p1) = rss_pss();
     for _ in 1..10 {
-        let vm = Vm::restore(&path, RestoreConfig::default()).unwrap();
+        let vm = KvmVm::restore(&path, KvmRestoreConfig::default()).unwrap();
         touch(&vm);
         clones.push(vm);
     }

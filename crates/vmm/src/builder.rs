@@ -1,4 +1,4 @@
-//! Turns a [`VmConfig`] into a running [`Vm`], in this order:
+//! Turns a [`KvmConfig`] into a running [`KvmVm`], in this order:
 //!
 //! 1. validate the configuration, install the vCPU kick handler;
 //! 2. allocate guest memory;
@@ -11,7 +11,7 @@
 //! 6. create and configure vCPUs;
 //! 7. start the `nook-vmm` event loop, then the `nook-vcpu{N}` threads.
 //!
-//! Any failure after threads exist goes through [`Vm`]'s drop, which stops
+//! Any failure after threads exist goes through [`KvmVm`]'s drop, which stops
 //! and joins them.
 
 use std::fmt::Write as _;
@@ -28,7 +28,7 @@ use crate::arch::x86_64::layout::{
     VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::regs::write_boot_tables;
-use crate::config::{SerialSink, VmConfig};
+use crate::config::{KvmConfig, SerialSink};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::power::AcpiPower;
@@ -40,7 +40,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
-use crate::machine::Vm;
+use crate::machine::KvmVm;
 use crate::snapshot::SnapshotHandles;
 use crate::vstate::exit::{ExitState, Outcome};
 use crate::vstate::memory::create_guest_memory;
@@ -72,16 +72,16 @@ pub(crate) fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError
 }
 
 /// Builds and starts the VM (see the module docs for the order).
-pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
+pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
     let mut timer = PhaseTimer::new();
     cfg.validate()?;
     install_kick_handler()?;
-    let mem = create_guest_memory(cfg.mem_bytes())?;
+    let mem = create_guest_memory(cfg.memory_bytes())?;
     timer.mark("guest memory");
 
     // The virtio devices, in their documented order.
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
-    let VmConfig {
+    let KvmConfig {
         kernel,
         initrd,
         cmdline: user_cmdline,
@@ -92,7 +92,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         rng,
         ..
     } = cfg;
-    let mem_bytes = u64::from(cfg.mem_mib) << 20;
+    let memory_bytes = u64::from(cfg.memory_mib) << 20;
     if let Some(stream) = console {
         let c = Console::new(Some(stream)).map_err(|source| VmmError::Device {
             what: "virtio-console stream".into(),
@@ -133,7 +133,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
             kernel: &kernel,
             initrd: initrd.as_deref(),
             cmdline: &cmdline,
-            mem_bytes,
+            memory_bytes,
             rsdp,
         },
     )?;
@@ -208,7 +208,7 @@ pub(crate) fn build(cfg: VmConfig) -> Result<Vm, VmmError> {
         source,
     })?;
 
-    let mut vm = Vm {
+    let mut vm = KvmVm {
         exit: exit.clone(),
         vcpu_threads: Vec::new(),
         event_thread: None,
@@ -251,7 +251,7 @@ pub(crate) fn open_serial_sink(
     })
 }
 
-/// Durations of the build steps, for [`Vm::start_phases`].
+/// Durations of the build steps, for [`KvmVm::start_phases`].
 struct PhaseTimer {
     last: std::time::Instant,
     phases: Vec<(&'static str, std::time::Duration)>,
@@ -291,7 +291,7 @@ pub(crate) fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmErr
 /// Starts the device event loop thread (`nook-vmm`) and one thread per vCPU
 /// (`nook-vcpu{N}`): the last step of both a boot and a restore.
 pub(crate) fn start_threads(
-    vm: &mut Vm,
+    vm: &mut KvmVm,
     event_loop: EventLoop,
     vcpu_fds: Vec<VcpuFd>,
     pio: Bus,

@@ -1,5 +1,5 @@
-//! What a VM is made of: [`VmConfig`] and its parts, validated once by
-//! [`VmConfig::validate`] before anything is built.
+//! What a VM is made of: [`KvmConfig`] and its parts, validated once by
+//! [`KvmConfig::validate`] before anything is built.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -32,7 +32,7 @@ impl std::fmt::Debug for SerialSink {
 
 /// A virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone)]
-pub struct DiskConfig {
+pub struct KvmDiskConfig {
     /// Image file.
     pub path: PathBuf,
     /// Refuse guest writes (the file is also opened read-only).
@@ -44,7 +44,7 @@ pub struct DiskConfig {
 
 /// Everything needed to start a VM.
 #[derive(Debug)]
-pub struct VmConfig {
+pub struct KvmConfig {
     /// Kernel: bzImage, ELF with a PVH note (vmlinux) or plain 64-bit ELF.
     pub kernel: PathBuf,
     /// Initial ramdisk.
@@ -53,7 +53,7 @@ pub struct VmConfig {
     /// devices are appended to it.
     pub cmdline: String,
     /// Guest RAM in MiB.
-    pub mem_mib: u32,
+    pub memory_mib: u32,
     /// Number of vCPUs (1..=[`MAX_VCPUS`]).
     pub vcpus: u8,
     /// Where COM1 output goes.
@@ -63,8 +63,8 @@ pub struct VmConfig {
     /// the guest. No console device if `None`.
     pub console: Option<UnixStream>,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ... after the
-    /// console if any; see [`crate::Vm`] for the device order).
-    pub disks: Vec<DiskConfig>,
+    /// console if any; see [`crate::KvmVm`] for the device order).
+    pub disks: Vec<KvmDiskConfig>,
     /// Add a virtio-rng device.
     pub rng: bool,
 }
@@ -72,13 +72,13 @@ pub struct VmConfig {
 /// Most vCPUs supported (APIC ids fit the MADT and CPUID fields used).
 pub const MAX_VCPUS: u8 = 64;
 /// Least guest memory accepted, in MiB.
-pub const MIN_MEM_MIB: u32 = 2;
+pub const MIN_MEMORY_MIB: u32 = 2;
 
 /// Invalid configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Too little memory.
-    #[error("guest memory of {0} MiB is too small (at least {MIN_MEM_MIB} MiB)")]
+    #[error("guest memory of {0} MiB is too small (at least {MIN_MEMORY_MIB} MiB)")]
     MemoryTooSmall(u32),
     /// vCPU count out of range.
     #[error("{0} vcpus requested; 1 to {MAX_VCPUS} are supported")]
@@ -88,7 +88,7 @@ pub enum ConfigError {
     TooManyDevices(usize),
 }
 
-impl VmConfig {
+impl KvmConfig {
     /// A configuration with defaults: 128 MiB, one vCPU, serial discarded,
     /// no devices.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
@@ -96,7 +96,7 @@ impl VmConfig {
             kernel: kernel.into(),
             initrd: None,
             cmdline: String::new(),
-            mem_mib: 128,
+            memory_mib: 128,
             vcpus: 1,
             serial: SerialSink::Null,
             console: None,
@@ -111,14 +111,14 @@ impl VmConfig {
     }
 
     /// Guest RAM in bytes.
-    pub fn mem_bytes(&self) -> u64 {
-        u64::from(self.mem_mib) << 20
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
     }
 
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.mem_mib < MIN_MEM_MIB {
-            return Err(ConfigError::MemoryTooSmall(self.mem_mib));
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
@@ -137,16 +137,16 @@ mod tests {
 
     #[test]
     fn validation_catches_bad_sizes() {
-        let mut c = VmConfig::new("/k");
+        let mut c = KvmConfig::new("/k");
         assert!(c.validate().is_ok());
         c.vcpus = 0;
         assert!(matches!(c.validate(), Err(ConfigError::Vcpus(0))));
         c.vcpus = 2;
-        c.mem_mib = 1;
+        c.memory_mib = 1;
         assert!(c.validate().is_err());
-        c.mem_mib = 64;
+        c.memory_mib = 64;
         c.disks = (0..11)
-            .map(|i| DiskConfig {
+            .map(|i| KvmDiskConfig {
                 path: format!("/d{i}").into(),
                 read_only: true,
                 id: String::new(),

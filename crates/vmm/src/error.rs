@@ -10,7 +10,7 @@ use crate::devices::bus::BusError;
 use crate::devices::virtio::block::BlockError;
 use crate::vstate::memory::MemoryError;
 use crate::vstate::vcpu::VcpuError;
-use crate::vstate::vm::VmError;
+use crate::vstate::vm::VmCreateError;
 
 /// Errors starting or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum VmmError {
     Regs(#[from] RegsError),
     /// The KVM VM.
     #[error("cannot create the vm")]
-    Vm(#[from] VmError),
+    VmCreate(#[from] VmCreateError),
     /// A vCPU.
     #[error("cannot set up a vcpu")]
     Vcpu(#[from] VcpuError),
@@ -71,7 +71,7 @@ pub enum VmmError {
     },
     /// Taking or restoring a snapshot.
     #[error("snapshot failed")]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] crate::snapshot::KvmSnapshotError),
     /// A host-side operation failed while the VM ran.
     #[error("{what} failed")]
     Failed {

@@ -1,11 +1,11 @@
 //! nook's own virtual machine monitor on KVM: the `kvm` engine.
 //!
 //! ```no_run
-//! use nook_vmm::{ExitReason, SerialSink, Vm, VmConfig};
-//! let mut cfg = VmConfig::new("/boot/vmlinuz");
+//! use nook_vmm::{ExitReason, SerialSink, KvmVm, KvmConfig};
+//! let mut cfg = KvmConfig::new("/boot/vmlinuz");
 //! cfg.cmdline = "console=ttyS0 reboot=k".into();
 //! cfg.serial = SerialSink::Stdout;
-//! let mut vm = Vm::start(cfg)?;
+//! let mut vm = KvmVm::start(cfg)?;
 //! assert_eq!(vm.wait()?, ExitReason::PowerOff);
 //! # Ok::<(), nook_vmm::VmmError>(())
 //! ```
@@ -41,11 +41,11 @@
 //!   `reboot=k`), or 1 written to the ACPI reset port 0x602 (`reboot=a`).
 //!   The VMM never reboots a guest.
 //! * [`ExitReason::TripleFault`]: a vCPU triple-faulted (`reboot=t`).
-//! * [`ExitReason::Stopped`]: the host called [`Vm::stop`] or dropped the VM.
+//! * [`ExitReason::Stopped`]: the host called [`KvmVm::stop`] or dropped the VM.
 //! * [`ExitReason::InternalError`]: KVM could not run the guest further.
 //!
 //! Host-side failures while running (a failing `KVM_RUN` ioctl, the event
-//! loop dying) come back from [`Vm::wait`] as [`VmmError::Failed`].
+//! loop dying) come back from [`KvmVm::wait`] as [`VmmError::Failed`].
 //!
 //! # Threads and signals
 //! One `nook-vcpu{N}` thread per vCPU and one `nook-vmm` device thread.
@@ -65,8 +65,8 @@ pub mod snapshot;
 pub mod vstate;
 
 pub use arch::x86_64::boot::{BootSetup, KernelFormat};
-pub use config::{DiskConfig, SerialSink, VmConfig};
+pub use config::{KvmConfig, KvmDiskConfig, SerialSink};
 pub use error::VmmError;
-pub use machine::{boot, Vm};
-pub use snapshot::{AfterSnapshot, RestoreConfig, SnapshotError, SnapshotInfo};
+pub use machine::{boot, KvmVm};
+pub use snapshot::{AfterSnapshot, KvmRestoreConfig, KvmSnapshotError, SnapshotInfo};
 pub use vstate::exit::ExitReason;

@@ -1,4 +1,4 @@
-//! The running VM handle: [`Vm::start`], [`Vm::wait`], [`Vm::stop`].
+//! The running VM handle: [`KvmVm::start`], [`KvmVm::wait`], [`KvmVm::stop`].
 
 use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
@@ -9,28 +9,28 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot::BootSetup;
 use crate::builder;
-use crate::config::VmConfig;
+use crate::config::KvmConfig;
 use crate::error::VmmError;
 use crate::vstate::exit::{ExitReason, ExitState, Outcome};
-use crate::vstate::vm::KvmVm;
+use crate::vstate::vm::VmFds;
 
 /// A running (or ended, not yet dropped) microVM.
 ///
 /// Threads: `nook-vcpu{N}` per vCPU and `nook-vmm` for device I/O. Every
 /// way the VM ends — guest power-off, reset, triple fault, an error,
-/// [`stop`](Self::stop) or drop — joins all of them and, when the `Vm` is
+/// [`stop`](Self::stop) or drop — joins all of them and, when the `KvmVm` is
 /// dropped, closes every file descriptor it opened.
 ///
 /// Virtio devices sit at `0xd000_0000 + 0x1000 * n` with interrupt lines
 /// 5, 6, 7, 9, 10, ... in this order: console (if configured), disks in
 /// order, rng (if configured).
-pub struct Vm {
+pub struct KvmVm {
     pub(crate) exit: std::sync::Arc<ExitState>,
     pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
     pub(crate) event_thread: Option<JoinHandle<()>>,
     pub(crate) event_stop: EventFd,
     /// Declared before `mem`: the VM fd goes before the memory it maps.
-    pub(crate) kvm_vm: Option<KvmVm>,
+    pub(crate) kvm_vm: Option<VmFds>,
     pub(crate) mem: GuestMemoryMmap,
     pub(crate) boot: BootSetup,
     pub(crate) cmdline: String,
@@ -39,9 +39,9 @@ pub struct Vm {
     pub(crate) snap: crate::snapshot::SnapshotHandles,
 }
 
-impl std::fmt::Debug for Vm {
+impl std::fmt::Debug for KvmVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm")
+        f.debug_struct("KvmVm")
             .field("boot", &self.boot)
             .field("vcpus", &self.vcpu_threads.len())
             .field("ended", &self.exit.outcome().is_some())
@@ -49,9 +49,9 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-impl Vm {
+impl KvmVm {
     /// Builds and starts a VM. Returns once the vCPUs are running.
-    pub fn start(cfg: VmConfig) -> Result<Vm, VmmError> {
+    pub fn start(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         builder::build(cfg)
     }
 
@@ -139,7 +139,7 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
+impl Drop for KvmVm {
     fn drop(&mut self) {
         self.stop();
     }
@@ -159,6 +159,6 @@ fn outcome_to_result(outcome: Option<Outcome>) -> Result<ExitReason, VmmError> {
 /// Boots `cfg` and waits for it to end: the whole life of a VM in one call
 /// (what `nook boot` needs; use [`SerialSink::Stdout`](crate::SerialSink)
 /// to see the console).
-pub fn boot(cfg: VmConfig) -> Result<ExitReason, VmmError> {
-    Vm::start(cfg)?.wait()
+pub fn boot(cfg: KvmConfig) -> Result<ExitReason, VmmError> {
+    KvmVm::start(cfg)?.wait()
 }

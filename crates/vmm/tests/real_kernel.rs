@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::kernel::test_kernel;
 use common::{serial_lock, LeakCheck, SharedBuf};
 use nook_vmm::arch::x86_64::payload::{extract_pvh_vmlinux, extract_vmlinux};
-use nook_vmm::{KernelFormat, SerialSink, Vm, VmConfig};
+use nook_vmm::{KernelFormat, KvmConfig, KvmVm, SerialSink};
 
 const MEM_MIB: u32 = 192;
 /// Time allowed for the early console output...
@@ -43,13 +43,13 @@ fn usable_ranges(log: &str) -> Vec<(u64, u64)> {
 fn boot_and_check(kernel: &std::path::Path, expect: KernelFormat, timeout: Duration) {
     let leaks = LeakCheck::start();
     let serial = SharedBuf::default();
-    let mut cfg = VmConfig::new(kernel);
+    let mut cfg = KvmConfig::new(kernel);
     let cmdline = "earlyprintk=ttyS0 console=ttyS0 nook.smoke=1 reboot=k";
     cfg.cmdline = cmdline.into();
-    cfg.mem_mib = MEM_MIB;
+    cfg.memory_mib = MEM_MIB;
     cfg.serial = SerialSink::Writer(Box::new(serial.clone()));
     let t0 = Instant::now();
-    let mut vm = Vm::start(cfg).expect("vm starts");
+    let mut vm = KvmVm::start(cfg).expect("vm starts");
     assert_eq!(vm.boot_setup().format, expect);
     eprintln!("{expect:?}: start phases {:?}", vm.start_phases());
     let banner = serial.wait_for(timeout, |b| {

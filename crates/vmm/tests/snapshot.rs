@@ -14,7 +14,8 @@ use common::*;
 use iced_x86::code_asm::*;
 use nook_vmm::snapshot::{SnapshotFormatError, SnapshotHeader};
 use nook_vmm::{
-    AfterSnapshot, DiskConfig, RestoreConfig, SerialSink, SnapshotError, Vm, VmConfig, VmmError,
+    AfterSnapshot, KvmConfig, KvmDiskConfig, KvmRestoreConfig, KvmSnapshotError, KvmVm, SerialSink,
+    VmmError,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -44,7 +45,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn read_u64(vm: &Vm, addr: u64) -> u64 {
+fn read_u64(vm: &KvmVm, addr: u64) -> u64 {
     vm.guest_memory()
         .read_obj::<u64>(GuestAddress(addr))
         .unwrap()
@@ -117,7 +118,7 @@ fn counter_guest() -> Guest {
 }
 
 /// Asks a counter guest for its count and checks it reports one.
-fn ask(vm: &Vm, serial: &SharedBuf, mark: u8) -> u64 {
+fn ask(vm: &KvmVm, serial: &SharedBuf, mark: u8) -> u64 {
     let before = serial.contents().len();
     vm.guest_memory()
         .write_obj(mark, GuestAddress(ASK))
@@ -130,17 +131,17 @@ fn ask(vm: &Vm, serial: &SharedBuf, mark: u8) -> u64 {
     u64::from_le_bytes(b[before..before + 8].try_into().unwrap())
 }
 
-fn config(kernel: &Path, serial: &SharedBuf) -> VmConfig {
-    let mut cfg = VmConfig::new(kernel);
-    cfg.mem_mib = 64;
+fn config(kernel: &Path, serial: &SharedBuf) -> KvmConfig {
+    let mut cfg = KvmConfig::new(kernel);
+    cfg.memory_mib = 64;
     cfg.serial = SerialSink::Writer(Box::new(serial.clone()));
     cfg
 }
 
-fn restore(path: &Path, serial: &SharedBuf) -> Vm {
-    Vm::restore(
+fn restore(path: &Path, serial: &SharedBuf) -> KvmVm {
+    KvmVm::restore(
         path,
-        RestoreConfig {
+        KvmRestoreConfig {
             serial: SerialSink::Writer(Box::new(serial.clone())),
             ..Default::default()
         },
@@ -159,7 +160,7 @@ fn counter_clones_continue_independently_and_never_write_the_file() {
     let serial = SharedBuf::default();
     let mut cfg = config(&counter_guest().write(dir.path()), &serial);
     cfg.vcpus = 2; // the second one waits for SIPI throughout
-    let mut src = Vm::start(cfg).unwrap();
+    let mut src = KvmVm::start(cfg).unwrap();
     wait_until("the count to pass 20M", || {
         read_u64(&src, COUNT) > 20_000_000
     });
@@ -323,12 +324,12 @@ fn console_and_disk_resume_after_restore() {
     let serial = SharedBuf::default();
     let mut cfg = config(&echo_disk_guest().write(dir.path()), &serial);
     cfg.console = Some(guest_end);
-    cfg.disks.push(DiskConfig {
+    cfg.disks.push(KvmDiskConfig {
         path: disk.clone(),
         read_only: false,
         id: "snapdisk".into(),
     });
-    let mut src = Vm::start(cfg).unwrap();
+    let mut src = KvmVm::start(cfg).unwrap();
     host.write_all(b"before").unwrap();
     let mut echo = [0u8; 6];
     host.read_exact(&mut echo).unwrap();
@@ -347,9 +348,9 @@ fn console_and_disk_resume_after_restore() {
     let original = std::fs::read(&disk).unwrap();
     let (mut host, guest_end) = UnixStream::pair().unwrap();
     host.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut vm = Vm::restore(
+    let mut vm = KvmVm::restore(
         &path,
-        RestoreConfig {
+        KvmRestoreConfig {
             serial: SerialSink::Null,
             console: Some(guest_end),
             disks: vec![clone_disk.clone()],
@@ -390,8 +391,8 @@ fn idle_snapshot(dir: &Path) -> std::path::PathBuf {
     g.a.jmp(l).unwrap();
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir), &serial);
-    cfg.mem_mib = 16;
-    let mut vm = Vm::start(cfg).unwrap();
+    cfg.memory_mib = 16;
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert!(serial.wait_for(TIMEOUT, |b| b == b"i"));
     let path = dir.join("idle.snap");
     vm.snapshot(&path, AfterSnapshot::Stop).unwrap();
@@ -400,7 +401,7 @@ fn idle_snapshot(dir: &Path) -> std::path::PathBuf {
         .snapshot(&dir.join("again.snap"), AfterSnapshot::Resume)
         .unwrap_err();
     assert!(
-        matches!(e, VmmError::Snapshot(SnapshotError::NotRunning)),
+        matches!(e, VmmError::Snapshot(KvmSnapshotError::NotRunning)),
         "{e:?}"
     );
     assert!(!dir.join("again.snap").exists());
@@ -408,8 +409,8 @@ fn idle_snapshot(dir: &Path) -> std::path::PathBuf {
 }
 
 fn format_error(path: &Path) -> SnapshotFormatError {
-    match Vm::restore(path, RestoreConfig::default()) {
-        Err(VmmError::Snapshot(SnapshotError::Format { source, .. })) => source,
+    match KvmVm::restore(path, KvmRestoreConfig::default()) {
+        Err(VmmError::Snapshot(KvmSnapshotError::Format { source, .. })) => source,
         Err(e) => panic!("unexpected error {e:?}"),
         Ok(_) => panic!("restored a bad snapshot"),
     }
@@ -492,11 +493,11 @@ fn bad_snapshot_files_fail_with_distinct_errors() {
     let mut b = bytes.clone();
     b[..128].copy_from_slice(&h.encode());
     std::fs::write(&bad, &b).unwrap();
-    let e = Vm::restore(&bad, RestoreConfig::default()).unwrap_err();
+    let e = KvmVm::restore(&bad, KvmRestoreConfig::default()).unwrap_err();
     assert!(
         matches!(
             e,
-            VmmError::Snapshot(SnapshotError::Incompatible {
+            VmmError::Snapshot(KvmSnapshotError::Incompatible {
                 what: "cpu vendor",
                 ..
             })
@@ -505,14 +506,14 @@ fn bad_snapshot_files_fail_with_distinct_errors() {
     );
 
     // A missing file is an I/O error, not a format one.
-    let e = Vm::restore(&dir.path().join("nope"), RestoreConfig::default()).unwrap_err();
+    let e = KvmVm::restore(&dir.path().join("nope"), KvmRestoreConfig::default()).unwrap_err();
     assert!(matches!(
         e,
-        VmmError::Snapshot(SnapshotError::Io { op: "open", .. })
+        VmmError::Snapshot(KvmSnapshotError::Io { op: "open", .. })
     ));
 
     // The good one still restores and is idle.
-    let mut vm = Vm::restore(&good, RestoreConfig::default()).unwrap();
+    let mut vm = KvmVm::restore(&good, KvmRestoreConfig::default()).unwrap();
     assert_eq!(vm.wait_timeout(Duration::from_millis(20)).unwrap(), None);
     vm.stop();
     drop(vm);
@@ -529,28 +530,28 @@ fn restore_config_must_fit_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let good = idle_snapshot(dir.path());
     let (_host, guest_end) = UnixStream::pair().unwrap();
-    let e = Vm::restore(
+    let e = KvmVm::restore(
         &good,
-        RestoreConfig {
+        KvmRestoreConfig {
             console: Some(guest_end),
             ..Default::default()
         },
     )
     .unwrap_err();
     assert!(
-        matches!(e, VmmError::Snapshot(SnapshotError::Config(_))),
+        matches!(e, VmmError::Snapshot(KvmSnapshotError::Config(_))),
         "{e:?}"
     );
-    let e = Vm::restore(
+    let e = KvmVm::restore(
         &good,
-        RestoreConfig {
+        KvmRestoreConfig {
             disks: vec![dir.path().join("x")],
             ..Default::default()
         },
     )
     .unwrap_err();
     assert!(
-        matches!(e, VmmError::Snapshot(SnapshotError::Config(_))),
+        matches!(e, VmmError::Snapshot(KvmSnapshotError::Config(_))),
         "{e:?}"
     );
     drop(_host);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use iced_x86::code_asm::*;
-use nook_vmm::{DiskConfig, ExitReason, SerialSink, Vm, VmConfig};
+use nook_vmm::{ExitReason, KvmConfig, KvmDiskConfig, KvmVm, SerialSink};
 use vm_memory::{Bytes, GuestAddress};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -25,15 +25,15 @@ fn kvm_or_skip() -> bool {
     }
 }
 
-fn config(kernel: &std::path::Path, serial: &SharedBuf) -> VmConfig {
-    let mut cfg = VmConfig::new(kernel);
-    cfg.mem_mib = 64;
+fn config(kernel: &std::path::Path, serial: &SharedBuf) -> KvmConfig {
+    let mut cfg = KvmConfig::new(kernel);
+    cfg.memory_mib = 64;
     cfg.serial = SerialSink::Writer(Box::new(serial.clone()));
     cfg
 }
 
 /// Runs the VM to its end (or fails the test after [`TIMEOUT`]).
-fn run(vm: &mut Vm) -> ExitReason {
+fn run(vm: &mut KvmVm) -> ExitReason {
     match vm.wait_timeout(TIMEOUT).expect("vm failed") {
         Some(r) => r,
         None => {
@@ -59,7 +59,7 @@ fn first_instruction_and_serial_output_then_poweroff() {
     let kernel = g.write(dir.path());
     let serial = SharedBuf::default();
     let t0 = Instant::now();
-    let mut vm = Vm::start(config(&kernel, &serial)).unwrap();
+    let mut vm = KvmVm::start(config(&kernel, &serial)).unwrap();
     assert!(
         serial.wait_for(TIMEOUT, |b| !b.is_empty()),
         "no first port write"
@@ -87,7 +87,7 @@ fn triple_fault_ends_the_vm() {
     // #UD with an IDT holding no usable gate: #GP, #DF, shutdown.
     g.a.ud2().unwrap();
     let serial = SharedBuf::default();
-    let mut vm = Vm::start(config(&g.write(dir.path()), &serial)).unwrap();
+    let mut vm = KvmVm::start(config(&g.write(dir.path()), &serial)).unwrap();
     assert_eq!(run(&mut vm), ExitReason::TripleFault);
     assert_eq!(serial.text(), "x");
     drop(vm);
@@ -107,7 +107,7 @@ fn i8042_reset_ends_the_vm_as_reset() {
     g.a.out(0x64, al).unwrap();
     g.a.hlt().unwrap();
     let serial = SharedBuf::default();
-    let mut vm = Vm::start(config(&g.write(dir.path()), &serial)).unwrap();
+    let mut vm = KvmVm::start(config(&g.write(dir.path()), &serial)).unwrap();
     assert_eq!(run(&mut vm), ExitReason::Reset);
     drop(vm);
     leaks.finish();
@@ -130,7 +130,7 @@ fn host_stop_kills_a_spinning_guest() {
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir.path()), &serial);
     cfg.vcpus = 2;
-    let mut vm = Vm::start(cfg).unwrap();
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert!(serial.wait_for(TIMEOUT, |b| b == b"."));
     assert_eq!(vm.wait_timeout(Duration::from_millis(20)).unwrap(), None);
     let t = Instant::now();
@@ -177,7 +177,7 @@ fn second_vcpu_comes_up_through_init_sipi() {
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir.path()), &serial);
     cfg.vcpus = 2;
-    let mut vm = Vm::start(cfg).unwrap();
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert_eq!(run(&mut vm), ExitReason::PowerOff, "the AP powers off");
     // 'B' can only come from the second vCPU, in real mode at 0x10000.
     assert_eq!(serial.text(), "AB");
@@ -226,7 +226,7 @@ fn virtio_console_round_trip() {
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir.path()), &serial);
     cfg.console = Some(guest_end);
-    let mut vm = Vm::start(cfg).unwrap();
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert!(vm.cmdline().contains("virtio_mmio.device=4K@0xd0000000:5"));
     host.write_all(b"ping over virtio").unwrap();
     host.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -288,12 +288,12 @@ fn run_block_guest(read_only: bool) -> (Vec<u8>, [u8; 3], Vec<u8>, Vec<u8>) {
     let disk = disk_image(dir.path());
     let serial = SharedBuf::default();
     let mut cfg = config(&block_guest().write(dir.path()), &serial);
-    cfg.disks.push(DiskConfig {
+    cfg.disks.push(KvmDiskConfig {
         path: disk.clone(),
         read_only,
         id: "nook-test-disk".into(),
     });
-    let mut vm = Vm::start(cfg).unwrap();
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert_eq!(run(&mut vm), ExitReason::PowerOff);
     let mem = vm.guest_memory();
     let mut status = [0u8; 3];
@@ -358,7 +358,7 @@ fn virtio_rng_fills_buffers() {
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir.path()), &serial);
     cfg.rng = true;
-    let mut vm = Vm::start(cfg).unwrap();
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert_eq!(run(&mut vm), ExitReason::PowerOff);
     let mut used_len = [0u8; 4];
     vm.guest_memory()
@@ -425,12 +425,12 @@ fn hostile_guest_fails_devices_not_the_host() {
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir.path()), &serial);
     cfg.console = Some(guest_end);
-    cfg.disks.push(DiskConfig {
+    cfg.disks.push(KvmDiskConfig {
         path: disk_image(dir.path()),
         read_only: false,
         id: String::new(),
     });
-    let mut vm = Vm::start(cfg).unwrap();
+    let mut vm = KvmVm::start(cfg).unwrap();
     assert_eq!(run(&mut vm), ExitReason::PowerOff);
     let out = serial.contents();
     assert_eq!(out.len(), 2, "{out:?}");
@@ -446,22 +446,22 @@ fn bad_configurations_are_errors() {
     let _l = serial_lock();
     let leaks = LeakCheck::start();
     let dir = tempfile::tempdir().unwrap();
-    let missing = VmConfig::new(dir.path().join("nope"));
-    let e = Vm::start(missing).unwrap_err();
+    let missing = KvmConfig::new(dir.path().join("nope"));
+    let e = KvmVm::start(missing).unwrap_err();
     assert!(matches!(e, nook_vmm::VmmError::Boot(_)), "{e:?}");
     let junk = dir.path().join("junk");
     std::fs::write(&junk, [0u8; 8192]).unwrap();
-    assert!(Vm::start(VmConfig::new(&junk)).is_err());
+    assert!(KvmVm::start(KvmConfig::new(&junk)).is_err());
     let mut g = Guest::new();
     g.poweroff();
-    let mut cfg = VmConfig::new(g.write(dir.path()));
-    cfg.disks.push(DiskConfig {
+    let mut cfg = KvmConfig::new(g.write(dir.path()));
+    cfg.disks.push(KvmDiskConfig {
         path: dir.path().join("no-disk"),
         read_only: true,
         id: String::new(),
     });
     assert!(matches!(
-        Vm::start(cfg).unwrap_err(),
+        KvmVm::start(cfg).unwrap_err(),
         nook_vmm::VmmError::Block(_)
     ));
     leaks.finish();

@@ -4,7 +4,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nook_vmm::{DiskConfig, SerialSink, VmConfig};
+use nook_vmm::{KvmConfig, KvmDiskConfig, SerialSink};
 
 use super::{tail_lines, Machine, MachineSpec};
 use crate::error::VmError;
@@ -14,7 +14,7 @@ const SNAPSHOT_FILE: &str = "vm.snap";
 
 #[derive(Debug)]
 pub struct KvmMachine {
-    vm: nook_vmm::Vm,
+    vm: nook_vmm::KvmVm,
     channel: Option<UnixStream>,
     console_log: PathBuf,
     ended: Option<String>,
@@ -30,10 +30,10 @@ pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
     // the agent channel is the other end, exactly as with QEMU.
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
     let console_log = spec.run_dir.join("console.log");
-    let mut cfg = VmConfig::new(&spec.kernel);
+    let mut cfg = KvmConfig::new(&spec.kernel);
     cfg.initrd = Some(spec.initrd.clone());
     cfg.cmdline = spec.cmdline.clone();
-    cfg.mem_mib = spec.mem_mib;
+    cfg.memory_mib = spec.memory_mib;
     cfg.vcpus = spec.vcpus;
     cfg.serial = SerialSink::File(console_log.clone());
     cfg.console = Some(guest);
@@ -41,13 +41,13 @@ pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
     cfg.disks = spec
         .disks
         .iter()
-        .map(|d| DiskConfig {
+        .map(|d| KvmDiskConfig {
             path: d.path.clone(),
             read_only: d.read_only,
             id: d.serial.clone(),
         })
         .collect();
-    let vm = nook_vmm::Vm::start(cfg).map_err(VmError::Kvm)?;
+    let vm = nook_vmm::KvmVm::start(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {
         vm,
         channel: Some(host),
@@ -101,12 +101,12 @@ impl Machine for KvmMachine {
 pub fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachine, VmError> {
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
     let console_log = run_dir.join("console.log");
-    let cfg = nook_vmm::RestoreConfig {
+    let cfg = nook_vmm::KvmRestoreConfig {
         serial: SerialSink::File(console_log.clone()),
         console: Some(guest),
         disks: Vec::new(),
     };
-    let vm = nook_vmm::Vm::restore(&dir.join(SNAPSHOT_FILE), cfg).map_err(VmError::Kvm)?;
+    let vm = nook_vmm::KvmVm::restore(&dir.join(SNAPSHOT_FILE), cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {
         vm,
         channel: Some(host),

@@ -15,7 +15,7 @@ pub struct MachineSpec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
-    pub mem_mib: u32,
+    pub memory_mib: u32,
     pub vcpus: u8,
     /// Per-VM directory for sockets and the console log.
     pub run_dir: PathBuf,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use nook_fs::ShareServer;
 use nook_qemu::{
-    locate_qemu, Accel, AfterSnapshot, DiskConfig, QemuConfig, QemuVm, RestoreOptions, ShareConfig,
+    locate_qemu, Accel, AfterSnapshot, QemuConfig, QemuDiskConfig, QemuRestoreConfig,
+    QemuShareConfig, QemuVm,
 };
 
 use super::{Machine, MachineSpec};
@@ -24,7 +25,7 @@ pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError>
     let mut cfg = QemuConfig::new(binary, accel, &spec.kernel, &spec.run_dir);
     cfg.initrd = Some(spec.initrd.clone());
     cfg.cmdline = spec.cmdline.clone();
-    cfg.mem_mib = spec.mem_mib;
+    cfg.memory_mib = spec.memory_mib;
     cfg.vcpus = spec.vcpus;
     // Writeback caching: the host page cache, and guest flushes reach the
     // host disk (a guest `sync` makes volume data durable).
@@ -32,7 +33,7 @@ pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError>
         .disks
         .iter()
         .map(|d| {
-            let mut disk = DiskConfig::new(&d.path, d.read_only);
+            let mut disk = QemuDiskConfig::new(&d.path, d.read_only);
             disk.serial = Some(d.serial.clone());
             disk
         })
@@ -43,7 +44,7 @@ pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError>
     for share in &spec.shares {
         let socket = spec.run_dir.join(format!("{}.fs.sock", share.tag));
         shares.push(ShareServer::start(share, &socket).map_err(VmError::Share)?);
-        cfg.shares.push(ShareConfig {
+        cfg.shares.push(QemuShareConfig {
             socket,
             tag: share.tag.clone(),
         });
@@ -90,7 +91,7 @@ impl Machine for QemuMachine {
 
 /// Starts a clone of a snapshot taken by [`Machine::snapshot`].
 pub fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<QemuMachine, VmError> {
-    let vm = QemuVm::restore(dir, run_dir, RestoreOptions::default()).map_err(VmError::Qemu)?;
+    let vm = QemuVm::restore(dir, run_dir, QemuRestoreConfig::default()).map_err(VmError::Qemu)?;
     Ok(QemuMachine {
         vm,
         shares: Vec::new(),

@@ -1,4 +1,4 @@
-//! Taking a snapshot: [`Vm::snapshot`].
+//! Taking a snapshot: [`KvmVm::snapshot`].
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::error::SnapshotError;
+use super::error::KvmSnapshotError;
 use super::format::{encode_state, HostCompat, SnapshotHeader, PAGE_SIZE};
 use super::memory::write_memory;
 use super::state::{BootState, MicrovmState, VirtioSlotState};
 use crate::devices::lock;
 use crate::error::VmmError;
-use crate::machine::Vm;
+use crate::machine::KvmVm;
 use crate::vstate::exit::Outcome;
 use crate::vstate::vcpu_state::msr_list;
 use crate::vstate::vm_state::VmState;
@@ -48,7 +48,7 @@ pub struct SnapshotInfo {
     pub paused: Duration,
 }
 
-impl Vm {
+impl KvmVm {
     /// Writes a snapshot of the running VM to `path`, then resumes or
     /// stops it as `then` says.
     ///
@@ -69,14 +69,14 @@ impl Vm {
         &mut self,
         path: &Path,
         then: AfterSnapshot,
-    ) -> Result<SnapshotInfo, SnapshotError> {
-        let kvm_vm = self.kvm_vm.as_ref().ok_or(SnapshotError::NotRunning)?;
+    ) -> Result<SnapshotInfo, KvmSnapshotError> {
+        let kvm_vm = self.kvm_vm.as_ref().ok_or(KvmSnapshotError::NotRunning)?;
         if self.exit.outcome().is_some() {
-            return Err(SnapshotError::NotRunning);
+            return Err(KvmSnapshotError::NotRunning);
         }
         let compat = HostCompat::current(&kvm_vm.kvm);
         if compat.xsave_size > 4096 {
-            return Err(SnapshotError::Machine("xsave areas over 4 KiB"));
+            return Err(KvmSnapshotError::Machine("xsave areas over 4 KiB"));
         }
         let msrs = cached_msr_list(&kvm_vm.kvm);
         let snap = &self.snap;
@@ -85,7 +85,7 @@ impl Vm {
             .pause
             .pause(&self.exit, usize::from(snap.vcpus), msrs, PAUSE_TIMEOUT)?;
         // From here on the vCPUs are parked: resume them whatever happens.
-        let result = (|| -> Result<(SnapshotHeader, u64, u64), SnapshotError> {
+        let result = (|| -> Result<(SnapshotHeader, u64, u64), KvmSnapshotError> {
             let serial = lock(&snap.serial);
             let transports: Vec<_> = snap.transports.iter().map(|t| lock(t)).collect();
             let mut devices = Vec::with_capacity(transports.len());
@@ -93,7 +93,9 @@ impl Vm {
                 let device = t
                     .device()
                     .save_state()
-                    .ok_or(SnapshotError::UnsupportedDevice(t.device().device_type()))?;
+                    .ok_or(KvmSnapshotError::UnsupportedDevice(
+                        t.device().device_type(),
+                    ))?;
                 devices.push(VirtioSlotState {
                     transport: t.save_state(),
                     device,
@@ -121,7 +123,7 @@ impl Vm {
                 });
                 offset += r.len().next_multiple_of(PAGE_SIZE);
             }
-            let bytes = encode_state(&state).map_err(SnapshotError::Encode)?;
+            let bytes = encode_state(&state).map_err(KvmSnapshotError::Encode)?;
             let header = SnapshotHeader::new(&bytes, offset, compat);
             let written = write_atomically(path, |file| {
                 file.write_all_at(&bytes, header.state_offset)?;
@@ -135,7 +137,7 @@ impl Vm {
                 file.write_all_at(&header.encode(), 0)?;
                 Ok(stats.pages_written)
             })
-            .map_err(|(op, source)| SnapshotError::Io {
+            .map_err(|(op, source)| KvmSnapshotError::Io {
                 op,
                 path: path.to_path_buf(),
                 source,

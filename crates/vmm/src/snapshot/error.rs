@@ -12,7 +12,7 @@ use crate::vstate::vm_state::VmStateError;
 
 /// Why a snapshot could not be taken or restored.
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub enum KvmSnapshotError {
     /// The file is not a valid snapshot (see the variants for which way).
     #[error("invalid snapshot file {path}")]
     Format {

@@ -1,4 +1,4 @@
-//! What a [`crate::Vm`] keeps so it can be snapshotted.
+//! What a [`crate::KvmVm`] keeps so it can be snapshotted.
 
 use std::sync::{Arc, Mutex};
 

@@ -1,9 +1,9 @@
 //! Snapshots of running VMs and copy-on-write restore.
 //!
-//! [`crate::Vm::snapshot`] parks every vCPU out of `KVM_RUN`, locks every
+//! [`crate::KvmVm::snapshot`] parks every vCPU out of `KVM_RUN`, locks every
 //! device, and writes vCPU, irqchip, PIT, clock and device state plus the
 //! guest memory (zero pages as holes) to one file, atomically.
-//! [`crate::Vm::restore`] maps that memory `MAP_PRIVATE`, so restoring is
+//! [`crate::KvmVm::restore`] maps that memory `MAP_PRIVATE`, so restoring is
 //! cheap, and VMs restored from one file share its untouched pages.
 //! The file format is in `docs/snapshot.md` and [`format`].
 
@@ -16,8 +16,8 @@ mod restore;
 pub mod state;
 
 pub use create::{AfterSnapshot, SnapshotInfo};
-pub use error::SnapshotError;
+pub use error::KvmSnapshotError;
 pub use format::{parse_snapshot, HostCompat, SnapshotFormatError, SnapshotHeader};
 pub(crate) use handles::SnapshotHandles;
-pub use restore::{read_snapshot, RestoreConfig};
+pub use restore::{read_snapshot, KvmRestoreConfig};
 pub use state::MicrovmState;

@@ -1,4 +1,4 @@
-//! Restoring a snapshot: [`Vm::restore`], in this order:
+//! Restoring a snapshot: [`KvmVm::restore`], in this order:
 //!
 //! 1. read and check the header and state (magic, version, checksums,
 //!    host compatibility);
@@ -24,7 +24,7 @@ use std::time::Instant;
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm};
 
-use super::error::SnapshotError;
+use super::error::KvmSnapshotError;
 use super::format::{parse_snapshot, HostCompat, SnapshotFormatError, SnapshotHeader, HEADER_SIZE};
 use super::handles::SnapshotHandles;
 use super::memory::map_memory;
@@ -46,16 +46,16 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
-use crate::machine::Vm;
+use crate::machine::KvmVm;
 use crate::vstate::exit::ExitState;
 use crate::vstate::memory::register_guest_memory;
 use crate::vstate::pause::PauseControl;
 use crate::vstate::vcpu::install_kick_handler;
-use crate::vstate::vm::{KvmVm, VmError};
+use crate::vstate::vm::{VmCreateError, VmFds};
 
 /// How to reconnect a restored VM to the host.
 #[derive(Debug)]
-pub struct RestoreConfig {
+pub struct KvmRestoreConfig {
     /// Where COM1 output goes.
     pub serial: SerialSink,
     /// New backend of the virtio-console port, if the snapshot has one
@@ -68,7 +68,7 @@ pub struct RestoreConfig {
     pub disks: Vec<PathBuf>,
 }
 
-impl Default for RestoreConfig {
+impl Default for KvmRestoreConfig {
     fn default() -> Self {
         Self {
             serial: SerialSink::Null,
@@ -79,15 +79,17 @@ impl Default for RestoreConfig {
 }
 
 /// Reads and checks header and state of the snapshot at `path`.
-pub fn read_snapshot(path: &Path) -> Result<(File, SnapshotHeader, MicrovmState), SnapshotError> {
+pub fn read_snapshot(
+    path: &Path,
+) -> Result<(File, SnapshotHeader, MicrovmState), KvmSnapshotError> {
     let io = |op| {
-        move |source| SnapshotError::Io {
+        move |source| KvmSnapshotError::Io {
             op,
             path: path.to_path_buf(),
             source,
         }
     };
-    let format = |source| SnapshotError::Format {
+    let format = |source| KvmSnapshotError::Format {
         path: path.to_path_buf(),
         source,
     };
@@ -109,22 +111,22 @@ pub fn read_snapshot(path: &Path) -> Result<(File, SnapshotHeader, MicrovmState)
     Ok((file, header, state))
 }
 
-impl Vm {
+impl KvmVm {
     /// Restores the snapshot at `path` as a new running VM (see the module
     /// docs for the steps). Guest memory is mapped copy-on-write from the
     /// file: any number of VMs can be restored from one snapshot, each
     /// seeing only its own writes, and the file is never written. The file
     /// must not be truncated or rewritten in place while they run (taking
     /// a new snapshot to the same path replaces it, which is fine).
-    pub fn restore(path: &Path, cfg: RestoreConfig) -> Result<Vm, VmmError> {
+    pub fn restore(path: &Path, cfg: KvmRestoreConfig) -> Result<KvmVm, VmmError> {
         let mut timer = Phases::new();
         install_kick_handler()?;
         let (file, header, state) = read_snapshot(path)?;
         timer.mark("read state");
-        let kvm = Kvm::new().map_err(VmError::KvmUnavailable)?;
+        let kvm = Kvm::new().map_err(VmCreateError::KvmUnavailable)?;
         let host = HostCompat::current(&kvm);
         if let Some((what, snapshot, host)) = header.compat.mismatch(&host) {
-            return Err(SnapshotError::Incompatible {
+            return Err(KvmSnapshotError::Incompatible {
                 what,
                 snapshot,
                 host,
@@ -138,13 +140,13 @@ impl Vm {
             header.mem_len,
             &state.memory,
         )
-        .map_err(SnapshotError::from)?;
+        .map_err(KvmSnapshotError::from)?;
         timer.mark("map memory");
 
-        let kvm_err = |op| move |source| VmError::Kvm { op, source };
+        let kvm_err = |op| move |source| VmCreateError::Kvm { op, source };
         let fd = kvm.create_vm().map_err(kvm_err("create vm"))?;
         timer.mark("kvm create vm");
-        register_guest_memory(&fd, &mem).map_err(VmError::from)?;
+        register_guest_memory(&fd, &mem).map_err(VmCreateError::from)?;
         timer.mark("memory slots");
         fd.set_tss_address(TSS_ADDR as usize)
             .map_err(kvm_err("set tss address"))?;
@@ -157,13 +159,13 @@ impl Vm {
         })
         .map_err(kvm_err("create pit"))?;
         timer.mark("irqchip and pit");
-        state.vm.restore(&fd).map_err(SnapshotError::from)?;
+        state.vm.restore(&fd).map_err(KvmSnapshotError::from)?;
         timer.mark("vm state");
 
         // Port I/O devices.
         let out = open_serial_sink(cfg.serial)?;
         let com1 = SerialDevice::restore(&state.serial, irqfd(&fd, COM1_IRQ, "serial")?, out)
-            .map_err(SnapshotError::from)?;
+            .map_err(KvmSnapshotError::from)?;
         let com1 = Arc::new(Mutex::new(com1));
         let pio = port_io_bus(&com1)?;
 
@@ -184,7 +186,7 @@ impl Vm {
                 mem: mem.clone(),
                 interrupt: irq.clone(),
             });
-            let dev_err = |source| SnapshotError::Device { index: i, source };
+            let dev_err = |source| KvmSnapshotError::Device { index: i, source };
             let device: Box<dyn VirtioDevice> = match &slot.device {
                 VirtioDeviceState::Console(s) => {
                     Box::new(Console::restore(s, console.take(), ctx).map_err(dev_err)?)
@@ -230,7 +232,7 @@ impl Vm {
             let vcpu = fd
                 .create_vcpu(index as u64)
                 .map_err(|e| crate::vstate::vcpu::VcpuError::Create(index as u8, e))?;
-            let refused = s.restore(&vcpu).map_err(SnapshotError::from)?;
+            let refused = s.restore(&vcpu).map_err(KvmSnapshotError::from)?;
             if refused > 0 {
                 tracing::debug!("vmm: restore: vcpu{index}: {refused} msrs refused");
             }
@@ -252,7 +254,7 @@ impl Vm {
         })?;
         let pause = Arc::new(PauseControl::default());
         let vcpus = state.vcpus.len() as u8;
-        let mut vm = Vm {
+        let mut vm = KvmVm {
             exit: exit.clone(),
             vcpu_threads: Vec::new(),
             event_thread: None,
@@ -278,10 +280,10 @@ impl Vm {
         for irq in &irqs {
             irq.retrigger_pending();
         }
-        vm.kvm_vm = Some(KvmVm {
+        vm.kvm_vm = Some(VmFds {
             kvm,
             fd,
-            supported_cpuid: CpuId::new(0).map_err(|_| SnapshotError::Machine("cpuid"))?,
+            supported_cpuid: CpuId::new(0).map_err(|_| KvmSnapshotError::Machine("cpuid"))?,
         });
         timer.mark("threads");
         vm.phases = timer.phases;
@@ -291,10 +293,10 @@ impl Vm {
 
 /// Checks what the state asks for against what this VMM can build and
 /// what the caller gave.
-fn check_machine(state: &MicrovmState, cfg: &RestoreConfig) -> Result<(), SnapshotError> {
+fn check_machine(state: &MicrovmState, cfg: &KvmRestoreConfig) -> Result<(), KvmSnapshotError> {
     let n = state.vcpus.len();
     if n == 0 || n > usize::from(MAX_VCPUS) {
-        return Err(SnapshotError::Machine("vcpu count"));
+        return Err(KvmSnapshotError::Machine("vcpu count"));
     }
     if state
         .vcpus
@@ -302,10 +304,10 @@ fn check_machine(state: &MicrovmState, cfg: &RestoreConfig) -> Result<(), Snapsh
         .enumerate()
         .any(|(i, v)| usize::from(v.index) != i)
     {
-        return Err(SnapshotError::Machine("vcpu order"));
+        return Err(KvmSnapshotError::Machine("vcpu order"));
     }
     if state.devices.len() > VIRTIO_IRQS.len() {
-        return Err(SnapshotError::Machine("too many virtio devices"));
+        return Err(KvmSnapshotError::Machine("too many virtio devices"));
     }
     let disks = state
         .devices
@@ -313,7 +315,7 @@ fn check_machine(state: &MicrovmState, cfg: &RestoreConfig) -> Result<(), Snapsh
         .filter(|d| matches!(d.device, VirtioDeviceState::Block(_)))
         .count();
     if !cfg.disks.is_empty() && cfg.disks.len() != disks {
-        return Err(SnapshotError::Config(
+        return Err(KvmSnapshotError::Config(
             "disks must be empty or list every disk of the snapshot",
         ));
     }
@@ -323,14 +325,14 @@ fn check_machine(state: &MicrovmState, cfg: &RestoreConfig) -> Result<(), Snapsh
         .filter(|d| matches!(d.device, VirtioDeviceState::Console(_)))
         .count();
     if cfg.console.is_some() && consoles == 0 {
-        return Err(SnapshotError::Config(
+        return Err(KvmSnapshotError::Config(
             "a console stream was given but the snapshot has no console",
         ));
     }
     Ok(())
 }
 
-/// Durations of the restore steps, for [`Vm::start_phases`].
+/// Durations of the restore steps, for [`KvmVm::start_phases`].
 struct Phases {
     last: Instant,
     phases: Vec<(&'static str, std::time::Duration)>,

@@ -1,5 +1,5 @@
 //! How a VM ends, and the shared state through which vCPU threads, the
-//! event loop and the [`crate::Vm`] handle agree on it.
+//! event loop and the [`crate::KvmVm`] handle agree on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -21,7 +21,7 @@ pub enum ExitReason {
     Reset,
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN; also Linux `reboot=t`).
     TripleFault,
-    /// The host stopped the VM ([`crate::Vm::stop`] or drop).
+    /// The host stopped the VM ([`crate::KvmVm::stop`] or drop).
     Stopped,
     /// KVM could not run or emulate the guest any further
     /// (KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_FAIL_ENTRY, or an exit this VMM

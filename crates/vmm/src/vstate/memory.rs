@@ -46,7 +46,7 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Mem
         };
         // SAFETY: `desc` describes a live mapping owned by `mem`. The VMM
         // keeps a clone of `mem` (sharing the mapping) alive for as long as
-        // the VM fd exists: `Vm` drops its VM fd and joins every thread
+        // the VM fd exists: `KvmVm` drops its VM fd and joins every thread
         // that uses it before its memory.
         unsafe { vm.set_user_memory_region(desc) }.map_err(|e| MemoryError::Register(slot, e))?;
     }

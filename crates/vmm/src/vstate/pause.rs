@@ -1,6 +1,6 @@
 //! Pausing every vCPU at a consistent point and collecting its state.
 //!
-//! Protocol between [`crate::Vm::snapshot`] (the controller) and the
+//! Protocol between [`crate::KvmVm::snapshot`] (the controller) and the
 //! `nook-vcpu{N}` threads:
 //! 1. the controller sets the request flag and kicks every vCPU thread out
 //!    of `KVM_RUN` (see [`super::vcpu`]);

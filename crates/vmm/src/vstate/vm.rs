@@ -10,7 +10,7 @@ use crate::arch::x86_64::layout::{IDENTITY_MAP_ADDR, TSS_ADDR};
 
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub enum VmCreateError {
     /// `/dev/kvm` cannot be opened.
     #[error("/dev/kvm is not accessible: add your user to the kvm group or use --engine qemu")]
     KvmUnavailable(#[source] kvm_ioctls::Error),
@@ -28,13 +28,13 @@ pub enum VmError {
     Memory(#[from] MemoryError),
 }
 
-fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { op, source }
+fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmCreateError {
+    move |source| VmCreateError::Kvm { op, source }
 }
 
 /// An open `/dev/kvm` and a VM with memory, irqchip and PIT.
 #[derive(Debug)]
-pub struct KvmVm {
+pub struct VmFds {
     /// `/dev/kvm`.
     pub kvm: Kvm,
     /// The VM.
@@ -48,8 +48,8 @@ pub struct KvmVm {
 /// 2. register guest memory slots;
 /// 3. set the TSS and identity-map addresses (KVM's private slots);
 /// 4. create the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
-pub fn create_vm(mem: &GuestMemoryMmap) -> Result<KvmVm, VmError> {
-    let kvm_fd = Kvm::new().map_err(VmError::KvmUnavailable)?;
+pub fn create_vm(mem: &GuestMemoryMmap) -> Result<VmFds, VmCreateError> {
+    let kvm_fd = Kvm::new().map_err(VmCreateError::KvmUnavailable)?;
     let fd = kvm_fd.create_vm().map_err(kvm("create vm"))?;
     register_guest_memory(&fd, mem)?;
     fd.set_tss_address(TSS_ADDR as usize)
@@ -65,7 +65,7 @@ pub fn create_vm(mem: &GuestMemoryMmap) -> Result<KvmVm, VmError> {
     let supported_cpuid = kvm_fd
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("get supported cpuid"))?;
-    Ok(KvmVm {
+    Ok(VmFds {
         kvm: kvm_fd,
         fd,
         supported_cpuid,

@@ -16,7 +16,7 @@ use super::layout::{
     memory_map, ram_ranges, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
     PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
 };
-use super::payload::{extract_pvh_vmlinux, Compression};
+use super::payload::{extract_pvh_vmlinux, PayloadCompression};
 use super::regs::EntryMode;
 
 /// Errors loading a guest.
@@ -113,7 +113,7 @@ pub struct GuestImage<'a> {
     /// Full command line (with any device parameters already appended).
     pub cmdline: &'a str,
     /// Guest RAM size in bytes.
-    pub mem_bytes: u64,
+    pub memory_bytes: u64,
     /// RSDP address to hand to the guest (0 for none).
     pub rsdp: u64,
 }
@@ -190,12 +190,18 @@ pub fn load_guest(mem: &GuestMemoryMmap, img: &GuestImage<'_>) -> Result<BootSet
                 .map(|h| u64::from(h.initrd_addr_max))
                 .filter(|&m| m != 0)
                 .unwrap_or(0x37ff_ffff);
-            Some(load_initrd(mem, path, img.mem_bytes, kernel_end, max_addr)?)
+            Some(load_initrd(
+                mem,
+                path,
+                img.memory_bytes,
+                kernel_end,
+                max_addr,
+            )?)
         }
         None => None,
     };
 
-    let map = memory_map(img.mem_bytes);
+    let map = memory_map(img.memory_bytes);
     match setup.mode {
         EntryMode::Long64 => {
             let mut params = boot_params::default();
@@ -304,7 +310,7 @@ fn bzimage_fast_path(
             tracing::debug!(
                 "vmm: {}: {} payload decompressed on the host ({} bytes, {:?}); entering through pvh",
                 path.display(),
-                Compression::detect(info.payload),
+                PayloadCompression::detect(info.payload),
                 vmlinux.len(),
                 t0.elapsed()
             );
@@ -329,7 +335,7 @@ fn bzimage_fast_path(
 fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
-    mem_bytes: u64,
+    memory_bytes: u64,
     kernel_end: u64,
     max_addr: u64,
 ) -> Result<(u64, u64), BootError> {
@@ -339,7 +345,7 @@ fn load_initrd(
     };
     let mut file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    let low_end = ram_ranges(mem_bytes)[0].len;
+    let low_end = ram_ranges(memory_bytes)[0].len;
     let top = low_end.min(max_addr.saturating_add(1));
     let too_large = || BootError::InitrdTooLarge {
         path: path.to_path_buf(),
@@ -404,7 +410,7 @@ mod tests {
                 kernel: &kernel,
                 initrd: Some(&initrd),
                 cmdline: "console=ttyS0",
-                mem_bytes: 16 << 20,
+                memory_bytes: 16 << 20,
                 rsdp: 0xe0000,
             },
         )
@@ -484,7 +490,7 @@ mod tests {
             kernel: &kernel,
             initrd: None,
             cmdline: "console=ttyS0",
-            mem_bytes: 16 << 20,
+            memory_bytes: 16 << 20,
             rsdp: 0xe0000,
         };
         let setup = load_guest(&m, &img).unwrap();
@@ -517,7 +523,7 @@ mod tests {
             kernel: &kernel,
             initrd: None,
             cmdline: "",
-            mem_bytes: 16 << 20,
+            memory_bytes: 16 << 20,
             rsdp: 0,
         };
         assert!(matches!(

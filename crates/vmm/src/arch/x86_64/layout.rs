@@ -100,12 +100,12 @@ pub struct RamRange {
     pub len: u64,
 }
 
-/// Splits `mem_bytes` of guest RAM around the 32-bit MMIO gap.
-pub fn ram_ranges(mem_bytes: u64) -> Vec<RamRange> {
-    if mem_bytes <= MMIO_GAP_START {
+/// Splits `memory_bytes` of guest RAM around the 32-bit MMIO gap.
+pub fn ram_ranges(memory_bytes: u64) -> Vec<RamRange> {
+    if memory_bytes <= MMIO_GAP_START {
         vec![RamRange {
             start: 0,
-            len: mem_bytes,
+            len: memory_bytes,
         }]
     } else {
         vec![
@@ -115,7 +115,7 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<RamRange> {
             },
             RamRange {
                 start: MMIO_GAP_END,
-                len: mem_bytes - MMIO_GAP_START,
+                len: memory_bytes - MMIO_GAP_START,
             },
         ]
     }
@@ -131,9 +131,9 @@ pub enum MemoryKind {
 }
 
 /// The guest's memory map (what e820 and the PVH memmap report).
-pub fn memory_map(mem_bytes: u64) -> Vec<(u64, u64, MemoryKind)> {
+pub fn memory_map(memory_bytes: u64) -> Vec<(u64, u64, MemoryKind)> {
     let mut map = Vec::new();
-    for r in ram_ranges(mem_bytes) {
+    for r in ram_ranges(memory_bytes) {
         if r.start == 0 {
             map.push((0, EBDA_START, MemoryKind::Ram));
             map.push((EBDA_START, HIMEM_START - EBDA_START, MemoryKind::Reserved));

@@ -53,12 +53,12 @@ pub enum PayloadError {
     },
     /// A compression this module does not decode.
     #[error("bzImage payload compression {0} is not decoded on the host")]
-    Unsupported(Compression),
+    Unsupported(PayloadCompression),
     /// The compressed stream is corrupt.
     #[error("cannot decompress {compression} bzImage payload")]
     Corrupt {
         /// The compression.
-        compression: Compression,
+        compression: PayloadCompression,
         /// The decoder's error.
         #[source]
         source: std::io::Error,
@@ -71,9 +71,9 @@ pub enum PayloadError {
     NotElf,
 }
 
-/// Compression of a bzImage payload, from its magic bytes.
+/// PayloadCompression of a bzImage payload, from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub enum PayloadCompression {
     /// gzip (`1f 8b`).
     Gzip,
     /// zstd (`28 b5 2f fd`).
@@ -94,7 +94,7 @@ pub enum Compression {
     Unknown,
 }
 
-impl std::fmt::Display for Compression {
+impl std::fmt::Display for PayloadCompression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Gzip => "gzip",
@@ -110,7 +110,7 @@ impl std::fmt::Display for Compression {
     }
 }
 
-impl Compression {
+impl PayloadCompression {
     /// Names the compression of `payload` from its first bytes.
     pub fn detect(payload: &[u8]) -> Self {
         let starts = |m: &[u8]| payload.starts_with(m);
@@ -196,7 +196,7 @@ pub fn parse_bzimage(image: &[u8]) -> Result<BzImageInfo<'_>, PayloadError> {
 
 /// Decompresses a bzImage payload into the `vmlinux` ELF it holds.
 pub fn decompress_payload(payload: &[u8]) -> Result<Vec<u8>, PayloadError> {
-    let compression = Compression::detect(payload);
+    let compression = PayloadCompression::detect(payload);
     let corrupt = |source| PayloadError::Corrupt {
         compression,
         source,
@@ -209,16 +209,16 @@ pub fn decompress_payload(payload: &[u8]) -> Result<Vec<u8>, PayloadError> {
     };
     let mut out = Vec::with_capacity(hint.min(MAX_VMLINUX_BYTES));
     match compression {
-        Compression::Lz4Legacy => lz4_legacy(payload, &mut out)?,
-        Compression::Gzip => {
+        PayloadCompression::Lz4Legacy => lz4_legacy(payload, &mut out)?,
+        PayloadCompression::Gzip => {
             read_capped(flate2::read::GzDecoder::new(body), &mut out).map_err(corrupt)?
         }
-        Compression::Zstd => {
+        PayloadCompression::Zstd => {
             let dec = ruzstd::decoding::StreamingDecoder::new(body)
                 .map_err(|e| corrupt(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
             read_capped(dec, &mut out).map_err(corrupt)?
         }
-        Compression::None => out.extend_from_slice(payload),
+        PayloadCompression::None => out.extend_from_slice(payload),
         other => return Err(PayloadError::Unsupported(other)),
     }
     if out.len() > MAX_VMLINUX_BYTES {
@@ -243,7 +243,7 @@ fn read_capped(r: impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
 /// list.
 fn lz4_legacy(payload: &[u8], out: &mut Vec<u8>) -> Result<(), PayloadError> {
     let corrupt = |e: lz4_flex::block::DecompressError| PayloadError::Corrupt {
-        compression: Compression::Lz4Legacy,
+        compression: PayloadCompression::Lz4Legacy,
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     };
     let mut pos = 4;
@@ -447,7 +447,7 @@ mod tests {
         let xz = bzimage(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2], 8);
         assert!(matches!(
             extract_vmlinux(&xz),
-            Err(PayloadError::Unsupported(Compression::Xz))
+            Err(PayloadError::Unsupported(PayloadCompression::Xz))
         ));
         assert!(matches!(
             extract_vmlinux(&[0u8; 4096]),
