@@ -53,6 +53,7 @@
 //! `SIGRTMIN + 1`, for which the crate installs a handler.
 
 pub mod arch;
+mod assemble;
 mod builder;
 pub mod config;
 mod detach;

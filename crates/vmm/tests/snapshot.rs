@@ -472,7 +472,7 @@ fn bad_snapshot_files_fail_with_distinct_errors() {
             e,
             SnapshotFormatError::UnsupportedVersion {
                 found: 7,
-                supported: 1
+                supported: nook_vmm::snapshot::format::FORMAT_VERSION
             }
         ),
         "{e}"

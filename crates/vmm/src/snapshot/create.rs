@@ -14,6 +14,7 @@ use super::state::{BootState, MicrovmState, VirtioSlotState};
 use crate::devices::lock;
 use crate::error::VmmError;
 use crate::machine::KvmVm;
+use crate::snapshot::persist::Persist;
 use crate::vstate::exit::Outcome;
 use crate::vstate::vcpu_state::msr_list;
 use crate::vstate::vm_state::VmState;
@@ -90,14 +91,13 @@ impl KvmVm {
             let transports: Vec<_> = snap.transports.iter().map(|t| lock(t)).collect();
             let mut devices = Vec::with_capacity(transports.len());
             for t in &transports {
+                let index = devices.len();
                 let device = t
                     .device()
                     .save_state()
-                    .ok_or(KvmSnapshotError::UnsupportedDevice(
-                        t.device().device_type(),
-                    ))?;
+                    .map_err(|source| KvmSnapshotError::Device { index, source })?;
                 devices.push(VirtioSlotState {
-                    transport: t.save_state(),
+                    transport: t.save(),
                     device,
                 });
             }

@@ -55,11 +55,8 @@ pub enum KvmSnapshotError {
     /// Saving or restoring irqchip, PIT or clock failed.
     #[error("cannot save or restore vm state")]
     VmState(#[from] VmStateError),
-    /// A virtio device cannot be snapshotted.
-    #[error("virtio device type {0} does not support snapshots")]
-    UnsupportedDevice(u32),
-    /// A virtio device could not be restored.
-    #[error("cannot restore virtio device {index}")]
+    /// A virtio device could not be saved or restored.
+    #[error("cannot save or restore virtio device {index}")]
     Device {
         /// Slot of the device.
         index: usize,

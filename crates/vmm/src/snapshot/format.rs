@@ -11,7 +11,7 @@ use super::state::MicrovmState;
 /// First 8 bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"NOOKSNAP";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed header.
 pub const HEADER_SIZE: usize = 128;
 /// Alignment of the memory section (and of every region in it).
@@ -403,13 +403,13 @@ mod tests {
             SnapshotHeader::decode(&b[..4]),
             Err(SnapshotFormatError::Truncated { .. })
         ));
-        let mut v2 = b;
-        v2[8] = 2;
+        let mut v1 = b;
+        v1[8] = 1;
         assert!(matches!(
-            SnapshotHeader::decode(&v2),
+            SnapshotHeader::decode(&v1),
             Err(SnapshotFormatError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 1,
+                supported: FORMAT_VERSION
             })
         ));
         let mut bent = b;

@@ -12,6 +12,7 @@ mod error;
 pub mod format;
 mod handles;
 pub mod memory;
+pub mod persist;
 mod restore;
 pub mod state;
 
@@ -19,5 +20,6 @@ pub use create::{AfterSnapshot, SnapshotInfo};
 pub use error::KvmSnapshotError;
 pub use format::{parse_snapshot, HostCompat, SnapshotFormatError, SnapshotHeader};
 pub(crate) use handles::SnapshotHandles;
+pub use persist::Persist;
 pub use restore::{read_snapshot, KvmRestoreConfig};
 pub use state::MicrovmState;

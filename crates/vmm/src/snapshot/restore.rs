@@ -1,57 +1,28 @@
-//! Restoring a snapshot: [`KvmVm::restore`], in this order:
-//!
-//! 1. read and check the header and state (magic, version, checksums,
-//!    host compatibility);
-//! 2. map the memory section `MAP_PRIVATE` (copy-on-write);
-//! 3. create the KVM VM: memory slots first, then irqchip and PIT (each
-//!    slot registered after them would wait for an SRCU grace period);
-//! 4. restore PIT, clock and irqchip;
-//! 5. rebuild devices from their state: COM1 on the caller's sink, virtio
-//!    transports with new irqfds and ioeventfds, the console on the
-//!    caller's stream, disks reopened;
-//! 6. create the vCPUs and restore each one's state;
-//! 7. start the event loop and the vCPU threads, then re-raise pending
-//!    virtio interrupts and re-run every active queue (a notification or
-//!    an interrupt in flight at snapshot time is not part of any state).
+//! Restoring a snapshot: [`KvmVm::restore`] reads and checks the file
+//! (magic, version, checksums, host compatibility, the machine it
+//! describes), maps the memory section `MAP_PRIVATE` (copy-on-write) and
+//! hands the saved parts to [`assemble`](crate::assemble), which builds
+//! the VM the same way a boot does.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-use kvm_bindings::{kvm_pit_config, CpuId, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm};
+use std::sync::Arc;
 
 use super::error::KvmSnapshotError;
 use super::format::{parse_snapshot, HostCompat, SnapshotFormatError, SnapshotHeader, HEADER_SIZE};
-use super::handles::SnapshotHandles;
 use super::memory::map_memory;
 use super::state::MicrovmState;
-use crate::arch::x86_64::layout::{
-    COM1_IRQ, IDENTITY_MAP_ADDR, TSS_ADDR, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
-};
-use crate::builder::{
-    clone_eventfd, irqfd, new_eventfd, open_serial_sink, port_io_bus, start_threads,
-};
+use crate::arch::x86_64::layout::VIRTIO_IRQS;
+use crate::assemble::{assemble, DevicePart, MachineParts, PhaseTimer, SerialPart, VcpuPart};
 use crate::config::{SerialSink, MAX_VCPUS};
-use crate::devices::bus::Bus;
-use crate::devices::legacy::serial::SerialDevice;
-use crate::devices::virtio::block::Block;
-use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
-use crate::devices::virtio::persist::{RestoreContext, VirtioDeviceState};
-use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::devices::virtio::device_type;
+use crate::devices::virtio::persist::HostBackends;
 use crate::error::VmmError;
-use crate::event_loop::EventLoop;
 use crate::machine::KvmVm;
-use crate::vstate::exit::ExitState;
-use crate::vstate::memory::register_guest_memory;
-use crate::vstate::pause::PauseControl;
 use crate::vstate::vcpu::install_kick_handler;
-use crate::vstate::vm::{VmCreateError, VmFds};
+use crate::vstate::vm::open_kvm;
 
 /// How to reconnect a restored VM to the host.
 #[derive(Debug)]
@@ -112,18 +83,18 @@ pub fn read_snapshot(
 }
 
 impl KvmVm {
-    /// Restores the snapshot at `path` as a new running VM (see the module
-    /// docs for the steps). Guest memory is mapped copy-on-write from the
-    /// file: any number of VMs can be restored from one snapshot, each
-    /// seeing only its own writes, and the file is never written. The file
-    /// must not be truncated or rewritten in place while they run (taking
-    /// a new snapshot to the same path replaces it, which is fine).
+    /// Restores the snapshot at `path` as a new running VM. Guest memory
+    /// is mapped copy-on-write from the file: any number of VMs can be
+    /// restored from one snapshot, each seeing only its own writes, and the
+    /// file is never written. The file must not be truncated or rewritten
+    /// in place while they run (taking a new snapshot to the same path
+    /// replaces it, which is fine).
     pub fn restore(path: &Path, cfg: KvmRestoreConfig) -> Result<KvmVm, VmmError> {
-        let mut timer = Phases::new();
+        let mut timer = PhaseTimer::new();
         install_kick_handler()?;
         let (file, header, state) = read_snapshot(path)?;
         timer.mark("read state");
-        let kvm = Kvm::new().map_err(VmCreateError::KvmUnavailable)?;
+        let kvm = open_kvm()?;
         let host = HostCompat::current(&kvm);
         if let Some((what, snapshot, host)) = header.compat.mismatch(&host) {
             return Err(KvmSnapshotError::Incompatible {
@@ -142,152 +113,31 @@ impl KvmVm {
         )
         .map_err(KvmSnapshotError::from)?;
         timer.mark("map memory");
-
-        let kvm_err = |op| move |source| VmCreateError::Kvm { op, source };
-        let fd = kvm.create_vm().map_err(kvm_err("create vm"))?;
-        timer.mark("kvm create vm");
-        register_guest_memory(&fd, &mem).map_err(VmCreateError::from)?;
-        timer.mark("memory slots");
-        fd.set_tss_address(TSS_ADDR as usize)
-            .map_err(kvm_err("set tss address"))?;
-        fd.set_identity_map_address(IDENTITY_MAP_ADDR)
-            .map_err(kvm_err("set identity map address"))?;
-        fd.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-        fd.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(kvm_err("create pit"))?;
-        timer.mark("irqchip and pit");
-        state.vm.restore(&fd).map_err(KvmSnapshotError::from)?;
-        timer.mark("vm state");
-
-        // Port I/O devices.
-        let out = open_serial_sink(cfg.serial)?;
-        let com1 = SerialDevice::restore(&state.serial, irqfd(&fd, COM1_IRQ, "serial")?, out)
-            .map_err(KvmSnapshotError::from)?;
-        let com1 = Arc::new(Mutex::new(com1));
-        let pio = port_io_bus(&com1)?;
-
-        // Virtio devices, in their saved slots.
-        let mut mmio = Bus::default();
-        let activated = new_eventfd("device activation")?;
-        let mut transports = Vec::new();
-        let mut queue_evts = Vec::new();
-        let mut kicks = Vec::new();
-        let mut irqs = Vec::new();
-        let mut console = cfg.console;
-        let mut disks = cfg.disks.into_iter();
-        for (i, slot) in state.devices.iter().enumerate() {
-            let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-            let name = format!("virtio slot {i}");
-            let irq = Arc::new(IrqTrigger::new(irqfd(&fd, VIRTIO_IRQS[i], &name)?));
-            let ctx = slot.transport.active.then(|| RestoreContext {
-                mem: mem.clone(),
-                interrupt: irq.clone(),
-            });
-            let dev_err = |source| KvmSnapshotError::Device { index: i, source };
-            let device: Box<dyn VirtioDevice> = match &slot.device {
-                VirtioDeviceState::Console(s) => {
-                    Box::new(Console::restore(s, console.take(), ctx).map_err(dev_err)?)
-                }
-                VirtioDeviceState::Block(s) => {
-                    let path = disks.next();
-                    Box::new(Block::restore(s, path.as_deref(), ctx).map_err(dev_err)?)
-                }
-                VirtioDeviceState::Rng(s) => Box::new(Rng::restore(s, ctx).map_err(dev_err)?),
-            };
-            let mut notify = Vec::new();
-            for q in 0..device.queue_max_sizes().len() {
-                let evt = new_eventfd(&name)?;
-                fd.register_ioevent(&evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
-                    .map_err(|e| VmmError::Device {
-                        what: format!("{name} queue {q} ioeventfd"),
-                        source: std::io::Error::from_raw_os_error(e.errno()),
-                    })?;
-                notify.push(clone_eventfd(&evt, &name)?);
-                if slot.transport.active {
-                    kicks.push(clone_eventfd(&evt, &name)?);
-                }
-                queue_evts.push((i, q as u16, evt));
-            }
-            let transport = MmioTransport::restore(
-                device,
-                mem.clone(),
-                irq.clone(),
-                notify,
-                Some(clone_eventfd(&activated, "device activation")?),
-                &slot.transport,
-            )
-            .map_err(dev_err)?;
-            let transport = Arc::new(Mutex::new(transport));
-            mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
-            transports.push(transport);
-            irqs.push(irq);
-        }
-        timer.mark("devices");
-
-        let mut vcpu_fds = Vec::with_capacity(state.vcpus.len());
-        for (index, s) in state.vcpus.iter().enumerate() {
-            let vcpu = fd
-                .create_vcpu(index as u64)
-                .map_err(|e| crate::vstate::vcpu::VcpuError::Create(index as u8, e))?;
-            let refused = s.restore(&vcpu).map_err(KvmSnapshotError::from)?;
-            if refused > 0 {
-                tracing::debug!("vmm: restore: vcpu{index}: {refused} msrs refused");
-            }
-            vcpu_fds.push(vcpu);
-        }
-        timer.mark("vcpus");
-
-        let exit = Arc::new(ExitState::new());
-        let event_stop = new_eventfd("event loop stop")?;
-        let event_loop = EventLoop::new(
-            clone_eventfd(&event_stop, "event loop stop")?,
-            clone_eventfd(&activated, "device activation")?,
-            transports.clone(),
-            queue_evts,
-        )
-        .map_err(|source| VmmError::Device {
-            what: "event loop epoll".into(),
-            source,
-        })?;
-        let pause = Arc::new(PauseControl::default());
-        let vcpus = state.vcpus.len() as u8;
-        let mut vm = KvmVm {
-            exit: exit.clone(),
-            vcpu_threads: Vec::new(),
-            event_thread: None,
-            event_stop,
-            kvm_vm: None,
-            mem: mem.clone(),
-            boot: state.boot.restore(),
-            cmdline: state.cmdline.clone(),
-            phases: Vec::new(),
-            snap: SnapshotHandles {
-                pause: pause.clone(),
-                serial: com1,
-                transports,
-                vcpus,
+        let MicrovmState {
+            vcpus,
+            vm,
+            memory: _,
+            serial,
+            devices,
+            boot,
+            cmdline,
+        } = state;
+        let parts = MachineParts {
+            kvm: Some(kvm),
+            mem,
+            vm_state: Some(vm),
+            serial: SerialPart::Saved(serial),
+            serial_sink: cfg.serial,
+            devices: devices.into_iter().map(DevicePart::Saved).collect(),
+            backends: HostBackends {
+                console: cfg.console,
+                disks: cfg.disks.into(),
             },
+            vcpus: VcpuPart::Saved(vcpus),
+            boot: boot.restore(),
+            cmdline,
         };
-        start_threads(&mut vm, event_loop, vcpu_fds, pio, mmio, &exit, &pause)?;
-        // Backends of active devices, queued work, pending interrupts.
-        let _ = activated.write(1);
-        for k in &kicks {
-            let _ = k.write(1);
-        }
-        for irq in &irqs {
-            irq.retrigger_pending();
-        }
-        vm.kvm_vm = Some(VmFds {
-            kvm,
-            fd,
-            supported_cpuid: CpuId::new(0).map_err(|_| KvmSnapshotError::Machine("cpuid"))?,
-        });
-        timer.mark("threads");
-        vm.phases = timer.phases;
-        Ok(vm)
+        assemble(parts, timer)
     }
 }
 
@@ -309,46 +159,23 @@ fn check_machine(state: &MicrovmState, cfg: &KvmRestoreConfig) -> Result<(), Kvm
     if state.devices.len() > VIRTIO_IRQS.len() {
         return Err(KvmSnapshotError::Machine("too many virtio devices"));
     }
-    let disks = state
-        .devices
-        .iter()
-        .filter(|d| matches!(d.device, VirtioDeviceState::Block(_)))
-        .count();
+    let count = |t| {
+        state
+            .devices
+            .iter()
+            .filter(|d| d.transport.device_type == t)
+            .count()
+    };
+    let disks = count(device_type::BLOCK);
     if !cfg.disks.is_empty() && cfg.disks.len() != disks {
         return Err(KvmSnapshotError::Config(
             "disks must be empty or list every disk of the snapshot",
         ));
     }
-    let consoles = state
-        .devices
-        .iter()
-        .filter(|d| matches!(d.device, VirtioDeviceState::Console(_)))
-        .count();
-    if cfg.console.is_some() && consoles == 0 {
+    if cfg.console.is_some() && count(device_type::CONSOLE) == 0 {
         return Err(KvmSnapshotError::Config(
             "a console stream was given but the snapshot has no console",
         ));
     }
     Ok(())
-}
-
-/// Durations of the restore steps, for [`KvmVm::start_phases`].
-struct Phases {
-    last: Instant,
-    phases: Vec<(&'static str, std::time::Duration)>,
-}
-
-impl Phases {
-    fn new() -> Self {
-        Self {
-            last: Instant::now(),
-            phases: Vec::new(),
-        }
-    }
-
-    fn mark(&mut self, name: &'static str) {
-        let now = Instant::now();
-        self.phases.push((name, now - self.last));
-        self.last = now;
-    }
 }

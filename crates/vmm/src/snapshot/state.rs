@@ -6,7 +6,7 @@ use crate::arch::x86_64::boot::BootSetup;
 use crate::arch::x86_64::regs::EntryMode;
 use crate::devices::legacy::persist::SerialDeviceState;
 use crate::devices::virtio::mmio::MmioTransportState;
-use crate::devices::virtio::persist::VirtioDeviceState;
+use crate::devices::virtio::persist::SavedDevice;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::VmState;
 use crate::KernelFormat;
@@ -47,8 +47,8 @@ pub struct MemoryRegionState {
 pub struct VirtioSlotState {
     /// Transport.
     pub transport: MmioTransportState,
-    /// Device.
-    pub device: VirtioDeviceState,
+    /// Device: its type and its own encoded state.
+    pub device: SavedDevice,
 }
 
 /// [`BootSetup`] in the snapshot.

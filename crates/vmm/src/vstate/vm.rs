@@ -1,6 +1,8 @@
 //! Creating the KVM VM, in the order that keeps it cheap: memory slots
 //! (and KVM's private TSS slot) first, then the irqchip and PIT.
 
+use std::sync::OnceLock;
+
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -39,17 +41,23 @@ pub struct VmFds {
     pub kvm: Kvm,
     /// The VM.
     pub fd: VmFd,
-    /// KVM's supported CPUID, the base of every vCPU's CPUID.
-    pub supported_cpuid: CpuId,
 }
 
-/// Creates the VM:
-/// 1. open `/dev/kvm`, create the VM;
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Kvm, VmCreateError> {
+    Kvm::new().map_err(VmCreateError::KvmUnavailable)
+}
+
+/// Creates the VM on `kvm` (`/dev/kvm`, opened if `None`):
+/// 1. create the VM;
 /// 2. register guest memory slots;
 /// 3. set the TSS and identity-map addresses (KVM's private slots);
 /// 4. create the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
-pub fn create_vm(mem: &GuestMemoryMmap) -> Result<VmFds, VmCreateError> {
-    let kvm_fd = Kvm::new().map_err(VmCreateError::KvmUnavailable)?;
+pub fn create_vm(dev: Option<Kvm>, mem: &GuestMemoryMmap) -> Result<VmFds, VmCreateError> {
+    let kvm_fd = match dev {
+        Some(k) => k,
+        None => open_kvm()?,
+    };
     let fd = kvm_fd.create_vm().map_err(kvm("create vm"))?;
     register_guest_memory(&fd, mem)?;
     fd.set_tss_address(TSS_ADDR as usize)
@@ -62,12 +70,18 @@ pub fn create_vm(mem: &GuestMemoryMmap) -> Result<VmFds, VmCreateError> {
         ..Default::default()
     };
     fd.create_pit2(pit).map_err(kvm("create pit"))?;
-    let supported_cpuid = kvm_fd
+    Ok(VmFds { kvm: kvm_fd, fd })
+}
+
+/// KVM's supported CPUID, the base of every booted vCPU's CPUID; read once
+/// per process (it does not change while `/dev/kvm` stays loaded).
+pub fn supported_cpuid(dev: &Kvm) -> Result<CpuId, VmCreateError> {
+    static CPUID: OnceLock<CpuId> = OnceLock::new();
+    if let Some(c) = CPUID.get() {
+        return Ok(c.clone());
+    }
+    let c = dev
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("get supported cpuid"))?;
-    Ok(VmFds {
-        kvm: kvm_fd,
-        fd,
-        supported_cpuid,
-    })
+    Ok(CPUID.get_or_init(|| c).clone())
 }

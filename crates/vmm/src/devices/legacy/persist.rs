@@ -9,6 +9,7 @@ use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::serial::{IrqFdTrigger, SerialDevice};
+use crate::snapshot::persist::Persist;
 
 /// Registers and receive FIFO of the 8250 UART.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +41,29 @@ pub struct SerialDeviceState {
 #[error("saved serial state is invalid (receive fifo of {0} bytes)")]
 pub struct SerialStateError(pub usize);
 
-impl SerialDevice {
-    /// The UART's state.
-    pub fn save(&self) -> SerialDeviceState {
+/// What COM1 needs besides its state.
+pub struct SerialArgs {
+    /// Its interrupt line (raised at once if the state has an interrupt
+    /// pending).
+    pub irq: EventFd,
+    /// Where its output goes.
+    pub out: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for SerialArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialArgs")
+            .field("irq", &self.irq)
+            .finish()
+    }
+}
+
+impl Persist for SerialDevice {
+    type State = SerialDeviceState;
+    type ConstructorArgs = SerialArgs;
+    type Error = SerialStateError;
+
+    fn save(&self) -> SerialDeviceState {
         let s = self.serial.state();
         SerialDeviceState {
             baud_divisor_low: s.baud_divisor_low,
@@ -58,13 +79,8 @@ impl SerialDevice {
         }
     }
 
-    /// A UART in `state`, writing to `out` and interrupting through `irq`
-    /// (raised at once if the state has an interrupt pending).
-    pub fn restore(
-        state: &SerialDeviceState,
-        irq: EventFd,
-        out: Box<dyn Write + Send>,
-    ) -> Result<Self, SerialStateError> {
+    fn restore(args: SerialArgs, state: &SerialDeviceState) -> Result<Self, SerialStateError> {
+        let SerialArgs { irq, out } = args;
         let s = SerialState {
             baud_divisor_low: state.baud_divisor_low,
             baud_divisor_high: state.baud_divisor_high,
@@ -102,11 +118,19 @@ mod tests {
         let bytes = postcard::to_allocvec(&state).unwrap();
         let back: SerialDeviceState = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, state);
-        let restored = SerialDevice::restore(&back, evt, Box::new(std::io::sink())).unwrap();
+        let args = SerialArgs {
+            irq: evt,
+            out: Box::new(std::io::sink()),
+        };
+        let restored = SerialDevice::restore(args, &back).unwrap();
         assert_eq!(restored.save(), state);
         let mut bad = state;
         bad.in_buffer = vec![0; 1000];
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        assert!(SerialDevice::restore(&bad, evt, Box::new(std::io::sink())).is_err());
+        let args = SerialArgs {
+            irq: evt,
+            out: Box::new(std::io::sink()),
+        };
+        assert!(SerialDevice::restore(args, &bad).is_err());
     }
 }

@@ -21,7 +21,7 @@ use crate::devices::bus::BusDevice;
 use crate::vstate::exit::ExitReason;
 
 mod persist;
-pub use persist::MmioTransportState;
+pub use persist::{MmioTransportArgs, MmioTransportState};
 
 const MAGIC_VALUE: u64 = 0x000;
 const VERSION: u64 = 0x004;

@@ -172,11 +172,23 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self, _events: EventSet) -> Result<(), VirtioError> {
         Ok(())
     }
-    /// The device's snapshot state; `None` if it cannot be snapshotted.
-    fn save_state(&self) -> Option<persist::VirtioDeviceState> {
-        None
+    /// The device's snapshot state (a device that can be snapshotted
+    /// returns [`persist::VirtioPersist::save_device`]).
+    fn save_state(&self) -> Result<persist::SavedDevice, persist::DeviceStateError> {
+        Err(persist::DeviceStateError::Unsupported(self.device_type()))
     }
 }
+
+/// Every virtio device type a snapshot can hold, with how to restore it.
+/// A new device implements [`persist::VirtioPersist`] and joins this list.
+pub(crate) const RESTORERS: &[(u32, persist::RestoreFn)] = &[
+    (
+        device_type::CONSOLE,
+        persist::restore_device::<console::Console>,
+    ),
+    (device_type::BLOCK, persist::restore_device::<block::Block>),
+    (device_type::RNG, persist::restore_device::<rng::Rng>),
+];
 
 /// Pops the next available descriptor chain of `queue`.
 pub(crate) fn pop_chain<'m>(

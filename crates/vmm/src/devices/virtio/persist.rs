@@ -1,6 +1,14 @@
-//! Snapshot state shared by the virtio devices: [`VirtqueueState`],
-//! [`VirtioDeviceState`] and what a device needs to come back.
+//! Snapshot state shared by the virtio devices: [`VirtqueueState`], the
+//! type-erased [`SavedDevice`] a snapshot carries for each device, and what
+//! a device needs to come back ([`RestoreContext`], [`HostBackends`]).
+//!
+//! Each device implements [`Persist`] in its own `persist.rs` and
+//! [`VirtioPersist`] to say which host resources it takes on restore;
+//! [`super::RESTORERS`] lists the device types a snapshot may hold.
 
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -8,10 +16,9 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 
-use super::block::{BlockError, BlockState};
-use super::console::ConsoleState;
-use super::rng::RngState;
-use super::IrqTrigger;
+use super::block::BlockError;
+use super::{IrqTrigger, VirtioDevice};
+use crate::snapshot::persist::Persist;
 
 /// Errors bringing a device back from its state.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,28 @@ pub enum DeviceStateError {
     /// The console stream could not be set up.
     #[error("cannot set up the console stream")]
     Stream(#[source] std::io::Error),
+    /// The saved bytes are not a state of this device type.
+    #[error("saved state of virtio device type {device_type} cannot be decoded")]
+    Decode {
+        /// The device type.
+        device_type: u32,
+        /// Why.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The state could not be encoded.
+    #[error("state of virtio device type {device_type} cannot be encoded")]
+    Encode {
+        /// The device type.
+        device_type: u32,
+        /// Why.
+        #[source]
+        source: postcard::Error,
+    },
+    /// This VMM has no device of the saved type, or the device cannot be
+    /// snapshotted.
+    #[error("virtio device type {0} does not support snapshots")]
+    Unsupported(u32),
 }
 
 /// A split virtqueue: configuration and ring positions.
@@ -98,15 +127,89 @@ impl VirtqueueState {
 }
 
 /// The device half of a virtio device's state (the transport half is
-/// [`super::mmio::MmioTransportState`]).
+/// [`super::mmio::MmioTransportState`]): the device's own [`Persist::State`],
+/// encoded by the device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum VirtioDeviceState {
-    /// virtio-console.
-    Console(ConsoleState),
-    /// virtio-blk.
-    Block(BlockState),
-    /// virtio-rng.
-    Rng(RngState),
+pub struct SavedDevice {
+    /// Virtio device type ([`super::device_type`]).
+    pub device_type: u32,
+    /// The device's state (postcard).
+    pub state: Vec<u8>,
+}
+
+/// Host resources that restored devices reconnect to, handed out in
+/// device order by [`VirtioPersist::constructor_args`].
+#[derive(Debug, Default)]
+pub struct HostBackends {
+    /// The new stream of the (first) virtio-console, if any.
+    pub console: Option<UnixStream>,
+    /// Disk images replacing the saved paths, one per disk in order; when
+    /// empty, disks reopen their saved paths.
+    pub disks: VecDeque<PathBuf>,
+}
+
+/// A virtio device a snapshot can bring back.
+pub trait VirtioPersist:
+    VirtioDevice + Persist<Error = DeviceStateError> + Sized + 'static
+{
+    /// Its virtio device type.
+    const DEVICE_TYPE: u32;
+
+    /// Its constructor arguments, taking what it needs from `backends`;
+    /// `ctx` is `Some` for a device the driver had activated.
+    fn constructor_args(
+        backends: &mut HostBackends,
+        ctx: Option<RestoreContext>,
+    ) -> Self::ConstructorArgs;
+
+    /// Its state, encoded for a [`SavedDevice`].
+    fn save_device(&self) -> Result<SavedDevice, DeviceStateError> {
+        let state =
+            postcard::to_allocvec(&self.save()).map_err(|source| DeviceStateError::Encode {
+                device_type: Self::DEVICE_TYPE,
+                source,
+            })?;
+        Ok(SavedDevice {
+            device_type: Self::DEVICE_TYPE,
+            state,
+        })
+    }
+}
+
+/// Brings one kind of device back from its saved bytes.
+pub(crate) type RestoreFn = fn(
+    &[u8],
+    &mut HostBackends,
+    Option<RestoreContext>,
+) -> Result<Box<dyn VirtioDevice>, DeviceStateError>;
+
+/// [`RestoreFn`] of device type `D`.
+pub(crate) fn restore_device<D: VirtioPersist>(
+    bytes: &[u8],
+    backends: &mut HostBackends,
+    ctx: Option<RestoreContext>,
+) -> Result<Box<dyn VirtioDevice>, DeviceStateError> {
+    let state: D::State =
+        postcard::from_bytes(bytes).map_err(|source| DeviceStateError::Decode {
+            device_type: D::DEVICE_TYPE,
+            source,
+        })?;
+    let args = D::constructor_args(backends, ctx);
+    Ok(Box::new(D::restore(args, &state)?))
+}
+
+/// The device `saved` describes, restored through [`super::RESTORERS`].
+pub(crate) fn restore_saved(
+    saved: &SavedDevice,
+    backends: &mut HostBackends,
+    ctx: Option<RestoreContext>,
+) -> Result<Box<dyn VirtioDevice>, DeviceStateError> {
+    let restore = super::RESTORERS
+        .iter()
+        .find(|(t, _)| *t == saved.device_type)
+        .map(|(_, f)| *f)
+        .ok_or(DeviceStateError::Unsupported(saved.device_type))?;
+    restore(&saved.state, backends, ctx)
 }
 
 /// What an active device gets back on restore (the restored counterpart
@@ -162,6 +265,42 @@ mod tests {
         assert!(matches!(
             bad.restore(7),
             Err(DeviceStateError::InvalidQueue(7))
+        ));
+    }
+
+    #[test]
+    fn saved_devices_restore_through_their_own_code() {
+        use crate::devices::virtio::rng::Rng;
+        use crate::devices::virtio::{device_type, VirtioDevice};
+
+        let saved = Rng::new().save_state().unwrap();
+        assert_eq!(saved.device_type, device_type::RNG);
+        let bytes = postcard::to_allocvec(&saved).unwrap();
+        let back: SavedDevice = postcard::from_bytes(&bytes).unwrap();
+        let mut backends = HostBackends::default();
+        let dev = restore_saved(&back, &mut backends, None).unwrap();
+        assert_eq!(dev.device_type(), device_type::RNG);
+        assert_eq!(dev.save_state().unwrap(), saved);
+
+        let unknown = SavedDevice {
+            device_type: 99,
+            state: back.state.clone(),
+        };
+        assert!(matches!(
+            restore_saved(&unknown, &mut backends, None),
+            Err(DeviceStateError::Unsupported(99))
+        ));
+        // A block state that ends early.
+        let garbage = SavedDevice {
+            device_type: device_type::BLOCK,
+            state: vec![0xff],
+        };
+        assert!(matches!(
+            restore_saved(&garbage, &mut backends, None),
+            Err(DeviceStateError::Decode {
+                device_type: device_type::BLOCK,
+                ..
+            })
         ));
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_handler::{BlockQueueHandler, Disk, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES};
-use crate::devices::virtio::persist::VirtioDeviceState;
+use crate::devices::virtio::persist::{DeviceStateError, SavedDevice, VirtioPersist};
 use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -152,8 +152,8 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn save_state(&self) -> Option<VirtioDeviceState> {
-        Some(VirtioDeviceState::Block(self.save()))
+    fn save_state(&self) -> Result<SavedDevice, DeviceStateError> {
+        self.save_device()
     }
 }
 

@@ -4,5 +4,5 @@ mod persist;
 mod queue_handler;
 
 pub use device::{Block, BlockError};
-pub use persist::BlockState;
+pub use persist::{BlockArgs, BlockState};
 pub use queue_handler::{BlockQueueHandler, Disk, SECTOR_SIZE};

@@ -1,13 +1,17 @@
 //! Snapshot state of virtio-blk ([`BlockState`]). The image file is
 //! reopened on restore, from its saved path or one the caller gives.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::device::{Block, State};
 use super::queue_handler::BlockQueueHandler;
-use crate::devices::virtio::persist::{DeviceStateError, RestoreContext, VirtqueueState};
+use crate::devices::virtio::device_type;
+use crate::devices::virtio::persist::{
+    DeviceStateError, HostBackends, RestoreContext, VirtioPersist, VirtqueueState,
+};
+use crate::snapshot::persist::Persist;
 
 /// virtio-blk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,9 +28,21 @@ pub struct BlockState {
     pub queue: Option<VirtqueueState>,
 }
 
-impl Block {
-    /// The device's state.
-    pub fn save(&self) -> BlockState {
+/// What a disk needs besides its state.
+#[derive(Debug)]
+pub struct BlockArgs {
+    /// The image to open instead of the saved path (same size).
+    pub path: Option<PathBuf>,
+    /// Guest memory and interrupt, for an active device.
+    pub ctx: Option<RestoreContext>,
+}
+
+impl Persist for Block {
+    type State = BlockState;
+    type ConstructorArgs = BlockArgs;
+    type Error = DeviceStateError;
+
+    fn save(&self) -> BlockState {
         let (id, read_only, queue) = match &self.state {
             State::Idle(d) => (d.id.to_vec(), d.read_only, None),
             State::Active(_, h) => (
@@ -45,15 +61,11 @@ impl Block {
         }
     }
 
-    /// A device in `state`, its image reopened from `path` (the saved path
-    /// if `None`); `ctx` is required for an active one. The image must
-    /// still have the saved size.
-    pub fn restore(
-        state: &BlockState,
-        path: Option<&Path>,
-        ctx: Option<RestoreContext>,
-    ) -> Result<Self, DeviceStateError> {
-        let path = path.unwrap_or(&state.path);
+    /// A device in `state`, its image reopened from `args.path` (the saved
+    /// path if `None`); `args.ctx` is required for an active one. The image
+    /// must still have the saved size.
+    fn restore(args: BlockArgs, state: &BlockState) -> Result<Self, DeviceStateError> {
+        let path = args.path.as_deref().unwrap_or(&state.path);
         let id = String::from_utf8_lossy(&state.id);
         let mut block = Block::open(path, state.read_only, id.trim_end_matches('\0'))?;
         if block.sectors != state.sectors {
@@ -63,7 +75,7 @@ impl Block {
                 found: block.sectors,
             });
         }
-        if let (Some(q), Some(ctx)) = (state.queue, ctx) {
+        if let (Some(q), Some(ctx)) = (state.queue, args.ctx) {
             let queue = q.restore(0)?;
             if let State::Idle(disk) = std::mem::replace(&mut block.state, State::Moving) {
                 block.state = State::Active(
@@ -77,6 +89,17 @@ impl Block {
             }
         }
         Ok(block)
+    }
+}
+
+impl VirtioPersist for Block {
+    const DEVICE_TYPE: u32 = device_type::BLOCK;
+
+    fn constructor_args(backends: &mut HostBackends, ctx: Option<RestoreContext>) -> BlockArgs {
+        BlockArgs {
+            path: backends.disks.pop_front(),
+            ctx,
+        }
     }
 }
 
@@ -96,7 +119,15 @@ mod tests {
         let idle = Block::open(f.path(), false, "disk-a").unwrap().save();
         assert_eq!(idle.sectors, 8);
         assert_eq!(&idle.id[..6], b"disk-a");
-        let back = Block::restore(&idle, None, None).unwrap().save();
+        let back = Block::restore(
+            BlockArgs {
+                path: None,
+                ctx: None,
+            },
+            &idle,
+        )
+        .unwrap()
+        .save();
         assert_eq!(back, idle);
 
         let mut q = Queue::new(256).unwrap();
@@ -113,14 +144,27 @@ mod tests {
                 vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             )),
         };
-        let b = Block::restore(&decoded, None, Some(ctx)).unwrap();
+        let b = Block::restore(
+            BlockArgs {
+                path: None,
+                ctx: Some(ctx),
+            },
+            &decoded,
+        )
+        .unwrap();
         assert_eq!(b.save(), active);
 
         // Another image of the same size can stand in; a resized one not.
         let g = tempfile::NamedTempFile::new().unwrap();
         g.as_file().set_len(16 * 512).unwrap();
         assert!(matches!(
-            Block::restore(&idle, Some(g.path()), None),
+            Block::restore(
+                BlockArgs {
+                    path: Some(g.path().to_path_buf()),
+                    ctx: None,
+                },
+                &idle
+            ),
             Err(DeviceStateError::DiskSize {
                 expected: 8,
                 found: 16,

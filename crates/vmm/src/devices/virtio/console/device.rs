@@ -10,7 +10,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
 use super::queue_handler::{ConsoleQueueHandler, RX, TX};
-use crate::devices::virtio::persist::VirtioDeviceState;
+use crate::devices::virtio::persist::{DeviceStateError, SavedDevice, VirtioPersist};
 use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
@@ -177,8 +177,8 @@ impl VirtioDevice for Console {
         Ok(())
     }
 
-    fn save_state(&self) -> Option<VirtioDeviceState> {
-        Some(VirtioDeviceState::Console(self.save()))
+    fn save_state(&self) -> Result<SavedDevice, DeviceStateError> {
+        self.save_device()
     }
 }
 

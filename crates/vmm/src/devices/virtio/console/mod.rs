@@ -5,5 +5,5 @@ mod persist;
 mod queue_handler;
 
 pub use device::Console;
-pub use persist::ConsoleState;
+pub use persist::{ConsoleArgs, ConsoleState};
 pub use queue_handler::{ConsoleQueueHandler, INPUT_CAPACITY, OUTPUT_CAPACITY};

@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::device::Console;
 use super::queue_handler::ConsoleQueueHandler;
-use crate::devices::virtio::persist::{DeviceStateError, RestoreContext, VirtqueueState};
+use crate::devices::virtio::device_type;
+use crate::devices::virtio::persist::{
+    DeviceStateError, HostBackends, RestoreContext, VirtioPersist, VirtqueueState,
+};
+use crate::snapshot::persist::Persist;
 
 /// virtio-console.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,9 +34,21 @@ pub struct ConsoleState {
     pub dropped: u64,
 }
 
-impl Console {
-    /// The device's state.
-    pub fn save(&self) -> ConsoleState {
+/// What a console needs besides its state.
+#[derive(Debug)]
+pub struct ConsoleArgs {
+    /// Its new stream (`None`: output discarded, no input).
+    pub stream: Option<UnixStream>,
+    /// Guest memory and interrupt, for an active device.
+    pub ctx: Option<RestoreContext>,
+}
+
+impl Persist for Console {
+    type State = ConsoleState;
+    type ConstructorArgs = ConsoleArgs;
+    type Error = DeviceStateError;
+
+    fn save(&self) -> ConsoleState {
         match &self.active {
             Some((_, h)) => ConsoleState {
                 active: true,
@@ -53,15 +69,11 @@ impl Console {
         }
     }
 
-    /// A console in `state` on a new `stream`; `ctx` is required for an
+    /// A console in `state` on a new stream; `ctx` is required for an
     /// active one.
-    pub fn restore(
-        state: &ConsoleState,
-        stream: Option<UnixStream>,
-        ctx: Option<RestoreContext>,
-    ) -> Result<Self, DeviceStateError> {
-        let mut console = Console::new(stream).map_err(DeviceStateError::Stream)?;
-        if let (true, Some(ctx)) = (state.active, ctx) {
+    fn restore(args: ConsoleArgs, state: &ConsoleState) -> Result<Self, DeviceStateError> {
+        let mut console = Console::new(args.stream).map_err(DeviceStateError::Stream)?;
+        if let (true, Some(ctx)) = (state.active, args.ctx) {
             let rx = state.rx.map(|q| q.restore(0)).transpose()?;
             let tx = state.tx.map(|q| q.restore(1)).transpose()?;
             let mut h = ConsoleQueueHandler::new(rx, tx, ctx.interrupt);
@@ -71,6 +83,17 @@ impl Console {
             console.active = Some((ctx.mem, h));
         }
         Ok(console)
+    }
+}
+
+impl VirtioPersist for Console {
+    const DEVICE_TYPE: u32 = device_type::CONSOLE;
+
+    fn constructor_args(backends: &mut HostBackends, ctx: Option<RestoreContext>) -> ConsoleArgs {
+        ConsoleArgs {
+            stream: backends.console.take(),
+            ctx,
+        }
     }
 }
 
@@ -86,7 +109,18 @@ mod tests {
     #[test]
     fn console_state_round_trips() {
         let idle = Console::new(None).unwrap().save();
-        assert_eq!(Console::restore(&idle, None, None).unwrap().save(), idle);
+        assert_eq!(
+            Console::restore(
+                ConsoleArgs {
+                    stream: None,
+                    ctx: None
+                },
+                &idle
+            )
+            .unwrap()
+            .save(),
+            idle
+        );
 
         let mut q = Queue::new(256).unwrap();
         q.set_size(16);
@@ -110,7 +144,14 @@ mod tests {
             )),
         };
         let (_host, guest) = UnixStream::pair().unwrap();
-        let c = Console::restore(&back, Some(guest), Some(ctx)).unwrap();
+        let c = Console::restore(
+            ConsoleArgs {
+                stream: Some(guest),
+                ctx: Some(ctx),
+            },
+            &back,
+        )
+        .unwrap();
         assert_eq!(c.save(), state);
     }
 }

@@ -1,7 +1,7 @@
 //! Snapshot state of the virtio-mmio transport: registers, negotiated
 //! features, status, interrupt status and the queues as the driver
 //! configured them (the live ring positions of an active device are in
-//! its [`VirtioDeviceState`](crate::devices::virtio::persist::VirtioDeviceState)).
+//! the device's own state).
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::MmioTransport;
 use crate::devices::virtio::persist::{DeviceStateError, VirtqueueState};
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::snapshot::persist::Persist;
 
 /// Registers of one virtio-mmio transport.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,9 +37,42 @@ pub struct MmioTransportState {
     pub queues: Vec<VirtqueueState>,
 }
 
+/// What a transport needs besides its state (as [`MmioTransport::new`]).
+pub struct MmioTransportArgs {
+    /// The device, already in its own restored state (active or not, as
+    /// the transport state says).
+    pub device: Box<dyn VirtioDevice>,
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The device's interrupt.
+    pub interrupt: Arc<IrqTrigger>,
+    /// Queue notification eventfds.
+    pub notify: Vec<EventFd>,
+    /// Written when the device starts.
+    pub activated: Option<EventFd>,
+}
+
+impl std::fmt::Debug for MmioTransportArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransportArgs")
+            .field("device_type", &self.device.device_type())
+            .finish()
+    }
+}
+
 impl MmioTransport {
-    /// The transport's state.
-    pub fn save_state(&self) -> MmioTransportState {
+    /// The device behind the transport.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+}
+
+impl Persist for MmioTransport {
+    type State = MmioTransportState;
+    type ConstructorArgs = MmioTransportArgs;
+    type Error = DeviceStateError;
+
+    fn save(&self) -> MmioTransportState {
         MmioTransportState {
             device_type: self.device.device_type(),
             device_features_sel: self.device_features_sel,
@@ -52,23 +86,20 @@ impl MmioTransport {
         }
     }
 
-    /// The device behind the transport.
-    pub fn device(&self) -> &dyn VirtioDevice {
-        self.device.as_ref()
-    }
-
-    /// A transport in `state` around `device`, which must already be in
-    /// its own restored state (active or not, as `state.active` says).
-    /// The interrupt line is not raised here: call
-    /// [`IrqTrigger::retrigger_pending`] once the VM can take it.
-    pub fn restore(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<IrqTrigger>,
-        notify: Vec<EventFd>,
-        activated: Option<EventFd>,
+    /// A transport in `state` around `args.device`. The interrupt line is
+    /// not raised here: call [`IrqTrigger::retrigger_pending`] once the VM
+    /// can take it.
+    fn restore(
+        args: MmioTransportArgs,
         state: &MmioTransportState,
     ) -> Result<Self, DeviceStateError> {
+        let MmioTransportArgs {
+            device,
+            mem,
+            interrupt,
+            notify,
+            activated,
+        } = args;
         if state.device_type != device.device_type()
             || state.queues.len() != device.queue_max_sizes().len()
         {
@@ -104,7 +135,7 @@ mod tests {
         bring_up(&mut t);
         assert!(t.is_active());
         t.interrupt.trigger(1);
-        let s = t.save_state();
+        let s = t.save();
         let bytes = postcard::to_allocvec(&s).unwrap();
         let back: MmioTransportState = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, s);
@@ -116,8 +147,15 @@ mod tests {
             ..
         } = fresh;
         let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let r = MmioTransport::restore(device, mem, irq, notify, None, &back).unwrap();
-        assert_eq!(r.save_state(), s);
+        let args = MmioTransportArgs {
+            device,
+            mem,
+            interrupt: irq,
+            notify,
+            activated: None,
+        };
+        let r = MmioTransport::restore(args, &back).unwrap();
+        assert_eq!(r.save(), s);
         assert!(r.is_active());
         assert_eq!(r.status(), s.status);
 
@@ -126,7 +164,16 @@ mod tests {
         let (fresh, _, _) = transport(false);
         let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         assert!(matches!(
-            MmioTransport::restore(fresh.device, fresh.mem, irq, vec![], None, &wrong),
+            MmioTransport::restore(
+                MmioTransportArgs {
+                    device: fresh.device,
+                    mem: fresh.mem,
+                    interrupt: irq,
+                    notify: vec![],
+                    activated: None,
+                },
+                &wrong
+            ),
             Err(DeviceStateError::WrongDevice)
         ));
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_handler::RngQueueHandler;
-use crate::devices::virtio::persist::VirtioDeviceState;
+use crate::devices::virtio::persist::{DeviceStateError, SavedDevice, VirtioPersist};
 use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 const QUEUE_SIZES: [u16; 1] = [256];
@@ -68,7 +68,7 @@ impl VirtioDevice for Rng {
         }
     }
 
-    fn save_state(&self) -> Option<VirtioDeviceState> {
-        Some(VirtioDeviceState::Rng(self.save()))
+    fn save_state(&self) -> Result<SavedDevice, DeviceStateError> {
+        self.save_device()
     }
 }

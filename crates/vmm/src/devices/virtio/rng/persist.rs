@@ -4,7 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use super::device::Rng;
 use super::queue_handler::RngQueueHandler;
-use crate::devices::virtio::persist::{DeviceStateError, RestoreContext, VirtqueueState};
+use crate::devices::virtio::device_type;
+use crate::devices::virtio::persist::{
+    DeviceStateError, HostBackends, RestoreContext, VirtioPersist, VirtqueueState,
+};
+use crate::snapshot::persist::Persist;
 
 /// virtio-rng: only its request queue, if active.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,9 +17,13 @@ pub struct RngState {
     pub queue: Option<VirtqueueState>,
 }
 
-impl Rng {
-    /// The device's state.
-    pub fn save(&self) -> RngState {
+impl Persist for Rng {
+    type State = RngState;
+    /// Guest memory and interrupt, for an active device.
+    type ConstructorArgs = Option<RestoreContext>;
+    type Error = DeviceStateError;
+
+    fn save(&self) -> RngState {
         RngState {
             queue: self
                 .active
@@ -25,10 +33,7 @@ impl Rng {
     }
 
     /// A device in `state`; `ctx` is required for an active one.
-    pub fn restore(
-        state: &RngState,
-        ctx: Option<RestoreContext>,
-    ) -> Result<Self, DeviceStateError> {
+    fn restore(ctx: Option<RestoreContext>, state: &RngState) -> Result<Self, DeviceStateError> {
         let mut rng = Rng::new();
         if let (Some(q), Some(ctx)) = (state.queue, ctx) {
             let handler = RngQueueHandler {
@@ -38,6 +43,17 @@ impl Rng {
             rng.active = Some((ctx.mem, handler));
         }
         Ok(rng)
+    }
+}
+
+impl VirtioPersist for Rng {
+    const DEVICE_TYPE: u32 = device_type::RNG;
+
+    fn constructor_args(
+        _backends: &mut HostBackends,
+        ctx: Option<RestoreContext>,
+    ) -> Option<RestoreContext> {
+        ctx
     }
 }
 
@@ -53,7 +69,7 @@ mod tests {
     #[test]
     fn rng_state_round_trips() {
         let idle = Rng::new().save();
-        assert_eq!(Rng::restore(&idle, None).unwrap().save(), idle);
+        assert_eq!(Rng::restore(None, &idle).unwrap().save(), idle);
 
         let mut q = Queue::new(256).unwrap();
         q.set_size(16);
@@ -70,7 +86,7 @@ mod tests {
                 vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             )),
         };
-        let rng = Rng::restore(&back, Some(ctx)).unwrap();
+        let rng = Rng::restore(Some(ctx), &back).unwrap();
         assert_eq!(rng.save(), state);
     }
 }

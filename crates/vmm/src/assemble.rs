@@ -1,0 +1,442 @@
+//! Assembling a VM from its parts: the one place where a boot
+//! ([`crate::builder`]) and a restore ([`crate::snapshot`]) meet. Both
+//! describe the machine as [`MachineParts`] (fresh or saved), and
+//! [`assemble`] turns them into a running [`KvmVm`] in this order:
+//!
+//! 1. the KVM VM: memory slots first, then irqchip and PIT (each slot
+//!    registered after them would wait for an SRCU grace period);
+//! 2. saved PIT, clock and irqchip state, if any;
+//! 3. COM1 (fresh or restored) on the caller's sink, the i8042 and the
+//!    ACPI power ports on the port bus;
+//! 4. virtio transports on the MMIO bus, each with an irqfd and one
+//!    ioeventfd per queue; saved devices are restored by their own
+//!    [`Persist`](crate::snapshot::persist::Persist) code, reconnected to
+//!    the caller's [`HostBackends`];
+//! 5. vCPUs: configured for the boot entry, or restored from their state;
+//! 6. the `nook-vmm` event loop, then the `nook-vcpu{N}` threads;
+//! 7. for a restore: re-raise pending virtio interrupts and re-run every
+//!    active queue (a notification or an interrupt in flight at snapshot
+//!    time is not part of any state).
+//!
+//! Any failure after threads exist goes through [`KvmVm`]'s drop, which stops
+//! and joins them.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::boot::BootSetup;
+use crate::arch::x86_64::layout::{
+    COM1_IRQ, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, SLEEP_CONTROL_PORT, VIRTIO_IRQS,
+    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+};
+use crate::arch::x86_64::regs::EntryMode;
+use crate::config::SerialSink;
+use crate::devices::bus::Bus;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::persist::{SerialArgs, SerialDeviceState};
+use crate::devices::legacy::power::AcpiPower;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::virtio::mmio::{MmioTransport, MmioTransportArgs, QUEUE_NOTIFY};
+use crate::devices::virtio::persist::{restore_saved, HostBackends, RestoreContext};
+use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::error::VmmError;
+use crate::event_loop::EventLoop;
+use crate::machine::KvmVm;
+use crate::snapshot::persist::Persist;
+use crate::snapshot::state::VirtioSlotState;
+use crate::snapshot::{KvmSnapshotError, SnapshotHandles};
+use crate::vstate::exit::{ExitState, Outcome};
+use crate::vstate::pause::PauseControl;
+use crate::vstate::vcpu::{create_vcpu, Vcpu, VcpuError};
+use crate::vstate::vcpu_state::VcpuState;
+use crate::vstate::vm::{create_vm, supported_cpuid, VmFds};
+use crate::vstate::vm_state::VmState;
+
+/// COM1: a new UART, or one in saved state.
+pub(crate) enum SerialPart {
+    Fresh,
+    Saved(SerialDeviceState),
+}
+
+/// A virtio device: a new one, or a transport and device in saved state.
+pub(crate) enum DevicePart {
+    Fresh(Box<dyn VirtioDevice>),
+    Saved(VirtioSlotState),
+}
+
+/// The vCPUs: new ones entering the guest at its entry point (only vCPU 0;
+/// the others wait for INIT/SIPI), or vCPUs in saved state.
+pub(crate) enum VcpuPart {
+    Boot {
+        count: u8,
+        mode: EntryMode,
+        entry: u64,
+    },
+    Saved(Vec<VcpuState>),
+}
+
+/// Everything [`assemble`] builds a VM from.
+pub(crate) struct MachineParts {
+    /// `/dev/kvm`, if the caller opened it already.
+    pub kvm: Option<Kvm>,
+    /// Guest memory, loaded or mapped from a snapshot.
+    pub mem: GuestMemoryMmap,
+    /// Saved irqchip, PIT and clock.
+    pub vm_state: Option<VmState>,
+    pub serial: SerialPart,
+    /// Where COM1 output goes.
+    pub serial_sink: SerialSink,
+    /// Virtio devices in bus order.
+    pub devices: Vec<DevicePart>,
+    /// Host resources saved devices reconnect to.
+    pub backends: HostBackends,
+    pub vcpus: VcpuPart,
+    /// How the guest was booted (reported by [`KvmVm::boot_setup`]).
+    pub boot: BootSetup,
+    /// The kernel command line (reported by [`KvmVm::cmdline`]).
+    pub cmdline: String,
+}
+
+/// Durations of the steps of a boot or restore, for [`KvmVm::start_phases`].
+#[derive(Debug)]
+pub(crate) struct PhaseTimer {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseTimer {
+    pub(crate) fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name`, which began at the previous mark.
+    pub(crate) fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+pub(crate) fn new_eventfd(what: &str) -> Result<EventFd, VmmError> {
+    EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| VmmError::Device {
+        what: format!("{what} eventfd"),
+        source,
+    })
+}
+
+pub(crate) fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd, VmmError> {
+    evt.try_clone().map_err(|source| VmmError::Device {
+        what: format!("{what} eventfd"),
+        source,
+    })
+}
+
+pub(crate) fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
+    let evt = new_eventfd(what)?;
+    vm.register_irqfd(&evt, gsi).map_err(|e| VmmError::Device {
+        what: format!("{what} irqfd (line {gsi})"),
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+    Ok(evt)
+}
+
+/// Builds and starts the VM `parts` describe (see the module docs for the
+/// order); `timer` already holds the caller's own steps.
+pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<KvmVm, VmmError> {
+    let MachineParts {
+        kvm,
+        mem,
+        vm_state,
+        serial,
+        serial_sink,
+        devices,
+        mut backends,
+        vcpus,
+        boot,
+        cmdline,
+    } = parts;
+    let kvm_vm = create_vm(kvm, &mem)?;
+    timer.mark("kvm vm");
+    let vm_fd = &kvm_vm.fd;
+    if let Some(state) = &vm_state {
+        state.restore(vm_fd).map_err(KvmSnapshotError::from)?;
+        timer.mark("vm state");
+    }
+
+    let irq = irqfd(vm_fd, COM1_IRQ, "serial")?;
+    let out = open_serial_sink(serial_sink)?;
+    let com1 = match serial {
+        SerialPart::Fresh => SerialDevice::new(irq, out),
+        SerialPart::Saved(state) => SerialDevice::restore(SerialArgs { irq, out }, &state)
+            .map_err(KvmSnapshotError::from)?,
+    };
+    let com1 = Arc::new(Mutex::new(com1));
+    let pio = port_io_bus(&com1)?;
+    let virtio = wire_virtio(vm_fd, &mem, devices, &mut backends)?;
+    timer.mark("devices");
+
+    let vcpu_fds = create_vcpus(&kvm_vm, vcpus)?;
+    let vcpu_count = vcpu_fds.len() as u8;
+    timer.mark("vcpus");
+
+    let exit = Arc::new(ExitState::new());
+    let pause = Arc::new(PauseControl::default());
+    let event_stop = new_eventfd("event loop stop")?;
+    let event_loop = EventLoop::new(
+        clone_eventfd(&event_stop, "event loop stop")?,
+        clone_eventfd(&virtio.activated, "device activation")?,
+        virtio.transports.clone(),
+        virtio.queue_evts,
+    )
+    .map_err(|source| VmmError::Device {
+        what: "event loop epoll".into(),
+        source,
+    })?;
+    let mut vm = KvmVm {
+        exit: exit.clone(),
+        vcpu_threads: Vec::new(),
+        event_thread: None,
+        event_stop,
+        kvm_vm: None,
+        mem,
+        boot,
+        cmdline,
+        phases: Vec::new(),
+        snap: SnapshotHandles {
+            pause: pause.clone(),
+            serial: com1,
+            transports: virtio.transports,
+            vcpus: vcpu_count,
+        },
+    };
+    start_threads(
+        &mut vm,
+        event_loop,
+        vcpu_fds,
+        pio,
+        virtio.mmio,
+        &exit,
+        &pause,
+    )?;
+    if virtio.restored {
+        // Backends of active devices, queued work, pending interrupts.
+        let _ = virtio.activated.write(1);
+        for k in &virtio.kicks {
+            let _ = k.write(1);
+        }
+        for irq in &virtio.irqs {
+            irq.retrigger_pending();
+        }
+    }
+    vm.kvm_vm = Some(kvm_vm);
+    timer.mark("threads");
+    vm.phases = timer.phases;
+    Ok(vm)
+}
+
+/// The virtio devices on the MMIO bus, wired to KVM.
+struct Virtio {
+    mmio: Bus,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// (transport index, queue index, notify eventfd), for the event loop.
+    queue_evts: Vec<(usize, u16, EventFd)>,
+    /// Written when a device starts (the event loop then watches its backend).
+    activated: EventFd,
+    /// Some device was restored.
+    restored: bool,
+    /// Queue notifiers of restored active devices, to re-run their queues.
+    kicks: Vec<EventFd>,
+    /// Interrupts of restored devices, to re-raise pending ones.
+    irqs: Vec<Arc<IrqTrigger>>,
+}
+
+/// Puts every device in its slot: `VIRTIO_MMIO_BASE + 0x1000 * i`,
+/// interrupt line `VIRTIO_IRQS[i]`, one ioeventfd per queue.
+fn wire_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    devices: Vec<DevicePart>,
+    backends: &mut HostBackends,
+) -> Result<Virtio, VmmError> {
+    let mut v = Virtio {
+        mmio: Bus::default(),
+        transports: Vec::new(),
+        queue_evts: Vec::new(),
+        activated: new_eventfd("device activation")?,
+        restored: false,
+        kicks: Vec::new(),
+        irqs: Vec::new(),
+    };
+    for (i, part) in devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        let name = format!("virtio slot {i}");
+        let irq = Arc::new(IrqTrigger::new(irqfd(vm, VIRTIO_IRQS[i], &name)?));
+        let dev_err = |source| KvmSnapshotError::Device { index: i, source };
+        let (device, saved) = match part {
+            DevicePart::Fresh(device) => (device, None),
+            DevicePart::Saved(slot) => {
+                let ctx = slot.transport.active.then(|| RestoreContext {
+                    mem: mem.clone(),
+                    interrupt: irq.clone(),
+                });
+                let device = restore_saved(&slot.device, backends, ctx).map_err(dev_err)?;
+                (device, Some(slot.transport))
+            }
+        };
+        let active = saved.as_ref().is_some_and(|s| s.active);
+        let mut notify = Vec::new();
+        for q in 0..device.queue_max_sizes().len() {
+            let evt = new_eventfd(&name)?;
+            vm.register_ioevent(&evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
+                .map_err(|e| VmmError::Device {
+                    what: format!("{name} queue {q} ioeventfd"),
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+            notify.push(clone_eventfd(&evt, &name)?);
+            if active {
+                v.kicks.push(clone_eventfd(&evt, &name)?);
+            }
+            v.queue_evts.push((i, q as u16, evt));
+        }
+        let activated = Some(clone_eventfd(&v.activated, "device activation")?);
+        let transport = match saved {
+            None => MmioTransport::new(device, mem.clone(), irq.clone(), notify, activated),
+            Some(state) => {
+                v.restored = true;
+                v.irqs.push(irq.clone());
+                let args = MmioTransportArgs {
+                    device,
+                    mem: mem.clone(),
+                    interrupt: irq,
+                    notify,
+                    activated,
+                };
+                MmioTransport::restore(args, &state).map_err(dev_err)?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        v.mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        v.transports.push(transport);
+    }
+    Ok(v)
+}
+
+/// Creates the vCPUs: configured for the boot entry, or in saved state.
+fn create_vcpus(kvm_vm: &VmFds, part: VcpuPart) -> Result<Vec<VcpuFd>, VmmError> {
+    let vm = &kvm_vm.fd;
+    match part {
+        VcpuPart::Boot { count, mode, entry } => {
+            let cpuid = supported_cpuid(&kvm_vm.kvm)?;
+            (0..count)
+                .map(|index| Ok(create_vcpu(vm, &cpuid, index, count, (mode, entry))?))
+                .collect()
+        }
+        VcpuPart::Saved(states) => {
+            let mut fds = Vec::with_capacity(states.len());
+            for (index, s) in states.iter().enumerate() {
+                let vcpu = vm
+                    .create_vcpu(index as u64)
+                    .map_err(|e| VcpuError::Create(index as u8, e))?;
+                let refused = s.restore(&vcpu).map_err(KvmSnapshotError::from)?;
+                if refused > 0 {
+                    tracing::debug!("vmm: restore: vcpu{index}: {refused} msrs refused");
+                }
+                fds.push(vcpu);
+            }
+            Ok(fds)
+        }
+    }
+}
+
+/// Opens where COM1 output goes.
+pub(crate) fn open_serial_sink(
+    serial: SerialSink,
+) -> Result<Box<dyn std::io::Write + Send>, VmmError> {
+    Ok(match serial {
+        SerialSink::Null => Box::new(std::io::sink()),
+        SerialSink::Stdout => Box::new(std::io::stdout()),
+        SerialSink::File(path) => {
+            Box::new(
+                std::fs::File::create(&path).map_err(|source| VmmError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        SerialSink::Writer(w) => w,
+    })
+}
+
+/// The port I/O bus every VM has: COM1, the i8042 (reset only) and the
+/// ACPI sleep/reset ports.
+fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmError> {
+    let mut pio = Bus::default();
+    pio.insert(com1.clone(), u64::from(COM1_PORT), 8)?;
+    let i8042 = Arc::new(Mutex::new(I8042));
+    pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), 1)?;
+    pio.insert(i8042, u64::from(I8042_CMD_PORT), 1)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPower)),
+        u64::from(SLEEP_CONTROL_PORT),
+        3,
+    )?;
+    Ok(pio)
+}
+
+/// Starts the device event loop thread (`nook-vmm`) and one thread per vCPU
+/// (`nook-vcpu{N}`).
+fn start_threads(
+    vm: &mut KvmVm,
+    event_loop: EventLoop,
+    vcpu_fds: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    exit: &Arc<ExitState>,
+    pause: &Arc<PauseControl>,
+) -> Result<(), VmmError> {
+    let loop_exit = exit.clone();
+    vm.event_thread = Some(
+        std::thread::Builder::new()
+            .name("nook-vmm".into())
+            .spawn(move || {
+                if let Err(e) = event_loop.run() {
+                    loop_exit.finish(Outcome::Failed {
+                        what: "device event loop".into(),
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    });
+                }
+            })
+            .map_err(|source| VmmError::Spawn {
+                name: "nook-vmm".into(),
+                source,
+            })?,
+    );
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let vcpu = Vcpu {
+            index: index as u8,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: exit.clone(),
+            pause: pause.clone(),
+        };
+        let name = format!("nook-vcpu{index}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || vcpu.run())
+            .map_err(|source| VmmError::Spawn { name, source })?;
+        exit.register_vcpu_thread(handle.as_pthread_t());
+        vm.vcpu_threads.push(handle);
+    }
+    Ok(())
+}
