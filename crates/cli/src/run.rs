@@ -326,7 +326,7 @@ pub fn run(args: RunArgs) -> i32 {
             }
             Input::Signal(sig) => {
                 if interrupted.is_some() {
-                    break signal_code(sig);
+                    break exit::killed_by(sig);
                 }
                 // Pass the signal to the command; if it is still running
                 // after a grace period, stop the VM anyway.
@@ -340,7 +340,11 @@ pub fn run(args: RunArgs) -> i32 {
                         let _ = tx.send(Input::GraceOver);
                     });
             }
-            Input::GraceOver => break interrupted.map(signal_code).unwrap_or(exit::NOOK_FAILED),
+            Input::GraceOver => {
+                break interrupted
+                    .map(exit::killed_by)
+                    .unwrap_or(exit::NOOK_FAILED)
+            }
         }
     };
     let _ = out.flush();
@@ -356,21 +360,12 @@ pub fn run(args: RunArgs) -> i32 {
     code
 }
 
-fn signal_code(sig: i32) -> i32 {
-    match sig {
-        SIGINT => exit::INTERRUPTED,
-        SIGTERM => exit::TERMINATED,
-        SIGHUP => exit::HANGUP,
-        s => 128 + s,
-    }
-}
-
 /// Exit code for a boot that a signal abandoned.
 fn signal_exit(rx: &std::sync::mpsc::Receiver<Input>) -> i32 {
     while let Ok(input) = rx.try_recv() {
         if let Input::Signal(sig) = input {
             if sig != SIGWINCH {
-                return signal_code(sig);
+                return exit::killed_by(sig);
             }
         }
     }

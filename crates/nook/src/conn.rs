@@ -14,10 +14,10 @@ use nook_proto::{
     CONTROL_STREAM, PROTOCOL_VERSION,
 };
 
-use crate::error::VmError;
+use crate::error::{BootFailure, ChannelLoss, ProtocolViolation, VmError};
 
 /// What an exec stream receives from the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Event {
     Started(u32),
     Stdout(Vec<u8>),
@@ -25,13 +25,13 @@ pub enum Event {
     Exit(Exited),
     Error(ErrorReply),
     /// The channel to the agent broke (the VM died or misbehaved).
-    Lost(String),
+    Lost(ChannelLoss),
 }
 
 #[derive(Debug, Default)]
 struct Routes {
     streams: HashMap<u32, Sender<Event>>,
-    lost: Option<String>,
+    lost: Option<ChannelLoss>,
 }
 
 /// A live, handshaken connection to the agent.
@@ -68,7 +68,7 @@ impl FrameSource {
             match self.dec.next_frame() {
                 Ok(Some(f)) => return Ok(Some(f)),
                 Ok(None) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
             let n = match self.sock.read(&mut self.buf) {
                 Ok(n) => n,
@@ -93,17 +93,19 @@ impl FrameSource {
 #[derive(Debug)]
 pub enum Greeting {
     Hello(GuestHello, FrameSource),
-    /// The machine ended or the deadline passed first; the string says which.
-    Failed(String),
+    /// The machine ended, the boot was cancelled or the deadline passed first.
+    Failed(BootFailure),
 }
 
 /// Reads the agent's hello, polling `alive` between read timeouts so a VM
-/// that dies during boot is noticed at once.
+/// that dies during boot (or a cancelled boot) is noticed at once. `timeout`
+/// is how long to wait in all.
 pub fn await_hello(
     stream: &UnixStream,
-    deadline: Instant,
-    mut alive: impl FnMut() -> Option<String>,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Option<BootFailure>,
 ) -> Result<Greeting, VmError> {
+    let deadline = Instant::now() + timeout;
     let mut source = FrameSource::new(stream.try_clone().map_err(VmError::Channel)?);
     stream
         .set_read_timeout(Some(Duration::from_millis(20)))
@@ -111,11 +113,7 @@ pub fn await_hello(
     let frame = loop {
         match source.next() {
             Ok(Some(f)) => break f,
-            Ok(None) => {
-                return Ok(Greeting::Failed(
-                    "the agent channel closed during boot".into(),
-                ))
-            }
+            Ok(None) => return Ok(Greeting::Failed(BootFailure::ChannelClosed)),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -126,25 +124,26 @@ pub fn await_hello(
                     return Ok(Greeting::Failed(why));
                 }
                 if Instant::now() > deadline {
-                    return Ok(Greeting::Failed(
-                        "the guest agent did not report ready in time".into(),
-                    ));
+                    return Ok(Greeting::Failed(BootFailure::NotReady(timeout)));
                 }
             }
-            Err(e) => return Err(VmError::Protocol(e.to_string())),
+            Err(e) => return Err(VmError::Protocol(ProtocolViolation::Hello(e))),
         }
     };
     stream.set_read_timeout(None).map_err(VmError::Channel)?;
-    match GuestMsg::from_frame(&frame) {
-        Ok(GuestMsg::Hello(h)) if frame.stream == CONTROL_STREAM => Ok(Greeting::Hello(h, source)),
-        Ok(GuestMsg::Error(e)) => Err(VmError::Protocol(format!(
-            "agent refused to start: {}",
-            e.message
-        ))),
-        other => Err(VmError::Protocol(format!(
-            "expected the agent's hello, got {other:?}"
-        ))),
-    }
+    let violation = match GuestMsg::from_frame(&frame) {
+        Ok(GuestMsg::Hello(h)) if frame.stream == CONTROL_STREAM => {
+            return Ok(Greeting::Hello(h, source))
+        }
+        Ok(GuestMsg::Hello(_)) => ProtocolViolation::HelloStream(frame.stream),
+        Ok(GuestMsg::Error(e)) => ProtocolViolation::Refused { message: e.message },
+        Ok(other) => ProtocolViolation::Unexpected {
+            expected: "the agent's hello",
+            got: other.kind(),
+        },
+        Err(e) => ProtocolViolation::Message(e),
+    };
+    Err(VmError::Protocol(violation))
 }
 
 impl Conn {
@@ -244,7 +243,8 @@ impl Conn {
 
     pub fn send_raw(&self, stream: u32, kind: u8, payload: &[u8]) -> Result<(), VmError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_frame(&mut *w, stream, kind, payload).map_err(|e| VmError::ChannelLost(e.to_string()))
+        write_frame(&mut *w, stream, kind, payload)
+            .map_err(|e| VmError::ChannelLost(ChannelLoss::Send(Arc::new(e))))
     }
 }
 
@@ -252,8 +252,8 @@ fn read_loop(mut reader: FrameSource, routes: Arc<Mutex<Routes>>) {
     let why = loop {
         let frame = match reader.next() {
             Ok(Some(f)) => f,
-            Ok(None) => break "the VM closed the agent channel".to_string(),
-            Err(e) => break format!("agent channel failed: {e}"),
+            Ok(None) => break ChannelLoss::Closed,
+            Err(e) => break ChannelLoss::io(e),
         };
         let event = match GuestMsg::from_frame(&frame) {
             Ok(GuestMsg::Started(s)) => Event::Started(s.pid),

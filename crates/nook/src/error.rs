@@ -2,6 +2,12 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nook_proto::{FrameError, Kind, MsgError};
+
+use crate::exit_code;
 
 /// Starting, talking to or stopping a VM failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,14 +34,16 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
-    #[error("the VM failed to boot: {reason}\n--- last lines of the guest console ---\n{console}")]
-    Boot { reason: String, console: String },
+    #[error("the VM failed to boot: {cause}\n--- last lines of the guest console ---\n{console}")]
+    Boot { cause: BootFailure, console: String },
+    #[error("the engine gave no agent channel")]
+    NoAgentChannel,
     #[error("agent channel I/O failed")]
     Channel(#[source] io::Error),
-    #[error("lost the connection to the guest agent: {0}")]
-    ChannelLost(String),
-    #[error("the guest agent broke the protocol: {0}")]
-    Protocol(String),
+    #[error("lost the connection to the guest agent")]
+    ChannelLost(#[source] ChannelLoss),
+    #[error("the guest agent broke the protocol")]
+    Protocol(#[source] ProtocolViolation),
     #[error("snapshot {path} is unusable: {reason}")]
     BadSnapshot { path: PathBuf, reason: String },
     #[error("cannot write snapshot {path}")]
@@ -46,6 +54,68 @@ pub enum VmError {
     },
     #[error("the guest agent speaks protocol {agent}, this nook speaks {host}: rebuild the guest assets with `nook setup`")]
     VersionMismatch { agent: u32, host: u32 },
+}
+
+/// Why a VM did not come up. Messages of nested causes are part of this
+/// one's, because [`VmError::Boot`] shows them before the console tail.
+#[derive(Debug, thiserror::Error)]
+pub enum BootFailure {
+    #[error("the agent channel closed during boot")]
+    ChannelClosed,
+    #[error("the guest agent did not report ready within {0:?}")]
+    NotReady(Duration),
+    #[error("boot cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    MachineEnded(MachineExit),
+}
+
+/// How an engine's machine ended (or why nobody can tell).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MachineExit {
+    #[error("qemu exited ({0})")]
+    Qemu(std::process::ExitStatus),
+    #[error("the VM ended: {0:?}")]
+    Kvm(nook_vmm::ExitReason),
+    #[error("cannot check on qemu: {0}")]
+    QemuFailed(Arc<nook_qemu::QemuError>),
+    #[error("the VMM failed: {0}")]
+    KvmFailed(Arc<nook_vmm::VmmError>),
+}
+
+/// Why the connection to the guest agent broke. Every command running on
+/// the connection learns the same cause, hence `Clone` (and the `Arc`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChannelLoss {
+    #[error("the VM closed the agent channel")]
+    Closed,
+    #[error("agent channel I/O failed")]
+    Io(#[source] Arc<io::Error>),
+    #[error("cannot send a frame to the agent")]
+    Send(#[source] Arc<FrameError>),
+    #[error("the VM is gone")]
+    VmGone,
+}
+
+impl ChannelLoss {
+    pub(crate) fn io(e: io::Error) -> ChannelLoss {
+        ChannelLoss::Io(Arc::new(e))
+    }
+}
+
+/// How the guest agent broke the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolViolation {
+    #[error("the agent refused to start: {message}")]
+    Refused { message: String },
+    #[error("expected {expected}, the agent sent {got:?}")]
+    Unexpected { expected: &'static str, got: Kind },
+    #[error("expected the agent's hello on the control stream, it came on stream {0}")]
+    HelloStream(u32),
+    #[error("cannot decode the agent's message")]
+    Message(#[source] MsgError),
+    #[error("cannot read the agent's hello")]
+    Hello(#[source] io::Error),
 }
 
 /// Running a command in a VM failed (the command itself did not get to
@@ -62,6 +132,8 @@ pub enum ExecError {
     Agent(String),
     #[error("the command did not finish within its timeout and the guest did not stop it")]
     Timeout,
+    #[error("the command already ended")]
+    Finished,
     #[error(transparent)]
     Vm(#[from] VmError),
 }
@@ -70,10 +142,10 @@ impl ExecError {
     /// The exit code a shell would give for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExecError::NotFound(_) => 127,
-            ExecError::NotExecutable(_) => 126,
-            ExecError::Timeout => 124,
-            _ => 125,
+            ExecError::NotFound(_) => exit_code::NOT_FOUND,
+            ExecError::NotExecutable(_) => exit_code::NOT_EXECUTABLE,
+            ExecError::Timeout => exit_code::TIMEOUT,
+            _ => exit_code::NOOK_FAILED,
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use nook_proto::{ErrorCode, ExecRequest, HostMsg, Kind, Winsize, STDIO_CHUNK};
 
 use crate::conn::{Conn, Event};
-use crate::error::{ExecError, VmError};
+use crate::error::{ChannelLoss, ExecError, ProtocolViolation, VmError};
+use crate::exit_code;
 use crate::vm::Vm;
 
 /// How much longer than its own timeout the host waits for the guest to
@@ -35,12 +36,12 @@ impl ExitStatus {
     /// 124 for a timeout (as coreutils' `timeout` does).
     pub fn shell_code(&self) -> i32 {
         if self.timed_out {
-            return 124;
+            return exit_code::TIMEOUT;
         }
         match (self.code, self.signal) {
             (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => 125,
+            (None, Some(s)) => exit_code::killed_by(s),
+            (None, None) => exit_code::NOOK_FAILED,
         }
     }
 }
@@ -179,7 +180,7 @@ impl<'vm> ExecBuilder<'vm> {
         child.conn.send(stream, &HostMsg::Exec(req))?;
         match child.recv()? {
             Event::Started(pid) => child.pid = Some(pid),
-            other => return Err(child.unexpected(other)),
+            other => return Err(child.unexpected(other, "the command's start")),
         }
         let stdin = ChildStdin {
             conn: child.conn.clone(),
@@ -193,10 +194,10 @@ impl<'vm> ExecBuilder<'vm> {
                 let mut stdin = stdin;
                 stdin
                     .write_all(&bytes)
-                    .map_err(|e| VmError::ChannelLost(e.to_string()))?;
+                    .map_err(|e| VmError::ChannelLost(ChannelLoss::io(e)))?;
                 stdin
                     .close()
-                    .map_err(|e| VmError::ChannelLost(e.to_string()))?;
+                    .map_err(|e| VmError::ChannelLost(ChannelLoss::io(e)))?;
             }
         }
         Ok(child)
@@ -263,7 +264,7 @@ impl Child {
             None => self
                 .events
                 .recv()
-                .map_err(|_| ExecError::Vm(VmError::ChannelLost("the VM is gone".into()))),
+                .map_err(|_| ExecError::Vm(VmError::ChannelLost(ChannelLoss::VmGone))),
             Some(d) => match self
                 .events
                 .recv_timeout(d.saturating_duration_since(Instant::now()))
@@ -271,14 +272,21 @@ impl Child {
                 Ok(e) => Ok(e),
                 Err(RecvTimeoutError::Timeout) => Err(ExecError::Timeout),
                 Err(RecvTimeoutError::Disconnected) => {
-                    Err(ExecError::Vm(VmError::ChannelLost("the VM is gone".into())))
+                    Err(ExecError::Vm(VmError::ChannelLost(ChannelLoss::VmGone)))
                 }
             },
         }
     }
 
-    fn unexpected(&mut self, e: Event) -> ExecError {
+    /// The error for event `e` arriving where `expected` should have.
+    fn unexpected(&mut self, e: Event, expected: &'static str) -> ExecError {
         self.done = true;
+        let unexpected = |got| {
+            ExecError::Vm(VmError::Protocol(ProtocolViolation::Unexpected {
+                expected,
+                got,
+            }))
+        };
         match e {
             Event::Error(r) => match r.code {
                 ErrorCode::NotFound => ExecError::NotFound(r.message),
@@ -287,16 +295,17 @@ impl Child {
                 _ => ExecError::Agent(r.message),
             },
             Event::Lost(why) => ExecError::Vm(VmError::ChannelLost(why)),
-            other => ExecError::Vm(VmError::Protocol(format!("unexpected {other:?}"))),
+            Event::Started(_) => unexpected(Kind::Started),
+            Event::Stdout(_) => unexpected(Kind::Stdout),
+            Event::Stderr(_) => unexpected(Kind::Stderr),
+            Event::Exit(_) => unexpected(Kind::Exit),
         }
     }
 
     /// The next piece of output, or the exit. Blocks.
     pub fn next_event(&mut self) -> Result<ExecEvent, ExecError> {
         if self.done {
-            return Err(ExecError::Vm(VmError::Protocol(
-                "the command already ended".into(),
-            )));
+            return Err(ExecError::Finished);
         }
         match self.recv()? {
             Event::Stdout(b) => Ok(ExecEvent::Stdout(b)),
@@ -305,7 +314,7 @@ impl Child {
                 self.done = true;
                 Ok(ExecEvent::Exit(s.into()))
             }
-            other => Err(self.unexpected(other)),
+            other => Err(self.unexpected(other, "output or the exit")),
         }
     }
 

@@ -18,6 +18,7 @@ mod conn;
 mod engine;
 mod error;
 mod exec;
+pub mod exit_code;
 mod pool;
 mod share;
 mod snapshot;
@@ -26,7 +27,7 @@ mod vm;
 
 pub use config::{EngineKind, VmConfig};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict};
-pub use error::{ExecError, VmError};
+pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
 pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};

@@ -242,7 +242,7 @@ impl Vm {
         };
         let Some(stream) = machine.take_channel() else {
             machine.kill();
-            return Err(VmError::Protocol("the engine gave no agent channel".into()));
+            return Err(VmError::NoAgentChannel);
         };
         let hello = GuestHello {
             protocol: m.agent_protocol,

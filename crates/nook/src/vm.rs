@@ -12,7 +12,7 @@ use crate::config::VmConfig;
 use crate::conn::{await_hello, Conn, Greeting};
 use crate::engine::select::{select_engine, EngineChoice};
 use crate::engine::{kvm, qemu, Machine, MachineSpec};
-use crate::error::VmError;
+use crate::error::{BootFailure, VmError};
 use crate::exec::ExecBuilder;
 use crate::storage::{self, TempFile};
 
@@ -181,22 +181,21 @@ impl Vm {
         };
         let Some(stream) = machine.take_channel() else {
             machine.kill();
-            return Err(VmError::Protocol("the engine gave no agent channel".into()));
+            return Err(VmError::NoAgentChannel);
         };
-        let deadline = Instant::now() + cfg.boot_timeout;
         let cancel = cfg.cancel.clone();
-        let greeting = await_hello(&stream, deadline, || {
+        let greeting = await_hello(&stream, cfg.boot_timeout, || {
             if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Some("boot cancelled".into());
+                return Some(BootFailure::Cancelled);
             }
-            machine.exited()
+            machine.exited().map(BootFailure::MachineEnded)
         });
         let (hello, source) = match greeting {
             Ok(Greeting::Hello(h, s)) => (h, s),
-            Ok(Greeting::Failed(reason)) => {
+            Ok(Greeting::Failed(cause)) => {
                 machine.kill();
                 return Err(VmError::Boot {
-                    reason,
+                    cause,
                     console: machine.console_tail(CONSOLE_TAIL),
                 });
             }

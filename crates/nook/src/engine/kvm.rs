@@ -2,12 +2,13 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nook_vmm::{KvmConfig, KvmDiskConfig, SerialSink};
 
 use super::{tail_lines, Machine, MachineSpec};
-use crate::error::VmError;
+use crate::error::{MachineExit, VmError};
 
 /// The VMM's snapshot file inside a snapshot's engine directory.
 const SNAPSHOT_FILE: &str = "vm.snap";
@@ -17,7 +18,7 @@ pub struct KvmMachine {
     vm: nook_vmm::KvmVm,
     channel: Option<UnixStream>,
     console_log: PathBuf,
-    ended: Option<String>,
+    ended: Option<MachineExit>,
 }
 
 pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
@@ -65,12 +66,12 @@ impl Machine for KvmMachine {
         tail_lines(&self.console_log, lines)
     }
 
-    fn exited(&mut self) -> Option<String> {
+    fn exited(&mut self) -> Option<MachineExit> {
         if self.ended.is_none() {
             self.ended = match self.vm.wait_timeout(Duration::ZERO) {
-                Ok(Some(reason)) => Some(format!("the VM ended: {reason:?}")),
+                Ok(Some(reason)) => Some(MachineExit::Kvm(reason)),
                 Ok(None) => None,
-                Err(e) => Some(format!("the VMM failed: {e}")),
+                Err(e) => Some(MachineExit::KvmFailed(Arc::new(e))),
             };
         }
         self.ended.clone()

@@ -42,8 +42,8 @@ pub trait Machine: Send + std::fmt::Debug {
     fn take_channel(&mut self) -> Option<UnixStream>;
     /// The last `lines` lines of the guest console, for error messages.
     fn console_tail(&self, lines: usize) -> String;
-    /// `Some(description)` once the machine has ended.
-    fn exited(&mut self) -> Option<String>;
+    /// `Some(how)` once the machine has ended.
+    fn exited(&mut self) -> Option<crate::error::MachineExit>;
     /// Waits up to `grace` for the machine to end by itself.
     fn wait_exit(&mut self, grace: Duration) -> bool;
     /// Ends the machine now and releases everything it holds.

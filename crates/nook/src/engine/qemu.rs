@@ -1,6 +1,7 @@
 //! The qemu engine behind the [`Machine`] boundary.
 
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nook_fs::ShareServer;
@@ -10,7 +11,7 @@ use nook_qemu::{
 };
 
 use super::{Machine, MachineSpec};
-use crate::error::VmError;
+use crate::error::{MachineExit, VmError};
 
 #[derive(Debug)]
 pub struct QemuMachine {
@@ -62,11 +63,11 @@ impl Machine for QemuMachine {
         self.vm.console_tail(lines)
     }
 
-    fn exited(&mut self) -> Option<String> {
+    fn exited(&mut self) -> Option<MachineExit> {
         match self.vm.try_wait() {
-            Ok(Some(status)) => Some(format!("qemu exited ({status})")),
+            Ok(Some(status)) => Some(MachineExit::Qemu(status)),
             Ok(None) => None,
-            Err(e) => Some(format!("cannot check on qemu: {e}")),
+            Err(e) => Some(MachineExit::QemuFailed(Arc::new(e))),
         }
     }
 
