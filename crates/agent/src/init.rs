@@ -8,13 +8,15 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::Signal;
 
-use crate::storage::{self, StorageConfig};
-use crate::{modules, shares};
+use nook_proto::BootWords;
+
+use crate::{modules, shares, storage};
 
 /// Mounts proc, sysfs, devtmpfs, devpts and the tmpfs mounts, loads the
 /// modules from the manifest, switches to the image root and mounts the
-/// volumes the command line names (see [`storage`]), and names the host.
-pub fn setup() -> io::Result<()> {
+/// volumes and shares the command line's boot words name (see [`storage`],
+/// [`shares`]), and names the host. Returns the boot words.
+pub fn setup() -> io::Result<BootWords> {
     mount_fs(
         "proc",
         "/proc",
@@ -79,15 +81,13 @@ pub fn setup() -> io::Result<()> {
     }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     modules::load_manifest(modules::MANIFEST, &cmdline);
-    let storage = StorageConfig::parse(&cmdline)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    storage::setup(&storage)?;
+    let words =
+        BootWords::parse(&cmdline).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    storage::setup(&words)?;
     // Shares go into the final root, after the image root (if any) is `/`.
-    let shares =
-        shares::parse(&cmdline).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    shares::mount_all(&shares);
+    shares::mount_all(&words.shares);
     let _ = nix::unistd::sethostname("nook");
-    Ok(())
+    Ok(words)
 }
 
 fn mount_fs(
@@ -104,13 +104,6 @@ fn mount_fs(
             format!("mount {fstype} on {target}: {e}"),
         )
     })
-}
-
-/// Whether the kernel command line has the word `word`.
-pub fn cmdline_has(word: &str) -> bool {
-    fs::read_to_string("/proc/cmdline")
-        .map(|c| c.split_whitespace().any(|w| w == word))
-        .unwrap_or(false)
 }
 
 /// Flushes file systems and powers the machine off. Never returns.

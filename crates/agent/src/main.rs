@@ -22,14 +22,15 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let pid1 = std::process::id() == 1;
     if pid1 {
-        if let Err(e) = init::setup() {
-            log(&format!("init failed: {e}"));
-            init::power_off();
-        }
-        // Benchmarks compare nook against a bare boot of the same kernel and
-        // initramfs: with this flag the agent powers off right after init.
-        if init::cmdline_has("nook.poweroff_after_init") {
-            init::power_off();
+        match init::setup() {
+            Err(e) => {
+                log(&format!("init failed: {e}"));
+                init::power_off();
+            }
+            // Benchmarks compare nook against a bare boot of the same kernel
+            // and initramfs: with this word the agent powers off after init.
+            Ok(words) if words.poweroff_after_init => init::power_off(),
+            Ok(_) => {}
         }
     }
     let port = match channel::open_port(channel::PORT_NAME) {

@@ -1,4 +1,5 @@
-//! Disks the host attached, as the kernel command line describes them:
+//! Disks the host attached, as the kernel command line's boot words
+//! ([`BootWords`]) describe them:
 //!
 //! - `nook.root=SERIAL`: an ext4 image root. It is mounted read-only
 //!   (`ro,noload`) under a writable overlay (tmpfs, or the ext4 disk named
@@ -19,6 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount, MsFlags};
+use nook_proto::{BootWords, DiskMount};
 
 use crate::log;
 
@@ -34,80 +36,12 @@ const MOVED_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/run", "/tmp"];
 /// Volumes mounted by [`mount_volumes`], unmounted at power off.
 static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// A volume to mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeMount {
-    pub serial: String,
-    pub path: String,
-    pub read_only: bool,
-}
-
-/// What the command line asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StorageConfig {
-    pub root: Option<String>,
-    pub scratch: Option<String>,
-    pub mounts: Vec<VolumeMount>,
-}
-
-impl StorageConfig {
-    pub fn parse(cmdline: &str) -> Result<StorageConfig, String> {
-        let mut cfg = StorageConfig::default();
-        for word in cmdline.split_whitespace() {
-            if let Some(serial) = word.strip_prefix("nook.root=") {
-                cfg.root = Some(serial.to_string());
-            } else if let Some(serial) = word.strip_prefix("nook.scratch=") {
-                cfg.scratch = Some(serial.to_string());
-            } else if let Some(spec) = word.strip_prefix("nook.mount=") {
-                let mut parts = spec.splitn(3, ':');
-                let (Some(serial), Some(path), Some(mode)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(format!("bad nook.mount `{spec}`: want SERIAL:PATH:ro|rw"));
-                };
-                let read_only = match mode {
-                    "ro" => true,
-                    "rw" => false,
-                    _ => return Err(format!("bad nook.mount mode `{mode}`: want ro or rw")),
-                };
-                let path = percent_decode(path)
-                    .filter(|p| p.starts_with('/'))
-                    .ok_or_else(|| format!("bad nook.mount path `{path}`"))?;
-                cfg.mounts.push(VolumeMount {
-                    serial: serial.to_string(),
-                    path,
-                    read_only,
-                });
-            }
-        }
-        Ok(cfg)
-    }
-}
-
-/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Sets up the image root (when asked) and the volumes.
-pub fn setup(cfg: &StorageConfig) -> io::Result<()> {
-    if let Some(root) = &cfg.root {
-        switch_to_image_root(root, cfg.scratch.as_deref())?;
+pub fn setup(words: &BootWords) -> io::Result<()> {
+    if let Some(root) = &words.root {
+        switch_to_image_root(root, words.scratch.as_deref())?;
     }
-    for m in &cfg.mounts {
+    for m in &words.mounts {
         mount_volume(m)?;
     }
     Ok(())
@@ -237,7 +171,7 @@ fn switch_to_image_root(root_serial: &str, scratch: Option<&str>) -> io::Result<
     Ok(())
 }
 
-fn mount_volume(m: &VolumeMount) -> io::Result<()> {
+fn mount_volume(m: &DiskMount) -> io::Result<()> {
     let dev = find_disk(&m.serial)?;
     let target = Path::new(&m.path);
     let mounted = mount_ext4(&dev, target, m.read_only, None);
@@ -272,60 +206,5 @@ pub fn unmount_volumes() {
                 None::<&str>,
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_line_names_root_scratch_and_mounts() {
-        let cfg = StorageConfig::parse(
-            "console=ttyS0 nook.root=nook-root nook.scratch=nook-scratch \
-             nook.mount=nook-vol0:/data:rw nook.mount=nook-vol1:/my%20dir%3Ax:ro quiet",
-        )
-        .unwrap();
-        assert_eq!(cfg.root.as_deref(), Some("nook-root"));
-        assert_eq!(cfg.scratch.as_deref(), Some("nook-scratch"));
-        assert_eq!(
-            cfg.mounts,
-            [
-                VolumeMount {
-                    serial: "nook-vol0".into(),
-                    path: "/data".into(),
-                    read_only: false
-                },
-                VolumeMount {
-                    serial: "nook-vol1".into(),
-                    path: "/my dir:x".into(),
-                    read_only: true
-                },
-            ]
-        );
-        assert_eq!(
-            StorageConfig::parse("quiet").unwrap(),
-            StorageConfig::default()
-        );
-    }
-
-    #[test]
-    fn bad_mounts_are_refused() {
-        for bad in [
-            "nook.mount=x",
-            "nook.mount=x:/a",
-            "nook.mount=x:/a:rx",
-            "nook.mount=x:rel:rw",
-            "nook.mount=x:/a%2:rw",
-            "nook.mount=x:/a%zz:rw",
-        ] {
-            assert!(StorageConfig::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("/a%25b%3a%3A").as_deref(), Some("/a%b::"));
-        assert_eq!(percent_decode("%ff"), None);
     }
 }

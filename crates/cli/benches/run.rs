@@ -94,7 +94,11 @@ fn main() {
         };
         let mut qc = nook_qemu::QemuConfig::new(qemu, accel, &assets.kernel, &dir);
         qc.initrd = Some(assets.initramfs.clone());
-        qc.cmdline = format!("{} nook.poweroff_after_init", nook::BASE_CMDLINE);
+        let words = nook::BootWords {
+            poweroff_after_init: true,
+            ..Default::default()
+        };
+        qc.cmdline = format!("{} {}", nook::BASE_CMDLINE, words.to_cmdline());
         qc.memory_mib = cfg.memory_mib;
         let t = Instant::now();
         let mut vm = nook_qemu::QemuVm::start(qc).expect("start qemu");

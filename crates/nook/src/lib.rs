@@ -31,7 +31,7 @@ pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolat
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
 pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
-pub use nook_proto::Winsize;
+pub use nook_proto::{BootWords, Winsize};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;
 pub use snapshot::{

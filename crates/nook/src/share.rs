@@ -2,9 +2,9 @@
 //! where to mount them.
 //!
 //! Each share becomes a virtio-fs device tagged `nookN` (N = its index) and
-//! a kernel command line word `nook.share=TAG:PATH:MODE` (PATH
-//! percent-encoded, MODE `ro` or `rw`) that the agent turns into
-//! `mount -t virtiofs TAG PATH` after loading modules. See docs/protocol.md.
+//! a boot word ([`nook_proto::ShareMount`], `nook.share=TAG:PATH:MODE`) that
+//! the agent turns into `mount -t virtiofs TAG PATH` after loading modules.
+//! See docs/protocol.md.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -73,29 +73,13 @@ pub(crate) fn tag(index: usize) -> String {
     format!("nook{index}")
 }
 
-/// The kernel command line word for the share at `index`.
-pub(crate) fn cmdline_word(index: usize, share: &ShareConfig) -> String {
-    format!(
-        "nook.share={}:{}:{}",
-        tag(index),
-        percent_encode(&share.guest_path),
-        if share.read_only { "ro" } else { "rw" }
-    )
-}
-
-/// Encodes every byte but `[A-Za-z0-9/._-]` as `%XX`: the result has no
-/// spaces, quotes or colons to confuse the kernel command line or the word's
-/// own fields.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// The boot word that mounts the share at `index` in the guest.
+pub(crate) fn boot_mount(index: usize, share: &ShareConfig) -> nook_proto::ShareMount {
+    nook_proto::ShareMount {
+        tag: tag(index),
+        path: share.guest_path.clone(),
+        read_only: share.read_only,
     }
-    out
 }
 
 /// The nook-fs share for the engine.
@@ -139,15 +123,17 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_word_encodes_the_path() {
+    fn boot_mount_tags_by_index() {
         let s = ShareConfig {
             host_dir: "/h".into(),
-            guest_path: "/mnt/my dir:x%\"".into(),
+            guest_path: "/mnt/my dir".into(),
             read_only: true,
         };
+        let m = boot_mount(2, &s);
         assert_eq!(
-            cmdline_word(2, &s),
-            "nook.share=nook2:/mnt/my%20dir%3Ax%25%22:ro"
+            (m.tag.as_str(), m.path.as_str(), m.read_only),
+            ("nook2", "/mnt/my dir", true)
         );
+        assert_eq!(fs_share(2, &s).tag, m.tag);
     }
 }

@@ -1,10 +1,10 @@
 //! Storage a VM boots with: an image root (read-only ext4 rootfs plus a
 //! writable layer), and volumes (ext4 files mounted in the guest).
 //!
-//! Every disk is a virtio-blk device with a serial; the kernel command line
-//! tells the guest agent which serial is what (see `docs/protocol.md`):
-//! `nook.root=nook-root`, `nook.scratch=nook-scratch`,
-//! `nook.mount=nook-volN:PATH:ro|rw` (PATH percent-encoded).
+//! Every disk is a virtio-blk device with a serial; boot words on the kernel
+//! command line ([`BootWords`]) tell the guest agent which serial is what
+//! (see `docs/protocol.md`): `nook.root=nook-root`,
+//! `nook.scratch=nook-scratch`, `nook.mount=nook-volN:PATH:ro|rw`.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nook_image::{ImageConfig, ImageInfo};
+use nook_proto::{BootWords, DiskMount};
 
 use crate::engine::DiskSpec;
 
@@ -246,21 +247,6 @@ pub fn make_ext4(path: &Path, size: u64, label: &str) -> Result<(), VolumeError>
     Ok(())
 }
 
-/// Percent-encodes a guest path for the kernel command line: everything
-/// but `[A-Za-z0-9/._-]` becomes `%XX`, so spaces, colons and quotes
-/// survive the command line's word splitting.
-pub(crate) fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A file deleted when dropped (a VM's scratch disk).
 #[derive(Debug)]
 pub(crate) struct TempFile(pub(crate) PathBuf);
@@ -271,11 +257,11 @@ impl Drop for TempFile {
     }
 }
 
-/// The disks and kernel command line words for a VM's storage.
+/// The disks and boot words (root, scratch, mounts) for a VM's storage.
 #[derive(Debug, Default)]
 pub(crate) struct StoragePlan {
     pub disks: Vec<DiskSpec>,
-    pub cmdline: Vec<String>,
+    pub words: BootWords,
     pub scratch: Option<TempFile>,
 }
 
@@ -293,7 +279,7 @@ pub(crate) fn plan(
             read_only: true,
             serial: ROOT_SERIAL.into(),
         });
-        plan.cmdline.push(format!("nook.root={ROOT_SERIAL}"));
+        plan.words.root = Some(ROOT_SERIAL.into());
         if let Some(size) = img.scratch_size {
             std::fs::create_dir_all(scratch_dir).map_err(io_err("create", scratch_dir))?;
             let file = TempFile(unique_temp(scratch_dir, "scratch"));
@@ -303,7 +289,7 @@ pub(crate) fn plan(
                 read_only: false,
                 serial: SCRATCH_SERIAL.into(),
             });
-            plan.cmdline.push(format!("nook.scratch={SCRATCH_SERIAL}"));
+            plan.words.scratch = Some(SCRATCH_SERIAL.into());
             plan.scratch = Some(file);
         }
     }
@@ -312,11 +298,11 @@ pub(crate) fn plan(
             return Err(VolumeError::InvalidMountPoint(v.guest_path.clone()));
         }
         let serial = format!("nook-vol{i}");
-        plan.cmdline.push(format!(
-            "nook.mount={serial}:{}:{}",
-            encode_path(&v.guest_path),
-            if v.read_only { "ro" } else { "rw" }
-        ));
+        plan.words.mounts.push(DiskMount {
+            serial: serial.clone(),
+            path: v.guest_path.clone(),
+            read_only: v.read_only,
+        });
         plan.disks.push(DiskSpec {
             path: v.disk.clone(),
             read_only: v.read_only,
@@ -329,13 +315,6 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_are_percent_encoded() {
-        assert_eq!(encode_path("/data/x-1_2.3"), "/data/x-1_2.3");
-        assert_eq!(encode_path("/my dir:a%b"), "/my%20dir%3Aa%25b");
-        assert_eq!(encode_path("/é"), "/%C3%A9");
-    }
 
     #[test]
     fn plan_names_disks_by_serial() {
@@ -359,7 +338,7 @@ mod tests {
         ];
         let p = plan(Some(&image), &vols, dir.path()).unwrap();
         assert_eq!(
-            p.cmdline,
+            p.words.to_words(),
             [
                 "nook.root=nook-root",
                 "nook.mount=nook-vol0:/data:rw",
@@ -431,7 +410,7 @@ mod tests {
         };
         let p = plan(Some(&image), &[], dir.path()).unwrap();
         assert_eq!(
-            p.cmdline,
+            p.words.to_words(),
             ["nook.root=nook-root", "nook.scratch=nook-scratch"]
         );
         let scratch = p.disks[1].path.clone();

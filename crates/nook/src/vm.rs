@@ -147,19 +147,18 @@ impl Vm {
         let run_dir = make_run_dir()?;
         let plan = storage::plan(cfg.image.as_ref(), &cfg.volumes, &cfg.home.join("tmp"))
             .map_err(VmError::Storage)?;
-        let mut cmdline = BASE_CMDLINE.to_string();
-        if !cfg.cmdline.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(&cfg.cmdline);
-        }
-        for word in &plan.cmdline {
-            cmdline.push(' ');
-            cmdline.push_str(word);
-        }
-        for (i, share) in cfg.shares.iter().enumerate() {
-            cmdline.push(' ');
-            cmdline.push_str(&crate::share::cmdline_word(i, share));
-        }
+        let mut words = plan.words.clone();
+        words.shares = cfg
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| crate::share::boot_mount(i, s))
+            .collect();
+        let cmdline = [BASE_CMDLINE, &cfg.cmdline, &words.to_cmdline()]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         let spec = MachineSpec {
             kernel: assets.kernel.clone(),
             initrd: assets.initramfs.clone(),

@@ -16,13 +16,20 @@
 //! id, chosen by the host. Control messages carry JSON payloads; stdio frames
 //! carry raw bytes, so binary data passes untouched.
 //!
+//! Before the channel exists, the host tells the agent what to mount
+//! through words on the kernel command line: [`BootWords`].
+//!
 //! The crate is pure: no I/O beyond `Read`/`Write`, no threads, no unsafe.
 //! `docs/protocol.md` describes every message.
 #![forbid(unsafe_code)]
 
+mod boot;
 mod frame;
 mod msg;
 
+pub use boot::{
+    percent_decode, percent_encode, BootWordError, BootWords, DiskMount, ShareMount, WORD_PREFIX,
+};
 pub use frame::{read_frame, write_frame, Decoder, Frame, FrameError, HEADER_LEN, MAX_PAYLOAD};
 pub use msg::{
     ErrorCode, ErrorReply, ExecRequest, Exited, GuestHello, GuestMsg, HostHello, HostMsg, Kind,

@@ -1,7 +1,8 @@
-//! Frozen wire schema: every message kind, encoded, must match the golden
-//! file byte for byte. A change here is a wire change: additions (a new
-//! kind, a new optional field) are re-blessed with `NOOK_BLESS=1 cargo test
-//! -p nook-proto`; a changed encoding of an existing message also bumps
+//! Frozen wire schema: every message kind, encoded, and the kernel
+//! command-line boot words must match the golden file byte for byte. A
+//! change here is a wire change: additions (a new kind, a new optional
+//! field, a new boot word) are re-blessed with `NOOK_BLESS=1 cargo test -p
+//! nook-proto`; a changed encoding of an existing message also bumps
 //! `PROTOCOL_VERSION`.
 
 use nook_proto::*;
@@ -93,12 +94,47 @@ fn samples() -> Vec<(&'static str, Frame)> {
     ]
 }
 
+/// Kernel command-line words the host writes and the agent reads.
+fn boot_word_samples() -> Vec<(&'static str, BootWords)> {
+    vec![
+        ("boot_none", BootWords::default()),
+        (
+            "boot_all",
+            BootWords {
+                root: Some("nook-root".into()),
+                scratch: Some("nook-scratch".into()),
+                mounts: vec![
+                    DiskMount {
+                        serial: "nook-vol0".into(),
+                        path: "/data".into(),
+                        read_only: false,
+                    },
+                    DiskMount {
+                        serial: "nook-vol1".into(),
+                        path: "/my data:1".into(),
+                        read_only: true,
+                    },
+                ],
+                shares: vec![ShareMount {
+                    tag: "nook0".into(),
+                    path: "/mnt/my data".into(),
+                    read_only: true,
+                }],
+                poweroff_after_init: true,
+            },
+        ),
+    ]
+}
+
 fn render() -> String {
     let mut out = format!("protocol {PROTOCOL_VERSION}\n");
     for (name, frame) in samples() {
         let bytes = frame.encode().expect("sample frames are small");
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         out.push_str(&format!("{name} {hex}\n"));
+    }
+    for (name, words) in boot_word_samples() {
+        out.push_str(&format!("{name} [{}]\n", words.to_cmdline()));
     }
     out
 }
@@ -116,6 +152,17 @@ fn wire_schema_is_frozen() {
         golden, now,
         "the wire format changed: a new kind or optional field needs only a re-bless (NOOK_BLESS=1); a change to an existing encoding also needs a PROTOCOL_VERSION bump"
     );
+}
+
+#[test]
+fn golden_boot_words_parse_back_to_the_samples() {
+    for (name, words) in boot_word_samples() {
+        assert_eq!(
+            BootWords::parse(&words.to_cmdline()).unwrap(),
+            words,
+            "{name}"
+        );
+    }
 }
 
 #[test]
