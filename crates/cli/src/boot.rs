@@ -111,8 +111,11 @@ enum BootError {
     Engine(#[source] nook::VmError),
     #[error("the kvm engine failed")]
     Kvm(#[source] nook_vmm::VmmError),
-    #[error("the guest stopped on kvm with an internal error on vcpu {vcpu}: {detail}")]
-    KvmInternal { vcpu: u8, detail: String },
+    #[error("the guest stopped on kvm (vcpu {vcpu}): {detail}")]
+    KvmInternal {
+        vcpu: u8,
+        detail: nook_vmm::VcpuFault,
+    },
     #[error("the qemu engine failed")]
     Qemu(#[source] nook_qemu::QemuError),
     #[error("qemu ended the guest for an unexpected reason: {0}")]

@@ -75,7 +75,7 @@ pub enum BootFailure {
 pub enum MachineExit {
     #[error("qemu exited ({0})")]
     Qemu(std::process::ExitStatus),
-    #[error("the VM ended: {0:?}")]
+    #[error("the VM ended: {0}")]
     Kvm(nook_vmm::ExitReason),
     #[error("cannot check on qemu: {0}")]
     QemuFailed(Arc<nook_qemu::QemuError>),

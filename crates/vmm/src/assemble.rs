@@ -217,15 +217,8 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
             vcpus: vcpu_count,
         },
     };
-    start_threads(
-        &mut vm,
-        event_loop,
-        vcpu_fds,
-        pio,
-        virtio.mmio,
-        &exit,
-        &pause,
-    )?;
+    let buses = (pio, virtio.mmio);
+    start_threads(&mut vm, event_loop, vcpu_fds, buses, &exit, &pause)?;
     if virtio.restored {
         // Backends of active devices, queued work, pending interrupts.
         let _ = virtio.activated.write(1);
@@ -397,8 +390,7 @@ fn start_threads(
     vm: &mut KvmVm,
     event_loop: EventLoop,
     vcpu_fds: Vec<VcpuFd>,
-    pio: Bus,
-    mmio: Bus,
+    (pio, mmio): (Bus, Bus),
     exit: &Arc<ExitState>,
     pause: &Arc<PauseControl>,
 ) -> Result<(), VmmError> {
@@ -429,6 +421,7 @@ fn start_threads(
             mmio: mmio.clone(),
             exit: exit.clone(),
             pause: pause.clone(),
+            mem: vm.mem.clone(),
         };
         let name = format!("nook-vcpu{index}");
         let handle = std::thread::Builder::new()

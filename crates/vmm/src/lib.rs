@@ -42,7 +42,10 @@
 //!   The VMM never reboots a guest.
 //! * [`ExitReason::TripleFault`]: a vCPU triple-faulted (`reboot=t`).
 //! * [`ExitReason::Stopped`]: the host called [`KvmVm::stop`] or dropped the VM.
-//! * [`ExitReason::InternalError`]: KVM could not run the guest further.
+//! * [`ExitReason::InternalError`]: KVM could not run the guest further;
+//!   the [`VcpuFault`] says how (the internal-error suberror and data, or
+//!   the entry failure reason), where (RIP) and what code was there, read
+//!   through the guest's page tables.
 //!
 //! Host-side failures while running (a failing `KVM_RUN` ioctl, the event
 //! loop dying) come back from [`KvmVm::wait`] as [`VmmError::Failed`].
@@ -71,3 +74,4 @@ pub use error::VmmError;
 pub use machine::{boot, KvmVm};
 pub use snapshot::{AfterSnapshot, KvmRestoreConfig, KvmSnapshotError, SnapshotInfo};
 pub use vstate::exit::ExitReason;
+pub use vstate::fault::{FaultKind, VcpuFault};

@@ -95,6 +95,51 @@ fn triple_fault_ends_the_vm() {
 }
 
 #[test]
+fn kvm_internal_error_reports_suberror_rip_and_code() {
+    let _l = serial_lock();
+    if !kvm_or_skip() {
+        return;
+    }
+    let leaks = LeakCheck::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Guest::new();
+    g.serial_byte(b'x');
+    // SSE on (CR4.OSFXSR), then an SSE instruction reading unbacked guest
+    // memory: KVM must emulate it as MMIO and cannot (an emulation failure
+    // at CPL 0 is KVM_EXIT_INTERNAL_ERROR, on hardware and where ring 0 is
+    // emulated alike).
+    g.a.mov(rax, cr4).unwrap();
+    g.a.or(rax, 0x600).unwrap();
+    g.a.mov(cr4, rax).unwrap();
+    g.a.mov(rbx, 0xd100_0000u64).unwrap();
+    g.a.paddb(xmm0, xmmword_ptr(rbx)).unwrap();
+    g.a.hlt().unwrap();
+    let code = g.a.assemble(CODE_ADDR).unwrap();
+    let paddb = [0x66, 0x0f, 0xfc, 0x03];
+    let offset = code.windows(4).position(|w| w == paddb).unwrap();
+    let serial = SharedBuf::default();
+    let mut vm = KvmVm::start(config(&g.write(dir.path()), &serial)).unwrap();
+    let ExitReason::InternalError { vcpu, detail } = run(&mut vm) else {
+        panic!("expected an internal error");
+    };
+    assert_eq!(vcpu, 0);
+    assert_eq!(detail.kind, nook_vmm::vstate::fault::FaultKind::Emulation);
+    assert_eq!(detail.rip, Some(CODE_ADDR + offset as u64));
+    assert_eq!(&detail.code[..4], &paddb, "{detail}");
+    let text = detail.to_string();
+    eprintln!("{text}");
+    assert!(text.contains("emulation failure (suberror 1)"), "{text}");
+    assert!(
+        text.contains(&format!("at rip {:#x}", CODE_ADDR + offset as u64)),
+        "{text}"
+    );
+    assert!(text.contains("code 66 0f fc 03"), "{text}");
+    assert_eq!(serial.text(), "x");
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
 fn i8042_reset_ends_the_vm_as_reset() {
     let _l = serial_lock();
     if !kvm_or_skip() {

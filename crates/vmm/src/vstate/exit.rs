@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::fault::VcpuFault;
 use crate::devices::lock;
 
 /// Why a VM ended.
@@ -29,9 +30,21 @@ pub enum ExitReason {
     InternalError {
         /// The vCPU that hit it.
         vcpu: u8,
-        /// What KVM reported.
-        detail: String,
+        /// What KVM reported, with the guest's RIP and the code there.
+        detail: VcpuFault,
     },
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PowerOff => f.write_str("the guest powered off"),
+            Self::Reset => f.write_str("the guest reset the machine"),
+            Self::TripleFault => f.write_str("a vcpu triple-faulted"),
+            Self::Stopped => f.write_str("the host stopped the vm"),
+            Self::InternalError { vcpu, detail } => write!(f, "vcpu {vcpu} stopped: {detail}"),
+        }
+    }
 }
 
 /// Outcome stored by whoever ends the VM first.

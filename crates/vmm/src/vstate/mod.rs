@@ -1,5 +1,6 @@
 //! VM state: how the VM ends, guest memory, the KVM VM and its vCPUs.
 pub mod exit;
+pub mod fault;
 pub mod memory;
 pub mod pause;
 pub mod vcpu;

@@ -13,8 +13,10 @@ use std::sync::{Arc, Once};
 use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
+use vm_memory::GuestMemoryMmap;
 
 use super::exit::{ExitReason, ExitState, Outcome};
+use super::fault::{FaultKind, VcpuFault};
 use super::pause::PauseControl;
 use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
@@ -114,6 +116,8 @@ pub struct Vcpu {
     pub(crate) exit: Arc<ExitState>,
     /// Pause requests (snapshots).
     pub(crate) pause: Arc<PauseControl>,
+    /// Guest memory (to read the code at a fault).
+    pub(crate) mem: GuestMemoryMmap,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -129,12 +133,6 @@ impl Vcpu {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
         let index = self.index;
-        let internal = |detail: String| {
-            Outcome::Exit(ExitReason::InternalError {
-                vcpu: index,
-                detail,
-            })
-        };
         while !self.exit.should_stop() {
             if self.pause.requested() {
                 self.pause.park(index, &mut self.fd, &self.exit);
@@ -168,16 +166,22 @@ impl Vcpu {
                 // Only without an in-kernel LAPIC; keep going.
                 Ok(VcpuExit::Hlt) => None,
                 Ok(VcpuExit::Shutdown) => Some(Outcome::Exit(ExitReason::TripleFault)),
-                Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => Outcome::Exit(ExitReason::PowerOff),
-                    KVM_SYSTEM_EVENT_RESET => Outcome::Exit(ExitReason::Reset),
-                    other => internal(format!("system event {other}")),
-                }),
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(Outcome::Exit(ExitReason::PowerOff)),
+                    KVM_SYSTEM_EVENT_RESET => Some(Outcome::Exit(ExitReason::Reset)),
+                    other => Some(self.fault(VcpuFault::new(FaultKind::SystemEvent(other)))),
+                },
                 Ok(VcpuExit::FailEntry(reason, _)) => {
-                    Some(internal(format!("hardware entry failure {reason:#x}")))
+                    Some(self.fault(VcpuFault::new(FaultKind::FailEntry { reason })))
                 }
-                Ok(VcpuExit::InternalError) => Some(internal("kvm internal error".into())),
-                Ok(other) => Some(internal(format!("unhandled exit {other:?}"))),
+                Ok(VcpuExit::InternalError) => {
+                    let fault = VcpuFault::internal(self.fd.get_kvm_run());
+                    Some(self.fault(fault))
+                }
+                Ok(other) => {
+                    let what = format!("{other:?}");
+                    Some(self.fault(VcpuFault::new(FaultKind::UnhandledExit(what))))
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
                     None
@@ -192,5 +196,15 @@ impl Vcpu {
             }
         }
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+
+    /// The outcome of `fault` on this vCPU, with the guest's RIP and code.
+    fn fault(&self, mut fault: VcpuFault) -> Outcome {
+        fault.read_guest(&self.fd, &self.mem);
+        tracing::debug!("vmm: vcpu{}: {fault}", self.index);
+        Outcome::Exit(ExitReason::InternalError {
+            vcpu: self.index,
+            detail: fault,
+        })
     }
 }

@@ -3,5 +3,6 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod layout;
+pub mod paging;
 pub mod payload;
 pub mod regs;
