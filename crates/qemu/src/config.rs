@@ -18,7 +18,8 @@ pub const AGENT_PORT_NAME: &str = "nook.agent";
 
 /// How QEMU executes guest code. The caller picks it (nook probes whether KVM
 /// runs guest kernels at speed); this crate only turns it into flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// Hardware virtualization through `/dev/kvm` (`-cpu host`).
     Kvm,
@@ -36,14 +37,17 @@ impl Accel {
     }
 }
 
-/// Host page cache policy of a disk, QEMU's `cache=` drive option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Host page cache policy of a disk, QEMU's `cache=` drive option (also
+/// its spelling in snapshot manifests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DiskCache {
     /// Host page cache, guest flushes honoured (QEMU's default).
     #[default]
     Writeback,
     /// `O_DIRECT`: no host page cache. Fails on file systems without
     /// `O_DIRECT` support such as tmpfs.
+    #[serde(rename = "none")]
     Direct,
     /// Host page cache, guest flushes ignored: for scratch disks whose
     /// contents do not matter after a host crash.

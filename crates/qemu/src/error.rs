@@ -1,12 +1,12 @@
 //! Errors of the QEMU engine, and the diagnostics a failed boot carries.
 
 use std::fmt;
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::qmp::QmpError;
-use crate::snapshot::QemuSnapshotError;
 
 /// What went wrong starting, talking to or stopping a QEMU guest.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,80 @@ pub enum QemuError {
         pid: u32,
         desc: String,
         report: Box<Diagnostics>,
+    },
+}
+
+/// What can be wrong with a snapshot's files, taking or restoring it.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuSnapshotError {
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} is missing: this is not a snapshot, or taking it was interrupted; \
+         take the snapshot again"
+    )]
+    ManifestMissing { path: PathBuf },
+    #[error("manifest {path} is not valid json: the snapshot is damaged; take it again")]
+    ManifestSyntax {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "manifest {path} is not a valid snapshot manifest: the snapshot is damaged; take it again"
+    )]
+    ManifestInvalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "snapshot format {format} version {version} is not supported (expected {} \
+         version {}): take the snapshot again with this nook",
+        crate::snapshot::FORMAT,
+        crate::snapshot::FORMAT_VERSION
+    )]
+    UnsupportedFormat { format: String, version: u64 },
+    #[error(
+        "{path} is {actual} bytes but the manifest says {expected}: the snapshot is \
+         truncated or was modified; take it again"
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{path} does not match its checksum: the snapshot is corrupt; take it again")]
+    ChecksumMismatch { path: PathBuf },
+    #[error("path {path} is not valid UTF-8 and cannot be recorded in a snapshot manifest")]
+    NonUtf8Path { path: PathBuf },
+    #[error(
+        "snapshot was taken with QEMU {snapshot} but {binary} is QEMU {running}: restore \
+         with the same QEMU version or take the snapshot again"
+    )]
+    QemuVersion {
+        snapshot: String,
+        running: String,
+        binary: PathBuf,
+    },
+    #[error(
+        "disk override {index} does not match the snapshot's disk ({reason}): give one \
+         disk per snapshot disk, in order, with the same read-only flag"
+    )]
+    DiskOverride { index: usize, reason: &'static str },
+    #[error(
+        "the snapshot's manifest records {field} `{recorded}`, but this nook starts QEMU with \
+         `{expected}`: a snapshot cannot choose how QEMU runs; take the snapshot again"
+    )]
+    Untrusted {
+        field: &'static str,
+        recorded: String,
+        expected: String,
     },
 }
 

@@ -45,10 +45,10 @@ pub use config::{
     locate_qemu, Accel, DiskCache, GuestRam, QemuConfig, QemuDiskConfig, QemuShareConfig,
     AGENT_PORT_NAME, GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
 };
-pub use error::{Diagnostics, QemuError};
+pub use error::{Diagnostics, QemuError, QemuSnapshotError};
 pub use qmp::{Qmp, QmpError, QmpEvent};
 pub use snapshot::{
-    AfterSnapshot, QemuRestoreConfig, QemuSnapshotError, QemuSnapshotInfo, SnapshotMemory,
-    SnapshotTimings, MANIFEST_FILE, MEMORY_FILE, STATE_FILE,
+    AfterSnapshot, QemuRestoreConfig, QemuSnapshotInfo, SnapshotMemory, SnapshotTimings,
+    MANIFEST_FILE, MEMORY_FILE, STATE_FILE,
 };
 pub use vm::{QemuVm, CONSOLE_LOG, DIAGNOSTIC_CONSOLE_LINES, STDERR_LOG};

@@ -261,10 +261,14 @@ fn copy_snapshot(from: &Path, to: &Path) {
 }
 
 fn set_manifest_field(snap: &Path, field: &str, value: serde_json::Value) {
+    edit_manifest(snap, |m| m[field] = value);
+}
+
+fn edit_manifest(snap: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = snap.join(MANIFEST_FILE);
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    manifest[field] = value;
+    edit(&mut manifest);
     std::fs::write(&path, manifest.to_string()).unwrap();
 }
 
@@ -393,6 +397,30 @@ fn damaged_snapshots_fail_restore_with_clear_errors_and_no_qemu_left() {
         ),
         "{err}"
     );
+
+    // The manifest is data: one asking for another binary, extra arguments
+    // or no sandbox is refused before any QEMU starts.
+    for (field, value) in [
+        ("binary", serde_json::json!("/bin/sh")),
+        ("extra_args", serde_json::json!(["-device", "pci-testdev"])),
+        ("sandbox", serde_json::json!(false)),
+    ] {
+        let snap = snaps.path().join(format!("untrusted-{field}"));
+        copy_snapshot(&good, &snap);
+        edit_manifest(&snap, |m| m["config"][field] = value);
+        let err = QemuVm::restore(&snap, run.path(), QemuRestoreConfig::default()).unwrap_err();
+        match &err {
+            QemuError::SnapshotRestore {
+                source: QemuSnapshotError::Untrusted { field: f, .. },
+                ..
+            } => assert_eq!(*f, field),
+            other => panic!("{field}: unexpected error: {other}"),
+        }
+        eprintln!(
+            "untrusted {field}: {}",
+            std::error::Error::source(&err).unwrap()
+        );
+    }
 
     // The untouched snapshot still restores.
     let (mut vm, _agent, _) = clone_of(&good, run.path(), 1);
