@@ -509,7 +509,10 @@ fn bad_snapshot_files_fail_with_distinct_errors() {
     let e = KvmVm::restore(&dir.path().join("nope"), KvmRestoreConfig::default()).unwrap_err();
     assert!(matches!(
         e,
-        VmmError::Snapshot(KvmSnapshotError::Io { op: "open", .. })
+        VmmError::Snapshot(KvmSnapshotError::Io(nook_fsutil::IoError {
+            op: "open",
+            ..
+        }))
     ));
 
     // The good one still restores and is idle.

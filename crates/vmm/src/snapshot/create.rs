@@ -1,8 +1,7 @@
 //! Taking a snapshot: [`KvmVm::snapshot`].
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -125,7 +124,8 @@ impl KvmVm {
             }
             let bytes = encode_state(&state).map_err(KvmSnapshotError::Encode)?;
             let header = SnapshotHeader::new(&bytes, offset, compat);
-            let written = write_atomically(path, |file| {
+            // Guest memory is private: the file is the owner's only.
+            let written = nook_fsutil::write_atomic(path, 0o600, |file| {
                 file.write_all_at(&bytes, header.state_offset)?;
                 let (regions, stats) = write_memory(file, header.mem_offset, &self.mem)?;
                 if regions != state.memory {
@@ -136,11 +136,6 @@ impl KvmVm {
                 // valid one.
                 file.write_all_at(&header.encode(), 0)?;
                 Ok(stats.pages_written)
-            })
-            .map_err(|(op, source)| KvmSnapshotError::Io {
-                op,
-                path: path.to_path_buf(),
-                source,
             })?;
             Ok((header, bytes.len() as u64, written))
         })();
@@ -175,81 +170,4 @@ fn cached_msr_list(kvm: &kvm_ioctls::Kvm) -> Vec<u32> {
     static LIST: OnceLock<Vec<u32>> = OnceLock::new();
     LIST.get_or_init(|| msr_list(kvm).unwrap_or_default())
         .clone()
-}
-
-/// Creates `path` through a temporary file in the same directory: `fill`
-/// writes it, then it is synced, renamed over `path`, and the directory
-/// synced. On failure the temporary file is removed and `path` untouched.
-fn write_atomically<T>(
-    path: &Path,
-    fill: impl FnOnce(&File) -> io::Result<T>,
-) -> Result<T, (&'static str, io::Error)> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or((
-            "name",
-            io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
-        ))?
-        .to_string_lossy()
-        .into_owned();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| ("create", e))?;
-    let result = fill(&file)
-        .map_err(|e| ("write", e))
-        .and_then(|v| file.sync_all().map(|()| v).map_err(|e| ("sync", e)))
-        .and_then(|v| {
-            std::fs::rename(&tmp, path)
-                .map(|()| v)
-                .map_err(|e| ("rename", e))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // The rename is durable once the directory is synced.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_leaves_nothing_on_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("snap");
-        std::fs::write(&path, b"old").unwrap();
-        let e = write_atomically(&path, |f| {
-            f.write_all_at(b"partial", 0)?;
-            Err::<(), _>(io::Error::from_raw_os_error(libc::ENOSPC))
-        })
-        .unwrap_err();
-        assert_eq!(e.0, "write");
-        assert_eq!(e.1.raw_os_error(), Some(libc::ENOSPC));
-        assert_eq!(std::fs::read(&path).unwrap(), b"old", "target untouched");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temp file"
-        );
-        write_atomically(&path, |f| f.write_all_at(b"new", 0)).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
 }

@@ -33,16 +33,8 @@ pub enum KvmSnapshotError {
         host: String,
     },
     /// Reading or writing the snapshot file failed.
-    #[error("cannot {op} snapshot file {path}")]
-    Io {
-        /// The operation.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] nook_fsutil::IoError),
     /// The VM has ended (or is ending): nothing to snapshot.
     #[error("the vm is not running")]
     NotRunning,

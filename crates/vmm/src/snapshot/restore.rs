@@ -53,13 +53,7 @@ impl Default for KvmRestoreConfig {
 pub fn read_snapshot(
     path: &Path,
 ) -> Result<(File, SnapshotHeader, MicrovmState), KvmSnapshotError> {
-    let io = |op| {
-        move |source| KvmSnapshotError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
+    let io = |op| nook_fsutil::io_err(op, path);
     let format = |source| KvmSnapshotError::Format {
         path: path.to_path_buf(),
         source,
