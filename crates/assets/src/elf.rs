@@ -59,6 +59,69 @@ pub fn read_modinfo(elf: &[u8]) -> Result<Modinfo, ModinfoError> {
     Ok(info)
 }
 
+/// The program interpreter (`PT_INTERP`, e.g. `/lib64/ld-linux-x86-64.so.2`)
+/// an ELF executable asks for: `None` for a statically linked one. Only a
+/// static executable can be a guest's `/init`, where no loader or libc
+/// exists.
+pub fn program_interpreter(elf: &[u8]) -> Result<Option<String>, ModinfoError> {
+    let r = elf64(elf)?;
+    let phoff = r.uint::<8>(E_PHOFF, "ELF header")?;
+    let phentsize = r.uint::<2>(E_PHENTSIZE, "ELF header")?;
+    let phnum = r.uint::<2>(E_PHNUM, "ELF header")?;
+    if phnum > 0 && phentsize < MIN_PHENTSIZE {
+        return Err(ModinfoError::Malformed {
+            what: "program header size",
+        });
+    }
+    for i in 0..phnum {
+        let hdr = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .ok_or(ModinfoError::Malformed {
+                what: "program header table",
+            })?;
+        if r.uint::<4>(hdr + P_TYPE, "program header")? != PT_INTERP {
+            continue;
+        }
+        let path = r.bytes(
+            r.uint::<8>(hdr + P_OFFSET, "program header")?,
+            r.uint::<8>(hdr + P_FILESZ, "program header")?,
+            "interpreter path",
+        )?;
+        let path = path.split(|&b| b == 0).next().unwrap_or_default();
+        return Ok(Some(String::from_utf8_lossy(path).into_owned()));
+    }
+    Ok(None)
+}
+
+/// Why `elf` cannot run as a guest's `/init`: a dynamically linked ELF
+/// asks for a loader and libc the initramfs does not have. (Anything else,
+/// a static ELF or a `#!/bin/sh` script run by the initramfs's busybox, is
+/// not refused here.)
+pub fn dynamic_executable_problem(elf: &[u8]) -> Option<String> {
+    match program_interpreter(elf) {
+        Ok(Some(interp)) => Some(format!(
+            "it is dynamically linked and asks for the loader {interp}"
+        )),
+        Ok(None) | Err(_) => None,
+    }
+}
+
+/// A reader over a 64-bit ELF file (checked magic and class).
+fn elf64(buf: &[u8]) -> Result<Reader<'_>, ModinfoError> {
+    if buf.len() < 16 || &buf[..4] != b"\x7fELF" {
+        return Err(ModinfoError::NotElf);
+    }
+    let (class, data) = (buf[4], buf[5]);
+    if class != 2 || !(data == 1 || data == 2) {
+        return Err(ModinfoError::Unsupported { class, data });
+    }
+    Ok(Reader {
+        buf,
+        big_endian: data == 2,
+    })
+}
+
 #[derive(Clone, Copy)]
 struct Reader<'a> {
     buf: &'a [u8],
@@ -86,6 +149,9 @@ impl<'a> Reader<'a> {
 }
 
 /// ELF64 header offsets.
+const E_PHOFF: u64 = 0x20;
+const E_PHENTSIZE: u64 = 0x36;
+const E_PHNUM: u64 = 0x38;
 const E_SHOFF: u64 = 0x28;
 const E_SHENTSIZE: u64 = 0x3A;
 const E_SHNUM: u64 = 0x3C;
@@ -97,19 +163,15 @@ const SH_SIZE: u64 = 0x20;
 const SH_TYPE: u64 = 0x04;
 const SHT_NOBITS: u64 = 8;
 const MIN_SHENTSIZE: u64 = 0x40;
+/// ELF64 program header offsets.
+const P_TYPE: u64 = 0x00;
+const P_OFFSET: u64 = 0x08;
+const P_FILESZ: u64 = 0x20;
+const PT_INTERP: u64 = 3;
+const MIN_PHENTSIZE: u64 = 0x38;
 
 fn modinfo_section(buf: &[u8]) -> Result<&[u8], ModinfoError> {
-    if buf.len() < 16 || &buf[..4] != b"\x7fELF" {
-        return Err(ModinfoError::NotElf);
-    }
-    let (class, data) = (buf[4], buf[5]);
-    if class != 2 || !(data == 1 || data == 2) {
-        return Err(ModinfoError::Unsupported { class, data });
-    }
-    let r = Reader {
-        buf,
-        big_endian: data == 2,
-    };
+    let r = elf64(buf)?;
     let shoff = r.uint::<8>(E_SHOFF, "ELF header")?;
     let shentsize = r.uint::<2>(E_SHENTSIZE, "ELF header")?;
     let shnum = r.uint::<2>(E_SHNUM, "ELF header")?;
@@ -244,6 +306,7 @@ pub(crate) mod tests {
             let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
             elf.extend_from_slice(&bytes);
             let _ = read_modinfo(&elf);
+            let _ = program_interpreter(&elf);
         }
 
         #[test]
@@ -253,6 +316,25 @@ pub(crate) mod tests {
             elf[at] = value;
             let _ = read_modinfo(&elf);
         }
+    }
+
+    #[test]
+    fn a_dynamic_executable_names_its_interpreter_and_a_static_one_has_none() {
+        // The host's own binaries: a dynamically linked `ls`, and the static
+        // busybox that setup installs (busybox-static).
+        let ls = std::fs::read("/bin/ls").unwrap();
+        let interp = program_interpreter(&ls).unwrap().expect("ls is dynamic");
+        assert!(interp.contains("ld-linux"), "{interp}");
+        match std::fs::read(crate::DEFAULT_BUSYBOX) {
+            Ok(busybox) => assert_eq!(program_interpreter(&busybox).unwrap(), None),
+            Err(e) => eprintln!("skipping the static half: {}: {e}", crate::DEFAULT_BUSYBOX),
+        }
+        // A relocatable object has no program headers at all: not dynamic.
+        assert_eq!(program_interpreter(&fake_module("m", &[])).unwrap(), None);
+        assert_eq!(
+            program_interpreter(b"#!/bin/sh\n"),
+            Err(ModinfoError::NotElf)
+        );
     }
 
     #[test]

@@ -42,6 +42,20 @@ pub enum AssetsError {
         #[source]
         source: io::Error,
     },
+    /// The guest agent is a dynamically linked executable, so it cannot run
+    /// as the guest's `/init`.
+    #[error(
+        "the guest agent {path} is not a static executable ({problem}); a guest's /init \
+         has no libc or loader: use the one scripts/setup builds \
+         (target/x86_64-unknown-linux-gnu/release/nook-agent, built with \
+         RUSTFLAGS=\"-C target-feature=+crt-static\")"
+    )]
+    AgentNotStatic {
+        /// The agent file.
+        path: PathBuf,
+        /// What is wrong, e.g. "it asks for the loader /lib64/ld-linux-x86-64.so.2".
+        problem: String,
+    },
     /// An apt or dpkg tool is missing or could not be started.
     #[error(
         "cannot run {tool}: fetching Debian kernels needs apt and dpkg; \

@@ -25,7 +25,9 @@ pub use config::{
     default_home, Assets, AssetsConfig, KernelSource, PrepareWork, DEFAULT_BUSYBOX,
     DEFAULT_MODULES, DEFAULT_PACKAGE,
 };
-pub use elf::{read_modinfo, Modinfo, ModinfoError};
+pub use elf::{
+    dynamic_executable_problem, program_interpreter, read_modinfo, Modinfo, ModinfoError,
+};
 pub use error::AssetsError;
 pub use initramfs::MODULES_MANIFEST;
 pub use prepare::{prepare, refresh};

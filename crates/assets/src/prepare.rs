@@ -117,8 +117,14 @@ fn slow_path(
     let (agent_stamp, agent) = read_input(
         &cfg.agent,
         "guest agent",
-        "build it (cargo build -p nook-agent) or pass --agent FILE",
+        "build it with scripts/setup or set NOOK_AGENT to a static nook-agent",
     )?;
+    if let Some(problem) = crate::elf::dynamic_executable_problem(&agent) {
+        return Err(AssetsError::AgentNotStatic {
+            path: cfg.agent.clone(),
+            problem,
+        });
+    }
     let (busybox_stamp, busybox) = read_input(
         &cfg.busybox,
         "static busybox",

@@ -236,7 +236,18 @@ pub fn image(cmd: ImageCommand) -> i32 {
                     r.temp_removed,
                     human(r.bytes_freed)
                 );
-                0
+                // Templates of images (or kernels, agents) that are gone.
+                match nook::gc_templates(&nook::default_home(), false) {
+                    Ok(t) => {
+                        println!(
+                            "removed {} stale templates; freed {}",
+                            t.removed,
+                            human(t.freed_bytes)
+                        );
+                        0
+                    }
+                    Err(e) => fail(&e),
+                }
             }
             Err(e) => fail(&e),
         },

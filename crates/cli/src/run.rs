@@ -36,6 +36,9 @@ pub struct VmArgs {
     /// Share a host directory at GUEST path through virtio-fs; `:ro` makes it read-only (repeatable; qemu engine).
     #[arg(long = "share", value_name = "HOST:GUEST[:ro]", value_parser = parse_share)]
     pub shares: Vec<ShareConfig>,
+    /// Always boot: neither restore this configuration's template snapshot nor make one (also NOOK_NO_TEMPLATE=1).
+    #[arg(long)]
+    pub no_template: bool,
 }
 
 fn parse_engine(s: &str) -> Result<EngineKind, String> {
@@ -59,6 +62,9 @@ impl VmArgs {
             cfg.kernel = self.kernel.clone();
         }
         cfg.shares = self.shares.clone();
+        if self.no_template {
+            cfg.template = false;
+        }
         cfg
     }
 }

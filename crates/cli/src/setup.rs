@@ -18,6 +18,10 @@ pub struct SetupArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not boot a VM to make the default configuration's template
+    /// snapshot (which makes the first `nook run` as fast as the next).
+    #[arg(long)]
+    pub no_template: bool,
 }
 
 pub fn setup(args: SetupArgs) -> i32 {
@@ -31,13 +35,25 @@ pub fn setup(args: SetupArgs) -> i32 {
         }
     };
     let assets_time = t0.elapsed();
+    if args.update {
+        // Every template was made from the assets just refreshed.
+        if let Err(e) = nook::gc_templates(&cfg.home, true) {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    }
     let verdict = nook::probe_kvm(&cfg.home);
-    let choice = match select_engine(cfg.engine, &cfg.home) {
+    let mut choice = match select_engine(cfg.engine, &cfg.home) {
         Ok(c) => c,
         Err(e) => {
             report(&e);
             return exit::NOOK_FAILED;
         }
+    };
+    let template = if args.no_template || !cfg.template {
+        TemplateOutcome::Skipped
+    } else {
+        make_default_template(&cfg, &mut choice)
     };
     if args.json {
         let v = serde_json::json!({
@@ -52,6 +68,7 @@ pub fn setup(args: SetupArgs) -> i32 {
             "engine": choice.label(),
             "reason": choice.reason(),
             "kvm": verdict,
+            "template": template.json(),
         });
         println!("{v:#}");
         return 0;
@@ -72,18 +89,20 @@ pub fn setup(args: SetupArgs) -> i32 {
         },
         assets_time.as_secs_f64() * 1000.0
     );
-    match verdict.ns_per_iteration {
-        Some(ns) => println!(
-            "kvm probe:     {ns:.0} ns per ring-0 loop iteration ({})",
-            if verdict.hardware_speed {
-                "hardware speed"
-            } else {
-                "emulated"
+    match (verdict.ns_per_iteration, verdict.speed) {
+        (Some(ns), Some(speed)) => println!(
+            "kvm probe:     {ns:.0} ns per ring-0 loop iteration, fastest of {} trials ({})",
+            verdict.trials.len(),
+            match speed {
+                nook::Ring0Speed::Hardware => "hardware speed",
+                nook::Ring0Speed::Emulated => "emulated",
+                nook::Ring0Speed::Inconclusive => "inconclusive",
             }
         ),
-        None => println!("kvm probe:     {}", verdict.reason),
+        _ => println!("kvm probe:     {}", verdict.reason),
     }
     println!("engine:        {}: {}", choice.label(), choice.reason());
+    println!("template:      {}", template.text());
     if let EngineChoice::Kvm {
         hardware_speed: false,
         ..
@@ -92,4 +111,74 @@ pub fn setup(args: SetupArgs) -> i32 {
         eprintln!("nook: warning: KVM runs guest kernels emulated on this host; the kvm engine will be very slow");
     }
     0
+}
+
+/// What setup did about the default template.
+enum TemplateOutcome {
+    Skipped,
+    /// Booted (or restored) in this long; whether it was already there.
+    Ready {
+        existed: bool,
+        secs: f64,
+    },
+    Failed(String),
+}
+
+impl TemplateOutcome {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            TemplateOutcome::Skipped => serde_json::json!({"state": "skipped"}),
+            TemplateOutcome::Ready { existed, secs } => {
+                serde_json::json!({"state": if *existed { "cached" } else { "made" }, "seconds": secs})
+            }
+            TemplateOutcome::Failed(why) => serde_json::json!({"state": "failed", "error": why}),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            TemplateOutcome::Skipped => "not made (--no-template or NOOK_NO_TEMPLATE)".into(),
+            TemplateOutcome::Ready {
+                existed: true,
+                secs,
+            } => {
+                format!("default configuration cached (a clone started in {secs:.2} s)")
+            }
+            TemplateOutcome::Ready {
+                existed: false,
+                secs,
+            } => {
+                format!("default configuration booted and snapshotted in {secs:.2} s")
+            }
+            TemplateOutcome::Failed(why) => format!("cannot make it: {why}"),
+        }
+    }
+}
+
+/// Starts the default configuration once, so that its template exists and
+/// the first `nook run` restores instead of booting. The engine that really
+/// ran (auto may have fallen back) replaces `choice`.
+fn make_default_template(cfg: &nook::VmConfig, choice: &mut EngineChoice) -> TemplateOutcome {
+    let t0 = Instant::now();
+    let vm = match nook::Vm::start(cfg.clone()) {
+        Ok(vm) => vm,
+        Err(e) => return TemplateOutcome::Failed(crate::exit::chain(&e)),
+    };
+    let existed = vm.origin() == nook::VmOrigin::Template;
+    *choice = vm.engine().clone();
+    let made = matches!(
+        vm.origin(),
+        nook::VmOrigin::Template | nook::VmOrigin::BootedMadeTemplate
+    );
+    let _ = vm.stop();
+    if made {
+        TemplateOutcome::Ready {
+            existed,
+            secs: t0.elapsed().as_secs_f64(),
+        }
+    } else {
+        TemplateOutcome::Failed(
+            "the VM booted but its snapshot failed (NOOK_LOG=debug says why)".into(),
+        )
+    }
 }

@@ -63,6 +63,11 @@ pub struct VmConfig {
     pub volumes: Vec<crate::VolumeMount>,
     /// Host directories shared into the guest (virtio-fs; qemu engine).
     pub shares: Vec<crate::ShareConfig>,
+    /// Start from this configuration's template snapshot when there is one,
+    /// and make it on the first boot (see `template.rs`): a restore instead
+    /// of a boot. Off with `NOOK_NO_TEMPLATE=1`. Configurations with
+    /// volumes, shares or a scratch disk always boot.
+    pub template: bool,
 }
 
 impl Default for VmConfig {
@@ -82,6 +87,7 @@ impl Default for VmConfig {
             image: None,
             volumes: Vec::new(),
             shares: Vec::new(),
+            template: std::env::var_os("NOOK_NO_TEMPLATE").is_none_or(|v| v.is_empty() || v == "0"),
         }
     }
 }

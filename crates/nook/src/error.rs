@@ -14,7 +14,7 @@ use crate::exit_code;
 pub enum VmError {
     #[error("invalid VM configuration: {0}")]
     Config(&'static str),
-    #[error("cannot find the guest agent binary `nook-agent` (looked in {searched}): run `scripts/setup` or set NOOK_AGENT to its path")]
+    #[error("cannot find a static guest agent `nook-agent` (looked at {searched}): run `bash scripts/setup`, which builds it, or set NOOK_AGENT to its path")]
     AgentNotFound { searched: String },
     #[error("cannot prepare the guest kernel and initramfs")]
     Assets(#[source] nook_assets::AssetsError),
@@ -68,6 +68,15 @@ pub enum BootFailure {
     Cancelled,
     #[error("{0}")]
     MachineEnded(MachineExit),
+    /// The console shows an ending after which no hello can come.
+    #[error("{0}")]
+    DeadEnd(&'static str),
+    /// A failure the console explains.
+    #[error("{cause} ({hint})")]
+    Hinted {
+        cause: Box<BootFailure>,
+        hint: &'static str,
+    },
 }
 
 /// How an engine's machine ended (or why nobody can tell).
@@ -148,4 +157,16 @@ impl ExecError {
             _ => exit_code::NOOK_FAILED,
         }
     }
+}
+
+/// `e` and its sources, joined with ": ", for log lines.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -13,6 +13,7 @@
 //! waits for the guest agent, and runs commands through [`ExecBuilder`].
 #![forbid(unsafe_code)]
 
+mod boot;
 mod config;
 mod conn;
 mod engine;
@@ -23,15 +24,21 @@ mod pool;
 mod share;
 mod snapshot;
 mod storage;
+mod template;
 mod vm;
 
+pub use boot::KVM_AUTO_BOOT_TIMEOUT;
 pub use config::{EngineKind, VmConfig};
-pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict};
+pub use engine::select::{
+    probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE,
+};
+pub use engine::EngineId;
 pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
 pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
 pub use nook_proto::{BootWords, Winsize};
+pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;
 pub use snapshot::{
@@ -40,4 +47,5 @@ pub use snapshot::{
 pub use storage::{
     make_ext4, ImageRoot, Volume, VolumeError, VolumeMount, VolumeStore, DEFAULT_VOLUME_SIZE,
 };
-pub use vm::{prepare_assets, Vm, BASE_CMDLINE};
+pub use template::{gc_templates, templates_dir, TemplateGc};
+pub use vm::{prepare_assets, Vm, VmOrigin, BASE_CMDLINE};

@@ -24,20 +24,20 @@ use serde::{Deserialize, Serialize};
 use crate::config::VmConfig;
 use crate::conn::{Conn, FrameSource};
 use crate::engine::select::EngineChoice;
-use crate::engine::{kvm, qemu, Machine};
+use crate::engine::EngineId;
 use crate::error::VmError;
-use crate::vm::{make_run_dir, Vm};
+use crate::vm::{make_run_dir, Vm, VmOrigin};
 
 const MANIFEST: &str = "nook.json";
 const ENGINE_DIR: &str = "engine";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// What `nook.json` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotManifest {
     pub format: u32,
-    /// `kvm`, `qemu (kvm)` or `qemu (tcg)`.
-    pub engine: String,
+    /// The engine that ran the VM, and restores its clones.
+    pub engine: EngineId,
     pub memory_mib: u32,
     pub vcpus: u8,
     pub kernel_release: String,
@@ -93,7 +93,7 @@ impl Snapshot {
     }
 }
 
-fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
@@ -169,6 +169,16 @@ impl Vm {
     /// Snapshots this VM into the new directory `path` and lets it run on.
     /// No command may be running in it (the channel must be quiet).
     pub fn snapshot(&self, path: &Path) -> Result<Snapshot, VmError> {
+        self.snapshot_with(path, &[])
+    }
+
+    /// [`Vm::snapshot`], with `extra` files (name, contents) written into
+    /// the snapshot directory before it is renamed into place.
+    pub(crate) fn snapshot_with(
+        &self,
+        path: &Path,
+        extra: &[(&str, Vec<u8>)],
+    ) -> Result<Snapshot, VmError> {
         if path.exists() {
             return Err(VmError::BadSnapshot {
                 path: path.to_path_buf(),
@@ -196,7 +206,7 @@ impl Vm {
             let hello = &self.conn.hello;
             let manifest = SnapshotManifest {
                 format: FORMAT,
-                engine: self.choice.label().to_string(),
+                engine: self.choice.id(),
                 memory_mib: self.cfg.memory_mib,
                 vcpus: self.cfg.vcpus,
                 kernel_release: hello.kernel_release.clone(),
@@ -209,6 +219,9 @@ impl Vm {
             std::fs::File::open(tmp.join(MANIFEST))
                 .and_then(|f| f.sync_all())
                 .map_err(io)?;
+            for (name, bytes) in extra {
+                std::fs::write(tmp.join(name), bytes).map_err(io)?;
+            }
             std::fs::rename(&tmp, path).map_err(io)
         })();
         if result.is_err() {
@@ -226,19 +239,16 @@ impl Vm {
         let m = &snap.manifest;
         let run_dir = make_run_dir()?;
         let engine_dir = path.join(ENGINE_DIR);
-        let (mut machine, choice): (Box<dyn Machine>, EngineChoice) = if m.engine == "kvm" {
-            let machine = kvm::restore(&engine_dir, &run_dir.0)?;
-            let choice = EngineChoice::Kvm {
+        let mut machine = m.engine.engine().restore(&engine_dir, &run_dir.0)?;
+        let choice = match m.engine {
+            EngineId::Kvm => EngineChoice::Kvm {
                 hardware_speed: crate::probe_kvm(&cfg.home).hardware_speed,
                 reason: "restored from a kvm snapshot".into(),
-            };
-            (Box::new(machine), choice)
-        } else {
-            let choice = EngineChoice::Qemu {
-                kvm_accel: m.engine == "qemu (kvm)",
+            },
+            EngineId::QemuKvm | EngineId::QemuTcg => EngineChoice::Qemu {
+                kvm_accel: m.engine == EngineId::QemuKvm,
                 reason: "restored from a qemu snapshot".into(),
-            };
-            (Box::new(qemu::restore(&engine_dir, &run_dir.0)?), choice)
+            },
         };
         let Some(stream) = machine.take_channel() else {
             machine.kill();
@@ -276,6 +286,7 @@ impl Vm {
             boot_time: t0.elapsed(),
             cfg: vm_cfg,
             _scratch: None,
+            origin: VmOrigin::Snapshot,
         })
     }
 }

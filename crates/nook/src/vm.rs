@@ -3,18 +3,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nook_assets::{AssetsConfig, KernelSource};
 use nook_proto::{GuestHello, HostMsg, CONTROL_STREAM};
 
 use crate::config::VmConfig;
-use crate::conn::{await_hello, Conn, Greeting};
-use crate::engine::select::{select_engine, EngineChoice};
-use crate::engine::{kvm, qemu, Machine, MachineSpec};
-use crate::error::{BootFailure, VmError};
+use crate::conn::Conn;
+use crate::engine::select::EngineChoice;
+use crate::engine::Machine;
+use crate::error::VmError;
 use crate::exec::ExecBuilder;
-use crate::storage::{self, TempFile};
+use crate::storage::TempFile;
 
 /// Kernel command line every nook guest gets. `quiet` keeps the console
 /// (an emulated UART: every byte is a VM exit) nearly silent during boot.
@@ -23,7 +23,7 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/
 /// Kernel modules every guest loads (their dependencies come along): the
 /// virtio-mmio transport, the console carrying the agent channel, block
 /// devices, overlayfs for image roots, the entropy device and virtio-fs for shares.
-const GUEST_MODULES: &[&str] = &[
+pub(crate) const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_console",
     "virtio_blk",
@@ -33,7 +33,7 @@ const GUEST_MODULES: &[&str] = &[
 ];
 
 /// How many console lines an error message shows.
-const CONSOLE_TAIL: usize = 30;
+pub(crate) const CONSOLE_TAIL: usize = 30;
 
 /// A running microVM. Dropping it kills the VM.
 #[derive(Debug)]
@@ -46,6 +46,21 @@ pub struct Vm {
     pub(crate) cfg: VmConfig,
     /// The scratch disk of an image root, deleted after the VM.
     pub(crate) _scratch: Option<TempFile>,
+    pub(crate) origin: VmOrigin,
+}
+
+/// How a [`Vm`] came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmOrigin {
+    /// Its kernel booted.
+    Booted,
+    /// Its kernel booted, and the booted state became its configuration's
+    /// template.
+    BootedMadeTemplate,
+    /// Restored from its configuration's template snapshot.
+    Template,
+    /// Restored from a named snapshot ([`Vm::restore`]).
+    Snapshot,
 }
 
 /// A runtime directory that removes itself.
@@ -60,10 +75,13 @@ impl Drop for RunDir {
 
 pub(crate) fn make_run_dir() -> Result<RunDir, VmError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    // Unix socket paths are limited to 108 bytes: keep this short.
+    // Unix socket paths are limited to 108 bytes: keep this short. A
+    // memory-backed directory, because a VM that will be snapshotted keeps
+    // its RAM in a file here.
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
+        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| is_world_writable(p)))
         .unwrap_or_else(std::env::temp_dir);
     let path = base.join(format!(
         "nook-{}-{}",
@@ -77,8 +95,18 @@ pub(crate) fn make_run_dir() -> Result<RunDir, VmError> {
     Ok(RunDir(path))
 }
 
+/// A directory anyone may create entries in, like `/dev/shm` (mode 1777).
+fn is_world_writable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o002 != 0)
+}
+
 /// Finds the guest agent: `NOOK_AGENT`, the config, or next to the running
-/// executable (where `scripts/setup` installs it).
+/// executable (where `scripts/setup` builds it). Only a statically linked
+/// agent can be a guest's `/init`: a dynamically linked `nook-agent` (what a
+/// plain `cargo build` leaves in `target/release/`) is skipped, and the
+/// error names it when nothing else is found. An agent given explicitly is
+/// checked when the assets are prepared.
 pub(crate) fn find_agent(cfg: &VmConfig) -> Result<PathBuf, VmError> {
     if let Some(a) = &cfg.agent {
         return Ok(a.clone());
@@ -96,15 +124,25 @@ pub(crate) fn find_agent(cfg: &VmConfig) -> Result<PathBuf, VmError> {
                 candidates.push(up.join("x86_64-unknown-linux-gnu/release/nook-agent"));
             }
             for c in candidates {
-                if c.is_file() {
-                    return Ok(c);
+                if !c.is_file() {
+                    searched.push(format!("{} (absent)", c.display()));
+                    continue;
                 }
-                searched.push(c.display().to_string());
+                match std::fs::read(&c)
+                    .ok()
+                    .and_then(|b| nook_assets::dynamic_executable_problem(&b))
+                {
+                    None => return Ok(c),
+                    Some(problem) => {
+                        tracing::debug!("nook: skipping the agent {}: {problem}", c.display());
+                        searched.push(format!("{} (skipped: {problem})", c.display()));
+                    }
+                }
             }
         }
     }
     Err(VmError::AgentNotFound {
-        searched: searched.join(", "),
+        searched: searched.join("; "),
     })
 }
 
@@ -124,103 +162,11 @@ pub(crate) fn assets_config(cfg: &VmConfig) -> Result<AssetsConfig, VmError> {
 }
 
 impl Vm {
-    /// Prepares assets (cached), boots the VM and waits for the agent.
+    /// Prepares assets (cached), then boots the VM and waits for the agent,
+    /// or restores a clone of this configuration's template snapshot when
+    /// there is one (see [`VmConfig::template`]).
     pub fn start(cfg: VmConfig) -> Result<Vm, VmError> {
-        cfg.validate()?;
-        let t0 = Instant::now();
-        let assets = nook_assets::prepare(&assets_config(&cfg)?).map_err(VmError::Assets)?;
-        tracing::debug!(
-            "nook: assets ready in {:.2} ms (downloaded={}, built_initramfs={})",
-            t0.elapsed().as_secs_f64() * 1000.0,
-            assets.work.downloaded,
-            assets.work.built_initramfs
-        );
-        let choice = select_engine(cfg.engine, &cfg.home)?;
-        tracing::info!("nook: booting on {}: {}", choice.label(), choice.reason());
-        if let EngineChoice::Kvm {
-            hardware_speed: false,
-            reason,
-        } = &choice
-        {
-            tracing::warn!("nook: the kvm engine was {reason}");
-        }
-        let run_dir = make_run_dir()?;
-        let plan = storage::plan(cfg.image.as_ref(), &cfg.volumes, &cfg.home.join("tmp"))
-            .map_err(VmError::Storage)?;
-        let mut words = plan.words.clone();
-        words.shares = cfg
-            .shares
-            .iter()
-            .enumerate()
-            .map(|(i, s)| crate::share::boot_mount(i, s))
-            .collect();
-        let cmdline = [BASE_CMDLINE, &cfg.cmdline, &words.to_cmdline()]
-            .into_iter()
-            .filter(|part| !part.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let spec = MachineSpec {
-            kernel: assets.kernel.clone(),
-            initrd: assets.initramfs.clone(),
-            cmdline,
-            memory_mib: cfg.memory_mib,
-            vcpus: cfg.vcpus,
-            run_dir: run_dir.0.clone(),
-            disks: plan.disks.clone(),
-            shares: cfg
-                .shares
-                .iter()
-                .enumerate()
-                .map(|(i, s)| crate::share::fs_share(i, s))
-                .collect(),
-        };
-        let mut machine: Box<dyn Machine> = match &choice {
-            EngineChoice::Qemu { kvm_accel, .. } => Box::new(qemu::boot(&spec, *kvm_accel)?),
-            EngineChoice::Kvm { .. } => Box::new(kvm::boot(&spec)?),
-        };
-        let Some(stream) = machine.take_channel() else {
-            machine.kill();
-            return Err(VmError::NoAgentChannel);
-        };
-        let cancel = cfg.cancel.clone();
-        let greeting = await_hello(&stream, cfg.boot_timeout, || {
-            if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Some(BootFailure::Cancelled);
-            }
-            machine.exited().map(BootFailure::MachineEnded)
-        });
-        let (hello, source) = match greeting {
-            Ok(Greeting::Hello(h, s)) => (h, s),
-            Ok(Greeting::Failed(cause)) => {
-                machine.kill();
-                return Err(VmError::Boot {
-                    cause,
-                    console: machine.console_tail(CONSOLE_TAIL),
-                });
-            }
-            Err(e) => {
-                machine.kill();
-                return Err(e);
-            }
-        };
-        let conn = match Conn::establish(stream, hello, source) {
-            Ok(c) => c,
-            Err(e) => {
-                machine.kill();
-                return Err(e);
-            }
-        };
-        let boot_time = t0.elapsed();
-        tracing::debug!("nook: agent ready after {boot_time:?}");
-        Ok(Vm {
-            machine: Mutex::new(machine),
-            conn,
-            _run_dir: run_dir,
-            choice,
-            boot_time,
-            _scratch: plan.scratch,
-            cfg,
-        })
+        crate::boot::start(cfg)
     }
 
     /// Starts building a command to run in the guest.
@@ -246,9 +192,15 @@ impl Vm {
         &self.choice
     }
 
-    /// Time from [`Vm::start`] to the agent's hello.
+    /// Time from [`Vm::start`] (or [`Vm::restore`]) until the agent was
+    /// ready for commands.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// Whether the VM booted or was restored from a template or snapshot.
+    pub fn origin(&self) -> VmOrigin {
+        self.origin
     }
 
     /// The run-time defaults of the image the VM booted from.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nook_vmm::{KvmConfig, KvmDiskConfig, SerialSink};
 
-use super::{tail_lines, Machine, MachineSpec};
+use super::{tail_lines, Engine, Machine, MachineSpec};
 use crate::error::{MachineExit, VmError};
 
 /// The VMM's snapshot file inside a snapshot's engine directory.
@@ -21,7 +21,25 @@ pub struct KvmMachine {
     ended: Option<MachineExit>,
 }
 
-pub fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
+/// nook's own VMM.
+#[derive(Debug)]
+pub struct KvmEngine;
+
+impl Engine for KvmEngine {
+    fn boot(&self, spec: &MachineSpec) -> Result<Box<dyn Machine>, VmError> {
+        Ok(Box::new(boot(spec)?))
+    }
+
+    fn restore(
+        &self,
+        dir: &std::path::Path,
+        run_dir: &std::path::Path,
+    ) -> Result<Box<dyn Machine>, VmError> {
+        Ok(Box::new(restore(dir, run_dir)?))
+    }
+}
+
+fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
     if !spec.shares.is_empty() {
         return Err(VmError::Config(
             "host directory shares need the qemu engine for now: use --engine qemu",
@@ -99,7 +117,7 @@ impl Machine for KvmMachine {
 
 /// Starts a clone of a snapshot taken by [`Machine::snapshot`]: guest
 /// memory is mapped copy-on-write from the snapshot file.
-pub fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachine, VmError> {
+fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachine, VmError> {
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
     let console_log = run_dir.join("console.log");
     let cfg = nook_vmm::KvmRestoreConfig {

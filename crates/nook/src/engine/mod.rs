@@ -1,13 +1,67 @@
-//! The engine boundary: every engine turns a [`MachineSpec`] into a running
-//! [`Machine`] that hands back the agent channel.
+//! The engine boundary: every [`Engine`] turns a [`MachineSpec`] into a
+//! running [`Machine`] that hands back the agent channel, or restores one
+//! from a snapshot it took. Which engine ran is an [`EngineId`], recorded as
+//! such in snapshot and template metadata.
 
 pub mod kvm;
 pub mod qemu;
 pub mod select;
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::VmError;
+
+/// Which engine (and, for QEMU, which accelerator) runs a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineId {
+    /// nook's own VMM on KVM.
+    Kvm,
+    /// QEMU's `microvm` accelerated by KVM.
+    QemuKvm,
+    /// QEMU's `microvm` under TCG (software emulation).
+    QemuTcg,
+}
+
+impl EngineId {
+    /// A short label such as `qemu (tcg)`.
+    pub fn label(self) -> &'static str {
+        match self {
+            EngineId::Kvm => "kvm",
+            EngineId::QemuKvm => "qemu (kvm)",
+            EngineId::QemuTcg => "qemu (tcg)",
+        }
+    }
+
+    /// The engine that boots and restores machines of this kind.
+    pub(crate) fn engine(self) -> Box<dyn Engine> {
+        match self {
+            EngineId::Kvm => Box::new(kvm::KvmEngine),
+            EngineId::QemuKvm => Box::new(qemu::QemuEngine { kvm_accel: true }),
+            EngineId::QemuTcg => Box::new(qemu::QemuEngine { kvm_accel: false }),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.label())
+    }
+}
+
+/// Boots machines and restores them from their snapshots.
+pub(crate) trait Engine {
+    /// Boots `spec` and returns once the engine runs it.
+    fn boot(&self, spec: &MachineSpec) -> Result<Box<dyn Machine>, VmError>;
+    /// Starts a clone of the snapshot in `dir` (written by
+    /// [`Machine::snapshot`] on this engine), with sockets and console log
+    /// in `run_dir`.
+    fn restore(&self, dir: &Path, run_dir: &Path) -> Result<Box<dyn Machine>, VmError>;
+}
 
 /// What to boot, independent of the engine.
 #[derive(Debug, Clone)]
@@ -23,6 +77,9 @@ pub struct MachineSpec {
     pub shares: Vec<nook_fs::Share>,
     /// Raw disk images, attached as virtio-blk devices.
     pub disks: Vec<DiskSpec>,
+    /// The machine will be snapshotted to make clones: lay out its memory
+    /// so that they can map it copy-on-write (QEMU: RAM in a shared file).
+    pub snapshot_ready: bool,
 }
 
 /// A raw disk image attached as a virtio-blk device. The guest finds it by

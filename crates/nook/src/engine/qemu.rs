@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use nook_fs::ShareServer;
 use nook_qemu::{
-    locate_qemu, Accel, AfterSnapshot, QemuConfig, QemuDiskConfig, QemuRestoreConfig,
+    locate_qemu, Accel, AfterSnapshot, GuestRam, QemuConfig, QemuDiskConfig, QemuRestoreConfig,
     QemuShareConfig, QemuVm,
 };
 
-use super::{Machine, MachineSpec};
+use super::{Engine, Machine, MachineSpec};
 use crate::error::{MachineExit, VmError};
 
 #[derive(Debug)]
@@ -20,7 +20,27 @@ pub struct QemuMachine {
     shares: Vec<ShareServer>,
 }
 
-pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError> {
+/// QEMU's `microvm`, accelerated by KVM or emulated by TCG.
+#[derive(Debug)]
+pub struct QemuEngine {
+    pub kvm_accel: bool,
+}
+
+impl Engine for QemuEngine {
+    fn boot(&self, spec: &MachineSpec) -> Result<Box<dyn Machine>, VmError> {
+        Ok(Box::new(boot(spec, self.kvm_accel)?))
+    }
+
+    fn restore(
+        &self,
+        dir: &std::path::Path,
+        run_dir: &std::path::Path,
+    ) -> Result<Box<dyn Machine>, VmError> {
+        Ok(Box::new(restore(dir, run_dir)?))
+    }
+}
+
+fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError> {
     let accel = if kvm_accel { Accel::Kvm } else { Accel::Tcg };
     let binary = locate_qemu().map_err(VmError::Qemu)?;
     let mut cfg = QemuConfig::new(binary, accel, &spec.kernel, &spec.run_dir);
@@ -28,6 +48,11 @@ pub fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError>
     cfg.cmdline = spec.cmdline.clone();
     cfg.memory_mib = spec.memory_mib;
     cfg.vcpus = spec.vcpus;
+    if spec.snapshot_ready {
+        // Clones then map the snapshot's copy of this file copy-on-write
+        // instead of loading a migration stream.
+        cfg.ram = GuestRam::SharedFile;
+    }
     // Writeback caching: the host page cache, and guest flushes reach the
     // host disk (a guest `sync` makes volume data durable).
     cfg.disks = spec
@@ -91,7 +116,7 @@ impl Machine for QemuMachine {
 }
 
 /// Starts a clone of a snapshot taken by [`Machine::snapshot`].
-pub fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<QemuMachine, VmError> {
+fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<QemuMachine, VmError> {
     let vm = QemuVm::restore(dir, run_dir, QemuRestoreConfig::default()).map_err(VmError::Qemu)?;
     Ok(QemuMachine {
         vm,

@@ -9,6 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use nook_vmm::probe::Ring0Speed;
+
+use super::EngineId;
 use crate::config::EngineKind;
 use crate::error::VmError;
 
@@ -19,9 +22,16 @@ pub struct KvmVerdict {
     pub usable: bool,
     /// Guest ring-0 code runs at hardware speed.
     pub hardware_speed: bool,
-    /// Measured cost of one iteration of the probe's ring-0 loop.
+    /// Measured cost of one iteration of the probe's ring-0 loop (the
+    /// fastest conclusive trial).
     pub ns_per_iteration: Option<f64>,
     pub reason: String,
+    /// Every timed trial of the probe (empty when it did not run).
+    #[serde(default)]
+    pub trials: Vec<nook_vmm::probe::ProbeTrial>,
+    /// The probe's verdict over its trials, when it ran.
+    #[serde(default)]
+    pub speed: Option<nook_vmm::probe::Ring0Speed>,
     /// The host boot this verdict belongs to.
     pub boot_id: String,
 }
@@ -46,17 +56,22 @@ impl EngineChoice {
         }
     }
 
-    /// A short label such as `qemu (tcg)`.
-    pub fn label(&self) -> &'static str {
+    /// The engine that runs.
+    pub fn id(&self) -> EngineId {
         match self {
-            EngineChoice::Kvm { .. } => "kvm",
+            EngineChoice::Kvm { .. } => EngineId::Kvm,
             EngineChoice::Qemu {
                 kvm_accel: true, ..
-            } => "qemu (kvm)",
+            } => EngineId::QemuKvm,
             EngineChoice::Qemu {
                 kvm_accel: false, ..
-            } => "qemu (tcg)",
+            } => EngineId::QemuTcg,
         }
+    }
+
+    /// A short label such as `qemu (tcg)`.
+    pub fn label(&self) -> &'static str {
+        self.id().label()
     }
 }
 
@@ -66,61 +81,109 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Forces the probe to report hardware speed without measuring (and
+/// without touching the cached verdict): fault injection for tests of what
+/// `auto` does when KVM was wrongly judged fast.
+pub const FAULT_KVM_HARDWARE: &str = "NOOK_FAULT_KVM_HARDWARE";
+
+fn cache_path(home: &Path) -> std::path::PathBuf {
+    home.join("kvm-probe.json")
+}
+
 /// Probes KVM, reusing the verdict cached in `home` for this host boot.
 pub fn probe_kvm(home: &Path) -> KvmVerdict {
-    let cache = home.join("kvm-probe.json");
     let boot = boot_id();
-    if let Some(v) = std::fs::read(&cache)
+    if std::env::var_os(FAULT_KVM_HARDWARE).is_some() {
+        return KvmVerdict {
+            usable: true,
+            hardware_speed: true,
+            ns_per_iteration: None,
+            reason: format!("{FAULT_KVM_HARDWARE} is set: KVM is taken to run at hardware speed without probing"),
+            trials: Vec::new(),
+            speed: None,
+            boot_id: boot,
+        };
+    }
+    if let Some(v) = std::fs::read(cache_path(home))
         .ok()
         .and_then(|b| serde_json::from_slice::<KvmVerdict>(&b).ok())
         .filter(|v| v.boot_id == boot && !boot.is_empty())
     {
         return v;
     }
-    let verdict = match nook_vmm::probe::kvm_available() {
-        Err(e) => KvmVerdict {
-            usable: false,
-            hardware_speed: false,
-            ns_per_iteration: None,
-            reason: e.to_string(),
-            boot_id: boot,
-        },
-        Ok(()) => match nook_vmm::probe::measure_ring0() {
-            Ok(p) => KvmVerdict {
-                usable: true,
-                hardware_speed: p.at_hardware_speed,
-                ns_per_iteration: Some(p.ns_per_iteration),
-                reason: if p.at_hardware_speed {
-                    format!(
-                        "KVM runs guest ring-0 code at hardware speed ({:.1} ns per probe-loop iteration)",
-                        p.ns_per_iteration
-                    )
-                } else {
-                    format!(
-                        "KVM runs guest kernels emulated here ({:.0} ns per probe-loop iteration, hardware does it in under {:.0} ns): nested or software-assisted virtualization",
-                        p.ns_per_iteration,
-                        nook_vmm::probe::HARDWARE_SPEED_THRESHOLD_NS
-                    )
-                },
-                boot_id: boot,
-            },
-            Err(e) => KvmVerdict {
-                usable: false,
-                hardware_speed: false,
-                ns_per_iteration: None,
-                reason: format!("the KVM probe failed: {e}"),
-                boot_id: boot,
-            },
-        },
+    let verdict = measure_verdict(boot);
+    // An inconclusive probe is not remembered: the next run measures again.
+    if verdict.speed != Some(Ring0Speed::Inconclusive) {
+        store_verdict(home, &verdict);
+    }
+    verdict
+}
+
+fn measure_verdict(boot: String) -> KvmVerdict {
+    let unusable = |reason: String, boot: String| KvmVerdict {
+        usable: false,
+        hardware_speed: false,
+        ns_per_iteration: None,
+        reason,
+        trials: Vec::new(),
+        speed: None,
+        boot_id: boot,
     };
+    if let Err(e) = nook_vmm::probe::kvm_available() {
+        return unusable(e.to_string(), boot);
+    }
+    let p = match nook_vmm::probe::measure_ring0() {
+        Ok(p) => p,
+        Err(e) => return unusable(format!("the KVM probe failed: {e}"), boot),
+    };
+    let threshold = nook_vmm::probe::HARDWARE_SPEED_THRESHOLD_NS;
+    let reason = match p.speed {
+        Ring0Speed::Hardware => format!(
+            "KVM runs guest ring-0 code at hardware speed ({:.1} ns per probe-loop iteration)",
+            p.ns_per_iteration
+        ),
+        Ring0Speed::Emulated => format!(
+            "KVM runs guest kernels emulated here ({:.0} ns per probe-loop iteration, hardware does it in under {threshold:.0} ns): nested or software-assisted virtualization",
+            p.ns_per_iteration
+        ),
+        Ring0Speed::Inconclusive => format!(
+            "the KVM speed probe was inconclusive ({} trials, too few plausible), so KVM is not trusted to run guest kernels at speed",
+            p.trials.len()
+        ),
+    };
+    KvmVerdict {
+        usable: true,
+        hardware_speed: p.at_hardware_speed,
+        ns_per_iteration: (p.speed != Ring0Speed::Inconclusive).then_some(p.ns_per_iteration),
+        reason,
+        trials: p.trials,
+        speed: Some(p.speed),
+        boot_id: boot,
+    }
+}
+
+fn store_verdict(home: &Path, verdict: &KvmVerdict) {
     let _ = std::fs::create_dir_all(home);
-    if let Ok(bytes) = serde_json::to_vec_pretty(&verdict) {
+    if let Ok(bytes) = serde_json::to_vec_pretty(verdict) {
+        let cache = cache_path(home);
         let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
         if std::fs::write(&tmp, bytes).is_ok() {
             let _ = std::fs::rename(&tmp, &cache);
         }
     }
-    verdict
+}
+
+/// Records, for the rest of this host boot, that a guest did not come up on
+/// the kvm engine here, so `auto` goes straight to qemu from now on.
+pub fn record_kvm_boot_failure(home: &Path, why: &str) {
+    if std::env::var_os(FAULT_KVM_HARDWARE).is_some() {
+        // An injected verdict says nothing about this host: keep the real one.
+        return;
+    }
+    let mut verdict = probe_kvm(home);
+    verdict.hardware_speed = false;
+    verdict.reason = format!("a guest did not boot on the kvm engine on this host ({why})");
+    store_verdict(home, &verdict);
 }
 
 /// Resolves the requested engine to the one that will run.
