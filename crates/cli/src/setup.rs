@@ -18,10 +18,6 @@ pub struct SetupArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Do not boot a VM to make the default configuration's template
-    /// snapshot (which makes the first `nook run` as fast as the next).
-    #[arg(long)]
-    pub no_template: bool,
 }
 
 pub fn setup(args: SetupArgs) -> i32 {
@@ -50,7 +46,10 @@ pub fn setup(args: SetupArgs) -> i32 {
             return exit::NOOK_FAILED;
         }
     };
-    let template = if args.no_template || !cfg.template {
+    // --no-template (or NOOK_NO_TEMPLATE): no VM is booted to make the
+    // default configuration's template, which makes the first `nook run`
+    // as fast as the next.
+    let template = if !cfg.template {
         TemplateOutcome::Skipped
     } else {
         make_default_template(&cfg, &mut choice)

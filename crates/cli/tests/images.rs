@@ -354,3 +354,59 @@ fn debian_image_builds_and_runs_python() {
     let out = nook_out(&["run", name, "--", "python3", "-c", "print(6*7)"]);
     assert_eq!(ok(&out), "42\n");
 }
+
+/// The template a debug log names ("restored from template KEY" or "made
+/// template KEY").
+fn template_key(stderr: &str) -> Option<(bool, String)> {
+    for (marker, restored) in [("restored from template ", true), ("made template ", false)] {
+        if let Some(i) = stderr.find(marker) {
+            let key = stderr[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            return Some((restored, key));
+        }
+    }
+    None
+}
+
+#[test]
+fn image_runs_restore_from_a_template_of_their_own() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = dir.path().join("layout");
+    let name = unique("nooktest-template");
+    test_image().write_oci_layout(&layout, "1");
+    let _n = ImageName(format!("{name}:1"));
+    ok(&nook_out(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        &format!("{name}:1"),
+    ]));
+    let debug_run = |args: &[&str]| {
+        let out = nook()
+            .env("NOOK_LOG", "debug")
+            .args(args)
+            .output()
+            .expect("run nook");
+        let stdout = ok(&out);
+        (stdout, text(&out.stderr))
+    };
+    let image = format!("{name}:1");
+    let (_, first) = debug_run(&["run", &image, "--", "cat", "/etc/marker"]);
+    let (_, image_key) = template_key(&first).expect("an image run has a template");
+    let (stdout, second) = debug_run(&["run", &image, "--", "cat", "/etc/marker"]);
+    assert_eq!(stdout, "marker-v2\n", "the clone runs in the image's root");
+    assert_eq!(
+        template_key(&second),
+        Some((true, image_key.clone())),
+        "{second}"
+    );
+    let (_, plain) = debug_run(&["run", "--", "true"]);
+    let (_, plain_key) = template_key(&plain).expect("the default configuration has one too");
+    assert_ne!(plain_key, image_key, "the image's template is its own");
+}

@@ -35,6 +35,10 @@ use crate::vm::{assets_config, make_run_dir, Vm, VmOrigin, BASE_CMDLINE, CONSOLE
 /// under a second.
 pub const KVM_AUTO_BOOT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the round trip before a template snapshot asks the agent to run: a
+/// directory, so the agent answers at once with an error.
+const SYNC_PROBE: &str = "/";
+
 /// How often the console is checked for a dead end while waiting.
 const CONSOLE_CHECK: Duration = Duration::from_millis(250);
 
@@ -194,22 +198,29 @@ fn request(spec: &MachineSpec, engine: EngineId) -> TemplateRequest<'_> {
 /// only the template: it is logged and the VM runs on.
 fn make_template(vm: &mut Vm, t: &Template) {
     let t0 = Instant::now();
-    // A round trip first: the agent has then read the host's hello, so
-    // nothing is in flight on the channel when the snapshot is taken.
-    if let Err(e) = vm.exec(["true"]).output() {
-        tracing::warn!(
-            "nook: not making template {}: the agent did not answer: {e}",
-            t.key
-        );
-        return;
+    // A round trip first: once the agent has answered a request, it has
+    // read everything sent before (the host's hello), so nothing is in
+    // flight on the channel when the snapshot is taken. A path that is no
+    // program makes the agent answer without running anything, whatever
+    // the root file system holds.
+    match vm.exec([SYNC_PROBE]).output() {
+        Ok(_)
+        | Err(ExecError::NotFound(_))
+        | Err(ExecError::NotExecutable(_))
+        | Err(ExecError::BadRequest(_)) => {}
+        Err(e) => {
+            tracing::warn!("nook: not making template {}: the agent did not answer: {e}", t.key);
+            return;
+        }
     }
     match vm.snapshot_with(&t.path, &[(INPUTS_FILE, t.inputs_json())]) {
         Ok(_) => {
             vm.origin = VmOrigin::BootedMadeTemplate;
             tracing::debug!(
-                "nook: made template {} in {:?}",
-                t.path.display(),
-                t0.elapsed()
+                "nook: made template {} in {:?} ({})",
+                t.key,
+                t0.elapsed(),
+                t.path.display()
             );
         }
         // Another nook may have made the same template meanwhile.

@@ -195,7 +195,11 @@ impl Vm {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        // Unique per process and call: threads of one process may snapshot
+        // into the same place at once (two starts making one template).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = parent.join(format!(".{name}.partial-{}-{seq}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(io)?;
         let result = (|| {
