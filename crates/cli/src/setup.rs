@@ -49,8 +49,19 @@ pub fn setup(args: SetupArgs) -> i32 {
     // --no-template (or NOOK_NO_TEMPLATE): no VM is booted to make the
     // default configuration's template, which makes the first `nook run`
     // as fast as the next.
+    let slow_kvm = matches!(
+        choice,
+        EngineChoice::Kvm {
+            hardware_speed: false,
+            ..
+        }
+    );
     let template = if !cfg.template {
         TemplateOutcome::Skipped
+    } else if slow_kvm {
+        // A boot would take hours here; the first `nook run` on kvm makes
+        // the template if it ever gets that far.
+        TemplateOutcome::Failed("not made: the kvm engine runs guest kernels emulated here".into())
     } else {
         make_default_template(&cfg, &mut choice)
     };
@@ -164,7 +175,10 @@ fn make_default_template(cfg: &nook::VmConfig, choice: &mut EngineChoice) -> Tem
         Err(e) => return TemplateOutcome::Failed(crate::exit::chain(&e)),
     };
     let existed = vm.origin() == nook::VmOrigin::Template;
-    *choice = vm.engine().clone();
+    if vm.engine().id() != choice.id() {
+        // auto fell back from kvm: say what really runs.
+        *choice = vm.engine().clone();
+    }
     let made = matches!(
         vm.origin(),
         nook::VmOrigin::Template | nook::VmOrigin::BootedMadeTemplate

@@ -105,10 +105,16 @@ fn auto_falls_back_to_qemu_when_the_kvm_guest_cannot_boot() {
     if !ready() {
         return;
     }
-    let setup = nook().args(["setup", "--json", "--no-template"]).output().unwrap();
+    let setup = nook()
+        .args(["setup", "--json", "--no-template"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&setup.stdout).expect("setup --json");
     if v["kvm"]["usable"] != true {
-        eprintln!("skipping: /dev/kvm is not usable here: {}", v["kvm"]["reason"]);
+        eprintln!(
+            "skipping: /dev/kvm is not usable here: {}",
+            v["kvm"]["reason"]
+        );
         return;
     }
     if v["kvm"]["hardware_speed"] == true {

@@ -91,6 +91,9 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
                 );
                 vm.origin = VmOrigin::Template;
                 vm.boot_time = t0.elapsed();
+                // The template was made on the engine chosen now (its key
+                // names it): keep the choice's reason.
+                vm.choice = choice;
                 return Ok(vm);
             }
             Err(e) => {
@@ -209,7 +212,10 @@ fn make_template(vm: &mut Vm, t: &Template) {
         | Err(ExecError::NotExecutable(_))
         | Err(ExecError::BadRequest(_)) => {}
         Err(e) => {
-            tracing::warn!("nook: not making template {}: the agent did not answer: {e}", t.key);
+            tracing::warn!(
+                "nook: not making template {}: the agent did not answer: {e}",
+                t.key
+            );
             return;
         }
     }
