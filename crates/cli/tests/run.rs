@@ -260,8 +260,9 @@ fn sigint_during_boot_leaves_no_qemu() {
     if !ready() {
         return;
     }
+    // A boot, not a template restore: the signal must land mid-boot.
     let mut child = nook()
-        .args(["run", "--", "true"])
+        .args(["run", "--no-template", "--", "true"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
