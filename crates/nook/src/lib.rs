@@ -13,6 +13,7 @@
 //! waits for the guest agent, and runs commands through [`ExecBuilder`].
 #![forbid(unsafe_code)]
 
+mod bare;
 mod boot;
 mod config;
 mod conn;
@@ -27,6 +28,7 @@ mod storage;
 mod template;
 mod vm;
 
+pub use bare::{boot_bare, BareBootError, BareConfig, BareEnding, BareExit};
 pub use boot::KVM_AUTO_BOOT_TIMEOUT;
 pub use config::{EngineKind, VmConfig};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE};
