@@ -3,7 +3,7 @@
 //! agent that nook takes (only a static one).
 
 mod common;
-use common::{nook, ready, text};
+use common::{nook, ok, ready, template_key, text};
 
 use std::path::Path;
 use std::process::Output;
@@ -16,35 +16,6 @@ fn run_debug(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run nook")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "nook failed ({:?}): {}",
-        out.status,
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// How a debug log says the VM started: ("restored" | "made" | "booted", key).
-fn start_path(stderr: &str) -> (&'static str, Option<String>) {
-    let key_after = |marker: &str| {
-        stderr.find(marker).map(|i| {
-            stderr[i + marker.len()..]
-                .chars()
-                .take_while(char::is_ascii_hexdigit)
-                .collect::<String>()
-        })
-    };
-    if let Some(k) = key_after("restored from template ") {
-        ("restored", Some(k))
-    } else if let Some(k) = key_after("made template ") {
-        ("made", Some(k))
-    } else {
-        ("booted", None)
-    }
 }
 
 fn now_secs() -> u64 {
@@ -63,16 +34,19 @@ fn run_restores_from_a_template_with_its_own_entropy_and_clock() {
     // The first run may boot and make the template (or find it made).
     let first = run_debug(&["run", "--", "sh", "-c", probe]);
     ok(&first);
-    let (_, key) = start_path(&text(&first.stderr));
-    let key = key.expect("the default configuration has a template");
+    let (_, key) =
+        template_key(&text(&first.stderr)).expect("the default configuration has a template");
     // Then every run is a clone.
     let mut seen = Vec::new();
     for _ in 0..2 {
         let out = run_debug(&["run", "--", "sh", "-c", probe]);
         let stdout = ok(&out);
-        let (path, k) = start_path(&text(&out.stderr));
-        assert_eq!(path, "restored", "{}", text(&out.stderr));
-        assert_eq!(k.as_deref(), Some(key.as_str()));
+        assert_eq!(
+            template_key(&text(&out.stderr)),
+            Some((true, key.clone())),
+            "{}",
+            text(&out.stderr)
+        );
         let mut lines = stdout.lines();
         let entropy = lines.next().expect("random bytes").trim().to_string();
         let guest_time: u64 = lines.next().expect("date").trim().parse().unwrap();
@@ -90,14 +64,14 @@ fn run_restores_from_a_template_with_its_own_entropy_and_clock() {
     ok(&other);
     let other = run_debug(&["run", "--memory", "320", "--", "true"]);
     ok(&other);
-    let (path, other_key) = start_path(&text(&other.stderr));
-    assert_eq!(path, "restored", "{}", text(&other.stderr));
-    assert_ne!(other_key.as_deref(), Some(key.as_str()));
+    let (restored, other_key) = template_key(&text(&other.stderr)).expect("a template");
+    assert!(restored, "{}", text(&other.stderr));
+    assert_ne!(other_key, key);
 
     // --no-template boots.
     let booted = run_debug(&["run", "--no-template", "--", "true"]);
     ok(&booted);
-    assert_eq!(start_path(&text(&booted.stderr)).0, "booted");
+    assert_eq!(template_key(&text(&booted.stderr)), None);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod common;
-use common::{nook, text};
+use common::{nook, ok, template_key, text};
 use nook_image::testing::{LayerBuilder, Registry, TestImage, TestLayer};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -24,16 +24,6 @@ const APPLETS: &[&str] = &[
 
 fn nook_out(args: &[&str]) -> Output {
     nook().args(args).output().expect("run nook")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "nook failed ({:?}): {}",
-        out.status,
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// Skips (with a printed reason) when the machine cannot run guests or
@@ -353,21 +343,6 @@ fn debian_image_builds_and_runs_python() {
     ]));
     let out = nook_out(&["run", name, "--", "python3", "-c", "print(6*7)"]);
     assert_eq!(ok(&out), "42\n");
-}
-
-/// The template a debug log names ("restored from template KEY" or "made
-/// template KEY").
-fn template_key(stderr: &str) -> Option<(bool, String)> {
-    for (marker, restored) in [("restored from template ", true), ("made template ", false)] {
-        if let Some(i) = stderr.find(marker) {
-            let key = stderr[i + marker.len()..]
-                .chars()
-                .take_while(char::is_ascii_hexdigit)
-                .collect();
-            return Some((restored, key));
-        }
-    }
-    None
 }
 
 #[test]

@@ -34,3 +34,30 @@ pub fn ready() -> bool {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The stdout of a successful run; fails the test with stderr otherwise.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "nook failed ({:?}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// How a `NOOK_LOG=debug` log says the VM started: restored from a
+/// template (`Some((true, KEY))`), booted and made one (`Some((false,
+/// KEY))`), or neither (`None`: booted with no template).
+pub fn template_key(stderr: &str) -> Option<(bool, String)> {
+    for (marker, restored) in [("restored from template ", true), ("made template ", false)] {
+        if let Some(i) = stderr.find(marker) {
+            let key = stderr[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            return Some((restored, key));
+        }
+    }
+    None
+}
