@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nook_fsutil::{io_err, IoError};
 use nook_image::{ImageConfig, ImageInfo};
 use nook_proto::{BootWords, DiskMount};
 
@@ -70,22 +71,12 @@ pub enum VolumeError {
     NotFound(String),
     #[error("invalid volume mount point `{0}`: it must be an absolute guest path")]
     InvalidMountPoint(String),
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("mkfs.ext4 is not installed: install e2fsprogs (apt-get install e2fsprogs)")]
     MkfsMissing,
     #[error("mkfs.ext4 failed on {path}: {stderr}")]
     Mkfs { path: PathBuf, stderr: String },
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VolumeError {
-    let path = path.to_path_buf();
-    move |source| VolumeError::Io { op, path, source }
 }
 
 /// A named volume.
@@ -164,7 +155,7 @@ impl VolumeStore {
             let linked = made.and_then(|()| match std::fs::hard_link(&tmp, &path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(io_err("create", &path)(e)),
+                Err(e) => Err(io_err("create", &path)(e).into()),
             });
             let _ = std::fs::remove_file(&tmp);
             linked?;
@@ -198,7 +189,7 @@ impl VolumeStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(VolumeError::NotFound(name.to_string()))
             }
-            Err(e) => Err(io_err("remove", &path)(e)),
+            Err(e) => Err(io_err("remove", &path)(e).into()),
         }
     }
 }

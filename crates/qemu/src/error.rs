@@ -1,10 +1,11 @@
 //! Errors of the QEMU engine, and the diagnostics a failed boot carries.
 
 use std::fmt;
-use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
+
+use nook_fsutil::IoError;
 
 use crate::qmp::QmpError;
 
@@ -137,13 +138,8 @@ pub enum QemuError {
 /// What can be wrong with a snapshot's files, taking or restoring it.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuSnapshotError {
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(
         "{path} is missing: this is not a snapshot, or taking it was interrupted; \
          take the snapshot again"

@@ -165,11 +165,9 @@ fn measure_verdict(boot: String) -> KvmVerdict {
 fn store_verdict(home: &Path, verdict: &KvmVerdict) {
     let _ = std::fs::create_dir_all(home);
     if let Ok(bytes) = serde_json::to_vec_pretty(verdict) {
-        let cache = cache_path(home);
-        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, &cache);
-        }
+        use std::io::Write;
+        // A cache: failing to write it only costs the next run a probe.
+        let _ = nook_fsutil::write_atomic(&cache_path(home), 0o644, |f| f.write_all(&bytes));
     }
 }
 

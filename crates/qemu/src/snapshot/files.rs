@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use super::{SnapshotMemory, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
+use nook_fsutil::{io_err, sync_dir};
+
 use crate::error::QemuSnapshotError;
 use crate::sys;
 
@@ -27,10 +29,8 @@ pub(super) struct PartialDir {
 
 impl PartialDir {
     pub(super) fn create(dir: &Path) -> Result<PartialDir, QemuSnapshotError> {
-        let name = dir.file_name().ok_or_else(|| QemuSnapshotError::Io {
-            op: "name a snapshot directory",
-            path: dir.to_owned(),
-            source: io::ErrorKind::InvalidInput.into(),
+        let name = dir.file_name().ok_or_else(|| {
+            io_err("name a snapshot directory", dir)(io::ErrorKind::InvalidInput.into())
         })?;
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -40,11 +40,7 @@ impl PartialDir {
         hidden.push(name);
         hidden.push(format!(".partial-{}-{nanos}", std::process::id()));
         let path = dir.with_file_name(hidden);
-        std::fs::create_dir(&path).map_err(|source| QemuSnapshotError::Io {
-            op: "create",
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::create_dir(&path).map_err(io_err("create", &path))?;
         Ok(PartialDir {
             path,
             committed: false,
@@ -71,26 +67,14 @@ impl PartialDir {
             let path = self.path.join(name);
             File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|source| QemuSnapshotError::Io {
-                    op: "sync",
-                    path,
-                    source,
-                })?;
+                .map_err(io_err("sync", &path))?;
         }
         let path = self.path.join(MANIFEST_FILE);
         std::fs::write(&path, manifest)
             .and_then(|()| File::open(&path)?.sync_all())
-            .map_err(|source| QemuSnapshotError::Io {
-                op: "write",
-                path,
-                source,
-            })?;
+            .map_err(io_err("write", &path))?;
         sync_dir(&self.path)?;
-        std::fs::rename(&self.path, dir).map_err(|source| QemuSnapshotError::Io {
-            op: "rename the finished snapshot to",
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::rename(&self.path, dir).map_err(io_err("rename the finished snapshot to", dir))?;
         self.committed = true;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
@@ -110,25 +94,10 @@ impl Drop for PartialDir {
     }
 }
 
-pub(super) fn sync_dir(path: &Path) -> Result<(), QemuSnapshotError> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| QemuSnapshotError::Io {
-            op: "sync directory",
-            path: path.to_owned(),
-            source,
-        })
-}
-
 /// Opens `path` and checks that it is `expected` bytes long.
 pub(super) fn open_checked(path: &Path, expected: u64) -> Result<File, QemuSnapshotError> {
-    let io_err = |source| QemuSnapshotError::Io {
-        op: "open",
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let actual = file.metadata().map_err(io_err)?.len();
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let actual = file.metadata().map_err(io_err("stat", path))?.len();
     if actual != expected {
         return Err(QemuSnapshotError::SizeMismatch {
             path: path.to_owned(),
@@ -141,12 +110,7 @@ pub(super) fn open_checked(path: &Path, expected: u64) -> Result<File, QemuSnaps
 
 /// Length and CRC-32 of a file.
 pub(super) fn checksum(path: &Path) -> Result<(u64, u32), QemuSnapshotError> {
-    let io_err = |source| QemuSnapshotError::Io {
-        op: "read",
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(io_err)?;
+    let mut file = File::open(path).map_err(io_err("read", path))?;
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -155,7 +119,7 @@ pub(super) fn checksum(path: &Path) -> Result<(u64, u32), QemuSnapshotError> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(io_err("read", path)(e).into()),
         };
         hasher.update(&buf[..n]);
         len += n as u64;
@@ -271,7 +235,7 @@ mod tests {
             .starts_with(".snap.partial-"));
         std::fs::write(hidden.join(STATE_FILE), b"half").unwrap();
         drop(partial);
-        assert!(!hidden.exists() && !dir.exists());
+        assert!(!hidden.exists() & !dir.exists());
 
         let partial = PartialDir::create(&dir).unwrap();
         std::fs::write(partial.path().join(STATE_FILE), b"all").unwrap();

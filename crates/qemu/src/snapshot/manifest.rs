@@ -173,13 +173,7 @@ pub(super) fn read(dir: &Path) -> Result<QemuSnapshotInfo, QemuSnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(QemuSnapshotError::ManifestMissing { path })
         }
-        Err(source) => {
-            return Err(QemuSnapshotError::Io {
-                op: "read",
-                path,
-                source,
-            })
-        }
+        Err(source) => return Err(nook_fsutil::IoError::new("read", path, source).into()),
     };
     let invalid = |path: PathBuf| {
         move |source: serde_json::Error| match source.classify() {
@@ -425,7 +419,7 @@ mod tests {
         let qemu = PathBuf::from("/usr/bin/qemu");
         let cfg = restore_config(&recorded, qemu.clone(), Path::new("/run/x"), &options).unwrap();
         assert_eq!(cfg.run_dir, Path::new("/run/x"));
-        assert!(cfg.sandbox && cfg.extra_args.is_empty());
+        assert!(cfg.sandbox & cfg.extra_args.is_empty());
         assert_eq!(cfg.disks, recorded.disks);
 
         let refused = |recorded: &QemuConfig, options: &QemuRestoreConfig| match restore_config(

@@ -16,6 +16,8 @@ use super::{
     AfterSnapshot, QemuRestoreConfig, QemuSnapshotInfo, SnapshotMemory, SnapshotTimings,
     MEMORY_FILE, STATE_FILE,
 };
+use nook_fsutil::io_err;
+
 use crate::cmdline::{Launch, RamBacking};
 use crate::config::locate_qemu;
 use crate::error::{QemuError, QemuSnapshotError};
@@ -83,7 +85,7 @@ impl QemuVm {
         }
         let paused_at = Instant::now();
         let saved = self.save_state(dir, partial.path());
-        if was_running && (after == AfterSnapshot::Resume || saved.is_err()) {
+        if was_running & (after == AfterSnapshot::Resume || saved.is_err()) {
             match self.resume() {
                 Ok(()) => {}
                 Err(e) if saved.is_ok() => return Err(e),
@@ -154,13 +156,7 @@ impl QemuVm {
             .write(true)
             .create_new(true)
             .open(&state_path)
-            .map_err(|source| {
-                take_err(QemuSnapshotError::Io {
-                    op: "create",
-                    path: state_path.clone(),
-                    source,
-                })
-            })?;
+            .map_err(|source| take_err(io_err("create", &state_path)(source).into()))?;
         let handed = self.qmp()?.execute_with_fd(
             "getfd",
             Some(json!({ "fdname": STATE_FD_NAME })),
@@ -187,11 +183,7 @@ impl QemuVm {
         let copy_started = Instant::now();
         let memory_path = partial.join(MEMORY_FILE);
         let data = copy_sparse(&ram, &memory_path).map_err(|source| {
-            take_err(QemuSnapshotError::Io {
-                op: "copy guest RAM into",
-                path: memory_path.clone(),
-                source,
-            })
+            take_err(io_err("copy guest RAM into", &memory_path)(source).into())
         })?;
         Ok((SnapshotMemory::File, save, copy_started.elapsed(), data))
     }
