@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::error::{io_err, ImageError};
 use crate::manifest;
 use crate::rootfs::tail;
-use crate::store::{remove_path, write_atomic, ImageInfo, ImageStore};
+use crate::store::{remove_path, ImageInfo, ImageStore};
 
 /// Variant passed to mmdebstrap: Essential + Priority: required + apt.
 const VARIANT: &str = "minbase";
@@ -178,7 +178,7 @@ impl ImageStore {
             path: cache_path.clone(),
             source,
         })?;
-        write_atomic(&self.tmp_dir(), &cache_path, &entry)?;
+        nook_fsutil::write_atomic(&cache_path, 0o644, |f| f.write_all(&entry))?;
         self.tag(name, &digest)?;
         self.info_for(&digest, name)
     }
@@ -304,7 +304,8 @@ pub(crate) fn gc_cache(store: &ImageStore, named: &BTreeSet<String>) -> Result<(
         let keep = fs::read(entry.path())
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
-            .is_some_and(|e| named.contains(&e.digest));
+            .is_some_and(|e| named.contains(&e.digest))
+            && !nook_fsutil::is_temp_name(&entry.file_name());
         if !keep {
             remove_path(&entry.path())?;
         }

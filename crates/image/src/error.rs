@@ -4,6 +4,8 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
+use nook_fsutil::IoError;
+
 use crate::digest::Digest;
 use crate::layer::LayerBlobError;
 use crate::manifest::ManifestError;
@@ -12,16 +14,8 @@ use crate::manifest::ManifestError;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// A file system operation on the store or an input failed.
-    #[error("cannot {op} {path}")]
-    Io {
-        /// What was attempted.
-        op: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The store on disk has a layout this code does not understand.
     #[error("image store {path} has layout {found:?}, expected {expected:?}: use a matching nook or move the store away")]
     StoreLayout {
@@ -164,5 +158,5 @@ pub(crate) fn io_err(
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(io::Error) -> ImageError {
     let path = path.into();
-    move |source| ImageError::Io { op, path, source }
+    move |source| ImageError::Io(IoError { op, path, source })
 }
