@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{cache_err, AssetsError};
-use crate::fsutil::{sha256_file, write_atomic};
+use crate::fsutil::sha256_file;
 use crate::progress::Progress;
 
 /// The versioned package a requested name resolved to.
@@ -41,12 +41,13 @@ impl DebPin {
 
     /// Saves the pin atomically.
     pub fn save(&self, path: &Path) -> Result<(), AssetsError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| AssetsError::Cache {
-            op: "encode",
-            path: path.to_owned(),
-            source: e.into(),
-        })?;
-        write_atomic(path, &json).map_err(cache_err("write", path))
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| cache_err("encode", path)(e.into()))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(cache_err("create directory", dir))?;
+        }
+        nook_fsutil::write_atomic(path, 0o644, |f| std::io::Write::write_all(f, &json))?;
+        Ok(())
     }
 }
 

@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use nook_fsutil::IoError;
+
 use crate::cpio::CpioError;
 use crate::modules::ModuleError;
 
@@ -10,16 +12,8 @@ use crate::modules::ModuleError;
 #[derive(Debug, thiserror::Error)]
 pub enum AssetsError {
     /// A cache file or directory operation failed.
-    #[error("cannot {op} {path}")]
-    Cache {
-        /// The operation, e.g. "create directory".
-        op: &'static str,
-        /// The path it was applied to.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The cache lock could not be taken.
     #[error("cannot lock the asset cache {path}: check that the directory is writable")]
     Lock {
@@ -169,5 +163,5 @@ pub(crate) fn cache_err(
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(io::Error) -> AssetsError {
     let path = path.into();
-    move |source| AssetsError::Cache { op, path, source }
+    move |source| AssetsError::Io(IoError { op, path, source })
 }

@@ -1,8 +1,8 @@
-//! Small file helpers: content hashes and atomic writes.
+//! Small file helpers: content hashes (atomic writes are
+//! [`nook_fsutil::write_atomic`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -27,23 +27,6 @@ pub(crate) fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
         len += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), len))
-}
-
-/// Writes `data` to `path` through a temporary file in the same directory
-/// and a rename, so readers see the old file or the whole new one.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    // tempfile creates 0600; cache metadata is not secret.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// A `Write` sink that only hashes and counts.
@@ -77,11 +60,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_agree_and_atomic_write_replaces() {
+    fn hashes_agree() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/file");
-        write_atomic(&path, b"old").unwrap();
-        write_atomic(&path, b"abc").unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"abc").unwrap();
         let expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert_eq!(sha256_file(&path).unwrap(), (expected.to_owned(), 3));
         assert_eq!(sha256_hex(b"abc"), expected);
@@ -89,10 +71,5 @@ mod tests {
         sink.write_all(b"ab").unwrap();
         sink.write_all(b"c").unwrap();
         assert_eq!(sink.finish(), (expected.to_owned(), 3));
-        // Only the final file remains: no temporaries left behind.
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1
-        );
     }
 }

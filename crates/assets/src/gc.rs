@@ -40,7 +40,9 @@ pub(crate) fn collect(layout: &Layout, index: &Index, grace: Duration) {
             .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
     };
     for path in list(&layout.initramfs()) {
-        let is_image = path.extension().is_some_and(|e| e == "cpio");
+        // Images, and temporaries of a build a killed process left.
+        let is_image = path.extension().is_some_and(|e| e == "cpio")
+            || path.file_name().is_some_and(nook_fsutil::is_temp_name);
         if is_image && !keep.contains(&path) && old(&path) {
             remove(&path, std::fs::remove_file(&path));
         }

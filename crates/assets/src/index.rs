@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Assets, AssetsConfig};
 use crate::error::{cache_err, AssetsError};
-use crate::fsutil::write_atomic;
 
 /// Bump when the meaning of cached files changes (initramfs layout, ...).
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -133,12 +132,13 @@ impl Index {
 
     /// Writes the index atomically (readers never see a partial file).
     pub fn save(&self, path: &Path) -> Result<(), AssetsError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| AssetsError::Cache {
-            op: "encode index",
-            path: path.to_owned(),
-            source: e.into(),
-        })?;
-        write_atomic(path, &json).map_err(cache_err("write index", path))
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| cache_err("encode index", path)(e.into()))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(cache_err("create directory", dir))?;
+        }
+        nook_fsutil::write_atomic(path, 0o644, |f| std::io::Write::write_all(f, &json))?;
+        Ok(())
     }
 }
 

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -273,7 +272,6 @@ fn is_plain_relative(path: &str) -> bool {
 pub(crate) fn ensure(
     spec: &InitramfsSpec,
     dir: &Path,
-    tmp_dir: &Path,
     progress: &crate::progress::Progress,
 ) -> Result<(PathBuf, bool), AssetsError> {
     let path = dir.join(format!("{}.cpio", spec.digest()));
@@ -296,25 +294,27 @@ pub(crate) fn ensure(
         }
     }
     std::fs::create_dir_all(dir).map_err(cache_err("create directory", dir))?;
-    std::fs::create_dir_all(tmp_dir).map_err(cache_err("create directory", tmp_dir))?;
     let bar = progress.bar(spec.payload_len(), "building initramfs");
-    let tmp = tempfile::Builder::new()
-        .prefix("initramfs-")
-        .tempfile_in(tmp_dir)
-        .map_err(cache_err("create temporary file in", tmp_dir))?;
-    let out = BufWriter::with_capacity(1 << 20, ProgressWrite { inner: tmp, bar });
-    let out = spec.write(out).map_err(write_err)?;
-    let ProgressWrite { inner: tmp, bar } = out
-        .into_inner()
-        .map_err(|e| cache_err("write", &path)(e.into_error()))?;
-    // tempfile creates 0600; the image is not secret and a VMM running as
-    // another user may need to read it.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(cache_err("set permissions of", &path))?;
-    tmp.as_file().sync_all().map_err(cache_err("sync", &path))?;
-    tmp.persist(&path)
-        .map_err(|e| cache_err("rename into place", &path)(e.error))?;
+    // The image is not secret, and a VMM running as another user may need
+    // to read it: 0644.
+    let mut failed = None;
+    let written = nook_fsutil::write_atomic(&path, 0o644, |file| {
+        let inner = ProgressWrite {
+            inner: file,
+            bar: bar.clone(),
+        };
+        match spec.write(BufWriter::with_capacity(1 << 20, inner)) {
+            Ok(out) => out.into_inner().map(drop).map_err(|e| e.into_error()),
+            Err(e) => {
+                failed = Some(e);
+                Err(std::io::Error::other("the initramfs could not be built"))
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(write_err(e));
+    }
+    written?;
     bar.finish_and_clear();
     tracing::debug!(target: "nook::assets", path = %path.display(), "initramfs built");
     Ok((path, true))
@@ -421,19 +421,19 @@ mod tests {
     #[test]
     fn ensure_writes_once_and_repairs_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let (cache, tmp) = (dir.path().join("initramfs"), dir.path().join("tmp"));
+        let cache = dir.path().join("initramfs");
         let spec = InitramfsSpec::new(&inputs());
         let progress = crate::progress::Progress::new(false);
-        let (path, built) = ensure(&spec, &cache, &tmp, &progress).unwrap();
+        let (path, built) = ensure(&spec, &cache, &progress).unwrap();
         assert!(built);
         assert_eq!(
             std::fs::read(&path).unwrap(),
             spec.write(Vec::new()).unwrap()
         );
-        let (again, built) = ensure(&spec, &cache, &tmp, &progress).unwrap();
+        let (again, built) = ensure(&spec, &cache, &progress).unwrap();
         assert_eq!((again.as_path(), built), (path.as_path(), false));
         std::fs::write(&path, b"070701 truncated").unwrap();
-        let (_, built) = ensure(&spec, &cache, &tmp, &progress).unwrap();
+        let (_, built) = ensure(&spec, &cache, &progress).unwrap();
         assert!(built, "damaged file is rebuilt");
         assert_eq!(
             std::fs::read(&path).unwrap(),

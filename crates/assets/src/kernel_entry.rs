@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::debian::DebPin;
 use crate::error::{cache_err, AssetsError};
-use crate::fsutil::{sha256_file, sha256_hex, write_atomic};
+use crate::fsutil::{sha256_file, sha256_hex};
 use crate::index::FORMAT_VERSION;
 use crate::modules::{decompress, split_module_file, ModuleCompression, ModuleTable};
 use crate::progress::{Progress, ProgressRead};
@@ -239,12 +239,9 @@ pub(crate) fn extract_deb(
         table,
         modules: kept,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| AssetsError::Cache {
-        op: "encode manifest",
-        path: out.join(MANIFEST),
-        source: e.into(),
-    })?;
-    write_atomic(&out.join(MANIFEST), &json).map_err(cache_err("write", out.join(MANIFEST)))?;
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| cache_err("encode manifest", out.join(MANIFEST))(e.into()))?;
+    nook_fsutil::write_atomic(&out.join(MANIFEST), 0o644, |f| f.write_all(&json))?;
     tracing::debug!(
         target: "nook::assets",
         release = %manifest.release,
@@ -540,11 +537,7 @@ pub(crate) mod tests {
             table: ModuleTable::default(),
             modules: [("virtio".to_owned(), module)].into(),
         };
-        write_atomic(
-            &entry.join(MANIFEST),
-            &serde_json::to_vec(&manifest).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(entry.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
         let loaded = KernelManifest::load(entry).unwrap();
         assert!(loaded.verify(entry, &["virtio".into()]));
         assert!(!loaded.verify(entry, &["vsock".into()]), "module not kept");
@@ -581,11 +574,7 @@ pub(crate) mod tests {
             table,
             modules: kept,
         };
-        write_atomic(
-            &entry.join(MANIFEST),
-            &serde_json::to_vec(&manifest).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(entry.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
         manifest
     }
 

@@ -147,8 +147,7 @@ fn slow_path(
         release: kernel.release.clone(),
         modules,
     });
-    let (initramfs, built) =
-        initramfs::ensure(&spec, &layout.initramfs(), &layout.tmp(), &progress)?;
+    let (initramfs, built) = initramfs::ensure(&spec, &layout.initramfs(), &progress)?;
     stamps.push(FileStamp::of(&initramfs).map_err(cache_err("stat", &initramfs))?);
 
     let assets = Assets {
