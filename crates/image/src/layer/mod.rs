@@ -1,5 +1,8 @@
 //! Layers: member path sanitizing, safe unpacking, whiteouts, compression.
 
+mod error;
+mod fsops;
+mod meta;
 mod path;
 mod unpack;
 
@@ -7,8 +10,9 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
+pub use error::LayerError;
 pub use path::{MemberPath, PathError, MAX_NAME_BYTES, MAX_PATH_BYTES};
-pub use unpack::{apply_layer, LayerError, LayerStats};
+pub use unpack::apply_layer;
 
 use crate::digest::{Digest, HashingReader};
 use crate::manifest::LayerCompression;
@@ -30,6 +34,40 @@ pub enum LayerBlobError {
     /// Applying the unpacked tar failed.
     #[error(transparent)]
     Layer(#[from] LayerError),
+}
+
+/// What a layer contained.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Tar members seen.
+    pub entries: u64,
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created or updated.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Hard links created.
+    pub hardlinks: u64,
+    /// Device nodes and fifos created.
+    pub specials: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// Bytes of regular file content written.
+    pub bytes: u64,
+}
+
+impl LayerStats {
+    pub(crate) fn add(&mut self, o: &LayerStats) {
+        self.entries += o.entries;
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.hardlinks += o.hardlinks;
+        self.specials += o.specials;
+        self.whiteouts += o.whiteouts;
+        self.bytes += o.bytes;
+    }
 }
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];

@@ -10,119 +10,24 @@
 //! targets are fine: they are only followed inside the guest).
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
-use rustix::fs::Timespec;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::path::{MemberPath, PathError};
+use super::error::{io_err, LayerError};
+use super::fsops::{device, file_type_at, list_dir, open_dir_nofollow, remove_tree, timestamps};
+use super::path::MemberPath;
+use super::LayerStats;
 use crate::digest::{Digest, HashingReader};
-
-/// Why a layer could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum LayerError {
-    /// The unpack root could not be opened.
-    #[error("cannot open unpack root {0}")]
-    OpenRoot(PathBuf, #[source] io::Error),
-    /// The tar stream is unreadable (truncated, corrupt, bad compression).
-    #[error("cannot read the layer's tar stream: the blob is corrupt or not a tar archive")]
-    Tar(#[source] io::Error),
-    /// A member path tries to leave the root.
-    #[error("refused a layer member that would write outside the image root")]
-    Path(#[from] PathError),
-    /// A member would be written through a symlink.
-    #[error("refused layer member {path}: its parent {via} is a symlink, and a layer may not write through a symlink")]
-    ThroughSymlink {
-        /// The member.
-        path: String,
-        /// The symlink on the way.
-        via: String,
-    },
-    /// A member's parent exists but is not a directory.
-    #[error("refused layer member {path}: {via} is not a directory")]
-    NotADirectory {
-        /// The member.
-        path: String,
-        /// The non-directory on the way.
-        via: String,
-    },
-    /// A hard link's target is missing or a directory.
-    #[error("refused hard link {path}: its target {target} {reason}")]
-    LinkTarget {
-        /// The link.
-        path: String,
-        /// Its target.
-        target: String,
-        /// What is wrong with the target.
-        reason: &'static str,
-    },
-    /// A whiteout names `.` or `..` or nothing.
-    #[error("refused whiteout {0}: it names no file")]
-    BadWhiteout(String),
-    /// A file system operation failed.
-    #[error("cannot {op} {path} while unpacking a layer")]
-    Io {
-        /// What was attempted.
-        op: &'static str,
-        /// The member.
-        path: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The uncompressed content does not hash to the config's diff id.
-    #[error("layer content hashes to {actual}, not to its diff id {expected}: the blob is corrupt; pull or import the image again")]
-    DiffId {
-        /// From the image config.
-        expected: Digest,
-        /// What was read.
-        actual: Digest,
-    },
-}
-
-/// What a layer contained.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LayerStats {
-    /// Tar members seen.
-    pub entries: u64,
-    /// Regular files written.
-    pub files: u64,
-    /// Directories created or updated.
-    pub dirs: u64,
-    /// Symlinks created.
-    pub symlinks: u64,
-    /// Hard links created.
-    pub hardlinks: u64,
-    /// Device nodes and fifos created.
-    pub specials: u64,
-    /// Whiteouts and opaque markers applied.
-    pub whiteouts: u64,
-    /// Bytes of regular file content written.
-    pub bytes: u64,
-}
-
-impl LayerStats {
-    pub(crate) fn add(&mut self, o: &LayerStats) {
-        self.entries += o.entries;
-        self.files += o.files;
-        self.dirs += o.dirs;
-        self.symlinks += o.symlinks;
-        self.hardlinks += o.hardlinks;
-        self.specials += o.specials;
-        self.whiteouts += o.whiteouts;
-        self.bytes += o.bytes;
-    }
-}
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const XATTR_PREFIX: &str = "SCHILY.xattr.";
 
 /// Applies one uncompressed layer tar onto `root` (which must exist):
 /// whiteouts remove lower content, members are created with their modes,
@@ -168,86 +73,14 @@ pub fn apply_layer<R: Read>(
     Ok(unpacker.stats)
 }
 
-struct Meta {
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: u64,
-    xattrs: Vec<(OsString, Vec<u8>)>,
-}
-
-struct Unpacker {
-    root: OwnedFd,
-    chown: bool,
+pub(super) struct Unpacker {
+    pub(super) root: OwnedFd,
+    pub(super) chown: bool,
     /// Paths created by this layer (opaque markers keep them).
-    created: HashSet<MemberPath>,
+    pub(super) created: HashSet<MemberPath>,
     /// Directory mtimes, restored once the layer is done.
-    dir_times: Vec<(MemberPath, u64)>,
-    stats: LayerStats,
-}
-
-fn io_err<'a>(op: &'static str, path: &'a MemberPath) -> impl FnOnce(Errno) -> LayerError + 'a {
-    move |e| LayerError::Io {
-        op,
-        path: path.to_string(),
-        source: e.into(),
-    }
-}
-
-fn open_dir_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
-fn file_type_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileType>, Errno> {
-    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
-        Err(Errno::NOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes `name` in `dir`, recursing into directories without following
-/// symlinks.
-fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-    match file_type_at(dir, name)? {
-        None => Ok(()),
-        Some(FileType::Directory) => {
-            let sub = open_dir_nofollow(dir, name)?;
-            for child in list_dir(sub.as_fd())? {
-                remove_tree(sub.as_fd(), &child)?;
-            }
-            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-        }
-        Some(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
-    }
-}
-
-fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
-    let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
-        }
-    }
-    Ok(names)
-}
-
-fn timestamps(mtime: u64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
+    pub(super) dir_times: Vec<(MemberPath, u64)>,
+    pub(super) stats: LayerStats,
 }
 
 impl Unpacker {
@@ -281,11 +114,9 @@ impl Unpacker {
                             path: member.to_string(),
                             via: walked.to_string(),
                         },
-                        Ok(Some(FileType::Directory)) | Err(_) | Ok(None) => LayerError::Io {
-                            op: "open directory",
-                            path: walked.to_string(),
-                            source: e.into(),
-                        },
+                        Ok(Some(FileType::Directory)) | Err(_) | Ok(None) => {
+                            io_err("open directory", &walked)(e)
+                        }
                         Ok(Some(_)) => LayerError::NotADirectory {
                             path: member.to_string(),
                             via: walked.to_string(),
@@ -301,11 +132,7 @@ impl Unpacker {
     fn parent_of(&mut self, path: &MemberPath) -> Result<OwnedFd, LayerError> {
         match self.walk(path.parent_components(), true, path)? {
             Some(fd) => Ok(fd),
-            None => Err(LayerError::Io {
-                op: "open the parent of",
-                path: path.to_string(),
-                source: io::ErrorKind::NotFound.into(),
-            }),
+            None => Err(io_err("open the parent of", path)(Errno::NOENT)),
         }
     }
 
@@ -407,46 +234,6 @@ impl Unpacker {
         Ok(())
     }
 
-    fn read_meta<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        path: &MemberPath,
-    ) -> Result<Meta, LayerError> {
-        let header = entry.header();
-        let bad = |e: io::Error| LayerError::Io {
-            op: "read the header of",
-            path: path.to_string(),
-            source: e,
-        };
-        let mut meta = Meta {
-            mode: header.mode().map_err(bad)? & 0o7777,
-            uid: header.uid().map_err(bad)?,
-            gid: header.gid().map_err(bad)?,
-            mtime: header.mtime().map_err(bad)?,
-            xattrs: Vec::new(),
-        };
-        if let Some(exts) = entry.pax_extensions().map_err(LayerError::Tar)? {
-            for ext in exts {
-                let ext = ext.map_err(LayerError::Tar)?;
-                let Ok(key) = ext.key() else { continue };
-                let number = || {
-                    std::str::from_utf8(ext.value_bytes())
-                        .ok()?
-                        .parse::<u64>()
-                        .ok()
-                };
-                if let Some(attr) = key.strip_prefix(XATTR_PREFIX) {
-                    meta.xattrs.push((attr.into(), ext.value_bytes().to_vec()));
-                } else if key == "uid" {
-                    meta.uid = number().unwrap_or(meta.uid);
-                } else if key == "gid" {
-                    meta.gid = number().unwrap_or(meta.gid);
-                }
-            }
-        }
-        Ok(meta)
-    }
-
     /// Makes room for a new member at `name`: an existing directory is kept
     /// when the new member is a directory (returns true); anything else is
     /// removed (directories recursively), never followed.
@@ -465,74 +252,6 @@ impl Unpacker {
                 Ok(false)
             }
         }
-    }
-
-    fn owner(&self, meta: &Meta) -> Option<(rustix::fs::Uid, rustix::fs::Gid)> {
-        let uid = u32::try_from(meta.uid).ok().filter(|&u| u != u32::MAX)?;
-        let gid = u32::try_from(meta.gid).ok().filter(|&g| g != u32::MAX)?;
-        self.chown.then(|| {
-            (
-                rustix::fs::Uid::from_raw(uid),
-                rustix::fs::Gid::from_raw(gid),
-            )
-        })
-    }
-
-    /// Owner, mode and xattrs through an open descriptor (files, dirs).
-    fn set_fd_meta(
-        &self,
-        fd: BorrowedFd<'_>,
-        meta: &Meta,
-        path: &MemberPath,
-    ) -> Result<(), LayerError> {
-        if let Some((uid, gid)) = self.owner(meta) {
-            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(io_err("set owner of", path))?;
-        }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
-            .map_err(io_err("set mode of", path))?;
-        for (key, value) in &meta.xattrs {
-            if let Err(e) = rustix::fs::fsetxattr(fd, key.as_os_str(), value, XattrFlags::empty()) {
-                tracing::debug!(member = %path, xattr = ?key, error = %e, "image: cannot set xattr");
-            }
-        }
-        Ok(())
-    }
-
-    /// Owner, times and (for non-symlinks) mode by name, never following.
-    fn set_at_meta(
-        &self,
-        parent: BorrowedFd<'_>,
-        name: &OsStr,
-        meta: &Meta,
-        chmod: bool,
-        path: &MemberPath,
-    ) -> Result<(), LayerError> {
-        if let Some((uid, gid)) = self.owner(meta) {
-            rustix::fs::chownat(
-                parent,
-                name,
-                Some(uid),
-                Some(gid),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(io_err("set owner of", path))?;
-        }
-        if chmod {
-            rustix::fs::chmodat(
-                parent,
-                name,
-                Mode::from_raw_mode(meta.mode),
-                AtFlags::empty(),
-            )
-            .map_err(io_err("set mode of", path))?;
-        }
-        rustix::fs::utimensat(
-            parent,
-            name,
-            &timestamps(meta.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(io_err("set times of", path))
     }
 
     fn hard_link(
@@ -608,15 +327,11 @@ impl Unpacker {
     }
 }
 
-fn device<R: Read>(entry: &tar::Entry<'_, R>) -> rustix::fs::Dev {
-    let h = entry.header();
-    let major = h.device_major().ok().flatten().unwrap_or(0);
-    let minor = h.device_minor().ok().flatten().unwrap_or(0);
-    rustix::fs::makedev(major, minor)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
     use super::*;
     use crate::testing::LayerBuilder;
     use std::os::unix::fs::MetadataExt;
