@@ -10,6 +10,7 @@ mod boot;
 mod exit;
 mod image;
 mod run;
+mod session;
 mod setup;
 mod snapshot;
 mod term;
@@ -38,6 +39,21 @@ enum Command {
     Snapshot(snapshot::SnapshotCommand),
     /// Run a command (or an image's default command) in a fresh microVM and exit with its exit code.
     Run(run::RunArgs),
+    /// Start a session: a VM that outlives this command; prints its name.
+    Start(session::StartArgs),
+    /// Run a command in a running session (stdio, TTY and exit code as `nook run`).
+    Exec(session::ExecArgs),
+    /// List sessions: name, engine, image, state, age, memory, CPUs.
+    Ps(session::PsArgs),
+    /// Stop a session cleanly (the guest syncs its volumes and powers off).
+    Stop(session::NameArg),
+    /// Remove sessions (-f stops running ones first).
+    Rm(session::RmArgs),
+    /// Print a session's guest console.
+    Logs(session::LogsArgs),
+    /// Runs a session's host process (started by `nook start`).
+    #[command(name = "__session-host", hide = true)]
+    SessionHost(session::HostArgs),
     /// Pull an image from a registry into the image store.
     Pull(image::PullArgs),
     /// List the images in the store.
@@ -69,6 +85,13 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Start(args) => session::start(args),
+        Command::Exec(args) => session::exec(args),
+        Command::Ps(args) => session::ps(args),
+        Command::Stop(args) => session::stop(args),
+        Command::Rm(args) => session::rm(args),
+        Command::Logs(args) => session::logs(args),
+        Command::SessionHost(args) => session::host(args),
         Command::Pull(args) => image::pull(args),
         Command::Images(args) => image::images(args),
         Command::Rmi(args) => image::rmi(args),

@@ -50,6 +50,15 @@ fn parse_share(s: &str) -> Result<ShareConfig, String> {
 }
 
 impl VmArgs {
+    /// The engine's name as `--engine` spells it.
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            EngineKind::Auto => "auto",
+            EngineKind::Qemu => "qemu",
+            EngineKind::Kvm => "kvm",
+        }
+    }
+
     pub fn config(&self) -> VmConfig {
         let mut cfg = VmConfig {
             engine: self.engine,
@@ -118,17 +127,26 @@ enum Input {
     GraceOver,
 }
 
-pub fn run(args: RunArgs) -> i32 {
+/// `-e K=V` arguments as pairs; on a malformed one, says so and gives the exit code.
+pub fn parse_env(args: &[String]) -> Result<Vec<(String, String)>, i32> {
     let mut env = Vec::new();
-    for kv in &args.env {
+    for kv in args {
         match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
             _ => {
                 eprintln!("nook: -e expects KEY=VALUE, got `{kv}`");
-                return exit::NOOK_FAILED;
+                return Err(exit::NOOK_FAILED);
             }
         }
     }
+    Ok(env)
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let env = match parse_env(&args.env) {
+        Ok(env) => env,
+        Err(code) => return code,
+    };
     if args.image.is_none() && args.command.is_empty() {
         eprintln!("nook: nothing to run: give an IMAGE, a command after --, or both");
         return exit::NOOK_FAILED;

@@ -230,6 +230,15 @@ impl Vm {
             .console_tail(lines)
     }
 
+    /// How the VM ended, once it has (its engine process was killed, the
+    /// guest powered off); `None` while it runs.
+    pub fn exited(&self) -> Option<crate::error::MachineExit> {
+        self.machine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .exited()
+    }
+
     /// Asks the guest to sync and power off, waiting up to `grace`; then
     /// kills whatever is left.
     pub fn shutdown(self, grace: Duration) -> Result<(), VmError> {

@@ -1,0 +1,492 @@
+//! Sessions: `nook start`, `exec`, `ps`, `stop`, `rm`, `logs` (the work is
+//! in nook-serve; this parses arguments and prints).
+
+use std::io::{Read, Write};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use clap::Args;
+use nook_serve::wire::{decode_bytes, ExecSpec, SessionErrorCode, SessionReply, TermSize};
+use nook_serve::{SessionClient, SessionPhase, SessionSpec, SessionState};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
+
+use crate::exit::{self, report};
+use crate::run::{parse_env, VmArgs};
+use crate::{image, term};
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Name of the session (default: a generated one, printed).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Stop the session after this many seconds with no command running and no client.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Stop the session this many seconds after it started.
+    #[arg(long, value_name = "SECS")]
+    pub max_duration: Option<u64>,
+    /// Image to boot (from the store, pulled when missing); default: the built-in minimal root.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Forward stdin even when it is a terminal (it is always forwarded from a pipe or file).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal (raw mode, window resize).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run in the background: print the process id and return; the process survives this command.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Set an environment variable in the guest (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as this guest user: name, uid, uid:gid or name:group.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Kill the command (its whole process group) after this many seconds; nook then exits 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// The session.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Also list exited sessions.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Print JSON (an array of session states).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Stop a running session first.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Keep printing new console output until the session ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How many lines of the console to show.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub lines: usize,
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    pub dir: std::path::PathBuf,
+}
+
+fn home() -> std::path::PathBuf {
+    nook::default_home()
+}
+
+pub fn start(args: StartArgs) -> i32 {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("s{}-{}", nook_serve::now_unix() % 100_000, std::process::id()));
+    if let Err(e) = nook_serve::validate_name(&name) {
+        report(&e);
+        return exit::NOOK_FAILED;
+    }
+    if let Some(reference) = &args.image {
+        if let Err(e) = image::resolve_image(reference, false) {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    }
+    let cfg = args.vm.config();
+    let spec = SessionSpec {
+        name: name.clone(),
+        image: args.image.clone(),
+        engine: args.vm.engine_name().to_string(),
+        memory_mib: cfg.memory_mib,
+        vcpus: cfg.vcpus,
+        kernel: cfg.kernel.clone(),
+        agent: cfg.agent.clone(),
+        boot_timeout_s: args.vm.boot_timeout,
+        template: cfg.template,
+        idle_timeout_s: args.idle_timeout,
+        max_duration_s: args.max_duration,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+    match nook_serve::start(&home(), &spec, &exe) {
+        Ok(_) => {
+            println!("{name}");
+            0
+        }
+        Err(e) => {
+            report(&e);
+            exit::NOOK_FAILED
+        }
+    }
+}
+
+/// What the exec loop reacts to.
+enum Input {
+    Reply(Option<SessionReply>),
+    Failed(nook_serve::SessionError),
+    Signal(i32),
+}
+
+pub fn exec(args: ExecArgs) -> i32 {
+    let env = match parse_env(&args.env) {
+        Ok(env) => env,
+        Err(code) => return code,
+    };
+    let client = match SessionClient::open(&home(), &args.name) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+    let tty = args.tty && term::stdin_is_tty() && !args.detach;
+    let forward_stdin = !args.detach && (args.interactive || tty || !term::stdin_is_tty());
+    let spec = ExecSpec {
+        argv: args.command.clone(),
+        env,
+        cwd: args.workdir.clone(),
+        user: args.user.clone(),
+        tty: tty.then(|| {
+            let ws = term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 });
+            TermSize {
+                rows: ws.rows,
+                cols: ws.cols,
+            }
+        }),
+        stdin: forward_stdin,
+        detach: args.detach,
+        timeout_ms: args.timeout.map(|t| (t.max(0.0) * 1000.0) as u64),
+    };
+    let mut remote = match client.exec(spec) {
+        Ok(r) => r,
+        Err(e) => return exec_failed(&e),
+    };
+    if args.detach {
+        println!("{}", remote.pid);
+        return 0;
+    }
+    let (tx, rx) = channel::<Input>();
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH]);
+    if let Ok(mut signals) = signals {
+        let tx = tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("nook-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(Input::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            });
+    }
+    let raw = if tty { term::RawMode::enable() } else { None };
+    if forward_stdin {
+        if let Ok(mut input) = remote.input.try_clone() {
+            let _ = std::thread::Builder::new()
+                .name("nook-stdin".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    let mut stdin = std::io::stdin().lock();
+                    loop {
+                        match stdin.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if input.stdin(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = input.close_stdin();
+                });
+        }
+    }
+    let mut control = remote.input.try_clone().ok();
+    {
+        let tx = tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("nook-events".into())
+            .spawn(move || loop {
+                let (ev, last) = match remote.next_reply() {
+                    Ok(Some(r)) => {
+                        let last = !matches!(r, SessionReply::Stdout { .. } | SessionReply::Stderr { .. });
+                        (Input::Reply(Some(r)), last)
+                    }
+                    Ok(None) => (Input::Reply(None), true),
+                    Err(e) => (Input::Failed(e), true),
+                };
+                if tx.send(ev).is_err() || last {
+                    break;
+                }
+            });
+    }
+    let code = pump(&rx, &mut control, tty);
+    drop(raw);
+    code
+}
+
+/// Copies output until the exit; passes signals on. Returns the exit code.
+fn pump(
+    rx: &std::sync::mpsc::Receiver<Input>,
+    control: &mut Option<nook_serve::ExecInputSender>,
+    tty: bool,
+) -> i32 {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    let mut interrupted = false;
+    loop {
+        let Ok(input) = rx.recv() else {
+            return exit::NOOK_FAILED;
+        };
+        match input {
+            Input::Reply(Some(SessionReply::Stdout { data })) => {
+                let _ = out
+                    .write_all(&decode_bytes(&data).unwrap_or_default())
+                    .and_then(|_| out.flush());
+            }
+            Input::Reply(Some(SessionReply::Stderr { data })) => {
+                let _ = err.write_all(&decode_bytes(&data).unwrap_or_default());
+            }
+            Input::Reply(Some(SessionReply::Exit {
+                code,
+                signal,
+                timed_out,
+            })) => {
+                let _ = out.flush();
+                if timed_out {
+                    eprintln!("nook: the command timed out and was killed");
+                }
+                let status = nook::ExitStatus {
+                    code,
+                    signal,
+                    timed_out,
+                };
+                return status.shell_code();
+            }
+            Input::Reply(Some(SessionReply::Error { code, message })) => {
+                eprintln!("nook: {message}");
+                return error_code(code);
+            }
+            Input::Reply(other) => {
+                eprintln!("nook: the session ended the command without an exit: {other:?}");
+                return exit::NOOK_FAILED;
+            }
+            Input::Failed(e) => {
+                report(&e);
+                return exit::NOOK_FAILED;
+            }
+            Input::Signal(SIGWINCH) => {
+                if let (true, Some(c), Some(ws)) = (tty, control.as_mut(), term::size()) {
+                    let _ = c.resize(ws.rows, ws.cols);
+                }
+            }
+            Input::Signal(sig) => {
+                if interrupted {
+                    // A second signal: leave; the session kills the command
+                    // when this connection closes.
+                    return exit::killed_by(sig);
+                }
+                interrupted = true;
+                if let Some(c) = control.as_mut() {
+                    let _ = c.signal(sig);
+                }
+            }
+        }
+    }
+}
+
+fn error_code(code: SessionErrorCode) -> i32 {
+    match code {
+        SessionErrorCode::NotFound => exit::NOT_FOUND,
+        SessionErrorCode::NotExecutable => exit::NOT_EXECUTABLE,
+        _ => exit::NOOK_FAILED,
+    }
+}
+
+fn exec_failed(e: &nook_serve::SessionError) -> i32 {
+    report(e);
+    match e {
+        nook_serve::SessionError::Refused { code, .. } => error_code(*code),
+        _ => exit::NOOK_FAILED,
+    }
+}
+
+fn age(created: u64) -> String {
+    let s = nook_serve::now_unix().saturating_sub(created);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+pub fn ps(args: PsArgs) -> i32 {
+    let mut list: Vec<SessionState> = match nook_serve::list_sessions(&home()) {
+        Ok(l) => l,
+        Err(e) => {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+    if !args.all {
+        list.retain(|s| s.state != SessionPhase::Exited);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        return 0;
+    }
+    println!(
+        "{:<20} {:<12} {:<24} {:<8} {:>6} {:>8} {:>4}  EXIT REASON",
+        "NAME", "ENGINE", "IMAGE", "STATE", "AGE", "MEMORY", "CPUS"
+    );
+    for s in list {
+        let state = serde_json::to_value(s.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:<12} {:<24} {:<8} {:>6} {:>6}Mi {:>4}  {}",
+            s.name,
+            s.engine,
+            s.image.as_deref().unwrap_or("-"),
+            state,
+            age(s.created_unix),
+            s.memory_mib,
+            s.vcpus,
+            s.exit_reason.as_deref().unwrap_or("")
+        );
+    }
+    0
+}
+
+pub fn stop(args: NameArg) -> i32 {
+    match nook_serve::stop(&home(), &args.name) {
+        Ok(st) if st.state == SessionPhase::Exited => {
+            println!("{}", args.name);
+            0
+        }
+        Ok(_) => {
+            eprintln!("nook: session {} did not stop in time", args.name);
+            exit::NOOK_FAILED
+        }
+        Err(e) => {
+            report(&e);
+            exit::NOOK_FAILED
+        }
+    }
+}
+
+pub fn rm(args: RmArgs) -> i32 {
+    let mut code = 0;
+    for name in &args.names {
+        match nook_serve::remove(&home(), name, args.force) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                report(&e);
+                code = exit::NOOK_FAILED;
+            }
+        }
+    }
+    code
+}
+
+pub fn logs(args: LogsArgs) -> i32 {
+    let client = match SessionClient::open(&home(), &args.name) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+    let mut shown = String::new();
+    loop {
+        let text = match client.logs(args.lines) {
+            Ok(t) => t,
+            // The session ended while following.
+            Err(_) if args.follow => return 0,
+            Err(e) => {
+                report(&e);
+                return exit::NOOK_FAILED;
+            }
+        };
+        print!("{}", new_part(&shown, &text));
+        let _ = std::io::stdout().flush();
+        if !args.follow {
+            return 0;
+        }
+        shown = text;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What `now` adds to `before`: both are tails of the same growing console.
+fn new_part<'a>(before: &str, now: &'a str) -> &'a str {
+    if before.is_empty() {
+        return now;
+    }
+    // The longest suffix of `before` that starts `now`.
+    let mut start = 0;
+    while start < before.len() {
+        let tail = &before[start..];
+        if now.starts_with(tail) {
+            return &now[tail.len()..];
+        }
+        start += before[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    now
+}
+
+pub fn host(args: HostArgs) -> i32 {
+    nook_serve::run_host(&args.dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_part_is_what_the_console_added() {
+        assert_eq!(new_part("", "a\nb\n"), "a\nb\n");
+        assert_eq!(new_part("a\nb\n", "a\nb\nc\n"), "c\n");
+        assert_eq!(new_part("a\nb\n", "b\nc\n"), "c\n");
+        assert_eq!(new_part("a\n", "a\n"), "");
+    }
+}

@@ -1,0 +1,239 @@
+//! The session socket's protocol: one JSON object per line, both ways.
+//!
+//! A client opens one connection per operation. The first line is a
+//! [`SessionRequest`]; the host answers with [`SessionReply`] lines. For an
+//! attached exec the client may then send [`ExecInput`] lines (stdin,
+//! signals, resizes) while the host streams output; the `exit` (or `error`)
+//! reply is the last line of the connection. Bytes travel base64-encoded so
+//! binary output passes untouched. Lines longer than [`MAX_LINE`] are refused.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// Longest line either side accepts, in bytes.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// Version of this protocol; the host states it in `hello`.
+pub const SESSION_PROTOCOL_VERSION: u32 = 1;
+
+/// Terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What a command runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Run on a terminal of this size.
+    #[serde(default)]
+    pub tty: Option<TermSize>,
+    /// The client streams stdin (else stdin is empty).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run in the background: the host replies `started` and closes; the
+    /// process outlives the connection and its output goes to the session's
+    /// process log.
+    #[serde(default)]
+    pub detach: bool,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The first line of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SessionRequest {
+    /// Protocol version and session name.
+    Hello,
+    Exec(ExecSpec),
+    /// Signal a detached process (by its guest pid).
+    Signal { pid: u32, signal: i32 },
+    /// The guest console's last `lines` lines.
+    Logs { lines: usize },
+    /// Shut the guest down cleanly (volumes synced) and end the session.
+    Stop,
+}
+
+/// Lines a client sends during an attached exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ExecInput {
+    /// Stdin bytes (base64).
+    Stdin { data: String },
+    /// End of stdin.
+    StdinClose,
+    Signal { signal: i32 },
+    Resize(TermSize),
+}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionErrorCode {
+    /// The line is not a request this host understands.
+    BadRequest,
+    /// The program does not exist in the guest.
+    NotFound,
+    /// The program cannot be executed.
+    NotExecutable,
+    /// No detached process with that pid.
+    NoProcess,
+    /// The VM or its agent failed.
+    Vm,
+    #[serde(other)]
+    Other,
+}
+
+/// Lines the host sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SessionReply {
+    Hello { version: u32, name: String },
+    Started { pid: u32 },
+    Stdout { data: String },
+    Stderr { data: String },
+    /// The command ended; last line.
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    Logs { text: String },
+    Ok,
+    Error { code: SessionErrorCode, message: String },
+}
+
+/// Base64 of `bytes`, as stdio lines carry them.
+pub fn encode_bytes(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The bytes of a base64 stdio field.
+pub fn decode_bytes(data: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::STANDARD.decode(data)
+}
+
+/// One line (with its newline) for `msg`.
+pub fn to_line<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Plain data structs: serializing to a Vec cannot fail.
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frozen encoding: a change here breaks clients of other versions.
+    #[test]
+    fn frozen_samples() {
+        let samples: Vec<(Vec<u8>, &str)> = vec![
+            (to_line(&SessionRequest::Hello), r#"{"op":"hello"}"#),
+            (
+                to_line(&SessionRequest::Exec(ExecSpec {
+                    argv: vec!["cat".into()],
+                    env: vec![("K".into(), "V".into())],
+                    cwd: Some("/tmp".into()),
+                    user: None,
+                    tty: Some(TermSize { rows: 24, cols: 80 }),
+                    stdin: true,
+                    detach: false,
+                    timeout_ms: Some(5),
+                })),
+                r#"{"op":"exec","argv":["cat"],"env":[["K","V"]],"cwd":"/tmp","user":null,"tty":{"rows":24,"cols":80},"stdin":true,"detach":false,"timeout_ms":5}"#,
+            ),
+            (
+                to_line(&SessionRequest::Signal { pid: 7, signal: 15 }),
+                r#"{"op":"signal","pid":7,"signal":15}"#,
+            ),
+            (
+                to_line(&SessionRequest::Logs { lines: 10 }),
+                r#"{"op":"logs","lines":10}"#,
+            ),
+            (to_line(&SessionRequest::Stop), r#"{"op":"stop"}"#),
+            (
+                to_line(&ExecInput::Stdin {
+                    data: encode_bytes(b"hi"),
+                }),
+                r#"{"op":"stdin","data":"aGk="}"#,
+            ),
+            (to_line(&ExecInput::StdinClose), r#"{"op":"stdin_close"}"#),
+            (
+                to_line(&ExecInput::Signal { signal: 2 }),
+                r#"{"op":"signal","signal":2}"#,
+            ),
+            (
+                to_line(&ExecInput::Resize(TermSize { rows: 1, cols: 2 })),
+                r#"{"op":"resize","rows":1,"cols":2}"#,
+            ),
+            (
+                to_line(&SessionReply::Hello {
+                    version: 1,
+                    name: "s1".into(),
+                }),
+                r#"{"op":"hello","version":1,"name":"s1"}"#,
+            ),
+            (
+                to_line(&SessionReply::Started { pid: 3 }),
+                r#"{"op":"started","pid":3}"#,
+            ),
+            (
+                to_line(&SessionReply::Stdout {
+                    data: encode_bytes(b"\xff\x00"),
+                }),
+                r#"{"op":"stdout","data":"/wA="}"#,
+            ),
+            (
+                to_line(&SessionReply::Exit {
+                    code: Some(0),
+                    signal: None,
+                    timed_out: false,
+                }),
+                r#"{"op":"exit","code":0,"signal":null,"timed_out":false}"#,
+            ),
+            (to_line(&SessionReply::Ok), r#"{"op":"ok"}"#),
+            (
+                to_line(&SessionReply::Error {
+                    code: SessionErrorCode::NoProcess,
+                    message: "m".into(),
+                }),
+                r#"{"op":"error","code":"no_process","message":"m"}"#,
+            ),
+        ];
+        for (line, want) in samples {
+            assert_eq!(String::from_utf8(line).unwrap(), format!("{want}\n"));
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_and_unknown_codes_decode_as_other() {
+        let r = SessionRequest::Exec(ExecSpec {
+            argv: vec!["a".into(), "b c".into()],
+            detach: true,
+            ..Default::default()
+        });
+        let back: SessionRequest = serde_json::from_slice(&to_line(&r)).unwrap();
+        assert_eq!(back, r);
+        let e: SessionReply =
+            serde_json::from_str(r#"{"op":"error","code":"quota","message":"m"}"#).unwrap();
+        assert_eq!(
+            e,
+            SessionReply::Error {
+                code: SessionErrorCode::Other,
+                message: "m".into()
+            }
+        );
+        assert!(serde_json::from_str::<SessionRequest>(r#"{"op":"nope"}"#).is_err());
+        assert_eq!(decode_bytes(&encode_bytes(b"\x00\x01")).unwrap(), b"\x00\x01");
+    }
+}
