@@ -110,10 +110,13 @@ fn home() -> std::path::PathBuf {
 }
 
 pub fn start(args: StartArgs) -> i32 {
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("s{}-{}", nook_serve::now_unix() % 100_000, std::process::id()));
+    let name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "s{}-{}",
+            nook_serve::now_unix() % 100_000,
+            std::process::id()
+        )
+    });
     if let Err(e) = nook_serve::validate_name(&name) {
         report(&e);
         return exit::NOOK_FAILED;
@@ -246,7 +249,8 @@ pub fn exec(args: ExecArgs) -> i32 {
             .spawn(move || loop {
                 let (ev, last) = match remote.next_reply() {
                     Ok(Some(r)) => {
-                        let last = !matches!(r, SessionReply::Stdout { .. } | SessionReply::Stderr { .. });
+                        let last =
+                            !matches!(r, SessionReply::Stdout { .. } | SessionReply::Stderr { .. });
                         (Input::Reply(Some(r)), last)
                     }
                     Ok(None) => (Input::Reply(None), true),
@@ -370,7 +374,10 @@ pub fn ps(args: PsArgs) -> i32 {
         list.retain(|s| s.state != SessionPhase::Exited);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
         return 0;
     }
     println!(
@@ -466,8 +473,8 @@ fn new_part<'a>(before: &str, now: &'a str) -> &'a str {
     let mut start = 0;
     while start < before.len() {
         let tail = &before[start..];
-        if now.starts_with(tail) {
-            return &now[tail.len()..];
+        if let Some(added) = now.strip_prefix(tail) {
+            return added;
         }
         start += before[start..].chars().next().map_or(1, char::len_utf8);
     }

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{nook, ready, text};
+use common::{nook, qemu_of, ready, text};
 
 fn run(args: &[&str]) -> Output {
     nook()
@@ -18,25 +18,6 @@ fn run(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run nook")
-}
-
-/// QEMU processes started on behalf of the nook process `pid` (their
-/// command line names the run directory `nook-PID-N`).
-fn qemu_of(pid: u32) -> Vec<String> {
-    let needle = format!("nook-{pid}-");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = text(&cmdline).replace('\0', " ");
-        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
-            found.push(format!(
-                "{}: {}",
-                entry.file_name().to_string_lossy(),
-                cmdline
-            ));
-        }
-    }
-    found
 }
 
 /// Waits until the nook process `pid` has started its QEMU.

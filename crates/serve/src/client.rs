@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::SessionError;
 use crate::host::read_line;
-use crate::state::{create_private_dir, host_alive, sessions_dir, SessionDir, SessionPhase, SessionSpec, SessionState};
+use crate::state::{
+    create_private_dir, host_alive, sessions_dir, SessionDir, SessionPhase, SessionSpec,
+    SessionState,
+};
 use crate::wire::{
     encode_bytes, to_line, ExecInput, ExecSpec, SessionReply, SessionRequest, TermSize,
 };
@@ -29,8 +32,11 @@ pub fn start(home: &Path, spec: &SessionSpec, exe: &Path) -> Result<SessionState
     create_private_dir(&sd.0)?;
     sd.write_spec(spec)?;
     let log_path = sd.host_log();
-    let log = std::fs::File::create(&log_path).map_err(|e| SessionError::io("create", &log_path, e))?;
-    let log2 = log.try_clone().map_err(|e| SessionError::io("open", &log_path, e))?;
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| SessionError::io("create", &log_path, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| SessionError::io("open", &log_path, e))?;
     let mut child = Command::new(exe)
         .arg(crate::HOST_SUBCOMMAND)
         .arg(&sd.0)
@@ -96,9 +102,13 @@ impl SessionClient {
         })
     }
 
-    fn request(&self, req: &SessionRequest) -> Result<(UnixStream, BufReader<UnixStream>), SessionError> {
+    fn request(
+        &self,
+        req: &SessionRequest,
+    ) -> Result<(UnixStream, BufReader<UnixStream>), SessionError> {
         let mut s = UnixStream::connect(&self.sock).map_err(SessionError::Connection)?;
-        s.write_all(&to_line(req)).map_err(SessionError::Connection)?;
+        s.write_all(&to_line(req))
+            .map_err(SessionError::Connection)?;
         let r = BufReader::new(s.try_clone().map_err(SessionError::Connection)?);
         Ok((s, r))
     }
@@ -125,21 +135,28 @@ impl SessionClient {
                 input: ExecInputSender(w),
                 r,
             }),
-            Some(SessionReply::Error { code, message }) => Err(SessionError::Refused { code, message }),
-            other => Err(SessionError::Protocol(format!("expected started, got {other:?}"))),
+            Some(SessionReply::Error { code, message }) => {
+                Err(SessionError::Refused { code, message })
+            }
+            other => Err(SessionError::Protocol(format!(
+                "expected started, got {other:?}"
+            ))),
         }
     }
 
     /// Sends `signal` to the background process `pid`.
     pub fn signal(&self, pid: u32, signal: i32) -> Result<(), SessionError> {
-        self.call(&SessionRequest::Signal { pid, signal }).map(|_| ())
+        self.call(&SessionRequest::Signal { pid, signal })
+            .map(|_| ())
     }
 
     /// The guest console's last `lines` lines.
     pub fn logs(&self, lines: usize) -> Result<String, SessionError> {
         match self.call(&SessionRequest::Logs { lines })? {
             SessionReply::Logs { text } => Ok(text),
-            other => Err(SessionError::Protocol(format!("expected logs, got {other:?}"))),
+            other => Err(SessionError::Protocol(format!(
+                "expected logs, got {other:?}"
+            ))),
         }
     }
 

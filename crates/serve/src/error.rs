@@ -32,7 +32,7 @@ pub enum SessionError {
     },
     #[error("the session host broke the protocol: {0}")]
     Protocol(String),
-    #[error("the session refused the request ({code:?}): {message}")]
+    #[error("{message}")]
     Refused {
         code: crate::wire::SessionErrorCode,
         message: String,
@@ -40,12 +40,12 @@ pub enum SessionError {
     #[error("lost the connection to the session")]
     Connection(#[source] std::io::Error),
     #[error("cannot start the VM")]
-    Vm(#[source] nook::VmError),
+    Vm(#[source] Box<nook::VmError>),
     #[error("cannot find image `{reference}`")]
     Image {
         reference: String,
         #[source]
-        source: nook::ImageError,
+        source: Box<nook::ImageError>,
     },
 }
 

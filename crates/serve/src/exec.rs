@@ -9,13 +9,17 @@ use std::sync::Arc;
 use nook::{Child, ExecError, ExecEvent, Winsize};
 
 use crate::host::{read_line, send, Host};
-use crate::wire::{decode_bytes, encode_bytes, ExecInput, ExecSpec, SessionErrorCode, SessionReply};
+use crate::wire::{
+    decode_bytes, encode_bytes, ExecInput, ExecSpec, SessionErrorCode, SessionReply,
+};
 
 /// Starts `spec` in the session's VM.
 pub(crate) fn spawn_child(host: &Host, spec: &ExecSpec) -> Result<Child, ExecError> {
     let guard = host.vm.read().unwrap_or_else(|p| p.into_inner());
     let Some(vm) = guard.as_ref() else {
-        return Err(ExecError::Vm(nook::VmError::Config("the session is stopping")));
+        return Err(ExecError::Vm(nook::VmError::Config(
+            "the session is stopping",
+        )));
     };
     let mut b = vm.exec(spec.argv.clone()).envs(spec.env.clone());
     if let Some(cwd) = &spec.cwd {
@@ -68,9 +72,12 @@ pub(crate) fn serve_attached(
     mut r: BufReader<UnixStream>,
     w: &mut UnixStream,
 ) -> std::io::Result<()> {
-    send(w, &SessionReply::Started {
-        pid: child.pid().unwrap_or(0),
-    })?;
+    send(
+        w,
+        &SessionReply::Started {
+            pid: child.pid().unwrap_or(0),
+        },
+    )?;
     let handle = child.handle();
     let mut stdin = child.take_stdin();
     let input = std::thread::Builder::new()
@@ -134,7 +141,11 @@ pub(crate) fn serve_attached(
 
 /// Leaves `child` running in the background: replies `started` with its
 /// pid, and drains its output to the session's process log until it ends.
-pub(crate) fn detach(host: &Arc<Host>, mut child: Child, w: &mut UnixStream) -> std::io::Result<()> {
+pub(crate) fn detach(
+    host: &Arc<Host>,
+    mut child: Child,
+    w: &mut UnixStream,
+) -> std::io::Result<()> {
     let Some(pid) = child.pid() else {
         return send(
             w,
@@ -168,8 +179,14 @@ pub(crate) fn detach(host: &Arc<Host>, mut child: Child, w: &mut UnixStream) -> 
                     Err(e) => break e.to_string(),
                 }
             };
-            tracing::info!("nook session {}: background process {pid} ended: {status}", h.name);
-            h.detached.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+            tracing::info!(
+                "nook session {}: background process {pid} ended: {status}",
+                h.name
+            );
+            h.detached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
             h.busy.fetch_sub(1, Ordering::Relaxed);
             h.touch();
         });

@@ -120,16 +120,17 @@ fn vm_config(spec: &SessionSpec, home: &Path) -> Result<VmConfig, SessionError> 
     if let Some(reference) = &spec.image {
         let image_err = |source| SessionError::Image {
             reference: reference.clone(),
-            source,
+            source: Box::new(source),
         };
         let store = nook::ImageStore::open(&home.join("images")).map_err(image_err)?;
-        let info = store
-            .get(reference)
-            .map_err(image_err)?
-            .ok_or_else(|| SessionError::StartFailed {
-                name: spec.name.clone(),
-                reason: format!("image `{reference}` is not in the store"),
-            })?;
+        let info =
+            store
+                .get(reference)
+                .map_err(image_err)?
+                .ok_or_else(|| SessionError::StartFailed {
+                    name: spec.name.clone(),
+                    reason: format!("image `{reference}` is not in the store"),
+                })?;
         cfg.image = Some(nook::ImageRoot::new(&info));
     }
     Ok(cfg)
@@ -142,13 +143,12 @@ fn serve(
     state: &mut SessionState,
     term: &AtomicBool,
 ) -> Result<String, SessionError> {
-    let home = sd
-        .0
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
-    let vm = Vm::start(vm_config(spec, &home)?).map_err(SessionError::Vm)?;
+    let home =
+        sd.0.parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+    let vm = Vm::start(vm_config(spec, &home)?).map_err(|e| SessionError::Vm(Box::new(e)))?;
     state.engine = vm.engine().id().label().to_string();
     let sock = sd.socket_path();
     let _ = std::fs::remove_file(&sock);
@@ -271,13 +271,19 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
         Ok(Some(l)) => l,
         Ok(None) => return Ok(()),
         Err(e) => {
-            return send(&mut w, &error_reply(SessionErrorCode::BadRequest, e.to_string()))
+            return send(
+                &mut w,
+                &error_reply(SessionErrorCode::BadRequest, e.to_string()),
+            )
         }
     };
     let req: SessionRequest = match serde_json::from_slice(&line) {
         Ok(r) => r,
         Err(e) => {
-            return send(&mut w, &error_reply(SessionErrorCode::BadRequest, e.to_string()))
+            return send(
+                &mut w,
+                &error_reply(SessionErrorCode::BadRequest, e.to_string()),
+            )
         }
     };
     match req {

@@ -56,9 +56,14 @@ pub enum SessionRequest {
     Hello,
     Exec(ExecSpec),
     /// Signal a detached process (by its guest pid).
-    Signal { pid: u32, signal: i32 },
+    Signal {
+        pid: u32,
+        signal: i32,
+    },
     /// The guest console's last `lines` lines.
-    Logs { lines: usize },
+    Logs {
+        lines: usize,
+    },
     /// Shut the guest down cleanly (volumes synced) and end the session.
     Stop,
 }
@@ -68,10 +73,14 @@ pub enum SessionRequest {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ExecInput {
     /// Stdin bytes (base64).
-    Stdin { data: String },
+    Stdin {
+        data: String,
+    },
     /// End of stdin.
     StdinClose,
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     Resize(TermSize),
 }
 
@@ -97,19 +106,33 @@ pub enum SessionErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum SessionReply {
-    Hello { version: u32, name: String },
-    Started { pid: u32 },
-    Stdout { data: String },
-    Stderr { data: String },
+    Hello {
+        version: u32,
+        name: String,
+    },
+    Started {
+        pid: u32,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
     /// The command ended; last line.
     Exit {
         code: Option<i32>,
         signal: Option<i32>,
         timed_out: bool,
     },
-    Logs { text: String },
+    Logs {
+        text: String,
+    },
     Ok,
-    Error { code: SessionErrorCode, message: String },
+    Error {
+        code: SessionErrorCode,
+        message: String,
+    },
 }
 
 /// Base64 of `bytes`, as stdio lines carry them.
@@ -234,6 +257,9 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<SessionRequest>(r#"{"op":"nope"}"#).is_err());
-        assert_eq!(decode_bytes(&encode_bytes(b"\x00\x01")).unwrap(), b"\x00\x01");
+        assert_eq!(
+            decode_bytes(&encode_bytes(b"\x00\x01")).unwrap(),
+            b"\x00\x01"
+        );
     }
 }

@@ -61,3 +61,22 @@ pub fn template_key(stderr: &str) -> Option<(bool, String)> {
     }
     None
 }
+
+/// QEMU processes started on behalf of the nook process `pid` (their
+/// command line names the run directory `nook-PID-N`).
+pub fn qemu_of(pid: u32) -> Vec<String> {
+    let needle = format!("nook-{pid}-");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = text(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {}",
+                entry.file_name().to_string_lossy(),
+                cmdline
+            ));
+        }
+    }
+    found
+}

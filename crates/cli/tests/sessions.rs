@@ -1,0 +1,261 @@
+//! End-to-end tests of sessions (`nook start/exec/ps/stop/rm`): real guests
+//! on the qemu engine, each session under a name unique to this test run.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{nook, qemu_of, ready, text};
+
+use nook_serve::{SessionClient, SessionPhase, SessionState};
+
+fn unique(case: &str) -> String {
+    format!("t{}-{case}", std::process::id())
+}
+
+fn nook_out(args: &[&str]) -> Output {
+    nook().args(args).output().expect("run nook")
+}
+
+/// Starts session `name` on the qemu engine with extra `args`.
+fn start(name: &str, args: &[&str]) {
+    let out = nook_out(&[&["start", "--engine", "qemu", "--name", name], args].concat());
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), name);
+}
+
+fn exec(name: &str, cmd: &[&str]) -> Output {
+    nook_out(&[&["exec", name, "--"], cmd].concat())
+}
+
+/// Session `name` as `nook ps -a --json` shows it.
+fn ps(name: &str) -> Option<SessionState> {
+    let out = nook_out(&["ps", "-a", "--json"]);
+    assert!(out.status.success(), "ps: {}", text(&out.stderr));
+    let all: Vec<SessionState> = serde_json::from_slice(&out.stdout).expect("ps --json");
+    all.into_iter().find(|s| s.name == name)
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes the session even when a test fails half-way.
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = nook_out(&["rm", "-f", &self.0]);
+    }
+}
+
+fn guest_has_pid(name: &str, pid: u32) -> bool {
+    let out = exec(name, &["sh", "-c", &format!("test -d /proc/{pid}")]);
+    out.status.success()
+}
+
+#[test]
+fn start_exec_ps_stop() {
+    if !ready() {
+        return;
+    }
+    let name = unique("basic");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let out = exec(&name, &["sh", "-c", "echo hi > /tmp/f"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = exec(&name, &["cat", "/tmp/f"]);
+    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    // run's exit-code and stdio behaviour.
+    assert_eq!(exec(&name, &["sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(exec(&name, &["no-such-program"]).status.code(), Some(127));
+    let out = exec(&name, &["sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out\n".into(), "err\n".into())
+    );
+    let mut child = nook()
+        .args(["exec", &name, "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    assert_eq!(text(&child.wait_with_output().unwrap().stdout), "PIPED\n");
+
+    let st = ps(&name).expect("listed");
+    assert_eq!(st.state, SessionPhase::Running);
+    assert_eq!(st.memory_mib, 256);
+    assert!(st.engine.starts_with("qemu"), "{}", st.engine);
+    assert!(!qemu_of(st.pid).is_empty(), "no VM process for the session");
+
+    let out = nook_out(&["stop", &name]);
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    assert!(qemu_of(st.pid).is_empty(), "a VM process outlived stop");
+    let after = ps(&name).expect("still listed with -a");
+    assert_eq!(after.state, SessionPhase::Exited);
+    assert_eq!(after.exit_reason.as_deref(), Some("stopped"));
+    let out = nook_out(&["ps", "--json"]);
+    assert!(
+        !text(&out.stdout).contains(&name),
+        "plain ps lists exited sessions"
+    );
+    assert!(nook_out(&["rm", &name]).status.success());
+    assert!(ps(&name).is_none(), "rm left the session");
+}
+
+#[test]
+fn a_killed_vm_shows_as_exited() {
+    if !ready() {
+        return;
+    }
+    let name = unique("killed");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let st = ps(&name).expect("listed");
+    let vm = qemu_of(st.pid);
+    let vm_pid: i32 = vm
+        .first()
+        .and_then(|l| l.split(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the session's VM process");
+    std::process::Command::new("kill")
+        .args(["-9", &vm_pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(
+        "ps shows the session exited",
+        Duration::from_secs(10),
+        || ps(&name).is_some_and(|s| s.state == SessionPhase::Exited),
+    );
+    let reason = ps(&name).and_then(|s| s.exit_reason).unwrap_or_default();
+    assert!(reason.contains("VM died"), "{reason}");
+    wait_until("the host process ends", Duration::from_secs(5), || {
+        !nook_serve::host_alive(st.pid)
+    });
+    assert_ne!(exec(&name, &["true"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_killed_host_process_shows_as_exited_and_takes_its_vm() {
+    if !ready() {
+        return;
+    }
+    let name = unique("host");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let st = ps(&name).expect("listed");
+    std::process::Command::new("kill")
+        .args(["-9", &st.pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(
+        "ps shows the session exited",
+        Duration::from_secs(5),
+        || ps(&name).is_some_and(|s| s.state == SessionPhase::Exited),
+    );
+    wait_until("its VM is gone", Duration::from_secs(5), || {
+        qemu_of(st.pid).is_empty()
+    });
+    assert!(nook_out(&["rm", &name]).status.success());
+}
+
+#[test]
+fn idle_timeout_stops_a_session() {
+    if !ready() {
+        return;
+    }
+    let name = unique("idle");
+    let _c = Cleanup(name.clone());
+    start(&name, &["--idle-timeout", "5"]);
+    let t0 = Instant::now();
+    assert!(exec(&name, &["true"]).status.success());
+    wait_until("the idle session stops", Duration::from_secs(30), || {
+        ps(&name).is_some_and(|s| s.state == SessionPhase::Exited)
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_secs(5),
+        "stopped before its idle timeout"
+    );
+    let reason = ps(&name).and_then(|s| s.exit_reason).unwrap_or_default();
+    assert!(reason.contains("idle timeout"), "{reason}");
+}
+
+#[test]
+fn detached_process_survives_the_cli_and_a_library_signal_ends_it() {
+    if !ready() {
+        return;
+    }
+    let name = unique("detach");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let out = nook_out(&["exec", "-d", &name, "--", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid: u32 = text(&out.stdout).trim().parse().expect("a pid");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        guest_has_pid(&name, pid),
+        "the background process died with the CLI"
+    );
+    let home = nook::default_home();
+    let client = SessionClient::open(&home, &name).unwrap();
+    client.signal(pid, 15).unwrap();
+    wait_until(
+        "the signalled process ends",
+        Duration::from_secs(10),
+        || !guest_has_pid(&name, pid),
+    );
+    assert!(
+        client.signal(pid, 15).is_err(),
+        "an ended process still takes signals"
+    );
+}
+
+#[test]
+fn sigint_to_exec_ends_the_guest_command() {
+    if !ready() {
+        return;
+    }
+    let name = unique("sigint");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let mut child = nook()
+        .args([
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 1000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 8];
+    std::io::Read::read_exact(&mut stdout, &mut buf).unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "nook exec ignored SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The guest command died of SIGINT: 128 + 2, as `nook run` reports.
+    assert_eq!(status.code(), Some(130));
+    let out = exec(&name, &["sh", "-c", "ps | grep -c '[s]leep 1000'"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "0",
+        "the guest command survived Ctrl-C"
+    );
+}
