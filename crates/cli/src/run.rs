@@ -1,6 +1,6 @@
 //! `nook run`: one command in a fresh microVM.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
@@ -281,24 +281,10 @@ pub fn run(args: RunArgs) -> i32 {
     let handle = child.handle();
     let mut raw = if tty { term::RawMode::enable() } else { None };
 
-    if let Some(mut stdin) = child.take_stdin() {
-        let _ = std::thread::Builder::new()
-            .name("nook-stdin".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; 32 * 1024];
-                let mut input = std::io::stdin().lock();
-                loop {
-                    match input.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stdin.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = stdin.close();
-            });
+    if let Some(stdin) = child.take_stdin() {
+        term::forward_stdin(stdin, |mut s| {
+            let _ = s.close();
+        });
     }
     {
         let tx = tx.clone();

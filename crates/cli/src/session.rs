@@ -1,12 +1,12 @@
 //! Sessions: `nook start`, `exec`, `ps`, `stop`, `rm`, `logs` (the work is
 //! in nook-serve; this parses arguments and prints).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
 use clap::Args;
-use nook_serve::wire::{decode_bytes, ExecSpec, SessionErrorCode, SessionReply, TermSize};
+use nook_serve::wire::{decode_bytes, ExecSpec, SessionErrorCode, SessionReply};
 use nook_serve::{SessionClient, SessionPhase, SessionSpec, SessionState};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
@@ -186,13 +186,7 @@ pub fn exec(args: ExecArgs) -> i32 {
         env,
         cwd: args.workdir.clone(),
         user: args.user.clone(),
-        tty: tty.then(|| {
-            let ws = term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 });
-            TermSize {
-                rows: ws.rows,
-                cols: ws.cols,
-            }
-        }),
+        tty: tty.then(|| term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 })),
         stdin: forward_stdin,
         detach: args.detach,
         timeout_ms: args.timeout.map(|t| (t.max(0.0) * 1000.0) as u64),
@@ -221,24 +215,10 @@ pub fn exec(args: ExecArgs) -> i32 {
     }
     let raw = if tty { term::RawMode::enable() } else { None };
     if forward_stdin {
-        if let Ok(mut input) = remote.input.try_clone() {
-            let _ = std::thread::Builder::new()
-                .name("nook-stdin".into())
-                .spawn(move || {
-                    let mut buf = vec![0u8; 32 * 1024];
-                    let mut stdin = std::io::stdin().lock();
-                    loop {
-                        match stdin.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if input.stdin(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    let _ = input.close_stdin();
-                });
+        if let Ok(input) = remote.input.try_clone() {
+            term::forward_stdin(input, |mut s| {
+                let _ = s.close_stdin();
+            });
         }
     }
     let mut control = remote.input.try_clone().ok();

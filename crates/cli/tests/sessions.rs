@@ -53,6 +53,15 @@ impl Drop for Cleanup {
     }
 }
 
+/// Sends `signal` (`-9`, `-INT`) to a host process.
+fn kill(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
 fn guest_has_pid(name: &str, pid: u32) -> bool {
     let out = exec(name, &["sh", "-c", &format!("test -d /proc/{pid}")]);
     out.status.success()
@@ -123,10 +132,7 @@ fn a_killed_vm_shows_as_exited() {
         .and_then(|l| l.split(':').next())
         .and_then(|p| p.parse().ok())
         .expect("the session's VM process");
-    std::process::Command::new("kill")
-        .args(["-9", &vm_pid.to_string()])
-        .status()
-        .unwrap();
+    kill("-9", &vm_pid.to_string());
     wait_until(
         "ps shows the session exited",
         Duration::from_secs(10),
@@ -149,10 +155,7 @@ fn a_killed_host_process_shows_as_exited_and_takes_its_vm() {
     let _c = Cleanup(name.clone());
     start(&name, &[]);
     let st = ps(&name).expect("listed");
-    std::process::Command::new("kill")
-        .args(["-9", &st.pid.to_string()])
-        .status()
-        .unwrap();
+    kill("-9", &st.pid.to_string());
     wait_until(
         "ps shows the session exited",
         Duration::from_secs(5),
@@ -238,10 +241,7 @@ fn sigint_to_exec_ends_the_guest_command() {
     let mut stdout = child.stdout.take().unwrap();
     let mut buf = [0u8; 8];
     std::io::Read::read_exact(&mut stdout, &mut buf).unwrap();
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    kill("-INT", &child.id().to_string());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -160,7 +160,7 @@ impl ExecError {
 }
 
 /// `e` and its sources, joined with ": ", for log lines.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

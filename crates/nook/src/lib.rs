@@ -33,6 +33,7 @@ pub use boot::KVM_AUTO_BOOT_TIMEOUT;
 pub use config::{EngineKind, VmConfig};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE};
 pub use engine::EngineId;
+pub use error::chain as error_chain;
 pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};

@@ -14,9 +14,7 @@ use crate::state::{
     create_private_dir, host_alive, sessions_dir, SessionDir, SessionPhase, SessionSpec,
     SessionState,
 };
-use crate::wire::{
-    encode_bytes, to_line, ExecInput, ExecSpec, SessionReply, SessionRequest, TermSize,
-};
+use crate::wire::{encode_bytes, to_line, ExecInput, ExecSpec, SessionReply, SessionRequest};
 
 /// How long `stop` waits for the host process to end.
 const STOP_WAIT: Duration = Duration::from_secs(30);
@@ -199,7 +197,18 @@ impl ExecInputSender {
         self.send(&ExecInput::Signal { signal })
     }
     pub fn resize(&mut self, rows: u16, cols: u16) -> std::io::Result<()> {
-        self.send(&ExecInput::Resize(TermSize { rows, cols }))
+        self.send(&ExecInput::Resize(nook::Winsize { rows, cols }))
+    }
+}
+
+/// Writes are stdin chunks; [`ExecInputSender::close_stdin`] ends the input.
+impl Write for ExecInputSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stdin(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

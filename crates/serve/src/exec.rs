@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use nook::{Child, ExecError, ExecEvent, Winsize};
+use nook::{Child, ExecError, ExecEvent};
 
 use crate::host::{read_line, send, Host};
 use crate::wire::{
@@ -29,10 +29,7 @@ pub(crate) fn spawn_child(host: &Host, spec: &ExecSpec) -> Result<Child, ExecErr
         b = b.user(user.clone());
     }
     if let Some(t) = spec.tty {
-        b = b.tty(Winsize {
-            rows: t.rows,
-            cols: t.cols,
-        });
+        b = b.tty(t);
     }
     if let Some(ms) = spec.timeout_ms {
         b = b.timeout(std::time::Duration::from_millis(ms));
@@ -106,11 +103,8 @@ pub(crate) fn serve_attached(
                 Ok(ExecInput::Signal { signal }) => {
                     let _ = handle.signal(signal);
                 }
-                Ok(ExecInput::Resize(t)) => {
-                    let _ = handle.resize(Winsize {
-                        rows: t.rows,
-                        cols: t.cols,
-                    });
+                Ok(ExecInput::Resize(size)) => {
+                    let _ = handle.resize(size);
                 }
                 Err(e) => tracing::debug!("nook session: ignoring an input line: {e}"),
             }

@@ -77,7 +77,7 @@ pub fn run_host(dir: &Path) -> i32 {
     }
     let reason = match serve(&sd, &spec, &mut state, &term) {
         Ok(reason) => reason,
-        Err(e) => format!("failed: {}", chain(&e)),
+        Err(e) => format!("failed: {}", nook::error_chain(&e)),
     };
     let _ = std::fs::remove_file(sd.socket_path());
     tracing::info!("nook session {}: exited: {reason}", spec.name);
@@ -85,17 +85,6 @@ pub fn run_host(dir: &Path) -> i32 {
     state.exit_reason = Some(reason);
     let _ = sd.write_state(&state);
     0
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The VM configuration a spec asks for.

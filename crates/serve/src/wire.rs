@@ -8,6 +8,7 @@
 //! binary output passes untouched. Lines longer than [`MAX_LINE`] are refused.
 
 use base64::Engine as _;
+use nook::Winsize;
 use serde::{Deserialize, Serialize};
 
 /// Longest line either side accepts, in bytes.
@@ -15,13 +16,6 @@ pub const MAX_LINE: usize = 1024 * 1024;
 
 /// Version of this protocol; the host states it in `hello`.
 pub const SESSION_PROTOCOL_VERSION: u32 = 1;
-
-/// Terminal size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TermSize {
-    pub rows: u16,
-    pub cols: u16,
-}
 
 /// What a command runs with.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,7 +29,7 @@ pub struct ExecSpec {
     pub user: Option<String>,
     /// Run on a terminal of this size.
     #[serde(default)]
-    pub tty: Option<TermSize>,
+    pub tty: Option<Winsize>,
     /// The client streams stdin (else stdin is empty).
     #[serde(default)]
     pub stdin: bool,
@@ -81,7 +75,7 @@ pub enum ExecInput {
     Signal {
         signal: i32,
     },
-    Resize(TermSize),
+    Resize(Winsize),
 }
 
 /// Stable error codes.
@@ -168,7 +162,7 @@ mod tests {
                     env: vec![("K".into(), "V".into())],
                     cwd: Some("/tmp".into()),
                     user: None,
-                    tty: Some(TermSize { rows: 24, cols: 80 }),
+                    tty: Some(Winsize { rows: 24, cols: 80 }),
                     stdin: true,
                     detach: false,
                     timeout_ms: Some(5),
@@ -196,7 +190,7 @@ mod tests {
                 r#"{"op":"signal","signal":2}"#,
             ),
             (
-                to_line(&ExecInput::Resize(TermSize { rows: 1, cols: 2 })),
+                to_line(&ExecInput::Resize(Winsize { rows: 1, cols: 2 })),
                 r#"{"op":"resize","rows":1,"cols":2}"#,
             ),
             (
