@@ -3,17 +3,18 @@
 //! describe the machine as [`MachineParts`] (fresh or saved), and
 //! [`assemble`] turns them into a running [`KvmVm`] in this order:
 //!
-//! 1. the KVM VM: memory slots first, then irqchip and PIT (each slot
-//!    registered after them would wait for an SRCU grace period);
+//! 1. the KVM VM is a [`VmShell`] the caller made or took ready-made:
+//!    memory slots, irqchip and PIT, vCPUs, irqfds and ioeventfds, threads;
 //! 2. saved PIT, clock and irqchip state, if any;
 //! 3. COM1 (fresh or restored) on the caller's sink, the i8042 and the
 //!    ACPI power ports on the port bus;
-//! 4. virtio transports on the MMIO bus, each with an irqfd and one
-//!    ioeventfd per queue; saved devices are restored by their own
+//! 4. virtio transports on the MMIO bus, on the shell's irqfd and
+//!    ioeventfds of their slot; saved devices are restored by their own
 //!    [`Persist`](crate::snapshot::persist::Persist) code, reconnected to
 //!    the caller's [`HostBackends`];
 //! 5. vCPUs: configured for the boot entry, or restored from their state;
-//! 6. the `nook-vmm` event loop, then the `nook-vcpu{N}` threads;
+//! 6. the event loop on the shell's `nook-vmm` thread, then each vCPU's
+//!    run loop on its `nook-vcpu{N}` thread;
 //! 7. for a restore: re-raise pending virtio interrupts and re-run every
 //!    active queue (a notification or an interrupt in flight at snapshot
 //!    time is not part of any state).
@@ -21,18 +22,17 @@
 //! Any failure after threads exist goes through [`KvmVm`]'s drop, which stops
 //! and joins them.
 
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::boot::BootSetup;
 use crate::arch::x86_64::layout::{
-    COM1_IRQ, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, SLEEP_CONTROL_PORT, VIRTIO_IRQS,
-    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, SLEEP_CONTROL_PORT, VIRTIO_MMIO_BASE,
+    VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::regs::EntryMode;
 use crate::config::SerialSink;
@@ -41,20 +41,22 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::persist::{SerialArgs, SerialDeviceState};
 use crate::devices::legacy::power::AcpiPower;
 use crate::devices::legacy::serial::SerialDevice;
-use crate::devices::virtio::mmio::{MmioTransport, MmioTransportArgs, QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MmioTransport, MmioTransportArgs};
 use crate::devices::virtio::persist::{restore_saved, HostBackends, RestoreContext};
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::machine::KvmVm;
+use crate::snapshot::memory::MemoryBacking;
 use crate::snapshot::persist::Persist;
 use crate::snapshot::state::VirtioSlotState;
 use crate::snapshot::{KvmSnapshotError, SnapshotHandles};
 use crate::vstate::exit::{ExitState, Outcome};
 use crate::vstate::pause::PauseControl;
-use crate::vstate::vcpu::{create_vcpu, Vcpu, VcpuError};
+use crate::vstate::shell::{VmShell, Wiring};
+use crate::vstate::vcpu::{configure_vcpu, Vcpu};
 use crate::vstate::vcpu_state::VcpuState;
-use crate::vstate::vm::{create_vm, supported_cpuid, VmFds};
+use crate::vstate::vm::supported_cpuid;
 use crate::vstate::vm_state::VmState;
 
 /// COM1: a new UART, or one in saved state.
@@ -82,10 +84,10 @@ pub(crate) enum VcpuPart {
 
 /// Everything [`assemble`] builds a VM from.
 pub(crate) struct MachineParts {
-    /// `/dev/kvm`, if the caller opened it already.
-    pub kvm: Option<Kvm>,
-    /// Guest memory, loaded or mapped from a snapshot.
-    pub mem: GuestMemoryMmap,
+    /// The KVM VM, with guest RAM loaded or mapped from a snapshot.
+    pub shell: VmShell,
+    /// The snapshot the RAM is mapped from, if any.
+    pub backing: Option<MemoryBacking>,
     /// Saved irqchip, PIT and clock.
     pub vm_state: Option<VmState>,
     pub serial: SerialPart,
@@ -139,21 +141,12 @@ pub(crate) fn clone_eventfd(evt: &EventFd, what: &str) -> Result<EventFd, VmmErr
     })
 }
 
-pub(crate) fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
-    let evt = new_eventfd(what)?;
-    vm.register_irqfd(&evt, gsi).map_err(|e| VmmError::Device {
-        what: format!("{what} irqfd (line {gsi})"),
-        source: std::io::Error::from_raw_os_error(e.errno()),
-    })?;
-    Ok(evt)
-}
-
 /// Builds and starts the VM `parts` describe (see the module docs for the
 /// order); `timer` already holds the caller's own steps.
 pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<KvmVm, VmmError> {
     let MachineParts {
-        kvm,
-        mem,
+        mut shell,
+        backing,
         vm_state,
         serial,
         serial_sink,
@@ -163,15 +156,22 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
         boot,
         cmdline,
     } = parts;
-    let kvm_vm = create_vm(kvm, &mem)?;
-    timer.mark("kvm vm");
-    let vm_fd = &kvm_vm.fd;
+    let vcpu_count = match &vcpus {
+        VcpuPart::Boot { count, .. } => usize::from(*count),
+        VcpuPart::Saved(states) => states.len(),
+    };
+    if shell.layout.queues.len() != devices.len() || shell.vcpus.len() != vcpu_count {
+        return Err(VmmError::ShellMismatch);
+    }
+    let mem = shell.ram.clone();
     if let Some(state) = &vm_state {
-        state.restore(vm_fd).map_err(KvmSnapshotError::from)?;
+        state
+            .restore(&shell.fds.fd)
+            .map_err(KvmSnapshotError::from)?;
         timer.mark("vm state");
     }
 
-    let irq = irqfd(vm_fd, COM1_IRQ, "serial")?;
+    let irq = clone_eventfd(&shell.wiring.com1, "serial")?;
     let out = open_serial_sink(serial_sink)?;
     let com1 = match serial {
         SerialPart::Fresh => SerialDevice::new(irq, out),
@@ -180,11 +180,10 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
     };
     let com1 = Arc::new(Mutex::new(com1));
     let pio = port_io_bus(&com1)?;
-    let virtio = wire_virtio(vm_fd, &mem, devices, &mut backends)?;
+    let virtio = wire_virtio(&shell.wiring, &mem, devices, &mut backends)?;
     timer.mark("devices");
 
-    let vcpu_fds = create_vcpus(&kvm_vm, vcpus)?;
-    let vcpu_count = vcpu_fds.len() as u8;
+    let vcpu_fds = load_vcpus(&mut shell, vcpus)?;
     timer.mark("vcpus");
 
     let exit = Arc::new(ExitState::new());
@@ -202,11 +201,12 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
     })?;
     let mut vm = KvmVm {
         exit: exit.clone(),
-        vcpu_threads: Vec::new(),
-        event_thread: None,
+        vcpu_runs: Vec::new(),
+        event_run: None,
         event_stop,
-        kvm_vm: None,
+        shell: None,
         mem,
+        backing,
         boot,
         cmdline,
         phases: Vec::new(),
@@ -214,11 +214,13 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
             pause: pause.clone(),
             serial: com1,
             transports: virtio.transports,
-            vcpus: vcpu_count,
+            vcpus: vcpu_count as u8,
         },
+        recycle: None,
     };
-    let buses = (pio, virtio.mmio);
-    start_threads(&mut vm, event_loop, vcpu_fds, buses, &exit, &pause)?;
+    let buses = (Arc::new(pio), Arc::new(virtio.mmio));
+    start_jobs(&mut vm, &shell, event_loop, vcpu_fds, buses, &pause);
+    vm.shell = Some(shell);
     if virtio.restored {
         // Backends of active devices, queued work, pending interrupts.
         let _ = virtio.activated.write(1);
@@ -229,7 +231,6 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
             irq.retrigger_pending();
         }
     }
-    vm.kvm_vm = Some(kvm_vm);
     timer.mark("threads");
     vm.phases = timer.phases;
     Ok(vm)
@@ -254,7 +255,7 @@ struct Virtio {
 /// Puts every device in its slot: `VIRTIO_MMIO_BASE + 0x1000 * i`,
 /// interrupt line `VIRTIO_IRQS[i]`, one ioeventfd per queue.
 fn wire_virtio(
-    vm: &VmFd,
+    wiring: &Wiring,
     mem: &GuestMemoryMmap,
     devices: Vec<DevicePart>,
     backends: &mut HostBackends,
@@ -271,7 +272,8 @@ fn wire_virtio(
     for (i, part) in devices.into_iter().enumerate() {
         let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
         let name = format!("virtio slot {i}");
-        let irq = Arc::new(IrqTrigger::new(irqfd(vm, VIRTIO_IRQS[i], &name)?));
+        let line = wiring.lines.get(i).ok_or(VmmError::ShellMismatch)?;
+        let irq = Arc::new(IrqTrigger::new(clone_eventfd(line, &name)?));
         let dev_err = |source| KvmSnapshotError::Device { index: i, source };
         let (device, saved) = match part {
             DevicePart::Fresh(device) => (device, None),
@@ -285,19 +287,17 @@ fn wire_virtio(
             }
         };
         let active = saved.as_ref().is_some_and(|s| s.active);
+        let evts = wiring.notify.get(i).ok_or(VmmError::ShellMismatch)?;
+        if evts.len() != device.queue_max_sizes().len() {
+            return Err(VmmError::ShellMismatch);
+        }
         let mut notify = Vec::new();
-        for q in 0..device.queue_max_sizes().len() {
-            let evt = new_eventfd(&name)?;
-            vm.register_ioevent(&evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
-                .map_err(|e| VmmError::Device {
-                    what: format!("{name} queue {q} ioeventfd"),
-                    source: std::io::Error::from_raw_os_error(e.errno()),
-                })?;
-            notify.push(clone_eventfd(&evt, &name)?);
+        for (q, evt) in evts.iter().enumerate() {
+            notify.push(clone_eventfd(evt, &name)?);
             if active {
-                v.kicks.push(clone_eventfd(&evt, &name)?);
+                v.kicks.push(clone_eventfd(evt, &name)?);
             }
-            v.queue_evts.push((i, q as u16, evt));
+            v.queue_evts.push((i, q as u16, clone_eventfd(evt, &name)?));
         }
         let activated = Some(clone_eventfd(&v.activated, "device activation")?);
         let transport = match saved {
@@ -322,31 +322,30 @@ fn wire_virtio(
     Ok(v)
 }
 
-/// Creates the vCPUs: configured for the boot entry, or in saved state.
-fn create_vcpus(kvm_vm: &VmFds, part: VcpuPart) -> Result<Vec<VcpuFd>, VmmError> {
-    let vm = &kvm_vm.fd;
+/// Takes the shell's vCPUs and configures them for the boot entry, or
+/// loads their saved state.
+fn load_vcpus(shell: &mut VmShell, part: VcpuPart) -> Result<Vec<VcpuFd>, VmmError> {
+    let mut fds = Vec::with_capacity(shell.vcpus.len());
+    for slot in &mut shell.vcpus {
+        fds.push(slot.take().ok_or(VmmError::ShellMismatch)?);
+    }
     match part {
         VcpuPart::Boot { count, mode, entry } => {
-            let cpuid = supported_cpuid(&kvm_vm.kvm)?;
-            (0..count)
-                .map(|index| Ok(create_vcpu(vm, &cpuid, index, count, (mode, entry))?))
-                .collect()
+            let cpuid = supported_cpuid(&shell.fds.kvm)?;
+            for (index, fd) in fds.iter().enumerate() {
+                configure_vcpu(fd, &cpuid, index as u8, count, (mode, entry))?;
+            }
         }
         VcpuPart::Saved(states) => {
-            let mut fds = Vec::with_capacity(states.len());
-            for (index, s) in states.iter().enumerate() {
-                let vcpu = vm
-                    .create_vcpu(index as u64)
-                    .map_err(|e| VcpuError::Create(index as u8, e))?;
-                let refused = s.restore(&vcpu).map_err(KvmSnapshotError::from)?;
+            for (index, (fd, s)) in fds.iter().zip(&states).enumerate() {
+                let refused = s.restore(fd).map_err(KvmSnapshotError::from)?;
                 if refused > 0 {
                     tracing::debug!("vmm: restore: vcpu{index}: {refused} msrs refused");
                 }
-                fds.push(vcpu);
             }
-            Ok(fds)
         }
     }
+    Ok(fds)
 }
 
 /// Opens where COM1 output goes.
@@ -384,52 +383,40 @@ fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmError> {
     Ok(pio)
 }
 
-/// Starts the device event loop thread (`nook-vmm`) and one thread per vCPU
-/// (`nook-vcpu{N}`).
-fn start_threads(
+/// Runs the device event loop on the shell's `nook-vmm` thread and each
+/// vCPU on its own `nook-vcpu{N}` thread; each vCPU thread hands its vCPU
+/// back to [`KvmVm`] when the VM ends.
+fn start_jobs(
     vm: &mut KvmVm,
+    shell: &VmShell,
     event_loop: EventLoop,
     vcpu_fds: Vec<VcpuFd>,
-    (pio, mmio): (Bus, Bus),
-    exit: &Arc<ExitState>,
+    (pio, mmio): (Arc<Bus>, Arc<Bus>),
     pause: &Arc<PauseControl>,
-) -> Result<(), VmmError> {
-    let loop_exit = exit.clone();
-    vm.event_thread = Some(
-        std::thread::Builder::new()
-            .name("nook-vmm".into())
-            .spawn(move || {
-                if let Err(e) = event_loop.run() {
-                    loop_exit.finish(Outcome::Failed {
-                        what: "device event loop".into(),
-                        errno: e.raw_os_error().unwrap_or(libc::EIO),
-                    });
-                }
-            })
-            .map_err(|source| VmmError::Spawn {
-                name: "nook-vmm".into(),
-                source,
-            })?,
-    );
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(mmio);
-    for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        let vcpu = Vcpu {
+) {
+    let loop_exit = vm.exit.clone();
+    vm.event_run = Some(shell.events.run(move || {
+        if let Err(e) = event_loop.run() {
+            loop_exit.finish(Outcome::Failed {
+                what: "device event loop".into(),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            });
+        }
+    }));
+    for ((index, fd), worker) in vcpu_fds.into_iter().enumerate().zip(&shell.vcpu_workers) {
+        let mut vcpu = Vcpu {
             index: index as u8,
             fd,
             pio: pio.clone(),
             mmio: mmio.clone(),
-            exit: exit.clone(),
+            exit: vm.exit.clone(),
             pause: pause.clone(),
             mem: vm.mem.clone(),
         };
-        let name = format!("nook-vcpu{index}");
-        let handle = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || vcpu.run())
-            .map_err(|source| VmmError::Spawn { name, source })?;
-        exit.register_vcpu_thread(handle.as_pthread_t());
-        vm.vcpu_threads.push(handle);
+        vm.exit.register_vcpu_thread(worker.pthread());
+        vm.vcpu_runs.push(worker.run(move || {
+            vcpu.run();
+            vcpu.fd
+        }));
     }
-    Ok(())
 }

@@ -2,18 +2,21 @@
 //! then [`assemble`]s it:
 //!
 //! 1. validate the configuration, install the vCPU kick handler;
-//! 2. allocate guest memory;
-//! 3. make the virtio devices in their documented order (console, disks,
+//! 2. make the virtio devices in their documented order (console, disks,
 //!    rng) and announce them with `virtio_mmio.device=` entries appended
 //!    to the command line;
-//! 4. write ACPI tables, load kernel/initrd/command line, boot page tables
-//!    and GDT;
-//! 5. [`assemble`]: KVM VM, devices, vCPUs at the entry point, threads.
+//! 3. allocate guest memory; then, at the same time, make the KVM VM
+//!    around it ([`VmShell`], on a helper thread: it mostly waits for the
+//!    kernel's grace periods) and write ACPI tables, kernel, initrd,
+//!    command line, boot page tables and GDT into it;
+//! 4. [`assemble`]: devices, vCPUs at the entry point, threads.
 
 use std::fmt::Write as _;
 
 use crate::arch::x86_64::acpi::write_acpi_tables;
-use crate::arch::x86_64::boot::{load_guest, GuestImage};
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::boot::{load_guest, BootSetup, GuestImage};
 use crate::arch::x86_64::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::arch::x86_64::regs::write_boot_tables;
 use crate::assemble::{assemble, DevicePart, MachineParts, PhaseTimer, SerialPart, VcpuPart};
@@ -26,6 +29,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::error::VmmError;
 use crate::machine::KvmVm;
 use crate::vstate::memory::create_guest_memory;
+use crate::vstate::shell::{ShellLayout, VmShell};
 use crate::vstate::vcpu::install_kick_handler;
 
 /// Builds and starts the VM (see the module docs for the order).
@@ -33,9 +37,6 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
     let mut timer = PhaseTimer::new();
     cfg.validate()?;
     install_kick_handler()?;
-    let mem = create_guest_memory(cfg.memory_bytes())?;
-    timer.mark("guest memory");
-
     let memory_bytes = cfg.memory_bytes();
     let KvmConfig {
         kernel,
@@ -81,23 +82,40 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         );
     }
 
-    let rsdp = write_acpi_tables(&mem, vcpus)?;
-    let boot = load_guest(
-        &mem,
-        &GuestImage {
-            kernel: &kernel,
-            initrd: initrd.as_deref(),
-            cmdline: &cmdline,
-            memory_bytes,
-            rsdp,
-        },
-    )?;
-    write_boot_tables(&mem, boot.mode)?;
-    timer.mark("load guest");
+    let layout = ShellLayout {
+        memory_bytes,
+        vcpus,
+        queues: devices.iter().map(|d| d.queue_max_sizes().len()).collect(),
+    };
+    let mem = create_guest_memory(memory_bytes)?;
+    timer.mark("guest memory");
+    let guest = GuestImage {
+        kernel: &kernel,
+        initrd: initrd.as_deref(),
+        cmdline: &cmdline,
+        memory_bytes,
+        rsdp: 0,
+    };
+    let (shell, boot) = std::thread::scope(|scope| {
+        let ram = mem.clone();
+        let maker = std::thread::Builder::new()
+            .name("nook-vm-create".into())
+            .spawn_scoped(scope, move || VmShell::create(None, ram, layout))
+            .map_err(|source| VmmError::Spawn {
+                name: "nook-vm-create".into(),
+                source,
+            })?;
+        let boot = load(&mem, guest, vcpus);
+        let shell = maker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok::<_, VmmError>((shell?, boot?))
+    })?;
+    timer.mark("load guest, kvm vm");
 
     let parts = MachineParts {
-        kvm: None,
-        mem,
+        shell,
+        backing: None,
         vm_state: None,
         serial: SerialPart::Fresh,
         serial_sink: serial,
@@ -112,4 +130,17 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         cmdline,
     };
     assemble(parts, timer)
+}
+
+/// Writes ACPI tables, then the kernel, initrd and command line, then the
+/// boot page tables and GDT into `mem`.
+fn load(
+    mem: &GuestMemoryMmap,
+    mut guest: GuestImage<'_>,
+    vcpus: u8,
+) -> Result<BootSetup, VmmError> {
+    guest.rsdp = write_acpi_tables(mem, vcpus)?;
+    let boot = load_guest(mem, &guest)?;
+    write_boot_tables(mem, boot.mode)?;
+    Ok(boot)
 }

@@ -72,6 +72,10 @@ pub enum VmmError {
     /// Taking or restoring a snapshot.
     #[error("snapshot failed")]
     Snapshot(#[from] crate::snapshot::KvmSnapshotError),
+    /// A VM made ahead of time does not fit the machine put into it (a
+    /// bug).
+    #[error("the prepared kvm vm does not fit this machine")]
+    ShellMismatch,
     /// A host-side operation failed while the VM ran.
     #[error("{what} failed")]
     Failed {

@@ -72,6 +72,8 @@ pub use arch::x86_64::boot::{BootSetup, KernelFormat};
 pub use config::{KvmConfig, KvmDiskConfig, SerialSink};
 pub use error::VmmError;
 pub use machine::{boot, KvmVm};
-pub use snapshot::{AfterSnapshot, KvmRestoreConfig, KvmSnapshotError, SnapshotInfo};
+pub use snapshot::{
+    AfterSnapshot, KvmRestoreConfig, KvmRestorer, KvmSnapshotError, RestorerStats, SnapshotInfo,
+};
 pub use vstate::exit::ExitReason;
 pub use vstate::fault::{FaultKind, VcpuFault};

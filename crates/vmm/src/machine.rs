@@ -1,8 +1,10 @@
 //! The running VM handle: [`KvmVm::start`], [`KvmVm::wait`], [`KvmVm::stop`].
 
 use std::os::fd::AsRawFd;
-use std::thread::JoinHandle;
+use std::sync::Weak;
 use std::time::Duration;
+
+use kvm_ioctls::VcpuFd;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -11,8 +13,11 @@ use crate::arch::x86_64::boot::BootSetup;
 use crate::builder;
 use crate::config::KvmConfig;
 use crate::error::VmmError;
+use crate::snapshot::memory::MemoryBacking;
+use crate::snapshot::restorer::Spares;
 use crate::vstate::exit::{ExitReason, ExitState, Outcome};
-use crate::vstate::vm::VmFds;
+use crate::vstate::shell::VmShell;
+use crate::vstate::worker::JobDone;
 
 /// A running (or ended, not yet dropped) microVM.
 ///
@@ -26,24 +31,31 @@ use crate::vstate::vm::VmFds;
 /// order, rng (if configured).
 pub struct KvmVm {
     pub(crate) exit: std::sync::Arc<ExitState>,
-    pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
-    pub(crate) event_thread: Option<JoinHandle<()>>,
+    /// Each vCPU's run loop; it ends handing back the vCPU.
+    pub(crate) vcpu_runs: Vec<JobDone<VcpuFd>>,
+    pub(crate) event_run: Option<JobDone<()>>,
     pub(crate) event_stop: EventFd,
-    /// Declared before `mem`: the VM fd goes before the memory it maps.
-    pub(crate) kvm_vm: Option<VmFds>,
+    /// The KVM VM, its vCPUs and threads (`None` only while assembling).
+    pub(crate) shell: Option<VmShell>,
+    /// Guest memory (the shell's RAM).
     pub(crate) mem: GuestMemoryMmap,
+    /// The snapshot the memory is mapped from, if restored.
+    pub(crate) backing: Option<MemoryBacking>,
     pub(crate) boot: BootSetup,
     pub(crate) cmdline: String,
     pub(crate) phases: Vec<(&'static str, Duration)>,
     /// What snapshots read.
     pub(crate) snap: crate::snapshot::SnapshotHandles,
+    /// Where the shell goes when the VM is dropped, to run another VM
+    /// (restores through a [`crate::KvmRestorer`]); closed otherwise.
+    pub(crate) recycle: Option<Weak<Spares>>,
 }
 
 impl std::fmt::Debug for KvmVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvmVm")
             .field("boot", &self.boot)
-            .field("vcpus", &self.vcpu_threads.len())
+            .field("vcpus", &self.snap.vcpus)
             .field("ended", &self.exit.outcome().is_some())
             .finish()
     }
@@ -91,8 +103,8 @@ impl KvmVm {
     /// destroying the in-kernel irqchip and PIT is slow). For a process whose
     /// work ends with its VM (`nook boot`); flush your output first.
     pub fn exit_process(self, code: i32) -> ! {
-        match &self.kvm_vm {
-            Some(k) => crate::detach::exit_leaving_teardown(k.fd.as_raw_fd(), &self.mem, code),
+        match &self.shell {
+            Some(s) => crate::detach::exit_leaving_teardown(s.fds.fd.as_raw_fd(), &self.mem, code),
             None => std::process::exit(code),
         }
     }
@@ -125,16 +137,21 @@ impl KvmVm {
         &self.mem
     }
 
-    /// Joins every thread. Only called after the outcome is set (so every
-    /// vCPU thread has been kicked).
+    /// Waits for every vCPU run loop and the event loop to end, and puts
+    /// the vCPUs back into the shell. Only called after the outcome is set
+    /// (so every vCPU thread has been kicked).
     fn teardown(&mut self) {
         debug_assert!(self.exit.outcome().is_some());
-        for t in self.vcpu_threads.drain(..) {
-            let _ = t.join();
+        for (index, run) in self.vcpu_runs.drain(..).enumerate() {
+            // `None`: the run loop panicked and the vCPU went with it.
+            let fd = run.wait();
+            if let Some(slot) = self.shell.as_mut().and_then(|s| s.vcpus.get_mut(index)) {
+                *slot = fd;
+            }
         }
-        if let Some(t) = self.event_thread.take() {
+        if let Some(run) = self.event_run.take() {
             let _ = self.event_stop.write(1);
-            let _ = t.join();
+            let _ = run.wait();
         }
     }
 }
@@ -142,6 +159,11 @@ impl KvmVm {
 impl Drop for KvmVm {
     fn drop(&mut self) {
         self.stop();
+        let spares = self.recycle.as_ref().and_then(Weak::upgrade);
+        if let (Some(spares), Some(shell)) = (spares, self.shell.take()) {
+            // The devices still hold guest memory but no thread runs them.
+            spares.put_back(shell);
+        }
     }
 }
 

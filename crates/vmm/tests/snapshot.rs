@@ -238,6 +238,84 @@ fn counter_clones_continue_independently_and_never_write_the_file() {
     leaks.finish();
 }
 
+#[test]
+fn restorer_reuses_vms_and_every_restore_starts_from_the_snapshot() {
+    let _l = serial_lock();
+    if !kvm_or_skip() {
+        return;
+    }
+    let leaks = LeakCheck::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = SharedBuf::default();
+    let mut cfg = config(&counter_guest().write(dir.path()), &serial);
+    cfg.vcpus = 2;
+    let mut src = KvmVm::start(cfg).unwrap();
+    wait_until("the count to pass 1M", || read_u64(&src, COUNT) > 1_000_000);
+    let path = dir.path().join("counter.snap");
+    src.snapshot(&path, AfterSnapshot::Stop).unwrap();
+    let saved = read_u64(&src, COUNT);
+    drop(src);
+
+    let restorer = nook_vmm::KvmRestorer::open(&path).unwrap();
+    assert_eq!(restorer.memory_bytes(), 64 << 20);
+    restorer.prepare(2).unwrap();
+    assert_eq!(restorer.stats().ready, 2);
+    const POISON: u64 = DATA_ADDR + 0x9000;
+    for round in 0..4u8 {
+        let out = SharedBuf::default();
+        let vm = restorer
+            .restore(KvmRestoreConfig {
+                serial: SerialSink::Writer(Box::new(out.clone())),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            vm.start_phases()[0].0,
+            "kvm vm (ready)",
+            "round {round}: {:?}",
+            vm.start_phases()
+        );
+        // Nothing of the previous clone is left: not its memory, not its
+        // marker, not its count.
+        assert_eq!(read_u64(&vm, POISON), 0, "round {round}");
+        assert_eq!(read_u64(&vm, MARK), 0, "round {round}");
+        let count = read_u64(&vm, COUNT);
+        assert!(count >= saved, "round {round}: {count} < {saved}");
+        wait_until("the clone to count", || read_u64(&vm, COUNT) > saved + 1000);
+        let mark = 0x10 + round;
+        let reply = ask(&vm, &out, mark);
+        assert!(reply > saved + 1000, "round {round}");
+        assert_eq!(read_u64(&vm, MARK), u64::from(mark));
+        vm.guest_memory()
+            .write_obj(0xdead_beef_u64, GuestAddress(POISON))
+            .unwrap();
+        drop(vm);
+        let stats = restorer.stats();
+        assert_eq!(stats.ready, 2, "round {round}: the vm came back");
+        assert_eq!(stats.reused, u64::from(round) + 1);
+    }
+    // Two at once, from the two ready VMs.
+    let (sa, sb) = (SharedBuf::default(), SharedBuf::default());
+    let cfg = |s: &SharedBuf| KvmRestoreConfig {
+        serial: SerialSink::Writer(Box::new(s.clone())),
+        ..Default::default()
+    };
+    let a = restorer.restore(cfg(&sa)).unwrap();
+    let b = restorer.restore(cfg(&sb)).unwrap();
+    assert_eq!(restorer.stats().ready, 0);
+    wait_until("both clones to count", || {
+        read_u64(&a, COUNT) > saved + 1000 && read_u64(&b, COUNT) > saved + 1000
+    });
+    assert!(ask(&a, &sa, 0xa1) > saved + 1000);
+    assert!(ask(&b, &sb, 0xb2) > saved + 1000);
+    assert_eq!(read_u64(&a, MARK), 0xa1);
+    assert_eq!(read_u64(&b, MARK), 0xb2);
+    drop((a, b));
+    assert_eq!(restorer.stats().ready, 2);
+    drop(restorer);
+    leaks.finish();
+}
+
 const RING0: u64 = DATA_ADDR;
 const RING1: u64 = DATA_ADDR + 0x1000;
 const RING2: u64 = DATA_ADDR + 0x2000;
@@ -342,42 +420,47 @@ fn console_and_disk_resume_after_restore() {
     drop(src);
     drop(host);
 
-    // The clone writes to its own copy of the disk.
-    let clone_disk = dir.path().join("clone.img");
-    std::fs::copy(&disk, &clone_disk).unwrap();
+    // Each clone writes to its own copy of the disk. The second clone
+    // runs in the KVM VM the first one handed back to the restorer (same
+    // irqfds and ioeventfds, new devices).
+    let restorer = nook_vmm::KvmRestorer::open(&path).unwrap();
     let original = std::fs::read(&disk).unwrap();
-    let (mut host, guest_end) = UnixStream::pair().unwrap();
-    host.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut vm = KvmVm::restore(
-        &path,
-        KvmRestoreConfig {
-            serial: SerialSink::Null,
-            console: Some(guest_end),
-            disks: vec![clone_disk.clone()],
-        },
-    )
-    .unwrap();
-    host.write_all(b"after!").unwrap();
-    let mut echo = [0u8; 6];
-    host.read_exact(&mut echo).unwrap();
-    assert_eq!(&echo, b"after!");
-    wait_until("sector 1 of the clone's disk", || {
-        sector(&clone_disk, 1).starts_with(b"after!")
-    });
-    assert!(sector(&clone_disk, 0).starts_with(b"before"));
-    // And once more, to see the queues keep going.
-    host.write_all(b"again!").unwrap();
-    host.read_exact(&mut echo).unwrap();
-    assert_eq!(&echo, b"again!");
-    wait_until("sector 2", || sector(&clone_disk, 2).starts_with(b"again!"));
-    assert_eq!(
-        std::fs::read(&disk).unwrap(),
-        original,
-        "source disk untouched"
-    );
-    vm.stop();
-    drop(vm);
-    drop(host);
+    for round in 0..2 {
+        let clone_disk = dir.path().join(format!("clone{round}.img"));
+        std::fs::copy(&disk, &clone_disk).unwrap();
+        let (mut host, guest_end) = UnixStream::pair().unwrap();
+        host.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut vm = restorer
+            .restore(KvmRestoreConfig {
+                serial: SerialSink::Null,
+                console: Some(guest_end),
+                disks: vec![clone_disk.clone()],
+            })
+            .unwrap();
+        host.write_all(b"after!").unwrap();
+        let mut echo = [0u8; 6];
+        host.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"after!", "round {round}");
+        wait_until("sector 1 of the clone's disk", || {
+            sector(&clone_disk, 1).starts_with(b"after!")
+        });
+        assert!(sector(&clone_disk, 0).starts_with(b"before"));
+        // And once more, to see the queues keep going.
+        host.write_all(b"again!").unwrap();
+        host.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"again!");
+        wait_until("sector 2", || sector(&clone_disk, 2).starts_with(b"again!"));
+        assert_eq!(
+            std::fs::read(&disk).unwrap(),
+            original,
+            "source disk untouched"
+        );
+        vm.stop();
+        drop(vm);
+        drop(host);
+    }
+    assert_eq!(restorer.stats().reused, 2);
+    drop(restorer);
     leaks.finish();
 }
 

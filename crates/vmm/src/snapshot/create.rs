@@ -70,7 +70,7 @@ impl KvmVm {
         path: &Path,
         then: AfterSnapshot,
     ) -> Result<SnapshotInfo, KvmSnapshotError> {
-        let kvm_vm = self.kvm_vm.as_ref().ok_or(KvmSnapshotError::NotRunning)?;
+        let kvm_vm = &self.shell.as_ref().ok_or(KvmSnapshotError::NotRunning)?.fds;
         if self.exit.outcome().is_some() {
             return Err(KvmSnapshotError::NotRunning);
         }
@@ -127,7 +127,8 @@ impl KvmVm {
             // Guest memory is private: the file is the owner's only.
             let written = nook_fsutil::write_atomic(path, 0o600, |file| {
                 file.write_all_at(&bytes, header.state_offset)?;
-                let (regions, stats) = write_memory(file, header.mem_offset, &self.mem)?;
+                let backing = self.backing.as_ref();
+                let (regions, stats) = write_memory(file, header.mem_offset, &self.mem, backing)?;
                 if regions != state.memory {
                     return Err(io::Error::other("guest memory layout changed"));
                 }

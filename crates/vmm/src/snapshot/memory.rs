@@ -6,9 +6,11 @@
 //! Pages that are all zero are skipped, leaving holes; runs of data pages
 //! are written with one `pwrite` each.
 //!
-//! Restoring: each region is mapped `MAP_PRIVATE` from the file, so
-//! untouched pages are shared with the page cache and with every other VM
-//! restored from the same file, and guest writes go to private copies.
+//! Restoring: each region is mapped `MAP_PRIVATE` from the file over the
+//! guest RAM of a VM made ahead of time (the same host addresses, so its
+//! KVM memory slots stay as they are), so untouched pages are shared with
+//! the page cache and with every other VM restored from the same file, and
+//! guest writes go to private copies.
 
 use std::fs::File;
 use std::io;
@@ -16,15 +18,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
-};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::format::PAGE_SIZE;
 use super::state::MemoryRegionState;
 use crate::arch::x86_64::layout::ram_ranges;
+use crate::vstate::memory::map_file_fixed;
 
 const PAGE: usize = PAGE_SIZE as usize;
 /// pagemap entries read per `pread`.
@@ -49,16 +48,41 @@ pub enum SnapshotMemoryError {
     Layout,
     /// mmap failed.
     #[error("cannot map snapshot memory")]
-    Map(#[source] vm_memory::mmap::MmapRegionError),
+    Map(#[source] io::Error),
+}
+
+/// Guest memory mapped from a snapshot file: where each region's bytes
+/// are (for snapshots of a restored VM, whose pages may be in that file
+/// without ever having been touched here).
+#[derive(Debug, Clone)]
+pub struct MemoryBacking {
+    /// The snapshot file.
+    pub file: Arc<File>,
+    /// Offset of its memory section.
+    pub mem_offset: u64,
+    /// The regions, as the snapshot lays them out.
+    pub regions: Vec<MemoryRegionState>,
+}
+
+impl MemoryBacking {
+    /// The file and offset holding the bytes of the region at `guest_addr`.
+    fn region(&self, guest_addr: u64) -> Option<(&File, u64)> {
+        self.regions
+            .iter()
+            .find(|r| r.guest_addr == guest_addr)
+            .map(|r| (self.file.as_ref(), self.mem_offset + r.offset))
+    }
 }
 
 /// Writes every region of `mem` at `mem_offset` in `file` (which must be
 /// at least as long already, or be extended afterwards), leaving zero
-/// pages as holes. The VM must be paused.
+/// pages as holes. `backing` is the snapshot `mem` was mapped from, if
+/// any. The VM must be paused.
 pub fn write_memory(
     file: &File,
     mem_offset: u64,
     mem: &GuestMemoryMmap,
+    backing: Option<&MemoryBacking>,
 ) -> io::Result<(Vec<MemoryRegionState>, MemoryDumpStats)> {
     let pagemap = File::open("/proc/self/pagemap").ok();
     let mut regions = Vec::new();
@@ -72,13 +96,12 @@ pub fn write_memory(
         // is held by the caller, so nothing writes guest memory while the
         // slice exists.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len as usize) };
-        let backing = region.file_offset().map(|f| (f.arc().clone(), f.start()));
         dump_region(
             file,
             mem_offset + offset,
             bytes,
             pagemap.as_ref(),
-            backing.as_ref().map(|(f, s)| (f.as_ref(), *s)),
+            backing.and_then(|b| b.region(region.start_addr().0)),
             &mut stats,
         )?;
         regions.push(MemoryRegionState {
@@ -201,15 +224,13 @@ fn is_zero(page: &[u8]) -> bool {
     })
 }
 
-/// Maps the memory section of `file` (at `mem_offset`, `mem_len` bytes)
-/// copy-on-write as guest memory laid out as `regions` says. The layout
-/// must be exactly the one this VMM gives a guest of that size.
-pub fn map_memory(
-    file: Arc<File>,
-    mem_offset: u64,
-    mem_len: u64,
+/// Checks that `regions` lay out guest RAM exactly as this VMM gives it
+/// to a guest of their total size, inside a memory section of `mem_len`
+/// bytes; returns that size.
+pub fn check_layout(
     regions: &[MemoryRegionState],
-) -> Result<GuestMemoryMmap, SnapshotMemoryError> {
+    mem_len: u64,
+) -> Result<u64, SnapshotMemoryError> {
     let total: u64 = regions.iter().map(|r| r.len).sum();
     let expected = ram_ranges(total);
     let mut next = 0u64;
@@ -226,41 +247,44 @@ pub fn map_memory(
     if !fits || total == 0 {
         return Err(SnapshotMemoryError::Layout);
     }
-    let mut out = Vec::with_capacity(regions.len());
-    for r in regions {
-        let len = usize::try_from(r.len).map_err(|_| SnapshotMemoryError::Layout)?;
-        let fo = FileOffset::from_arc(file.clone(), mem_offset + r.offset);
-        let mapping = MmapRegion::build(
-            Some(fo),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-        )
-        .map_err(SnapshotMemoryError::Map)?;
-        out.push(
-            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
-                .ok_or(SnapshotMemoryError::Layout)?,
-        );
+    Ok(total)
+}
+
+/// Maps the memory section `backing` describes copy-on-write over `ram`,
+/// region by region, at `ram`'s own host addresses. `ram` must have the
+/// layout [`check_layout`] accepted, and nothing may access it meanwhile.
+pub fn map_snapshot(
+    ram: &GuestMemoryMmap,
+    backing: &MemoryBacking,
+) -> Result<(), SnapshotMemoryError> {
+    for r in &backing.regions {
+        let region = ram
+            .iter()
+            .find(|g| g.start_addr().0 == r.guest_addr && g.len() == r.len)
+            .ok_or(SnapshotMemoryError::Layout)?;
+        map_file_fixed(region, &backing.file, backing.mem_offset + r.offset)
+            .map_err(SnapshotMemoryError::Map)?;
     }
-    GuestMemoryMmap::from_regions(out).map_err(|_| SnapshotMemoryError::Layout)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn only_data_pages_are_written_and_map_back_copy_on_write() {
-        let mem = crate::vstate::memory::create_guest_memory(8 << 20).unwrap();
+        use crate::vstate::memory::{create_guest_memory, reset_anonymous};
+        let mem = create_guest_memory(8 << 20).unwrap();
         mem.write_obj(0xabu8, GuestAddress(0x1000)).unwrap();
         mem.write_slice(&[7u8; 3 * PAGE], GuestAddress(0x10_0000))
             .unwrap();
         // Touched but zero: present, skipped.
         mem.write_obj(0u64, GuestAddress(0x20_0000)).unwrap();
         let f = tempfile::tempfile().unwrap();
-        let (regions, stats) = write_memory(&f, PAGE_SIZE, &mem).unwrap();
+        let (regions, stats) = write_memory(&f, PAGE_SIZE, &mem, None).unwrap();
         assert_eq!(stats.pages_written, 4);
         assert!(
             stats.pages_scanned >= 5 && stats.pages_scanned < 64,
@@ -269,33 +293,57 @@ mod tests {
         f.set_len(PAGE_SIZE + (8 << 20)).unwrap();
         let blocks = f.metadata().unwrap().blocks();
         assert!(blocks * 512 <= 64 * 1024, "{blocks} blocks allocated");
+        assert_eq!(check_layout(&regions, 8 << 20).unwrap(), 8 << 20);
 
-        let f = Arc::new(f);
-        let a = map_memory(f.clone(), PAGE_SIZE, 8 << 20, &regions).unwrap();
-        let b = map_memory(f.clone(), PAGE_SIZE, 8 << 20, &regions).unwrap();
+        let backing = MemoryBacking {
+            file: Arc::new(f),
+            mem_offset: PAGE_SIZE,
+            regions: regions.clone(),
+        };
+        let a = create_guest_memory(8 << 20).unwrap();
+        let b = create_guest_memory(8 << 20).unwrap();
+        // Whatever was in the RAM before is gone after the mapping.
+        b.write_obj(0x99u8, GuestAddress(0x30_0000)).unwrap();
+        map_snapshot(&a, &backing).unwrap();
+        map_snapshot(&b, &backing).unwrap();
+        assert_eq!(b.read_obj::<u8>(GuestAddress(0x30_0000)).unwrap(), 0);
         assert_eq!(a.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0xab);
         assert_eq!(a.read_obj::<u8>(GuestAddress(0x10_2fff)).unwrap(), 7);
         a.write_obj(0x55u8, GuestAddress(0x1000)).unwrap();
         assert_eq!(b.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0xab);
         let mut byte = [0u8];
-        f.read_exact_at(&mut byte, PAGE_SIZE + 0x1000).unwrap();
+        backing
+            .file
+            .read_exact_at(&mut byte, PAGE_SIZE + 0x1000)
+            .unwrap();
         assert_eq!(byte[0], 0xab, "the file is never written through");
 
         // A snapshot of restored memory keeps pages only in the file.
         let g = tempfile::tempfile().unwrap();
-        let (_, stats) = write_memory(&g, 0, &b).unwrap();
+        let (_, stats) = write_memory(&g, 0, &b, Some(&backing)).unwrap();
         assert_eq!(stats.pages_written, 4);
         let mut page = vec![0u8; PAGE];
         g.read_exact_at(&mut page, 0x10_1000).unwrap();
         assert!(page.iter().all(|&x| x == 7));
 
+        // Back to anonymous memory: zero again, the file no longer mapped.
+        reset_anonymous(&a).unwrap();
+        assert_eq!(a.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0);
+        assert_eq!(a.read_obj::<u8>(GuestAddress(0x10_2fff)).unwrap(), 0);
+
         let mut bad = regions.clone();
         bad[0].guest_addr = 0x1000;
         assert!(matches!(
-            map_memory(f.clone(), PAGE_SIZE, 8 << 20, &bad),
+            check_layout(&bad, 8 << 20),
             Err(SnapshotMemoryError::Layout)
         ));
-        assert!(map_memory(f, PAGE_SIZE, 4 << 20, &regions).is_err());
+        assert!(check_layout(&regions, 4 << 20).is_err());
+        // RAM of another size has no region to take the mapping.
+        let small = create_guest_memory(4 << 20).unwrap();
+        assert!(matches!(
+            map_snapshot(&small, &backing),
+            Err(SnapshotMemoryError::Layout)
+        ));
     }
 
     #[test]

@@ -1,28 +1,26 @@
-//! Restoring a snapshot: [`KvmVm::restore`] reads and checks the file
-//! (magic, version, checksums, host compatibility, the machine it
-//! describes), maps the memory section `MAP_PRIVATE` (copy-on-write) and
-//! hands the saved parts to [`assemble`](crate::assemble), which builds
-//! the VM the same way a boot does.
+//! Restoring a snapshot: [`KvmVm::restore`] restores one snapshot once;
+//! [`KvmRestorer`](super::KvmRestorer) does the work (and keeps VMs ready
+//! for many restores). Here: the restore configuration, reading and
+//! checking the file, and what the state may ask for.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::error::KvmSnapshotError;
-use super::format::{parse_snapshot, HostCompat, SnapshotFormatError, SnapshotHeader, HEADER_SIZE};
-use super::memory::map_memory;
+use super::format::{parse_snapshot, SnapshotFormatError, SnapshotHeader, HEADER_SIZE};
+use super::restorer::KvmRestorer;
 use super::state::MicrovmState;
 use crate::arch::x86_64::layout::VIRTIO_IRQS;
-use crate::assemble::{assemble, DevicePart, MachineParts, PhaseTimer, SerialPart, VcpuPart};
 use crate::config::{SerialSink, MAX_VCPUS};
 use crate::devices::virtio::device_type;
-use crate::devices::virtio::persist::HostBackends;
 use crate::error::VmmError;
 use crate::machine::KvmVm;
-use crate::vstate::vcpu::install_kick_handler;
-use crate::vstate::vm::open_kvm;
+
+/// Most queues a saved virtio device may have (nook's devices have one or
+/// two; a state asking for more is not one this VMM wrote).
+const MAX_QUEUES: usize = 8;
 
 /// How to reconnect a restored VM to the host.
 #[derive(Debug)]
@@ -82,62 +80,15 @@ impl KvmVm {
     /// restored from one snapshot, each seeing only its own writes, and the
     /// file is never written. The file must not be truncated or rewritten
     /// in place while they run (taking a new snapshot to the same path
-    /// replaces it, which is fine).
+    /// replaces it, which is fine). To restore one snapshot many times,
+    /// fast, use a [`KvmRestorer`].
     pub fn restore(path: &Path, cfg: KvmRestoreConfig) -> Result<KvmVm, VmmError> {
-        let mut timer = PhaseTimer::new();
-        install_kick_handler()?;
-        let (file, header, state) = read_snapshot(path)?;
-        timer.mark("read state");
-        let kvm = open_kvm()?;
-        let host = HostCompat::current(&kvm);
-        if let Some((what, snapshot, host)) = header.compat.mismatch(&host) {
-            return Err(KvmSnapshotError::Incompatible {
-                what,
-                snapshot,
-                host,
-            }
-            .into());
-        }
-        check_machine(&state, &cfg)?;
-        let mem = map_memory(
-            Arc::new(file),
-            header.mem_offset,
-            header.mem_len,
-            &state.memory,
-        )
-        .map_err(KvmSnapshotError::from)?;
-        timer.mark("map memory");
-        let MicrovmState {
-            vcpus,
-            vm,
-            memory: _,
-            serial,
-            devices,
-            boot,
-            cmdline,
-        } = state;
-        let parts = MachineParts {
-            kvm: Some(kvm),
-            mem,
-            vm_state: Some(vm),
-            serial: SerialPart::Saved(serial),
-            serial_sink: cfg.serial,
-            devices: devices.into_iter().map(DevicePart::Saved).collect(),
-            backends: HostBackends {
-                console: cfg.console,
-                disks: cfg.disks.into(),
-            },
-            vcpus: VcpuPart::Saved(vcpus),
-            boot: boot.restore(),
-            cmdline,
-        };
-        assemble(parts, timer)
+        KvmRestorer::open(path)?.restore(cfg)
     }
 }
 
-/// Checks what the state asks for against what this VMM can build and
-/// what the caller gave.
-fn check_machine(state: &MicrovmState, cfg: &KvmRestoreConfig) -> Result<(), KvmSnapshotError> {
+/// Checks what the state asks for against what this VMM can build.
+pub(crate) fn check_machine(state: &MicrovmState) -> Result<(), KvmSnapshotError> {
     let n = state.vcpus.len();
     if n == 0 || n > usize::from(MAX_VCPUS) {
         return Err(KvmSnapshotError::Machine("vcpu count"));
@@ -153,6 +104,21 @@ fn check_machine(state: &MicrovmState, cfg: &KvmRestoreConfig) -> Result<(), Kvm
     if state.devices.len() > VIRTIO_IRQS.len() {
         return Err(KvmSnapshotError::Machine("too many virtio devices"));
     }
+    if state
+        .devices
+        .iter()
+        .any(|d| d.transport.queues.len() > MAX_QUEUES)
+    {
+        return Err(KvmSnapshotError::Machine("virtio queue count"));
+    }
+    Ok(())
+}
+
+/// Checks what the caller gave against what the state has.
+pub(crate) fn check_config(
+    state: &MicrovmState,
+    cfg: &KvmRestoreConfig,
+) -> Result<(), KvmSnapshotError> {
     let count = |t| {
         state
             .devices

@@ -12,7 +12,7 @@ use crate::vstate::vm_state::VmState;
 use crate::KernelFormat;
 
 /// Everything about a paused VM except its memory contents.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MicrovmState {
     /// One per vCPU, in index order.
     pub vcpus: Vec<VcpuState>,

@@ -39,31 +39,35 @@ pub enum VcpuError {
     Signal(#[source] vmm_sys_util::errno::Error),
 }
 
-/// Creates and configures vCPU `index` of `count`. Only the boot vCPU (0)
-/// gets entry registers; the others wait for INIT/SIPI in the in-kernel
-/// LAPIC.
-pub fn create_vcpu(
-    vm: &VmFd,
+/// Creates vCPU `index` (its configuration comes later: a boot's
+/// [`configure_vcpu`] or a restored state).
+pub fn create_vcpu(vm: &VmFd, index: u8) -> Result<VcpuFd, VcpuError> {
+    vm.create_vcpu(u64::from(index))
+        .map_err(|e| VcpuError::Create(index, e))
+}
+
+/// Configures the new vCPU `index` of `count` for a boot. Only the boot
+/// vCPU (0) gets entry registers; the others wait for INIT/SIPI in the
+/// in-kernel LAPIC.
+pub fn configure_vcpu(
+    fd: &VcpuFd,
     supported: &CpuId,
     index: u8,
     count: u8,
     boot: (EntryMode, u64),
-) -> Result<VcpuFd, VcpuError> {
-    let fd = vm
-        .create_vcpu(u64::from(index))
-        .map_err(|e| VcpuError::Create(index, e))?;
+) -> Result<(), VcpuError> {
     fd.set_cpuid2(&vcpu_cpuid(supported, index, count))
         .map_err(|e| VcpuError::Cpuid(index, e))?;
     let r = |e| VcpuError::Regs(index, e);
-    regs::setup_msrs(&fd).map_err(r)?;
-    regs::setup_fpu(&fd).map_err(r)?;
-    regs::setup_lapic(&fd).map_err(r)?;
+    regs::setup_msrs(fd).map_err(r)?;
+    regs::setup_fpu(fd).map_err(r)?;
+    regs::setup_lapic(fd).map_err(r)?;
     if index == 0 {
         let (mode, entry) = boot;
-        regs::setup_sregs(&fd, mode).map_err(r)?;
-        regs::setup_regs(&fd, mode, entry).map_err(r)?;
+        regs::setup_sregs(fd, mode).map_err(r)?;
+        regs::setup_regs(fd, mode, entry).map_err(r)?;
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// The real-time signal used to kick vCPU threads (`SIGRTMIN + 1`).
@@ -128,8 +132,10 @@ impl std::fmt::Debug for Vcpu {
 
 impl Vcpu {
     /// The thread body: runs the guest until the VM ends.
-    pub fn run(mut self) {
+    pub fn run(&mut self) {
         let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
+        // A kick aimed at this thread's previous VM may have left the flag set.
+        self.fd.set_kvm_immediate_exit(0);
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
         let index = self.index;

@@ -80,6 +80,29 @@ pub struct VcpuState {
     pub tsc_khz: Option<u32>,
 }
 
+impl Clone for VcpuState {
+    fn clone(&self) -> Self {
+        Self {
+            index: self.index,
+            cpuid: self.cpuid.clone(),
+            msrs: self.msrs.clone(),
+            regs: self.regs,
+            sregs: self.sregs,
+            // The legacy 4 KiB area only (what KVM_SET_XSAVE reads here).
+            xsave: kvm_xsave {
+                region: self.xsave.region,
+                ..Default::default()
+            },
+            xcrs: self.xcrs,
+            debugregs: self.debugregs,
+            lapic: self.lapic,
+            mp_state: self.mp_state,
+            events: self.events,
+            tsc_khz: self.tsc_khz,
+        }
+    }
+}
+
 impl std::fmt::Debug for VcpuState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuState")

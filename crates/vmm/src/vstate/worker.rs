@@ -1,0 +1,122 @@
+//! Named threads that run one job after another: a vCPU's run loop, a VM's
+//! event loop. A VM made ahead of time ([`super::shell::VmShell`]) keeps
+//! its threads, so a restore does not wait for threads to be created and
+//! scheduled, and a vCPU keeps running on the same thread from one VM to
+//! the next (KVM waits for an RCU grace period when the thread running a
+//! vCPU changes).
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread waiting for jobs. Dropping it lets the thread finish its
+/// current job, then joins it.
+pub(crate) struct Worker {
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    pthread: libc::pthread_t,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.thread.as_ref().and_then(|t| t.thread().name());
+        f.debug_struct("Worker").field("thread", &name).finish()
+    }
+}
+
+/// The end of one job: [`wait`](Self::wait) returns what the job returned.
+#[derive(Debug)]
+pub(crate) struct JobDone<T> {
+    rx: Receiver<T>,
+}
+
+impl<T> JobDone<T> {
+    /// Blocks until the job has returned; `None` if it panicked.
+    pub(crate) fn wait(self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Worker {
+    /// Starts the thread `name`.
+    pub(crate) fn spawn(name: &str) -> std::io::Result<Worker> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // A job that panics loses its result (its `JobDone`
+                    // sees `None`); the thread carries on with the next.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Worker {
+            jobs: Some(tx),
+            pthread: thread.as_pthread_t(),
+            thread: Some(thread),
+        })
+    }
+
+    /// The thread, for signals (`pthread_kill`); valid while `self` lives.
+    pub(crate) fn pthread(&self) -> libc::pthread_t {
+        self.pthread
+    }
+
+    /// Runs `job` on the thread (after any job still running).
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> JobDone<T> {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        if let Some(jobs) = &self.jobs {
+            // Only fails if the thread is gone (it panicked): the job is
+            // dropped with its sender, and `wait` returns `None`.
+            let _ = jobs.send(job);
+        }
+        JobDone { rx }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .count()
+    }
+
+    #[test]
+    fn jobs_run_in_order_on_one_named_thread_that_ends_with_the_worker() {
+        let w = Worker::spawn("nook-testwk").unwrap();
+        let a = w.run(|| std::thread::current().name().map(String::from));
+        let b = w.run(|| 7);
+        assert_eq!(a.wait().flatten().as_deref(), Some("nook-testwk"));
+        assert_eq!(b.wait(), Some(7));
+        let panicked = w.run(|| -> u8 { panic!("job failed") });
+        assert_eq!(panicked.wait(), None);
+        assert_eq!(w.run(|| 8).wait(), Some(8), "the thread survives a panic");
+        assert_eq!(threads_named("nook-testwk"), 1);
+        drop(w);
+        assert_eq!(threads_named("nook-testwk"), 0, "the thread is joined");
+    }
+}
