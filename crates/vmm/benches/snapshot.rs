@@ -1,6 +1,9 @@
-//! Snapshot benchmark: restore latency (call to the first guest
-//! instruction), snapshot time and file size of a mostly-zero guest, and
-//! the memory cost of idle VMs restored from one snapshot.
+//! Snapshot benchmark: snapshot time and file size of a mostly-zero guest;
+//! restore latency (the call, and the call to the first guest instruction)
+//! and release time, with a new KVM VM per restore, with KVM VMs made
+//! ahead of time ([`KvmRestorer::prepare`]) and with KVM VMs handed back by
+//! ended clones; and the memory cost of idle VMs restored from one
+//! snapshot.
 //!
 //! `cargo bench -p nook-vmm --bench snapshot [-- RUNS]` (default 50 runs);
 //! prints a table.
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::Guest;
 use iced_x86::code_asm::{al, dx};
-use nook_vmm::{AfterSnapshot, KvmConfig, KvmRestoreConfig, KvmVm, SerialSink};
+use nook_vmm::{AfterSnapshot, KvmConfig, KvmRestoreConfig, KvmRestorer, KvmVm, SerialSink};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Records when the first byte arrives.
@@ -80,6 +83,88 @@ fn start(kernel: &Path, memory_mib: u32, first: &FirstWrite) -> KvmVm {
     vm
 }
 
+/// Where a restore's KVM VM comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Made by the restore ([`KvmVm::restore`]).
+    New,
+    /// Made ahead by [`KvmRestorer::prepare`], never used before.
+    Ready,
+    /// Handed back by the previous clone (restore, stop, drop, repeat).
+    Reused,
+}
+
+/// Restores `path` `runs` times with KVM VMs from `mode`; prints a row and
+/// the mean of each restore phase.
+fn restore_row(path: &Path, memory_mib: u32, mode: Mode, runs: usize) {
+    let restorer = KvmRestorer::open(path).unwrap();
+    match mode {
+        Mode::New => {}
+        Mode::Ready => restorer.prepare(runs).unwrap(),
+        Mode::Reused => restorer.prepare(1).unwrap(),
+    }
+    let (mut calls, mut firsts, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+    let mut phases: Vec<(&'static str, Duration)> = Vec::new();
+    let mut kept = Vec::new();
+    for _ in 0..runs {
+        let first = FirstWrite::default();
+        let cfg = KvmRestoreConfig {
+            serial: SerialSink::Writer(Box::new(first.clone())),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut vm = match mode {
+            Mode::New => KvmVm::restore(path, cfg).unwrap(),
+            Mode::Ready | Mode::Reused => restorer.restore(cfg).unwrap(),
+        };
+        calls.push(t0.elapsed());
+        firsts.push(first.wait() - t0);
+        for (i, (name, d)) in vm.start_phases().iter().enumerate() {
+            match phases.get_mut(i) {
+                Some(p) => p.1 += *d,
+                None => phases.push((name, *d)),
+            }
+        }
+        vm.stop();
+        if mode == Mode::Ready {
+            // Kept until the end, so that every restore takes a VM that
+            // never ran.
+            kept.push(vm);
+        } else {
+            let t = Instant::now();
+            drop(vm);
+            releases.push(t.elapsed());
+        }
+    }
+    let release = if releases.is_empty() {
+        "(kept)".to_string()
+    } else {
+        format!(
+            "{} / {}",
+            ms(pct(&mut releases, 0.5)),
+            ms(pct(&mut releases, 0.99))
+        )
+    };
+    let what = match mode {
+        Mode::New => "new per restore",
+        Mode::Ready => "made ahead",
+        Mode::Reused => "reused from the last clone",
+    };
+    println!(
+        "| {memory_mib} MiB, spinning | {what} | {} / {} | {} / {} | {release} |",
+        ms(pct(&mut calls, 0.5)),
+        ms(pct(&mut calls, 0.99)),
+        ms(pct(&mut firsts, 0.5)),
+        ms(pct(&mut firsts, 0.99)),
+    );
+    let avg: Vec<String> = phases
+        .iter()
+        .map(|(n, d)| format!("{n} {:.0} µs", d.as_secs_f64() * 1e6 / runs as f64))
+        .collect();
+    println!("|  | phases (mean) | {} | | |", avg.join(", "));
+    drop(kept);
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -119,8 +204,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let chatty = chatty_guest(dir.path());
 
-    println!("| guest | snapshot (median of 5) | file apparent | file allocated | restore call (median / p99) | restore → first guest instruction (median / p99) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| guest | snapshot (median of 5) | file apparent | file allocated |");
+    println!("|---|---|---|---|");
+    let mut snapshots = Vec::new();
     for memory_mib in [256u32, 1024] {
         let path = dir.path().join(format!("chatty-{memory_mib}.snap"));
         let mut vm = start(&chatty, memory_mib, &FirstWrite::default());
@@ -139,46 +225,22 @@ fn main() {
         }
         drop(vm);
         let info = info.unwrap();
-        let mut calls = Vec::new();
-        let mut firsts = Vec::new();
-        let mut phases: Vec<(&'static str, Duration)> = Vec::new();
-        for _ in 0..runs {
-            let first = FirstWrite::default();
-            let t0 = Instant::now();
-            let mut vm = KvmVm::restore(
-                &path,
-                KvmRestoreConfig {
-                    serial: SerialSink::Writer(Box::new(first.clone())),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            calls.push(t0.elapsed());
-            firsts.push(first.wait() - t0);
-            for (i, (name, d)) in vm.start_phases().iter().enumerate() {
-                match phases.get_mut(i) {
-                    Some(p) => p.1 += *d,
-                    None => phases.push((name, *d)),
-                }
-            }
-            vm.stop();
-        }
         println!(
-            "| {memory_mib} MiB, spinning | {} | {} | {} ({} pages written) | {} / {} | {} / {} |",
+            "| {memory_mib} MiB, spinning | {} | {} | {} ({} pages written) |",
             ms(pct(&mut snap_times, 0.5)),
             mib(info.apparent_bytes),
             mib(info.allocated_bytes),
             info.pages_written,
-            ms(pct(&mut calls, 0.5)),
-            ms(pct(&mut calls, 0.99)),
-            ms(pct(&mut firsts, 0.5)),
-            ms(pct(&mut firsts, 0.99)),
         );
-        let avg: Vec<String> = phases
-            .iter()
-            .map(|(n, d)| format!("{n} {:.0} µs", d.as_secs_f64() * 1e6 / runs as f64))
-            .collect();
-        println!("|  restore phases (mean) | {} | | | | |", avg.join(", "));
+        snapshots.push((memory_mib, path));
+    }
+    println!();
+    println!("| guest | KVM VM | restore call (median / p99) | restore → first guest instruction (median / p99) | release: drop (median / p99) |");
+    println!("|---|---|---|---|---|");
+    for (memory_mib, path) in &snapshots {
+        for mode in [Mode::New, Mode::Ready, Mode::Reused] {
+            restore_row(path, *memory_mib, mode, runs);
+        }
     }
 
     // Memory of idle clones: a 256 MiB guest with 32 MiB of data.
