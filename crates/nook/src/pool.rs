@@ -7,6 +7,12 @@
 //! a fresh clone restored in the background (every user sees the
 //! snapshot's state); with `reuse` it goes back to the idle list as it is.
 //! Idle VMs above `min` are reaped after `idle_timeout`.
+//!
+//! On the kvm engine the pool restores through a [`nook_vmm::KvmRestorer`]:
+//! the filler keeps one KVM VM made ahead of time (memory slots, irqchip,
+//! PIT, vCPUs, threads), so a refill only loads state, and a discarded
+//! clone hands its KVM VM back for the next restore instead of closing it
+//! (closing one waits for the kernel's grace periods, 15-25 ms here).
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -16,7 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
+use crate::engine::EngineId;
 use crate::error::VmError;
+use crate::snapshot::ENGINE_DIR;
 use crate::vm::Vm;
 
 /// How a pool behaves.
@@ -74,6 +82,12 @@ pub struct PoolStats {
     pub waiting: usize,
     /// VMs restored over the pool's life.
     pub restored: u64,
+    /// kvm engine: KVM VMs ready for the next restore (made ahead, or
+    /// handed back by discarded clones).
+    pub kvm_ready: usize,
+    /// kvm engine: KVM VMs of discarded clones kept for reuse, over the
+    /// pool's life.
+    pub kvm_reused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +112,8 @@ struct Inner {
     cfg: PoolConfig,
     state: Mutex<State>,
     changed: Condvar,
+    /// The snapshot's restorer, on the kvm engine.
+    kvm: Option<nook_vmm::KvmRestorer>,
 }
 
 impl Inner {
@@ -106,7 +122,12 @@ impl Inner {
     }
 
     fn restore(&self) -> Result<Vm, VmError> {
-        Vm::restore(&self.cfg.snapshot, &self.cfg.vm)
+        Vm::restore_with(&self.cfg.snapshot, &self.cfg.vm, self.kvm.as_ref())
+    }
+
+    /// kvm engine: no KVM VM is ready for the next restore.
+    fn kvm_wanted(&self) -> bool {
+        self.kvm.as_ref().is_some_and(|r| r.stats().ready == 0)
     }
 }
 
@@ -122,16 +143,33 @@ impl Pool {
         if cfg.max == 0 || cfg.min > cfg.max {
             return Err(PoolError::Config("need 0 <= min <= max and max >= 1"));
         }
-        crate::snapshot::Snapshot::open(&cfg.snapshot).map_err(PoolError::Restore)?;
+        let snap = crate::snapshot::Snapshot::open(&cfg.snapshot).map_err(PoolError::Restore)?;
+        let kvm = match snap.manifest.engine {
+            EngineId::Kvm => {
+                let dir = cfg.snapshot.join(ENGINE_DIR);
+                let r = crate::engine::kvm::open_restorer(&dir).map_err(PoolError::Restore)?;
+                r.keep(cfg.max);
+                Some(r)
+            }
+            EngineId::QemuKvm | EngineId::QemuTcg => None,
+        };
         let inner = Arc::new(Inner {
             cfg,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            kvm,
         });
         let i = inner.clone();
         let filler = std::thread::Builder::new()
             .name("nook-pool".into())
-            .spawn(move || fill(&i))
+            .spawn(move || {
+                // Woken by every hand-out: it must not take the caller's
+                // core before `acquire` returns.
+                if let Err(e) = nook_vmm::vstate::worker::batch_scheduling() {
+                    tracing::debug!("nook-pool: filler keeps normal scheduling: {e}");
+                }
+                fill(&i)
+            })
             .map_err(PoolError::Thread)?;
         Ok(Pool {
             inner,
@@ -191,6 +229,12 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
+        let kvm = self
+            .inner
+            .kvm
+            .as_ref()
+            .map(|r| r.stats())
+            .unwrap_or_default();
         let st = self.inner.lock();
         PoolStats {
             alive: st.alive(),
@@ -198,6 +242,8 @@ impl Pool {
             in_use: st.in_use,
             waiting: st.waiting,
             restored: st.restored,
+            kvm_ready: kvm.ready,
+            kvm_reused: kvm.reused,
         }
     }
 
@@ -281,6 +327,16 @@ fn fill(inner: &Inner) {
                 }
             }
             inner.changed.notify_all();
+            continue;
+        }
+        if let (true, Some(r)) = (inner.kvm_wanted(), &inner.kvm) {
+            drop(st);
+            drop(reaped);
+            if let Err(e) = r.prepare(1) {
+                tracing::warn!("nook-pool: cannot make a kvm vm ahead: {e}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
             continue;
         }
         let tick = cfg.idle_timeout.min(Duration::from_millis(500));

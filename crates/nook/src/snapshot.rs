@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::VmConfig;
 use crate::conn::{Conn, FrameSource};
 use crate::engine::select::EngineChoice;
-use crate::engine::EngineId;
+use crate::engine::{EngineId, Machine};
 use crate::error::VmError;
 use crate::vm::{make_run_dir, Vm, VmOrigin};
 
 const MANIFEST: &str = "nook.json";
-const ENGINE_DIR: &str = "engine";
+pub(crate) const ENGINE_DIR: &str = "engine";
 const FORMAT: u32 = 2;
 
 /// What `nook.json` records.
@@ -238,12 +238,25 @@ impl Vm {
     /// Starts a new VM from a snapshot. Its clock is set from the host and
     /// its entropy pool reseeded, so clones never share random bytes.
     pub fn restore(path: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
+        Vm::restore_with(path, cfg, None)
+    }
+
+    /// [`Vm::restore`], on the kvm engine through `kvm` (a restorer of the
+    /// same snapshot, with KVM VMs made ahead) when given.
+    pub(crate) fn restore_with(
+        path: &Path,
+        cfg: &VmConfig,
+        kvm: Option<&nook_vmm::KvmRestorer>,
+    ) -> Result<Vm, VmError> {
         let t0 = Instant::now();
         let snap = Snapshot::open(path)?;
         let m = &snap.manifest;
         let run_dir = make_run_dir()?;
         let engine_dir = path.join(ENGINE_DIR);
-        let mut machine = m.engine.engine().restore(&engine_dir, &run_dir.0)?;
+        let mut machine: Box<dyn Machine> = match (m.engine, kvm) {
+            (EngineId::Kvm, Some(r)) => Box::new(crate::engine::kvm::restore_with(r, &run_dir.0)?),
+            _ => m.engine.engine().restore(&engine_dir, &run_dir.0)?,
+        };
         let choice = match m.engine {
             EngineId::Kvm => EngineChoice::Kvm {
                 hardware_speed: crate::probe_kvm(&cfg.home).hardware_speed,

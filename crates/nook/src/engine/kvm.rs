@@ -118,6 +118,21 @@ impl Machine for KvmMachine {
 /// Starts a clone of a snapshot taken by [`Machine::snapshot`]: guest
 /// memory is mapped copy-on-write from the snapshot file.
 fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachine, VmError> {
+    restore_with(&open_restorer(dir)?, run_dir)
+}
+
+/// Reads the snapshot in `dir` (written by [`Machine::snapshot`]) for
+/// restoring many times ([`restore_with`]), into KVM VMs made ahead.
+pub(crate) fn open_restorer(dir: &std::path::Path) -> Result<nook_vmm::KvmRestorer, VmError> {
+    nook_vmm::KvmRestorer::open(&dir.join(SNAPSHOT_FILE)).map_err(VmError::Kvm)
+}
+
+/// Starts a clone of `restorer`'s snapshot, in one of its ready KVM VMs if
+/// it has one; the clone's KVM VM goes back to it when the clone ends.
+pub(crate) fn restore_with(
+    restorer: &nook_vmm::KvmRestorer,
+    run_dir: &std::path::Path,
+) -> Result<KvmMachine, VmError> {
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
     let console_log = run_dir.join("console.log");
     let cfg = nook_vmm::KvmRestoreConfig {
@@ -125,7 +140,7 @@ fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachin
         console: Some(guest),
         disks: Vec::new(),
     };
-    let vm = nook_vmm::KvmVm::restore(&dir.join(SNAPSHOT_FILE), cfg).map_err(VmError::Kvm)?;
+    let vm = restorer.restore(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {
         vm,
         channel: Some(host),

@@ -144,6 +144,13 @@ impl KvmRestorer {
         Ok(())
     }
 
+    /// Keeps up to `n` KVM VMs of ended clones for reuse (default 2, or
+    /// what [`prepare`](Self::prepare) asked for, if more); beyond that
+    /// they are closed.
+    pub fn keep(&self, n: usize) {
+        self.spares.keep.store(n, Ordering::Relaxed);
+    }
+
     /// How many KVM VMs are ready, and how many were reused.
     pub fn stats(&self) -> RestorerStats {
         RestorerStats {

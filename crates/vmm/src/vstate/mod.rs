@@ -8,4 +8,4 @@ pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
 pub mod vm_state;
-pub(crate) mod worker;
+pub mod worker;

@@ -13,7 +13,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// A thread waiting for jobs. Dropping it lets the thread finish its
 /// current job, then joins it.
-pub(crate) struct Worker {
+pub struct Worker {
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     pthread: libc::pthread_t,
@@ -28,20 +28,20 @@ impl std::fmt::Debug for Worker {
 
 /// The end of one job: [`wait`](Self::wait) returns what the job returned.
 #[derive(Debug)]
-pub(crate) struct JobDone<T> {
+pub struct JobDone<T> {
     rx: Receiver<T>,
 }
 
 impl<T> JobDone<T> {
     /// Blocks until the job has returned; `None` if it panicked.
-    pub(crate) fn wait(self) -> Option<T> {
+    pub fn wait(self) -> Option<T> {
         self.rx.recv().ok()
     }
 }
 
 impl Worker {
     /// Starts the thread `name`.
-    pub(crate) fn spawn(name: &str) -> std::io::Result<Worker> {
+    pub fn spawn(name: &str) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name(name.into())
@@ -60,15 +60,12 @@ impl Worker {
     }
 
     /// The thread, for signals (`pthread_kill`); valid while `self` lives.
-    pub(crate) fn pthread(&self) -> libc::pthread_t {
+    pub fn pthread(&self) -> libc::pthread_t {
         self.pthread
     }
 
     /// Runs `job` on the thread (after any job still running).
-    pub(crate) fn run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> JobDone<T> {
+    pub fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> JobDone<T> {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(job());
@@ -79,6 +76,23 @@ impl Worker {
             let _ = jobs.send(job);
         }
         JobDone { rx }
+    }
+}
+
+/// Puts the calling thread in the `SCHED_BATCH` class: it keeps its fair
+/// share of the CPU but no longer preempts the thread that wakes it. For
+/// threads that do background work for a caller who should not wait for
+/// it (a pool's filler, woken by a hand-out, would otherwise run its next
+/// restore on the caller's core before the hand-out returns).
+pub fn batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on the calling thread (tid 0) with a valid
+    // parameter block; it changes only scheduling.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
