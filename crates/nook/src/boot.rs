@@ -27,7 +27,7 @@ use crate::engine::select::{record_kvm_boot_failure, select_engine, EngineChoice
 use crate::engine::{EngineId, Machine, MachineSpec};
 use crate::error::{BootFailure, ExecError, VmError};
 use crate::storage::{self, StoragePlan};
-use crate::template::{Template, TemplateRequest, INPUTS_FILE};
+use crate::template::{trim_templates, Template, TemplateRequest, INPUTS_FILE, MAX_TEMPLATES};
 use crate::vm::{assets_config, make_run_dir, Vm, VmOrigin, BASE_CMDLINE, CONSOLE_TAIL};
 
 /// How long `auto` waits for a guest on the kvm engine before it boots the
@@ -91,6 +91,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
                 );
                 vm.origin = VmOrigin::Template;
                 vm.boot_time = t0.elapsed();
+                t.touch();
                 // The template was made on the engine chosen now (its key
                 // names it): keep the choice's reason.
                 vm.choice = choice;
@@ -222,6 +223,10 @@ fn make_template(vm: &mut Vm, t: &Template) {
     match vm.snapshot_with(&t.path, &[(INPUTS_FILE, t.inputs_json())]) {
         Ok(_) => {
             vm.origin = VmOrigin::BootedMadeTemplate;
+            let trimmed = trim_templates(&vm.cfg.home, MAX_TEMPLATES);
+            if trimmed > 0 {
+                tracing::debug!("nook: removed {trimmed} least recently used templates");
+            }
             tracing::debug!(
                 "nook: made template {} in {:?} ({})",
                 t.key,

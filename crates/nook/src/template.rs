@@ -33,6 +33,9 @@ use sha2::{Digest, Sha256};
 use crate::engine::{DiskSpec, EngineId};
 use crate::error::VmError;
 
+/// Templates kept at most: making one more removes the least recently used.
+pub const MAX_TEMPLATES: usize = 16;
+
 /// Version of the key's inputs and of `template.json`.
 const FORMAT: u32 = 1;
 /// The inputs file inside a template directory.
@@ -166,6 +169,17 @@ impl Template {
         serde_json::to_vec_pretty(&self.inputs).unwrap_or_default()
     }
 
+    /// Marks the template as just used (its `template.json`'s mtime), for
+    /// [`trim_templates`].
+    pub fn touch(&self) {
+        if let Ok(f) = std::fs::File::options()
+            .append(true)
+            .open(self.path.join(INPUTS_FILE))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Removes a template that could not be restored, so the next start
     /// makes it again.
     pub fn discard(&self) {
@@ -220,6 +234,32 @@ pub fn gc_templates(home: &Path, all: bool) -> Result<TemplateGc, VmError> {
         }
     }
     Ok(gc)
+}
+
+/// Removes the least recently used templates beyond `keep`. Returns how
+/// many were removed.
+pub(crate) fn trim_templates(home: &Path, keep: usize) -> usize {
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(templates_dir(home))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let used = std::fs::metadata(e.path().join(INPUTS_FILE))
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            (used, e.path())
+        })
+        .collect();
+    if all.len() <= keep {
+        return 0;
+    }
+    all.sort();
+    let excess = all.len() - keep;
+    all.iter()
+        .take(excess)
+        .filter(|(_, path)| std::fs::remove_dir_all(path).is_ok())
+        .count()
 }
 
 fn is_usable(path: &Path, name: &str) -> bool {
@@ -311,6 +351,26 @@ mod tests {
         assert!(Template::for_request(dir.path(), &request(&k, &i, &rw, 256)).is_none());
         let gone = dir.path().join("gone");
         assert!(Template::for_request(dir.path(), &request(&gone, &i, &[], 256)).is_none());
+    }
+
+    #[test]
+    fn trimming_keeps_the_most_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, name) in ["old", "mid", "new"].iter().enumerate() {
+            let p = templates_dir(home).join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            let f = std::fs::File::create(p.join(INPUTS_FILE)).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(10 * i as u64))
+                .unwrap();
+        }
+        std::fs::create_dir_all(templates_dir(home).join(".partial")).unwrap();
+        assert_eq!(trim_templates(home, 3), 0);
+        assert_eq!(trim_templates(home, 2), 1);
+        assert!(!templates_dir(home).join("old").exists());
+        assert!(templates_dir(home).join("mid").exists());
+        assert!(templates_dir(home).join(".partial").exists());
     }
 
     #[test]
