@@ -3,22 +3,21 @@
 //! the exit.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender as ChanSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
-use nook_proto::{
-    ErrorCode, ErrorReply, ExecRequest, Exited, GuestMsg, Kind, Started, STDIO_CHUNK,
-};
+use nook_proto::{ErrorCode, ErrorReply, ExecRequest, Exited, GuestMsg, Kind, Pipe, Started};
 
 use crate::channel::Sender;
+use crate::pipes::{self, Pipes};
 use crate::reaper::{kill_group, Reaper};
 use crate::tty;
 use crate::user::{self, Identity};
@@ -32,15 +31,11 @@ const BASE_ENV: &[(&str, &str)] = &[
     ("HOME", "/root"),
 ];
 
-/// After the command exits, how long to wait for its stdout/stderr to reach
-/// end of file (a background process may hold them open).
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
-
 /// What the request loop keeps of a running command.
 #[derive(Debug)]
 pub struct Running {
     pub pgid: i32,
-    pub stdin: Option<ChanSender<Vec<u8>>>,
+    pub pipes: Pipes,
     pub pty: Option<Arc<OwnedFd>>,
 }
 
@@ -129,37 +124,51 @@ pub fn start(
     let _ = out.send(stream, &GuestMsg::Started(Started { pid: pid as u32 }));
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let mut pumps = 0;
-    let (stdin_tx, pty) = match pty {
+    let internal = |e: io::Error| reply(ErrorCode::Internal, e.to_string());
+    let (exit_rx, exit_tx) = pipes::exit_notice().map_err(internal)?;
+    let mut pipes = Pipes::new();
+    let output = |kind: Kind, pipe: Pipe, from: File| -> Result<(), ErrorReply> {
+        let gate = pipes
+            .gate(pipe)
+            .ok_or_else(|| internal(io::ErrorKind::InvalidInput.into()))?;
+        let exited = exit_rx.try_clone().map_err(internal)?;
+        pipes::spawn_output(
+            stream,
+            kind,
+            from,
+            gate,
+            exited,
+            out.clone(),
+            done_tx.clone(),
+        );
+        Ok(())
+    };
+    let pty = match pty {
         Some(master) => {
-            let master = Arc::new(master);
-            let reader = File::from(
-                master
-                    .try_clone()
-                    .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?,
-            );
-            spawn_pump(stream, Kind::Stdout, reader, out.clone(), done_tx.clone());
-            pumps += 1;
-            let writer = File::from(
-                master
-                    .try_clone()
-                    .map_err(|e| reply(ErrorCode::Internal, e.to_string()))?,
-            );
-            (Some(spawn_stdin(writer, true)), Some(master))
+            output(
+                Kind::Stdout,
+                Pipe::Stdout,
+                pipes::pty_reader(&master).map_err(internal)?,
+            )?;
+            let writer = pipes::pty_reader(&master).map_err(internal)?;
+            pipes.start_stdin(stream, writer, true, out.clone());
+            Some(Arc::new(master))
         }
         None => {
             if let Some(o) = child.stdout.take() {
-                spawn_pump(stream, Kind::Stdout, o, out.clone(), done_tx.clone());
-                pumps += 1;
+                output(Kind::Stdout, Pipe::Stdout, File::from(OwnedFd::from(o)))?;
             }
             if let Some(e) = child.stderr.take() {
-                spawn_pump(stream, Kind::Stderr, e, out.clone(), done_tx.clone());
-                pumps += 1;
+                output(Kind::Stderr, Pipe::Stderr, File::from(OwnedFd::from(e)))?;
             }
-            (child.stdin.take().map(|w| spawn_stdin(w, false)), None)
+            if let Some(i) = child.stdin.take() {
+                pipes.start_stdin(stream, i, false, out.clone());
+            }
+            None
         }
     };
     drop(done_tx);
+    drop(exit_rx);
 
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let waiter_out = out.clone();
@@ -167,14 +176,10 @@ pub fn start(
         .name(format!("nook-exec{stream}"))
         .spawn(move || {
             let (status, timed_out) = wait_for(pid, &status_rx, timeout);
-            // Let the pumps deliver what the command wrote before it ended.
-            let deadline = std::time::Instant::now() + DRAIN_GRACE;
-            for _ in 0..pumps {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if done_rx.recv_timeout(left).is_err() {
-                    break;
-                }
-            }
+            // Tell the pumps, then let them deliver what the command wrote
+            // before it ended (they give up on pipes left idle).
+            drop(exit_tx);
+            while done_rx.recv().is_ok() {}
             let mut exit = exit_status(status);
             exit.timed_out = timed_out;
             let _ = waiter_out.send(stream, &GuestMsg::Exit(exit));
@@ -189,7 +194,7 @@ pub fn start(
     }
     Ok(Running {
         pgid: pid,
-        stdin: stdin_tx,
+        pipes,
         pty,
     })
 }
@@ -257,55 +262,4 @@ fn spawn_error(program: &str, e: &io::Error) -> ErrorReply {
         ),
         _ => reply(ErrorCode::Internal, format!("{program}: cannot start: {e}")),
     }
-}
-
-/// Copies a command's output to the host as frames of `kind`.
-fn spawn_pump(
-    stream: u32,
-    kind: Kind,
-    mut from: impl Read + Send + 'static,
-    out: Arc<Sender>,
-    done: ChanSender<()>,
-) {
-    let _ = thread::Builder::new()
-        .name(format!("nook-pump{stream}"))
-        .spawn(move || {
-            let mut buf = vec![0u8; STDIO_CHUNK];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if out.raw(stream, kind as u8, &buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // A pty master reports EIO once the last slave fd closes.
-                    Err(_) => break,
-                }
-            }
-            let _ = done.send(());
-        });
-}
-
-/// Feeds stdin frames to the command. An empty chunk closes stdin (on a
-/// tty it is ignored: the terminal's own ^D ends input there).
-fn spawn_stdin(mut to: impl Write + Send + 'static, tty: bool) -> ChanSender<Vec<u8>> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let _ = thread::Builder::new()
-        .name("nook-stdin".into())
-        .spawn(move || {
-            for chunk in rx {
-                if chunk.is_empty() {
-                    if tty {
-                        continue;
-                    }
-                    break;
-                }
-                if to.write_all(&chunk).is_err() {
-                    break;
-                }
-            }
-        });
-    tx
 }

@@ -10,6 +10,7 @@ mod entropy;
 mod exec;
 mod init;
 mod modules;
+mod pipes;
 mod reaper;
 mod serve;
 mod shares;

@@ -63,8 +63,21 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
             HostMsg::Exec(req) => start_exec(stream, req, &out, &reaper, &table),
             HostMsg::Stdin(data) => {
                 let t = table.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(tx) = t.get(&stream).and_then(|r| r.stdin.as_ref()) {
-                    let _ = tx.send(data);
+                if let Some(r) = t.get(&stream) {
+                    if let Err(e) = r.pipes.feed_stdin(data) {
+                        log(&format!("stream {stream}: the host broke flow control ({e}): killing the command"));
+                        r.signal(libc::SIGKILL);
+                    }
+                }
+            }
+            HostMsg::Credit(c) => {
+                if let Some(r) = table.lock().unwrap_or_else(|p| p.into_inner()).get(&stream) {
+                    r.pipes.credit(c);
+                }
+            }
+            HostMsg::PipeClosed(c) => {
+                if let Some(r) = table.lock().unwrap_or_else(|p| p.into_inner()).get(&stream) {
+                    r.pipes.close(c.pipe);
                 }
             }
             HostMsg::Signal(sig) => {

@@ -2,7 +2,7 @@
 //! as an ordinary process (not PID 1) connected to a Unix socket through
 //! `NOOK_AGENT_SOCKET`, and this test plays the host side of the protocol.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use nook_proto::*;
 struct Agent {
     proc: Child,
     sock: UnixStream,
+    dec: Decoder,
     _dir: std::path::PathBuf,
 }
 
@@ -42,6 +43,7 @@ fn start(protocol: u32) -> (Agent, GuestHello) {
     let mut agent = Agent {
         proc,
         sock,
+        dec: Decoder::new(),
         _dir: dir,
     };
     let hello = match recv(&mut agent) {
@@ -72,39 +74,123 @@ fn send(a: &mut Agent, stream: u32, msg: HostMsg) {
 }
 
 fn recv(a: &mut Agent) -> (u32, GuestMsg) {
-    let f = read_frame(&mut a.sock)
-        .unwrap()
-        .expect("agent closed the channel");
-    (f.stream, GuestMsg::from_frame(&f).unwrap())
+    recv_within(a, Duration::from_secs(20)).expect("the agent said nothing for 20 s")
 }
 
-#[derive(Debug, Default)]
+/// The next message, or `None` when nothing arrives within `wait`.
+fn recv_within(a: &mut Agent, wait: Duration) -> Option<(u32, GuestMsg)> {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if let Some(f) = a.dec.next_frame().unwrap() {
+            return Some((f.stream, GuestMsg::from_frame(&f).unwrap()));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        a.sock.set_read_timeout(Some(left)).unwrap();
+        match a.sock.read(&mut buf) {
+            Ok(0) => panic!("agent closed the channel"),
+            Ok(n) => a.dec.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading from the agent: {e}"),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Done {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exit: Option<Exited>,
     error: Option<ErrorReply>,
+    stdin_credit: u64,
+    stdin_closed: bool,
 }
 
-/// Collects everything for `stream` until its Exit or Error.
-fn collect(a: &mut Agent, stream: u32) -> Done {
-    let mut d = Done::default();
-    loop {
-        let (s, m) = recv(a);
-        assert_eq!(s, stream, "only one exec in flight");
-        match m {
-            GuestMsg::Started(_) => {}
-            GuestMsg::Stdout(b) => d.stdout.extend(b),
-            GuestMsg::Stderr(b) => d.stderr.extend(b),
+/// The host's side of one exec's pipes: what it received and granted.
+struct Reader {
+    done: Done,
+    stdout: RecvWindow,
+    stderr: RecvWindow,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader {
+            done: Done {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                exit: None,
+                error: None,
+                stdin_credit: 0,
+                stdin_closed: false,
+            },
+            stdout: RecvWindow::new(Pipe::Stdout),
+            stderr: RecvWindow::new(Pipe::Stderr),
+        }
+    }
+
+    /// Takes one message; with `grant`, consumes output at once and gives
+    /// the credit back (a fast reader). Returns true at Exit or Error.
+    fn take(&mut self, a: &mut Agent, stream: u32, m: GuestMsg, grant: bool) -> bool {
+        let d = &mut self.done;
+        let credit = match m {
+            GuestMsg::Started(_) => None,
+            GuestMsg::Stdout(b) => {
+                self.stdout
+                    .receive(b.len())
+                    .expect("the agent overran stdout's window");
+                d.stdout.extend(&b);
+                grant.then(|| self.stdout.consume(b.len())).flatten()
+            }
+            GuestMsg::Stderr(b) => {
+                self.stderr
+                    .receive(b.len())
+                    .expect("the agent overran stderr's window");
+                d.stderr.extend(&b);
+                grant.then(|| self.stderr.consume(b.len())).flatten()
+            }
             GuestMsg::Exit(e) => {
                 d.exit = Some(e);
-                return d;
+                return true;
             }
             GuestMsg::Error(e) => {
                 d.error = Some(e);
-                return d;
+                return true;
+            }
+            GuestMsg::Credit(c) => {
+                assert_eq!(c.pipe, Pipe::Stdin);
+                d.stdin_credit += c.bytes;
+                None
+            }
+            GuestMsg::PipeClosed(c) => {
+                assert_eq!(c.pipe, Pipe::Stdin);
+                d.stdin_closed = true;
+                None
             }
             GuestMsg::Hello(_) => panic!("second hello"),
+        };
+        if let Some(c) = credit {
+            send(a, stream, HostMsg::Credit(c));
+        }
+        false
+    }
+}
+
+/// Collects everything for `stream` until its Exit or Error, reading fast.
+fn collect(a: &mut Agent, stream: u32) -> Done {
+    let mut r = Reader::new();
+    loop {
+        let (s, m) = recv(a);
+        assert_eq!(s, stream, "only one exec in flight");
+        if r.take(a, stream, m, true) {
+            return r.done;
         }
     }
 }
@@ -315,4 +401,151 @@ fn version_mismatch_fails_closed() {
     // The agent refuses to serve and ends.
     let status = a.proc.wait().unwrap();
     assert!(!status.success());
+}
+
+/// Reads whatever arrives until the agent has been quiet for `quiet`,
+/// granting no credit (a reader that stopped reading).
+fn drain_quiet(a: &mut Agent, r: &mut Reader, stream: u32, quiet: Duration) {
+    while let Some((s, m)) = recv_within(a, quiet) {
+        assert_eq!(s, stream);
+        assert!(!r.take(a, s, m, false), "the command ended early");
+    }
+}
+
+#[test]
+fn a_slow_reader_of_stdout_or_stderr_holds_the_command_to_one_window() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    for (stream, pipe, script) in [
+        (1, Pipe::Stdout, "exec cat /dev/zero"),
+        (2, Pipe::Stderr, "exec cat /dev/zero >&2"),
+    ] {
+        send(&mut a, stream, HostMsg::Exec(exec(&["sh", "-c", script])));
+        let mut r = Reader::new();
+        let got = |r: &Reader| match pipe {
+            Pipe::Stdout => r.done.stdout.len() as u64,
+            _ => r.done.stderr.len() as u64,
+        };
+        // Nothing is read: the agent sends one window and stops.
+        drain_quiet(&mut a, &mut r, stream, Duration::from_millis(700));
+        assert_eq!(got(&r), PIPE_WINDOW, "{pipe:?}");
+        // A batch of credit lets exactly that much more through.
+        let window = match pipe {
+            Pipe::Stdout => &mut r.stdout,
+            _ => &mut r.stderr,
+        };
+        let credit = window.consume(CREDIT_BATCH as usize).expect("a batch");
+        send(&mut a, stream, HostMsg::Credit(credit));
+        drain_quiet(&mut a, &mut r, stream, Duration::from_millis(700));
+        assert_eq!(got(&r), PIPE_WINDOW + CREDIT_BATCH, "{pipe:?}");
+        // The reader goes away: the command dies of SIGPIPE, as in a shell.
+        send(&mut a, stream, HostMsg::PipeClosed(PipeClosed { pipe }));
+        loop {
+            let (s, m) = recv(&mut a);
+            if r.take(&mut a, s, m, true) {
+                break;
+            }
+        }
+        assert_eq!(
+            r.done.exit.unwrap().signal,
+            Some(13),
+            "{pipe:?}: {:?}",
+            r.done.exit
+        );
+    }
+}
+
+/// Sends `data` as stdin, never beyond the agent's credit, then end of
+/// input; returns the credit granted before `early` passed.
+fn send_stdin_with_credit(
+    a: &mut Agent,
+    r: &mut Reader,
+    stream: u32,
+    data: &[u8],
+    early: Duration,
+) -> u64 {
+    let t0 = Instant::now();
+    let mut credit = SendCredit::new();
+    let mut granted_early = 0;
+    let mut seen = 0;
+    let mut chunks = data.chunks(STDIO_CHUNK).peekable();
+    while let Some(chunk) = chunks.peek() {
+        if credit.available() >= chunk.len() as u64 {
+            credit.take(chunk.len());
+            send(a, stream, HostMsg::Stdin(chunk.to_vec()));
+            chunks.next();
+            continue;
+        }
+        let (s, m) = recv(a);
+        assert!(!r.take(a, s, m, true), "the command ended early");
+        credit.grant(r.done.stdin_credit - seen);
+        seen = r.done.stdin_credit;
+        if t0.elapsed() < early {
+            granted_early = seen;
+        }
+    }
+    send(a, stream, HostMsg::Stdin(vec![]));
+    granted_early
+}
+
+#[test]
+fn stdin_is_granted_only_as_the_command_reads_it() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    let mut req = exec(&["sh", "-c", "sleep 1.5; wc -c"]);
+    req.stdin = true;
+    send(&mut a, 1, HostMsg::Exec(req));
+    let data = vec![7u8; 8 << 20];
+    let mut r = Reader::new();
+    let early = send_stdin_with_credit(&mut a, &mut r, 1, &data, Duration::from_millis(1200));
+    // While the command sleeps only the kernel pipe's buffer is taken
+    // (64 KiB by default, at most pipe-max-size).
+    assert!(
+        early <= 1 << 20,
+        "{early} bytes granted before the command read any"
+    );
+    loop {
+        let (s, m) = recv(&mut a);
+        if r.take(&mut a, s, m, true) {
+            break;
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&r.done.stdout).trim(),
+        (8 << 20).to_string()
+    );
+    assert_eq!(r.done.exit.unwrap().code, Some(0));
+}
+
+#[test]
+fn a_host_that_overruns_the_stdin_window_gets_the_command_killed() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    let mut req = exec(&["sleep", "30"]);
+    req.stdin = true;
+    send(&mut a, 1, HostMsg::Exec(req));
+    // 4 MiB without waiting for credit: far more than a window plus any
+    // pipe buffer.
+    for _ in 0..(4 << 20) / STDIO_CHUNK {
+        send(&mut a, 1, HostMsg::Stdin(vec![0u8; STDIO_CHUNK]));
+    }
+    let d = collect(&mut a, 1);
+    assert_eq!(d.exit.unwrap().signal, Some(9));
+}
+
+#[test]
+fn a_command_that_closes_stdin_tells_the_host_to_stop() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    let mut req = exec(&["sh", "-c", "exec 0<&-; sleep 1; echo done"]);
+    req.stdin = true;
+    send(&mut a, 1, HostMsg::Exec(req));
+    let mut r = Reader::new();
+    // Wait for the command to close its stdin, then write.
+    std::thread::sleep(Duration::from_millis(300));
+    send(&mut a, 1, HostMsg::Stdin(b"ignored".to_vec()));
+    loop {
+        let (s, m) = recv(&mut a);
+        if r.take(&mut a, s, m, true) {
+            break;
+        }
+    }
+    assert!(r.done.stdin_closed, "no PipeClosed for stdin");
+    assert_eq!(r.done.stdout, b"done\n");
 }

@@ -1,4 +1,4 @@
-//! Documented exit codes of `nook`.
+//! Exit codes of `nook`: defined once, in `nook::exit_code`.
 
 pub use nook::exit_code::*;
 

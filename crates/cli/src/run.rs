@@ -1,14 +1,13 @@
 //! `nook run`: one command in a fresh microVM.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use nook::{EngineKind, ExecError, ExecEvent, ShareConfig, Vm, VmConfig};
+use nook::stdio::{self, Controller, StdioStreams};
+use nook::{Child, EngineKind, ShareConfig, Vm, VmConfig};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
 use crate::exit::{self, report};
@@ -120,11 +119,13 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// What the main loop reacts to.
-enum Input {
-    Event(Result<ExecEvent, ExecError>),
-    Signal(i32),
-    GraceOver,
+/// What `nook run` boots and runs, parsed and resolved before any VM exists.
+struct Plan {
+    env: Vec<(String, String)>,
+    image: Option<nook::ImageInfo>,
+    volumes: Vec<nook::VolumeMount>,
+    tty: bool,
+    forward_stdin: bool,
 }
 
 /// `-e K=V` arguments as pairs; on a malformed one, says so and gives the exit code.
@@ -143,106 +144,142 @@ pub fn parse_env(args: &[String]) -> Result<Vec<(String, String)>, i32> {
 }
 
 pub fn run(args: RunArgs) -> i32 {
-    let env = match parse_env(&args.env) {
-        Ok(env) => env,
+    let plan = match plan(&args) {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    if args.image.is_none() && args.command.is_empty() {
-        eprintln!("nook: nothing to run: give an IMAGE, a command after --, or both");
+    // Signals are handled from the start so that an interrupted boot still
+    // tears the VM down.
+    let (controller, controls) = stdio::controls();
+    let cancel = Arc::new(AtomicBool::new(false));
+    if let Err(e) = handle_signals(controller, cancel.clone(), plan.tty) {
+        report(&e);
         return exit::NOOK_FAILED;
+    }
+    let vm = match boot(&args, &plan, cancel.clone()) {
+        Ok(vm) => vm,
+        Err(e) => {
+            if cancel.load(Ordering::Relaxed) {
+                let signal = controls.take_signal().unwrap_or(SIGINT);
+                return exit::killed_by(signal);
+            }
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    };
+    let child = match spawn(&vm, &args, &plan) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let raw = if plan.tty {
+        term::RawMode::enable()
+    } else {
+        None
+    };
+    let ending = stdio::pump(child, StdioStreams::inherit(plan.forward_stdin), controls);
+    drop(raw);
+    if let Some(msg) = ending.message() {
+        eprintln!("nook: {msg}");
+    }
+    if vm.has_writable_volumes() {
+        // The guest syncs and unmounts its volumes before powering off.
+        let _ = vm.shutdown(Duration::from_secs(10));
+    } else {
+        let _ = vm.stop();
+    }
+    ending.exit_code()
+}
+
+/// Checks the arguments and resolves the image and volumes. Pulls and
+/// volume creation happen before nook handles signals: an interrupt simply
+/// ends nook (the image store is crash-safe).
+fn plan(args: &RunArgs) -> Result<Plan, i32> {
+    let fail = |msg: String| {
+        eprintln!("nook: {msg}");
+        exit::NOOK_FAILED
+    };
+    let env = parse_env(&args.env)?;
+    if args.image.is_none() && args.command.is_empty() {
+        return Err(fail(
+            "nothing to run: give an IMAGE, a command after --, or both".into(),
+        ));
     }
     if args.disk_size.is_some() && args.image.is_none() {
-        eprintln!("nook: --disk-size applies to an IMAGE's writable layer: give an IMAGE");
-        return exit::NOOK_FAILED;
+        return Err(fail(
+            "--disk-size applies to an IMAGE's writable layer: give an IMAGE".into(),
+        ));
     }
-    // Pulls and volume creation happen before nook handles signals: an
-    // interrupt simply ends nook (the image store is crash-safe).
     let image = match &args.image {
-        Some(reference) => match image::resolve_image(reference, false) {
-            Ok(info) => Some(info),
-            Err(e) => {
-                report(&e);
-                return exit::NOOK_FAILED;
-            }
-        },
+        Some(reference) => Some(image::resolve_image(reference, false).map_err(|e| {
+            report(&e);
+            exit::NOOK_FAILED
+        })?),
         None => None,
     };
-    let mut volumes = Vec::new();
-    for spec in &args.volumes {
-        match image::parse_volume(spec, args.volume_size) {
-            Ok(v) => volumes.push(v),
-            Err(e) => {
-                eprintln!("nook: {e}");
-                return exit::NOOK_FAILED;
-            }
-        }
-    }
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|spec| image::parse_volume(spec, args.volume_size))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
     let tty = args.tty && term::stdin_is_tty();
     if args.tty && !tty {
         eprintln!("nook: -t needs a terminal on stdin; running without one");
     }
-    let forward_stdin = args.interactive || tty || !term::stdin_is_tty();
+    Ok(Plan {
+        env,
+        image,
+        volumes,
+        tty,
+        forward_stdin: args.interactive || tty || !term::stdin_is_tty(),
+    })
+}
 
-    // Signals are handled from the start so that an interrupted boot still
-    // tears the VM down.
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = channel::<Input>();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH])
-    {
-        Ok(s) => s,
-        Err(e) => {
-            report(&e);
-            return exit::NOOK_FAILED;
-        }
-    };
-    {
-        let tx = tx.clone();
-        let cancel = cancel.clone();
-        let spawned = std::thread::Builder::new()
-            .name("nook-signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    if sig != SIGWINCH {
-                        cancel.store(true, Ordering::Relaxed);
-                    }
-                    if tx.send(Input::Signal(sig)).is_err() {
-                        break;
-                    }
+/// Passes SIGINT, SIGTERM and SIGHUP to the command (and cancels a boot in
+/// progress); SIGWINCH resizes its terminal.
+fn handle_signals(
+    controller: Controller,
+    cancel: Arc<AtomicBool>,
+    tty: bool,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH])?;
+    std::thread::Builder::new()
+        .name("nook-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig != SIGWINCH {
+                    cancel.store(true, Ordering::Relaxed);
+                    controller.signal(sig);
+                } else if let (true, Some(size)) = (tty, term::size()) {
+                    controller.resize(size);
                 }
-            });
-        if let Err(e) = spawned {
-            report(&e);
-            return exit::NOOK_FAILED;
-        }
-    }
+            }
+        })?;
+    Ok(())
+}
 
+/// Boots the VM (or restores the snapshot) the arguments describe.
+fn boot(args: &RunArgs, plan: &Plan, cancel: Arc<AtomicBool>) -> Result<Vm, nook::VmError> {
     let mut cfg = args.vm.config();
-    cfg.cancel = Some(cancel.clone());
-    cfg.image = image.as_ref().map(|info| {
+    cfg.cancel = Some(cancel);
+    cfg.image = plan.image.as_ref().map(|info| {
         let mut root = nook::ImageRoot::new(info);
         root.scratch_size = args.disk_size;
         root
     });
-    cfg.volumes = volumes;
-    let started = match &args.snapshot {
+    cfg.volumes = plan.volumes.clone();
+    match &args.snapshot {
         Some(name) => {
             nook::named_snapshot(&cfg.home, name).and_then(|path| Vm::restore(&path, &cfg))
         }
         None => Vm::start(cfg),
-    };
-    let vm = match started {
-        Ok(vm) => vm,
-        Err(e) => {
-            if cancel.load(Ordering::Relaxed) {
-                return signal_exit(&rx);
-            }
-            report(&e);
-            return exit::NOOK_FAILED;
-        }
-    };
+    }
+}
 
-    // With no command, the image's Entrypoint + Cmd; the image's Env,
-    // WorkingDir and User apply unless -e, -w or -u say otherwise.
+/// Starts the command: the one given, else the image's Entrypoint + Cmd;
+/// the image's Env, WorkingDir and User apply unless -e, -w or -u say
+/// otherwise.
+fn spawn(vm: &Vm, args: &RunArgs, plan: &Plan) -> Result<Child, i32> {
     let argv = if args.command.is_empty() {
         vm.image_command()
     } else {
@@ -253,9 +290,9 @@ pub fn run(args: RunArgs) -> i32 {
             "nook: image {} has no Entrypoint or Cmd: give a command after --",
             args.image.as_deref().unwrap_or_default()
         );
-        return exit::NOOK_FAILED;
+        return Err(exit::NOOK_FAILED);
     }
-    let mut builder = vm.exec(argv).envs(env);
+    let mut builder = vm.exec(argv).envs(plan.env.clone());
     if let Some(w) = &args.workdir {
         builder = builder.cwd(w.clone());
     }
@@ -265,119 +302,14 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(t) = args.timeout {
         builder = builder.timeout(Duration::from_secs_f64(t.max(0.0)));
     }
-    if forward_stdin {
+    if plan.forward_stdin {
         builder = builder.stdin_piped();
     }
-    if tty {
+    if plan.tty {
         builder = builder.tty(term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 }));
     }
-    let mut child = match builder.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("nook: {e}");
-            return e.exit_code();
-        }
-    };
-    let handle = child.handle();
-    let mut raw = if tty { term::RawMode::enable() } else { None };
-
-    if let Some(stdin) = child.take_stdin() {
-        term::forward_stdin(stdin, |mut s| {
-            let _ = s.close();
-        });
-    }
-    {
-        let tx = tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("nook-events".into())
-            .spawn(move || loop {
-                let ev = child.next_event();
-                let last = !matches!(ev, Ok(ExecEvent::Stdout(_)) | Ok(ExecEvent::Stderr(_)));
-                if tx.send(Input::Event(ev)).is_err() || last {
-                    break;
-                }
-            });
-    }
-
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr();
-    let mut interrupted: Option<i32> = None;
-    let code = loop {
-        let Ok(input) = rx.recv() else {
-            break exit::NOOK_FAILED;
-        };
-        match input {
-            Input::Event(Ok(ExecEvent::Stdout(b))) => {
-                let _ = out.write_all(&b).and_then(|_| out.flush());
-            }
-            Input::Event(Ok(ExecEvent::Stderr(b))) => {
-                let _ = err.write_all(&b);
-            }
-            Input::Event(Ok(ExecEvent::Exit(status))) => {
-                if status.timed_out {
-                    let _ = out.flush();
-                    raw = None;
-                    eprintln!("nook: the command timed out and was killed");
-                    break exit::TIMEOUT;
-                }
-                break status.shell_code();
-            }
-            Input::Event(Err(e)) => {
-                raw = None;
-                eprintln!("nook: {e}");
-                break e.exit_code();
-            }
-            Input::Signal(SIGWINCH) => {
-                if tty {
-                    if let Some(ws) = term::size() {
-                        let _ = handle.resize(ws);
-                    }
-                }
-            }
-            Input::Signal(sig) => {
-                if interrupted.is_some() {
-                    break exit::killed_by(sig);
-                }
-                // Pass the signal to the command; if it is still running
-                // after a grace period, stop the VM anyway.
-                interrupted = Some(sig);
-                let _ = handle.signal(sig);
-                let tx = tx.clone();
-                let _ = std::thread::Builder::new()
-                    .name("nook-grace".into())
-                    .spawn(move || {
-                        std::thread::sleep(Duration::from_secs(3));
-                        let _ = tx.send(Input::GraceOver);
-                    });
-            }
-            Input::GraceOver => {
-                break interrupted
-                    .map(exit::killed_by)
-                    .unwrap_or(exit::NOOK_FAILED)
-            }
-        }
-    };
-    let _ = out.flush();
-    drop(raw);
-    if vm.has_writable_volumes() {
-        // The guest syncs and unmounts its volumes before powering off.
-        let _ = vm.shutdown(Duration::from_secs(10));
-    } else {
-        let _ = vm.stop();
-    }
-    // A signal that ended the command by default action reports as the
-    // signal, as a shell would (SIGINT -> 130).
-    code
-}
-
-/// Exit code for a boot that a signal abandoned.
-fn signal_exit(rx: &std::sync::mpsc::Receiver<Input>) -> i32 {
-    while let Ok(input) = rx.try_recv() {
-        if let Input::Signal(sig) = input {
-            if sig != SIGWINCH {
-                return exit::killed_by(sig);
-            }
-        }
-    }
-    exit::INTERRUPTED
+    builder.spawn().map_err(|e| {
+        eprintln!("nook: {e}");
+        e.exit_code()
+    })
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{
-    write_frame, Decoder, ErrorReply, Exited, Frame, GuestHello, GuestMsg, HostHello, HostMsg,
-    CONTROL_STREAM, PROTOCOL_VERSION,
+    write_frame, Credit, CreditGate, Decoder, ErrorReply, Exited, Frame, GuestHello, GuestMsg,
+    HostHello, HostMsg, Pipe, RecvWindow, WindowOverrun, CONTROL_STREAM, PROTOCOL_VERSION,
 };
 
 use crate::error::{BootFailure, ChannelLoss, ProtocolViolation, VmError};
@@ -26,11 +26,85 @@ pub enum Event {
     Error(ErrorReply),
     /// The channel to the agent broke (the VM died or misbehaved).
     Lost(ChannelLoss),
+    /// The agent overran a window on this stream: its data is dropped.
+    Overrun(Pipe, WindowOverrun),
+}
+
+/// Flow control of one exec stream (see `docs/protocol.md`): the stdin
+/// credit the agent granted, and the host's windows on stdout and stderr.
+/// Shared by the reader thread, the [`crate::Child`] and its stdin.
+#[derive(Debug)]
+pub struct StreamFlow {
+    /// Credit for stdin; closed once the command's stdin or the stream ends.
+    pub stdin: CreditGate,
+    windows: Mutex<OutputWindows>,
+}
+
+#[derive(Debug)]
+struct OutputWindows {
+    stdout: RecvWindow,
+    stderr: RecvWindow,
+    /// Output pipes whose reader is gone: their data is dropped.
+    stdout_closed: bool,
+    stderr_closed: bool,
+}
+
+impl StreamFlow {
+    fn new() -> StreamFlow {
+        StreamFlow {
+            stdin: CreditGate::new(),
+            windows: Mutex::new(OutputWindows {
+                stdout: RecvWindow::new(Pipe::Stdout),
+                stderr: RecvWindow::new(Pipe::Stderr),
+                stdout_closed: false,
+                stderr_closed: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutputWindows> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accounts for output that arrived; `Ok(false)` when its pipe was
+    /// closed by the host (the data is dropped).
+    fn receive(&self, pipe: Pipe, bytes: usize) -> Result<bool, WindowOverrun> {
+        let mut w = self.lock();
+        match pipe {
+            Pipe::Stdout => w.stdout.receive(bytes).map(|_| !w.stdout_closed),
+            _ => w.stderr.receive(bytes).map(|_| !w.stderr_closed),
+        }
+    }
+
+    /// The host's reader took `bytes` of output: the credit to send back,
+    /// once a batch has been consumed.
+    pub fn consume(&self, pipe: Pipe, bytes: usize) -> Option<Credit> {
+        let mut w = self.lock();
+        match pipe {
+            Pipe::Stdout => w.stdout.consume(bytes),
+            _ => w.stderr.consume(bytes),
+        }
+    }
+
+    /// Marks an output pipe closed: what still arrives on it is dropped.
+    pub fn close_output(&self, pipe: Pipe) {
+        let mut w = self.lock();
+        match pipe {
+            Pipe::Stdout => w.stdout_closed = true,
+            _ => w.stderr_closed = true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Route {
+    events: Sender<Event>,
+    flow: Arc<StreamFlow>,
 }
 
 #[derive(Debug, Default)]
 struct Routes {
-    streams: HashMap<u32, Sender<Event>>,
+    streams: HashMap<u32, Route>,
     lost: Option<ChannelLoss>,
 }
 
@@ -216,24 +290,33 @@ impl Conn {
         Conn::new(stream, hello).start_reader(reader)
     }
 
-    /// Opens a new stream and returns its id and event queue.
-    pub fn open_stream(&self) -> Result<(u32, Receiver<Event>), VmError> {
+    /// Opens a new stream and returns its id, event queue and flow control.
+    pub fn open_stream(&self) -> Result<(u32, Receiver<Event>, Arc<StreamFlow>), VmError> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
+        let flow = Arc::new(StreamFlow::new());
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(why) = &routes.lost {
             return Err(VmError::ChannelLost(why.clone()));
         }
-        routes.streams.insert(id, tx);
-        Ok((id, rx))
+        let route = Route {
+            events: tx,
+            flow: flow.clone(),
+        };
+        routes.streams.insert(id, route);
+        Ok((id, rx, flow))
     }
 
     pub fn close_stream(&self, id: u32) {
-        self.routes
+        let route = self
+            .routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .streams
             .remove(&id);
+        if let Some(r) = route {
+            r.flow.stdin.close();
+        }
     }
 
     pub fn send(&self, stream: u32, msg: &HostMsg) -> Result<(), VmError> {
@@ -255,26 +338,60 @@ fn read_loop(mut reader: FrameSource, routes: Arc<Mutex<Routes>>) {
             Ok(None) => break ChannelLoss::Closed,
             Err(e) => break ChannelLoss::io(e),
         };
-        let event = match GuestMsg::from_frame(&frame) {
-            Ok(GuestMsg::Started(s)) => Event::Started(s.pid),
-            Ok(GuestMsg::Stdout(b)) => Event::Stdout(b),
-            Ok(GuestMsg::Stderr(b)) => Event::Stderr(b),
-            Ok(GuestMsg::Exit(s)) => Event::Exit(s),
-            Ok(GuestMsg::Error(e)) => Event::Error(e),
-            Ok(GuestMsg::Hello(_)) => continue,
+        match GuestMsg::from_frame(&frame) {
+            Ok(msg) => route(&routes, frame.stream, msg),
             Err(e) => {
                 tracing::debug!("nook-chan: ignoring frame on stream {}: {e}", frame.stream);
-                continue;
             }
-        };
-        let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = routes.streams.get(&frame.stream) {
-            let _ = tx.send(event);
         }
     };
     let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-    for tx in routes.streams.values() {
-        let _ = tx.send(Event::Lost(why.clone()));
+    for r in routes.streams.values() {
+        r.flow.stdin.close();
+        let _ = r.events.send(Event::Lost(why.clone()));
     }
     routes.lost = Some(why);
+}
+
+/// Delivers one message of the agent to its stream. Output is checked
+/// against the stream's windows: an agent that overruns one breaks that
+/// stream (its data is dropped, never buffered).
+fn route(routes: &Mutex<Routes>, stream: u32, msg: GuestMsg) {
+    let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(r) = routes.streams.get(&stream) else {
+        return;
+    };
+    let (pipe, bytes) = match &msg {
+        GuestMsg::Stdout(b) => (Pipe::Stdout, b.len()),
+        GuestMsg::Stderr(b) => (Pipe::Stderr, b.len()),
+        _ => (Pipe::Other, 0),
+    };
+    let event = match msg {
+        GuestMsg::Started(s) => Event::Started(s.pid),
+        GuestMsg::Stdout(b) | GuestMsg::Stderr(b) => match r.flow.receive(pipe, bytes) {
+            Ok(true) if pipe == Pipe::Stdout => Event::Stdout(b),
+            Ok(true) => Event::Stderr(b),
+            Ok(false) => return,
+            Err(e) => {
+                let r = routes.streams.remove(&stream);
+                if let Some(r) = r {
+                    r.flow.stdin.close();
+                    let _ = r.events.send(Event::Overrun(pipe, e));
+                }
+                return;
+            }
+        },
+        GuestMsg::Exit(s) => {
+            r.flow.stdin.close();
+            Event::Exit(s)
+        }
+        GuestMsg::Error(e) => {
+            r.flow.stdin.close();
+            Event::Error(e)
+        }
+        GuestMsg::Credit(c) if c.pipe == Pipe::Stdin => return r.flow.stdin.grant(c.bytes),
+        GuestMsg::PipeClosed(c) if c.pipe == Pipe::Stdin => return r.flow.stdin.close(),
+        GuestMsg::Credit(_) | GuestMsg::PipeClosed(_) | GuestMsg::Hello(_) => return,
+    };
+    let _ = r.events.send(event);
 }

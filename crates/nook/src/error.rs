@@ -125,6 +125,12 @@ pub enum ProtocolViolation {
     Message(#[source] MsgError),
     #[error("cannot read the agent's hello")]
     Hello(#[source] io::Error),
+    #[error("the agent overran the flow-control window of {pipe:?}")]
+    WindowOverrun {
+        pipe: nook_proto::Pipe,
+        #[source]
+        source: nook_proto::WindowOverrun,
+    },
 }
 
 /// Running a command in a VM failed (the command itself did not get to

@@ -5,9 +5,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nook_proto::{ErrorCode, ExecRequest, HostMsg, Kind, Winsize, STDIO_CHUNK};
+use nook_proto::{ErrorCode, ExecRequest, HostMsg, Kind, Pipe, PipeClosed, Winsize, STDIO_CHUNK};
 
-use crate::conn::{Conn, Event};
+use crate::conn::{Conn, Event, StreamFlow};
 use crate::error::{ChannelLoss, ExecError, ProtocolViolation, VmError};
 use crate::exit_code;
 use crate::vm::Vm;
@@ -162,7 +162,7 @@ impl<'vm> ExecBuilder<'vm> {
     /// to: a missing program is [`ExecError::NotFound`]).
     pub fn spawn(self) -> Result<Child, ExecError> {
         let conn = self.vm.conn().clone();
-        let (stream, events) = conn.open_stream()?;
+        let (stream, events, flow) = conn.open_stream()?;
         let mut req = self.req;
         req.stdin = !matches!(self.stdin, StdinMode::Null);
         let deadline = req
@@ -172,6 +172,7 @@ impl<'vm> ExecBuilder<'vm> {
             conn,
             stream,
             events,
+            flow,
             pid: None,
             stdin: None,
             deadline,
@@ -185,20 +186,13 @@ impl<'vm> ExecBuilder<'vm> {
         let stdin = ChildStdin {
             conn: child.conn.clone(),
             stream,
+            flow: child.flow.clone(),
             closed: false,
         };
         match self.stdin {
             StdinMode::Null => {}
             StdinMode::Piped => child.stdin = Some(stdin),
-            StdinMode::Bytes(bytes) => {
-                let mut stdin = stdin;
-                stdin
-                    .write_all(&bytes)
-                    .map_err(|e| VmError::ChannelLost(ChannelLoss::io(e)))?;
-                stdin
-                    .close()
-                    .map_err(|e| VmError::ChannelLost(ChannelLoss::io(e)))?;
-            }
+            StdinMode::Bytes(bytes) => feed(stdin, bytes)?,
         }
         Ok(child)
     }
@@ -207,6 +201,22 @@ impl<'vm> ExecBuilder<'vm> {
     pub fn output(self) -> Result<Output, ExecError> {
         self.spawn()?.wait_with_output()
     }
+}
+
+/// Feeds `bytes` to a command's stdin on a thread of its own: the command
+/// takes them only as fast as it reads, while its output must be read
+/// meanwhile (a large input to `cat` would deadlock otherwise).
+fn feed(mut stdin: ChildStdin, bytes: Vec<u8>) -> Result<(), VmError> {
+    std::thread::Builder::new()
+        .name(format!("nook-feed{}", stdin.stream))
+        .spawn(move || {
+            // A command that stops reading early makes this fail: as with a
+            // shell pipe, that is the command's choice, not an error.
+            let _ = stdin.write_all(&bytes);
+            let _ = stdin.close();
+        })
+        .map(|_| ())
+        .map_err(VmError::Channel)
 }
 
 /// Output or the end of a running command.
@@ -224,6 +234,7 @@ pub struct Child {
     conn: Arc<Conn>,
     stream: u32,
     events: Receiver<Event>,
+    flow: Arc<StreamFlow>,
     pid: Option<u32>,
     stdin: Option<ChildStdin>,
     deadline: Option<Instant>,
@@ -256,6 +267,7 @@ impl Child {
         ChildHandle {
             conn: self.conn.clone(),
             stream: self.stream,
+            flow: self.flow.clone(),
         }
     }
 
@@ -295,6 +307,12 @@ impl Child {
                 _ => ExecError::Agent(r.message),
             },
             Event::Lost(why) => ExecError::Vm(VmError::ChannelLost(why)),
+            Event::Overrun(pipe, source) => {
+                ExecError::Vm(VmError::Protocol(ProtocolViolation::WindowOverrun {
+                    pipe,
+                    source,
+                }))
+            }
             Event::Started(_) => unexpected(Kind::Started),
             Event::Stdout(_) => unexpected(Kind::Stdout),
             Event::Stderr(_) => unexpected(Kind::Stderr),
@@ -302,19 +320,34 @@ impl Child {
         }
     }
 
-    /// The next piece of output, or the exit. Blocks.
+    /// The next piece of output, or the exit. Blocks. Taking output gives
+    /// the guest credit to send more: a caller that stops calling this
+    /// stops the command once a window is in flight (see `docs/protocol.md`).
     pub fn next_event(&mut self) -> Result<ExecEvent, ExecError> {
         if self.done {
             return Err(ExecError::Finished);
         }
         match self.recv()? {
-            Event::Stdout(b) => Ok(ExecEvent::Stdout(b)),
-            Event::Stderr(b) => Ok(ExecEvent::Stderr(b)),
+            Event::Stdout(b) => {
+                self.credit(Pipe::Stdout, b.len());
+                Ok(ExecEvent::Stdout(b))
+            }
+            Event::Stderr(b) => {
+                self.credit(Pipe::Stderr, b.len());
+                Ok(ExecEvent::Stderr(b))
+            }
             Event::Exit(s) => {
                 self.done = true;
                 Ok(ExecEvent::Exit(s.into()))
             }
             other => Err(self.unexpected(other, "output or the exit")),
+        }
+    }
+
+    fn credit(&self, pipe: Pipe, bytes: usize) {
+        if let Some(c) = self.flow.consume(pipe, bytes) {
+            // A failed send shows up as a lost channel on the next event.
+            let _ = self.conn.send(self.stream, &HostMsg::Credit(c));
         }
     }
 
@@ -341,18 +374,24 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if !self.done {
-            // Nobody will read the rest: stop the command.
-            let _ = self.conn.send(self.stream, &HostMsg::Signal(9));
+            // Nobody will read the rest: stop the command and release the
+            // agent's pumps, which may be waiting for credit.
+            let handle = self.handle();
+            let _ = handle.signal(9);
+            let _ = handle.close_output(Pipe::Stdout);
+            let _ = handle.close_output(Pipe::Stderr);
         }
         self.conn.close_stream(self.stream);
     }
 }
 
-/// Signals and resizes a running command; cheap to clone, usable from any thread.
+/// Signals, resizes and closes the output of a running command; cheap to
+/// clone, usable from any thread.
 #[derive(Debug, Clone)]
 pub struct ChildHandle {
     conn: Arc<Conn>,
     stream: u32,
+    flow: Arc<StreamFlow>,
 }
 
 impl ChildHandle {
@@ -365,13 +404,29 @@ impl ChildHandle {
     pub fn resize(&self, size: Winsize) -> Result<(), ExecError> {
         Ok(self.conn.send(self.stream, &HostMsg::Resize(size))?)
     }
+
+    /// The reader of the command's stdout or stderr is gone: the guest
+    /// closes that pipe, so the command gets `EPIPE`/`SIGPIPE` on its next
+    /// write there, as in a shell pipeline; output still in flight is
+    /// dropped.
+    pub fn close_output(&self, pipe: Pipe) -> Result<(), ExecError> {
+        self.flow.close_output(pipe);
+        Ok(self
+            .conn
+            .send(self.stream, &HostMsg::PipeClosed(PipeClosed { pipe }))?)
+    }
 }
 
 /// Writes to a running command's stdin. Dropping it closes stdin.
+///
+/// Writes block while the guest has granted no credit (the command is not
+/// reading), and fail with `BrokenPipe` once the command closed its stdin
+/// or ended.
 #[derive(Debug)]
 pub struct ChildStdin {
     conn: Arc<Conn>,
     stream: u32,
+    flow: Arc<StreamFlow>,
     closed: bool,
 }
 
@@ -396,7 +451,12 @@ impl Write for ChildStdin {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf.len().min(STDIO_CHUNK);
+        let Some(n) = self.flow.stdin.acquire(buf.len().min(STDIO_CHUNK)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the command's stdin is closed",
+            ));
+        };
         self.conn
             .send_raw(self.stream, Kind::Stdin as u8, &buf[..n])
             .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;

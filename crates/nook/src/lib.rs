@@ -24,6 +24,7 @@ pub mod exit_code;
 mod pool;
 mod share;
 mod snapshot;
+pub mod stdio;
 mod storage;
 mod template;
 mod vm;
@@ -38,7 +39,7 @@ pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolat
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use nook_assets::{default_home, Assets};
 pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
-pub use nook_proto::{BootWords, Winsize};
+pub use nook_proto::{BootWords, Pipe, Winsize};
 pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;

@@ -14,21 +14,28 @@
 //! `len` counts payload bytes only and never exceeds [`MAX_PAYLOAD`]. Stream 0
 //! is the control stream (handshake, shutdown); every exec uses its own stream
 //! id, chosen by the host. Control messages carry JSON payloads; stdio frames
-//! carry raw bytes, so binary data passes untouched.
+//! carry raw bytes, so binary data passes untouched. Every data pipe is
+//! flow-controlled by credit windows (see [`PIPE_WINDOW`] and [`Credit`]).
 //!
 //! Before the channel exists, the host tells the agent what to mount
 //! through words on the kernel command line: [`BootWords`].
 //!
-//! The crate is pure: no I/O beyond `Read`/`Write`, no threads, no unsafe.
+//! The crate is pure: no I/O beyond `Read`/`Write`, no threads of its own
+//! (only the [`CreditGate`] that producer threads wait on), no unsafe.
 //! `docs/protocol.md` describes every message.
 #![forbid(unsafe_code)]
 
 mod boot;
+mod flow;
 mod frame;
 mod msg;
 
 pub use boot::{
     percent_decode, percent_encode, BootWordError, BootWords, DiskMount, ShareMount, WORD_PREFIX,
+};
+pub use flow::{
+    Credit, CreditGate, Pipe, PipeClosed, RecvWindow, SendCredit, WindowOverrun, CREDIT_BATCH,
+    PIPE_WINDOW,
 };
 pub use frame::{read_frame, write_frame, Decoder, Frame, FrameError, HEADER_LEN, MAX_PAYLOAD};
 pub use msg::{
@@ -37,7 +44,8 @@ pub use msg::{
 };
 
 /// Version of the wire protocol. Host and agent refuse to talk across versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: credit-based flow control on every pipe (`Credit`, `PipeClosed`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest stdio chunk a sender puts in one frame.
 pub const STDIO_CHUNK: usize = 32 * 1024;

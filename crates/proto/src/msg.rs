@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::flow::{Credit, PipeClosed};
 use crate::frame::Frame;
 
 /// Message kinds, the `k` byte of the frame header. Values are frozen.
@@ -38,6 +39,11 @@ pub enum Kind {
     /// host -> guest, control stream: the VM was restored from a snapshot;
     /// set the clock and reseed the entropy pool ([`Resync`]).
     Resync = 13,
+    /// either way: the consumer of a pipe grants its producer more bytes
+    /// ([`Credit`]; see the `flow` module).
+    Credit = 14,
+    /// either way: the consumer of a pipe is gone ([`PipeClosed`]).
+    PipeClosed = 15,
 }
 
 impl Kind {
@@ -57,6 +63,8 @@ impl Kind {
             11 => Resize,
             12 => Shutdown,
             13 => Resync,
+            14 => Credit,
+            15 => PipeClosed,
             _ => return None,
         })
     }
@@ -203,6 +211,10 @@ pub enum GuestMsg {
     Stderr(Vec<u8>),
     Exit(Exited),
     Error(ErrorReply),
+    /// Stdin credit: the command took this many more bytes.
+    Credit(Credit),
+    /// The command's stdin is closed: send no more.
+    PipeClosed(PipeClosed),
 }
 
 /// Messages the host sends.
@@ -216,6 +228,10 @@ pub enum HostMsg {
     Resize(Winsize),
     Shutdown,
     Resync(Resync),
+    /// Stdout or stderr credit: the host's reader took this many more bytes.
+    Credit(Credit),
+    /// The host's reader of stdout or stderr is gone.
+    PipeClosed(PipeClosed),
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -244,6 +260,8 @@ impl GuestMsg {
             GuestMsg::Stderr(_) => Kind::Stderr,
             GuestMsg::Exit(_) => Kind::Exit,
             GuestMsg::Error(_) => Kind::Error,
+            GuestMsg::Credit(_) => Kind::Credit,
+            GuestMsg::PipeClosed(_) => Kind::PipeClosed,
         }
     }
 
@@ -254,6 +272,8 @@ impl GuestMsg {
             GuestMsg::Stdout(b) | GuestMsg::Stderr(b) => b.clone(),
             GuestMsg::Exit(m) => json(m),
             GuestMsg::Error(m) => json(m),
+            GuestMsg::Credit(m) => json(m),
+            GuestMsg::PipeClosed(m) => json(m),
         };
         Frame::new(stream, self.kind() as u8, payload)
     }
@@ -268,6 +288,8 @@ impl GuestMsg {
             Kind::Stderr => GuestMsg::Stderr(p.clone()),
             Kind::Exit => GuestMsg::Exit(parse(kind, p)?),
             Kind::Error => GuestMsg::Error(parse(kind, p)?),
+            Kind::Credit => GuestMsg::Credit(parse(kind, p)?),
+            Kind::PipeClosed => GuestMsg::PipeClosed(parse(kind, p)?),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -283,6 +305,8 @@ impl HostMsg {
             HostMsg::Resize(_) => Kind::Resize,
             HostMsg::Shutdown => Kind::Shutdown,
             HostMsg::Resync(_) => Kind::Resync,
+            HostMsg::Credit(_) => Kind::Credit,
+            HostMsg::PipeClosed(_) => Kind::PipeClosed,
         }
     }
 
@@ -295,6 +319,8 @@ impl HostMsg {
             HostMsg::Resize(m) => json(m),
             HostMsg::Shutdown => Vec::new(),
             HostMsg::Resync(m) => json(m),
+            HostMsg::Credit(m) => json(m),
+            HostMsg::PipeClosed(m) => json(m),
         };
         Frame::new(stream, self.kind() as u8, payload)
     }
@@ -310,6 +336,8 @@ impl HostMsg {
             Kind::Resize => HostMsg::Resize(parse(kind, p)?),
             Kind::Shutdown => HostMsg::Shutdown,
             Kind::Resync => HostMsg::Resync(parse(kind, p)?),
+            Kind::Credit => HostMsg::Credit(parse(kind, p)?),
+            Kind::PipeClosed => HostMsg::PipeClosed(parse(kind, p)?),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -318,6 +346,7 @@ impl HostMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::Pipe;
     use proptest::prelude::*;
 
     #[test]
@@ -328,7 +357,7 @@ mod tests {
             }
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(14), None);
+        assert_eq!(Kind::from_u8(16), None);
     }
 
     #[test]
@@ -376,6 +405,19 @@ mod tests {
             let f = Frame::new(stream, kind, payload);
             let _ = GuestMsg::from_frame(&f);
             let _ = HostMsg::from_frame(&f);
+        }
+
+        #[test]
+        fn flow_messages_round_trip_both_ways(bytes in any::<u64>(), pipe in 0..3usize) {
+            let pipe = [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr][pipe];
+            let g = GuestMsg::Credit(Credit { pipe, bytes });
+            prop_assert_eq!(GuestMsg::from_frame(&g.to_frame(4)).unwrap(), g);
+            let h = HostMsg::Credit(Credit { pipe, bytes });
+            prop_assert_eq!(HostMsg::from_frame(&h.to_frame(4)).unwrap(), h);
+            let g = GuestMsg::PipeClosed(PipeClosed { pipe });
+            prop_assert_eq!(GuestMsg::from_frame(&g.to_frame(4)).unwrap(), g);
+            let h = HostMsg::PipeClosed(PipeClosed { pipe });
+            prop_assert_eq!(HostMsg::from_frame(&h.to_frame(4)).unwrap(), h);
         }
 
         #[test]

@@ -91,6 +91,30 @@ fn samples() -> Vec<(&'static str, Frame)> {
             })
             .to_frame(CONTROL_STREAM),
         ),
+        (
+            "credit_stdout",
+            HostMsg::Credit(Credit {
+                pipe: Pipe::Stdout,
+                bytes: CREDIT_BATCH,
+            })
+            .to_frame(1),
+        ),
+        (
+            "credit_stdin",
+            GuestMsg::Credit(Credit {
+                pipe: Pipe::Stdin,
+                bytes: 4096,
+            })
+            .to_frame(1),
+        ),
+        (
+            "pipe_closed_stdout",
+            HostMsg::PipeClosed(PipeClosed { pipe: Pipe::Stdout }).to_frame(1),
+        ),
+        (
+            "pipe_closed_stdin",
+            GuestMsg::PipeClosed(PipeClosed { pipe: Pipe::Stdin }).to_frame(1),
+        ),
     ]
 }
 
