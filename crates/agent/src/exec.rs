@@ -17,7 +17,7 @@ use nix::sys::wait::WaitStatus;
 use nook_proto::{ErrorCode, ErrorReply, ExecRequest, Exited, GuestMsg, Kind, Pipe, Started};
 
 use crate::channel::Sender;
-use crate::pipes::{self, Pipes};
+use crate::pipes::{self, Activity, Pipes};
 use crate::reaper::{kill_group, Reaper};
 use crate::tty;
 use crate::user::{self, Identity};
@@ -125,22 +125,14 @@ pub fn start(
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let internal = |e: io::Error| reply(ErrorCode::Internal, e.to_string());
-    let (exit_rx, exit_tx) = pipes::exit_notice().map_err(internal)?;
+    let activity = Arc::new(Activity::default());
     let mut pipes = Pipes::new();
     let output = |kind: Kind, pipe: Pipe, from: File| -> Result<(), ErrorReply> {
         let gate = pipes
             .gate(pipe)
             .ok_or_else(|| internal(io::ErrorKind::InvalidInput.into()))?;
-        let exited = exit_rx.try_clone().map_err(internal)?;
-        pipes::spawn_output(
-            stream,
-            kind,
-            from,
-            gate,
-            exited,
-            out.clone(),
-            done_tx.clone(),
-        );
+        let (activity, done) = (activity.clone(), done_tx.clone());
+        pipes::spawn_output(stream, kind, from, gate, activity, out.clone(), done);
         Ok(())
     };
     let pty = match pty {
@@ -168,7 +160,6 @@ pub fn start(
         }
     };
     drop(done_tx);
-    drop(exit_rx);
 
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let waiter_out = out.clone();
@@ -176,10 +167,8 @@ pub fn start(
         .name(format!("nook-exec{stream}"))
         .spawn(move || {
             let (status, timed_out) = wait_for(pid, &status_rx, timeout);
-            // Tell the pumps, then let them deliver what the command wrote
-            // before it ended (they give up on pipes left idle).
-            drop(exit_tx);
-            while done_rx.recv().is_ok() {}
+            // Let the pumps deliver what the command wrote before it ended.
+            activity.drain(&done_rx);
             let mut exit = exit_status(status);
             exit.timed_out = timed_out;
             let _ = waiter_out.send(stream, &GuestMsg::Exit(exit));

@@ -6,21 +6,21 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc::{self, Sender as ChanSender};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender as ChanSender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nook_proto::{
     Credit, CreditGate, GuestMsg, Kind, Pipe, PipeClosed, RecvWindow, WindowOverrun, STDIO_CHUNK,
 };
 
 use crate::channel::Sender;
 
-/// After the command exits, how long an output pipe may stay idle before
-/// the agent stops waiting for its end of file (a background process may
-/// hold it open). A pipe that still has data, or waits for the host's
+/// After the command exits, how long its output pipes may stay idle before
+/// the agent stops waiting for their end of file (a background process may
+/// hold them open). A pipe that still has data, or waits for the host's
 /// credit, is never cut short.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -146,29 +146,53 @@ impl Drop for Pipes {
     }
 }
 
-/// Tells the output pumps that the command has exited: dropping the
-/// returned sender end makes the receiver ends readable (end of file).
-pub fn exit_notice() -> io::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe().map_err(io::Error::from)
+/// How the output pumps of one command are doing: bytes read so far and
+/// how many pumps wait for the host's credit. After the command exits,
+/// the agent waits for its pumps as long as they make progress or wait
+/// for credit; a pump idle for [`DRAIN_GRACE`] is left behind.
+#[derive(Debug, Default)]
+pub struct Activity {
+    bytes: AtomicU64,
+    waiting: AtomicUsize,
+}
+
+impl Activity {
+    /// Waits until every pump has sent on `done` and dropped it, or the
+    /// pumps left stay idle (no bytes, no wait for credit) for [`DRAIN_GRACE`].
+    pub fn drain(&self, done: &Receiver<()>) {
+        let mut seen = self.bytes.load(Ordering::Relaxed);
+        loop {
+            match done.recv_timeout(DRAIN_GRACE) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = self.bytes.load(Ordering::Relaxed);
+                    if now == seen && self.waiting.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
 }
 
 /// Copies a command's output to the host as frames of `kind`, while the
 /// host grants credit. Sends on `done` when the pipe is finished: end of
-/// file, the host closed it, the channel failed, or the command has
-/// exited and the pipe stayed idle for [`DRAIN_GRACE`].
+/// file, the host closed it, or the channel failed.
 pub fn spawn_output(
     stream: u32,
     kind: Kind,
-    from: impl Read + AsFd + Send + 'static,
+    from: impl Read + Send + 'static,
     gate: Arc<CreditGate>,
-    exited: OwnedFd,
+    activity: Arc<Activity>,
     out: Arc<Sender>,
     done: ChanSender<()>,
 ) {
     let _ = std::thread::Builder::new()
         .name(format!("nook-pump{stream}"))
         .spawn(move || {
-            pump(stream, kind, from, &gate, &exited, &out);
+            pump(stream, kind, from, &gate, &activity, &out);
             let _ = done.send(());
         });
 }
@@ -176,25 +200,25 @@ pub fn spawn_output(
 fn pump(
     stream: u32,
     kind: Kind,
-    mut from: impl Read + AsFd,
+    mut from: impl Read,
     gate: &CreditGate,
-    exited: &OwnedFd,
+    activity: &Activity,
     out: &Sender,
 ) {
     let mut buf = vec![0u8; STDIO_CHUNK];
-    let mut drain_until: Option<Instant> = None;
     loop {
-        let Some(credit) = gate.acquire(STDIO_CHUNK) else {
+        activity.waiting.fetch_add(1, Ordering::Relaxed);
+        let credit = gate.acquire(STDIO_CHUNK);
+        activity.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Some(credit) = credit else {
             // The host's reader is gone: closing our end gives the command
             // EPIPE/SIGPIPE on its next write.
             return;
         };
-        if !wait_readable(&from, exited, &mut drain_until) {
-            return;
-        }
         match from.read(&mut buf[..credit]) {
             Ok(0) => return,
             Ok(n) => {
+                activity.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 gate.refund(credit - n);
                 if out.raw(stream, kind as u8, &buf[..n]).is_err() {
                     return;
@@ -207,46 +231,7 @@ fn pump(
     }
 }
 
-/// Waits until `from` has data (or its end of file). After the command
-/// exited (`exited` readable), waits at most until `drain_until`; returns
-/// false when that passes with the pipe idle.
-fn wait_readable(from: &impl AsFd, exited: &OwnedFd, drain_until: &mut Option<Instant>) -> bool {
-    loop {
-        let timeout = match drain_until {
-            Some(t) => {
-                let left = t.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
-        let exit_events = if drain_until.is_some() {
-            PollFlags::empty()
-        } else {
-            PollFlags::POLLIN
-        };
-        let mut fds = [
-            PollFd::new(from.as_fd(), PollFlags::POLLIN),
-            PollFd::new(exited.as_fd(), exit_events),
-        ];
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            // Cannot wait: let the read decide.
-            Err(_) => return true,
-        }
-        if fds[0].any().unwrap_or(true) {
-            return true;
-        }
-        if drain_until.is_none() && fds[1].any().unwrap_or(false) {
-            *drain_until = Some(Instant::now() + DRAIN_GRACE);
-        }
-    }
-}
-
-/// A pty master as a readable, pollable file.
+/// A pty master as a file to read or write.
 pub fn pty_reader(master: &OwnedFd) -> io::Result<File> {
     Ok(File::from(master.try_clone()?))
 }

@@ -549,3 +549,45 @@ fn a_command_that_closes_stdin_tells_the_host_to_stop() {
     assert!(r.done.stdin_closed, "no PipeClosed for stdin");
     assert_eq!(r.done.stdout, b"done\n");
 }
+
+#[test]
+fn output_waiting_for_credit_outlives_the_drain_grace() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    // The command writes 2 MB and exits at once; the host reads nothing
+    // for longer than the agent's 2 s drain grace, then everything.
+    send(
+        &mut a,
+        1,
+        HostMsg::Exec(exec(&["head", "-c", "2000000", "/dev/zero"])),
+    );
+    let mut r = Reader::new();
+    drain_quiet(&mut a, &mut r, 1, Duration::from_secs(3));
+    let d = {
+        let credit = r.stdout.consume(r.done.stdout.len()).expect("a batch");
+        send(&mut a, 1, HostMsg::Credit(credit));
+        loop {
+            let (s, m) = recv(&mut a);
+            if r.take(&mut a, s, m, true) {
+                break r.done;
+            }
+        }
+    };
+    assert_eq!(d.stdout.len(), 2_000_000);
+    assert_eq!(d.exit.unwrap().code, Some(0));
+}
+
+#[test]
+fn a_background_process_holding_stdout_does_not_hold_the_exit() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    let t0 = Instant::now();
+    send(
+        &mut a,
+        1,
+        HostMsg::Exec(exec(&["sh", "-c", "sleep 8 & echo hi"])),
+    );
+    let d = collect(&mut a, 1);
+    assert_eq!(d.stdout, b"hi\n");
+    assert_eq!(d.exit.unwrap().code, Some(0));
+    // Exit comes after the 2 s drain grace, not when the sleep ends.
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+}
