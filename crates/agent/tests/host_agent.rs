@@ -136,26 +136,39 @@ impl Reader {
         }
     }
 
+    /// Keeps output of `pipe`, checking the agent stays in its window; with
+    /// `grant`, consumes it at once and returns the credit to give back.
+    fn output(&mut self, pipe: Pipe, bytes: Vec<u8>, grant: bool) -> Option<Credit> {
+        let (window, kept) = match pipe {
+            Pipe::Stdout => (&mut self.stdout, &mut self.done.stdout),
+            _ => (&mut self.stderr, &mut self.done.stderr),
+        };
+        window
+            .receive(bytes.len())
+            .unwrap_or_else(|e| panic!("the agent overran {pipe:?}'s window: {e}"));
+        kept.extend(&bytes);
+        grant.then(|| window.consume(bytes.len())).flatten()
+    }
+
+    /// Reads fast until the stream's Exit or Error.
+    fn finish(&mut self, a: &mut Agent, stream: u32) {
+        loop {
+            let (s, m) = recv(a);
+            assert_eq!(s, stream, "only one exec in flight");
+            if self.take(a, s, m, true) {
+                return;
+            }
+        }
+    }
+
     /// Takes one message; with `grant`, consumes output at once and gives
     /// the credit back (a fast reader). Returns true at Exit or Error.
     fn take(&mut self, a: &mut Agent, stream: u32, m: GuestMsg, grant: bool) -> bool {
         let d = &mut self.done;
         let credit = match m {
             GuestMsg::Started(_) => None,
-            GuestMsg::Stdout(b) => {
-                self.stdout
-                    .receive(b.len())
-                    .expect("the agent overran stdout's window");
-                d.stdout.extend(&b);
-                grant.then(|| self.stdout.consume(b.len())).flatten()
-            }
-            GuestMsg::Stderr(b) => {
-                self.stderr
-                    .receive(b.len())
-                    .expect("the agent overran stderr's window");
-                d.stderr.extend(&b);
-                grant.then(|| self.stderr.consume(b.len())).flatten()
-            }
+            GuestMsg::Stdout(b) => self.output(Pipe::Stdout, b, grant),
+            GuestMsg::Stderr(b) => self.output(Pipe::Stderr, b, grant),
             GuestMsg::Exit(e) => {
                 d.exit = Some(e);
                 return true;
@@ -186,13 +199,8 @@ impl Reader {
 /// Collects everything for `stream` until its Exit or Error, reading fast.
 fn collect(a: &mut Agent, stream: u32) -> Done {
     let mut r = Reader::new();
-    loop {
-        let (s, m) = recv(a);
-        assert_eq!(s, stream, "only one exec in flight");
-        if r.take(a, stream, m, true) {
-            return r.done;
-        }
-    }
+    r.finish(a, stream);
+    r.done
 }
 
 fn exec(argv: &[&str]) -> ExecRequest {
@@ -439,12 +447,7 @@ fn a_slow_reader_of_stdout_or_stderr_holds_the_command_to_one_window() {
         assert_eq!(got(&r), PIPE_WINDOW + CREDIT_BATCH, "{pipe:?}");
         // The reader goes away: the command dies of SIGPIPE, as in a shell.
         send(&mut a, stream, HostMsg::PipeClosed(PipeClosed { pipe }));
-        loop {
-            let (s, m) = recv(&mut a);
-            if r.take(&mut a, s, m, true) {
-                break;
-            }
-        }
+        r.finish(&mut a, stream);
         assert_eq!(
             r.done.exit.unwrap().signal,
             Some(13),
@@ -502,12 +505,7 @@ fn stdin_is_granted_only_as_the_command_reads_it() {
         early <= 1 << 20,
         "{early} bytes granted before the command read any"
     );
-    loop {
-        let (s, m) = recv(&mut a);
-        if r.take(&mut a, s, m, true) {
-            break;
-        }
-    }
+    r.finish(&mut a, 1);
     assert_eq!(
         String::from_utf8_lossy(&r.done.stdout).trim(),
         (8 << 20).to_string()
@@ -540,12 +538,7 @@ fn a_command_that_closes_stdin_tells_the_host_to_stop() {
     // Wait for the command to close its stdin, then write.
     std::thread::sleep(Duration::from_millis(300));
     send(&mut a, 1, HostMsg::Stdin(b"ignored".to_vec()));
-    loop {
-        let (s, m) = recv(&mut a);
-        if r.take(&mut a, s, m, true) {
-            break;
-        }
-    }
+    r.finish(&mut a, 1);
     assert!(r.done.stdin_closed, "no PipeClosed for stdin");
     assert_eq!(r.done.stdout, b"done\n");
 }
@@ -562,18 +555,11 @@ fn output_waiting_for_credit_outlives_the_drain_grace() {
     );
     let mut r = Reader::new();
     drain_quiet(&mut a, &mut r, 1, Duration::from_secs(3));
-    let d = {
-        let credit = r.stdout.consume(r.done.stdout.len()).expect("a batch");
-        send(&mut a, 1, HostMsg::Credit(credit));
-        loop {
-            let (s, m) = recv(&mut a);
-            if r.take(&mut a, s, m, true) {
-                break r.done;
-            }
-        }
-    };
-    assert_eq!(d.stdout.len(), 2_000_000);
-    assert_eq!(d.exit.unwrap().code, Some(0));
+    let credit = r.stdout.consume(r.done.stdout.len()).expect("a batch");
+    send(&mut a, 1, HostMsg::Credit(credit));
+    r.finish(&mut a, 1);
+    assert_eq!(r.done.stdout.len(), 2_000_000);
+    assert_eq!(r.done.exit.unwrap().code, Some(0));
 }
 
 #[test]

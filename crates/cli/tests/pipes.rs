@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{nook, ready, text};
+use common::{nook, ready, spawn, text};
 
 /// Peak resident memory of process `pid` (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -27,12 +27,7 @@ fn a_closed_stdout_ends_the_command_as_sigpipe_would() {
         return;
     }
     // `nook run -- yes | head -n 1`
-    let mut child = nook()
-        .args(["run", "--", "yes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", "--", "yes"], Stdio::null());
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -78,12 +73,10 @@ fn a_sleeping_reader_keeps_nook_small() {
         return;
     }
     // `nook run --timeout 30 -- cat /dev/zero | (sleep 35; wc -c)`
-    let mut child = nook()
-        .args(["run", "--timeout", "30", "--", "cat", "/dev/zero"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        &["run", "--timeout", "30", "--", "cat", "/dev/zero"],
+        Stdio::null(),
+    );
     std::thread::sleep(Duration::from_secs(35));
     let peak = peak_rss_kib(child.id());
     let mut stdout = child.stdout.take().unwrap();
@@ -109,13 +102,10 @@ fn a_late_reader_in_the_guest_gets_all_of_300_mb_of_stdin() {
     }
     // `head -c 300000000 /dev/zero | nook run -- sh -c 'sleep 5; cat | wc -c'`
     const TOTAL: usize = 300_000_000;
-    let mut child = nook()
-        .args(["run", "--", "sh", "-c", "sleep 5; cat | wc -c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        &["run", "--", "sh", "-c", "sleep 5; cat | wc -c"],
+        Stdio::piped(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let chunk = vec![0u8; 1 << 20];

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{nook, qemu_of, ready, text};
+use common::{nook, qemu_of, ready, spawn, text};
 
 fn run(args: &[&str]) -> Output {
     nook()
@@ -87,13 +87,7 @@ fn stdin_is_forwarded_byte_for_byte() {
     if !ready() {
         return;
     }
-    let mut child = nook()
-        .args(["run", "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", "--", "cat"], Stdio::piped());
     child.stdin.take().unwrap().write_all(b"abc").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "abc", "stderr: {}", text(&out.stderr));
@@ -105,13 +99,7 @@ fn stdin_is_forwarded_byte_for_byte() {
         std::io::Read::read_exact(&mut f, &mut v).unwrap();
         v
     };
-    let mut child = nook()
-        .args(["run", "--", "sha256sum"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", "--", "sha256sum"], Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&data).map(|_| data));
     let out = child.wait_with_output().unwrap();

@@ -11,6 +11,17 @@ pub fn nook() -> Command {
     c
 }
 
+/// `nook ARGS` started with stdout and stderr piped and the given stdin.
+pub fn spawn(args: &[&str], stdin: Stdio) -> std::process::Child {
+    nook()
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nook")
+}
+
 /// Whether real guests can run here; prints why not and returns false.
 pub fn ready() -> bool {
     let agent_ok = std::env::var_os("NOOK_AGENT")
