@@ -605,7 +605,7 @@ mod tests {
                 String::from_utf8_lossy(name)
             );
         }
-        assert!(c.fs.metrics().bad_names.load(Ordering::Relaxed) >= 8);
+        assert!(c.fs().metrics().bad_names.load(Ordering::Relaxed) >= 8);
         // Plain names still work, and the share's content is reachable.
         let inner = c.lookup(sub, b"inner").unwrap().nodeid;
         let fh = c.open(inner, libc::O_RDONLY).unwrap();
@@ -681,7 +681,7 @@ mod tests {
         assert!(!f.share.join("new").exists());
         assert!(!f.share.join("newdir").exists());
         assert!(!f.share.join("fifo").exists());
-        assert!(c.fs.metrics().read_only_refusals.load(Ordering::Relaxed) >= 10);
+        assert!(c.fs().metrics().read_only_refusals.load(Ordering::Relaxed) >= 10);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! enforces what the guest may do (no `/` or `..` in names, nothing mutated
 //! through a read-only share).
 //!
+//! [`FuseSession`] serves a share to an in-process virtio-fs device (the
+//! kvm engine's VMM): requests and replies as bytes, the same [`GuardedFs`].
+//!
 //! Threads: `nook-fs-TAG` accepts the connection and then serves the
 //! vhost-user protocol; the virtqueue worker renames itself `nook-fs-TAG-q`.
 
@@ -18,6 +21,7 @@ mod config;
 mod error;
 mod guard;
 mod server;
+mod session;
 #[cfg(test)]
 mod testing;
 
@@ -26,6 +30,7 @@ pub use config::{Share, MAX_TAG_LEN};
 pub use error::FsError;
 pub use guard::GuardedFs;
 pub use server::ShareServer;
+pub use session::{FuseSession, MAX_MESSAGE_BYTES};
 
 /// The FUSE server and file system types, for callers that drive
 /// [`GuardedFs`] without a virtqueue (tests, benchmarks).

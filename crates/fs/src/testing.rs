@@ -1,21 +1,16 @@
-//! A FUSE client for unit tests: crafted requests straight into the FUSE
-//! server over a guarded share, replies read back. No VM, no virtqueue.
-
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
+//! A FUSE client for unit tests: crafted requests straight into a
+//! [`FuseSession`] over a guarded share, replies read back. No VM, no
+//! virtqueue.
 
 use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, EntryOut, InHeader, InitIn, MkdirIn, MknodIn, OpenIn, OpenOut, OutHeader, ReadIn,
     SetattrIn, WriteIn,
 };
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, Reader};
 use vm_memory::ByteValued;
 
 use crate::backend::ShareFs;
 use crate::config::Share;
-use crate::server::share_fs;
+use crate::session::FuseSession;
 
 pub(crate) const ROOT: u64 = 1;
 
@@ -36,10 +31,7 @@ const CREATE: u32 = 35;
 pub(crate) type Reply = Result<Vec<u8>, i32>;
 
 pub(crate) struct Client {
-    server: Server<Arc<ShareFs>>,
-    pub fs: Arc<ShareFs>,
-    ours: UnixDatagram,
-    theirs: UnixDatagram,
+    session: FuseSession,
     unique: u64,
 }
 
@@ -63,13 +55,8 @@ impl Client {
             tag: "t".into(),
             read_only,
         };
-        let fs = Arc::new(share_fs(&share).unwrap());
-        let (ours, theirs) = UnixDatagram::pair().unwrap();
         let mut c = Client {
-            server: Server::new(fs.clone()),
-            fs,
-            ours,
-            theirs,
+            session: FuseSession::open(&share).unwrap(),
             unique: 0,
         };
         let init = InitIn {
@@ -97,20 +84,20 @@ impl Client {
         };
         let mut req = header.as_slice().to_vec();
         req.extend_from_slice(body);
-        let reader = Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut req)).unwrap();
-        let mut out = vec![0u8; 1 << 20];
-        let writer = FuseDevWriter::<()>::new(self.theirs.as_raw_fd(), &mut out).unwrap();
-        self.server
-            .handle_message(reader, writer.into(), None, None)
-            .unwrap();
-        let mut reply = vec![0u8; 1 << 20];
-        let n = self.ours.recv(&mut reply).unwrap();
+        let mut reply = Vec::new();
+        self.session.handle(&mut req, 1 << 20, &mut reply).unwrap();
+        let n = reply.len();
         let header: OutHeader = obj(&reply[..n]);
         assert_eq!(header.unique, self.unique);
         if header.error != 0 {
             return Err(-header.error);
         }
         Ok(reply[std::mem::size_of::<OutHeader>()..n].to_vec())
+    }
+
+    /// The guarded file system behind the session.
+    pub fn fs(&self) -> &ShareFs {
+        self.session.fs()
     }
 
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<EntryOut, i32> {
