@@ -71,12 +71,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         vcpus: cfg.vcpus,
         run_dir: std::path::PathBuf::new(),
         disks: plan.disks.clone(),
-        shares: cfg
-            .shares
-            .iter()
-            .enumerate()
-            .map(|(i, s)| crate::share::fs_share(i, s))
-            .collect(),
+        shares: crate::share::fs_shares(&cfg.shares),
         snapshot_ready: false,
     };
     let template = template_for(&cfg, &spec, &plan, choice.id());

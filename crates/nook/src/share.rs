@@ -82,6 +82,15 @@ pub(crate) fn boot_mount(index: usize, share: &ShareConfig) -> nook_proto::Share
     }
 }
 
+/// The nook-fs shares for the engine, tagged by position.
+pub(crate) fn fs_shares(shares: &[ShareConfig]) -> Vec<nook_fs::Share> {
+    shares
+        .iter()
+        .enumerate()
+        .map(|(i, s)| fs_share(i, s))
+        .collect()
+}
+
 /// The nook-fs share for the engine.
 pub(crate) fn fs_share(index: usize, share: &ShareConfig) -> nook_fs::Share {
     nook_fs::Share {

@@ -253,9 +253,15 @@ impl Vm {
         let m = &snap.manifest;
         let run_dir = make_run_dir()?;
         let engine_dir = path.join(ENGINE_DIR);
+        let shares = crate::share::fs_shares(&cfg.shares);
         let mut machine: Box<dyn Machine> = match (m.engine, kvm) {
-            (EngineId::Kvm, Some(r)) => Box::new(crate::engine::kvm::restore_with(r, &run_dir.0)?),
-            _ => m.engine.engine().restore(&engine_dir, &run_dir.0)?,
+            (EngineId::Kvm, Some(r)) => {
+                Box::new(crate::engine::kvm::restore_with(r, &run_dir.0, &shares)?)
+            }
+            _ => m
+                .engine
+                .engine()
+                .restore(&engine_dir, &run_dir.0, &shares)?,
         };
         let choice = match m.engine {
             EngineId::Kvm => EngineChoice::Kvm {

@@ -3,7 +3,7 @@
 //!
 //! 1. validate the configuration, install the vCPU kick handler;
 //! 2. make the virtio devices in their documented order (console, disks,
-//!    rng) and announce them with `virtio_mmio.device=` entries appended
+//!    rng, shares) and announce them with `virtio_mmio.device=` entries appended
 //!    to the command line;
 //! 3. allocate guest memory; then, at the same time, make the KVM VM
 //!    around it ([`VmShell`], on a helper thread: it mostly waits for the
@@ -23,6 +23,7 @@ use crate::assemble::{assemble, DevicePart, MachineParts, PhaseTimer, SerialPart
 use crate::config::KvmConfig;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::persist::HostBackends;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
@@ -47,6 +48,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         console,
         disks,
         rng,
+        shares,
         ..
     } = cfg;
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -67,6 +69,9 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
     }
     if rng {
         devices.push(Box::new(Rng::new()));
+    }
+    for s in shares {
+        devices.push(Box::new(Fs::new(&s.tag, s.server)));
     }
 
     let mut cmdline = user_cmdline.trim().to_string();

@@ -5,7 +5,10 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use crate::arch::x86_64::layout::VIRTIO_IRQS;
+use crate::devices::virtio::fs::{FsServer, FS_TAG_BYTES};
 
 /// Where the guest's COM1 output goes.
 pub enum SerialSink {
@@ -42,6 +45,16 @@ pub struct KvmDiskConfig {
     pub id: String,
 }
 
+/// A host directory shared with the guest through an in-process virtio-fs
+/// device (mounted in the guest with `mount -t virtiofs TAG DIR`).
+#[derive(Debug, Clone)]
+pub struct KvmShareConfig {
+    /// The tag (1 to 36 bytes).
+    pub tag: String,
+    /// Answers the device's FUSE requests (nook: `nook_fs::FuseSession`).
+    pub server: Arc<dyn FsServer>,
+}
+
 /// Everything needed to start a VM.
 #[derive(Debug)]
 pub struct KvmConfig {
@@ -67,6 +80,8 @@ pub struct KvmConfig {
     pub disks: Vec<KvmDiskConfig>,
     /// Add a virtio-rng device.
     pub rng: bool,
+    /// virtio-fs shares, after the rng device.
+    pub shares: Vec<KvmShareConfig>,
 }
 
 /// Most vCPUs supported (APIC ids fit the MADT and CPUID fields used).
@@ -86,6 +101,9 @@ pub enum ConfigError {
     /// More virtio devices than interrupt lines.
     #[error("{0} virtio devices requested; at most {max} are supported", max = VIRTIO_IRQS.len())]
     TooManyDevices(usize),
+    /// A share's tag is empty or longer than the device's tag field.
+    #[error("share tag `{0}` must be 1 to {FS_TAG_BYTES} bytes")]
+    ShareTag(String),
 }
 
 impl KvmConfig {
@@ -102,12 +120,16 @@ impl KvmConfig {
             console: None,
             disks: Vec::new(),
             rng: false,
+            shares: Vec::new(),
         }
     }
 
     /// Number of virtio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.console.is_some()) + self.disks.len() + usize::from(self.rng)
+        usize::from(self.console.is_some())
+            + self.disks.len()
+            + usize::from(self.rng)
+            + self.shares.len()
     }
 
     /// Guest RAM in bytes.
@@ -126,6 +148,13 @@ impl KvmConfig {
         let n = self.virtio_device_count();
         if n > VIRTIO_IRQS.len() {
             return Err(ConfigError::TooManyDevices(n));
+        }
+        if let Some(s) = self
+            .shares
+            .iter()
+            .find(|s| s.tag.is_empty() || s.tag.len() > FS_TAG_BYTES)
+        {
+            return Err(ConfigError::ShareTag(s.tag.clone()));
         }
         Ok(())
     }

@@ -8,14 +8,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use iced_x86::code_asm::*;
 use nook_vmm::snapshot::{SnapshotFormatError, SnapshotHeader};
 use nook_vmm::{
-    AfterSnapshot, KvmConfig, KvmDiskConfig, KvmRestoreConfig, KvmSnapshotError, KvmVm, SerialSink,
-    VmmError,
+    AfterSnapshot, FsServer, KvmConfig, KvmDiskConfig, KvmRestoreConfig, KvmShareConfig,
+    KvmSnapshotError, KvmVm, SerialSink, VmmError,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -435,6 +436,7 @@ fn console_and_disk_resume_after_restore() {
                 serial: SerialSink::Null,
                 console: Some(guest_end),
                 disks: vec![clone_disk.clone()],
+                ..KvmRestoreConfig::default()
             })
             .unwrap();
         host.write_all(b"after!").unwrap();
@@ -466,6 +468,10 @@ fn console_and_disk_resume_after_restore() {
 
 /// A snapshot of a small guest that only runs `hlt`.
 fn idle_snapshot(dir: &Path) -> std::path::PathBuf {
+    idle_snapshot_with(dir, Vec::new())
+}
+
+fn idle_snapshot_with(dir: &Path, shares: Vec<KvmShareConfig>) -> std::path::PathBuf {
     let mut g = Guest::new();
     g.serial_byte(b'i');
     let mut l = g.a.create_label();
@@ -475,6 +481,7 @@ fn idle_snapshot(dir: &Path) -> std::path::PathBuf {
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir), &serial);
     cfg.memory_mib = 16;
+    cfg.shares = shares;
     let mut vm = KvmVm::start(cfg).unwrap();
     assert!(serial.wait_for(TIMEOUT, |b| b == b"i"));
     let path = dir.join("idle.snap");
@@ -641,5 +648,68 @@ fn restore_config_must_fit_the_snapshot() {
         "{e:?}"
     );
     drop(_host);
+    leaks.finish();
+}
+
+/// nook's share server, as the kvm engine wires it.
+#[derive(Debug)]
+struct Session(nook_fs::FuseSession);
+
+impl FsServer for Session {
+    fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.0.handle(r, cap, out)
+    }
+}
+
+fn share(dir: &Path, tag: &str) -> KvmShareConfig {
+    let share = nook_fs::Share {
+        host_dir: dir.to_owned(),
+        tag: tag.into(),
+        read_only: true,
+    };
+    KvmShareConfig {
+        tag: tag.into(),
+        server: Arc::new(Session(nook_fs::FuseSession::open(&share).unwrap())),
+    }
+}
+
+#[test]
+fn a_vm_with_a_share_restores_with_it() {
+    let _l = serial_lock();
+    if !kvm_or_skip() {
+        return;
+    }
+    let leaks = LeakCheck::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let snap = idle_snapshot_with(dir.path(), vec![share(shared.path(), "nook0")]);
+    // The share comes back when the restore names it...
+    let mut vm = KvmVm::restore(
+        &snap,
+        KvmRestoreConfig {
+            shares: vec![share(shared.path(), "nook0")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(vm.wait_timeout(Duration::from_millis(20)).unwrap(), None);
+    vm.stop();
+    drop(vm);
+    // ...and the restore is refused without it or with another tag.
+    let e = KvmVm::restore(&snap, KvmRestoreConfig::default()).unwrap_err();
+    assert!(
+        matches!(e, VmmError::Snapshot(KvmSnapshotError::Config(_))),
+        "{e:?}"
+    );
+    let e = KvmVm::restore(
+        &snap,
+        KvmRestoreConfig {
+            shares: vec![share(shared.path(), "other")],
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let chain = format!("{e}: {:?}", std::error::Error::source(&e));
+    assert!(chain.contains("nook0"), "{chain}");
     leaks.finish();
 }

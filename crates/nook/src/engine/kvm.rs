@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nook_vmm::{KvmConfig, KvmDiskConfig, SerialSink};
+use nook_vmm::{KvmConfig, KvmDiskConfig, KvmShareConfig, SerialSink};
 
 use super::{tail_lines, Engine, Machine, MachineSpec};
 use crate::error::{MachineExit, VmError};
@@ -34,17 +34,43 @@ impl Engine for KvmEngine {
         &self,
         dir: &std::path::Path,
         run_dir: &std::path::Path,
+        shares: &[nook_fs::Share],
     ) -> Result<Box<dyn Machine>, VmError> {
-        Ok(Box::new(restore(dir, run_dir)?))
+        Ok(Box::new(restore(dir, run_dir, shares)?))
     }
 }
 
-fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
-    if !spec.shares.is_empty() {
-        return Err(VmError::Config(
-            "host directory shares need the qemu engine for now: use --engine qemu",
-        ));
+/// A share's FUSE session as the VMM's virtio-fs server.
+#[derive(Debug)]
+struct ShareServer(nook_fs::FuseSession);
+
+impl nook_vmm::FsServer for ShareServer {
+    fn handle(
+        &self,
+        request: &mut [u8],
+        reply_capacity: usize,
+        reply: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        self.0.handle(request, reply_capacity, reply)
     }
+}
+
+/// In-process virtio-fs devices for `shares`, served by the same guarded
+/// file system as the qemu engine's vhost-user servers.
+fn share_devices(shares: &[nook_fs::Share]) -> Result<Vec<KvmShareConfig>, VmError> {
+    shares
+        .iter()
+        .map(|s| {
+            let session = nook_fs::FuseSession::open(s).map_err(VmError::Share)?;
+            Ok(KvmShareConfig {
+                tag: s.tag.clone(),
+                server: Arc::new(ShareServer(session)),
+            })
+        })
+        .collect()
+}
+
+fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
     // The VMM serves the guest's console port on one end of a socketpair;
     // the agent channel is the other end, exactly as with QEMU.
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
@@ -57,6 +83,7 @@ fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
     cfg.serial = SerialSink::File(console_log.clone());
     cfg.console = Some(guest);
     cfg.rng = true;
+    cfg.shares = share_devices(&spec.shares)?;
     cfg.disks = spec
         .disks
         .iter()
@@ -117,8 +144,12 @@ impl Machine for KvmMachine {
 
 /// Starts a clone of a snapshot taken by [`Machine::snapshot`]: guest
 /// memory is mapped copy-on-write from the snapshot file.
-fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<KvmMachine, VmError> {
-    restore_with(&open_restorer(dir)?, run_dir)
+fn restore(
+    dir: &std::path::Path,
+    run_dir: &std::path::Path,
+    shares: &[nook_fs::Share],
+) -> Result<KvmMachine, VmError> {
+    restore_with(&open_restorer(dir)?, run_dir, shares)
 }
 
 /// Reads the snapshot in `dir` (written by [`Machine::snapshot`]) for
@@ -128,10 +159,12 @@ pub(crate) fn open_restorer(dir: &std::path::Path) -> Result<nook_vmm::KvmRestor
 }
 
 /// Starts a clone of `restorer`'s snapshot, in one of its ready KVM VMs if
-/// it has one; the clone's KVM VM goes back to it when the clone ends.
+/// it has one, serving `shares` (those of the snapshotted VM, in order);
+/// the clone's KVM VM goes back to it when the clone ends.
 pub(crate) fn restore_with(
     restorer: &nook_vmm::KvmRestorer,
     run_dir: &std::path::Path,
+    shares: &[nook_fs::Share],
 ) -> Result<KvmMachine, VmError> {
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
     let console_log = run_dir.join("console.log");
@@ -139,6 +172,7 @@ pub(crate) fn restore_with(
         serial: SerialSink::File(console_log.clone()),
         console: Some(guest),
         disks: Vec::new(),
+        shares: share_devices(shares)?,
     };
     let vm = restorer.restore(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {

@@ -59,8 +59,14 @@ pub(crate) trait Engine {
     fn boot(&self, spec: &MachineSpec) -> Result<Box<dyn Machine>, VmError>;
     /// Starts a clone of the snapshot in `dir` (written by
     /// [`Machine::snapshot`] on this engine), with sockets and console log
-    /// in `run_dir`.
-    fn restore(&self, dir: &Path, run_dir: &Path) -> Result<Box<dyn Machine>, VmError>;
+    /// in `run_dir`, serving `shares` (the caller's own configuration, in
+    /// the order and with the tags the snapshotted VM had).
+    fn restore(
+        &self,
+        dir: &Path,
+        run_dir: &Path,
+        shares: &[nook_fs::Share],
+    ) -> Result<Box<dyn Machine>, VmError>;
 }
 
 /// What to boot, independent of the engine.

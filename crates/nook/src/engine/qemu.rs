@@ -35,7 +35,15 @@ impl Engine for QemuEngine {
         &self,
         dir: &std::path::Path,
         run_dir: &std::path::Path,
+        shares: &[nook_fs::Share],
     ) -> Result<Box<dyn Machine>, VmError> {
+        if !shares.is_empty() {
+            // vhost-user-fs devices do not migrate: QEMU refuses such
+            // snapshots, so there is nothing to attach a share to.
+            return Err(VmError::Config(
+                "a VM restored on the qemu engine cannot have shares: use --engine kvm, or boot",
+            ));
+        }
         Ok(Box::new(restore(dir, run_dir)?))
     }
 }

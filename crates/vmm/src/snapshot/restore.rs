@@ -13,7 +13,7 @@ use super::format::{parse_snapshot, SnapshotFormatError, SnapshotHeader, HEADER_
 use super::restorer::KvmRestorer;
 use super::state::MicrovmState;
 use crate::arch::x86_64::layout::VIRTIO_IRQS;
-use crate::config::{SerialSink, MAX_VCPUS};
+use crate::config::{KvmShareConfig, SerialSink, MAX_VCPUS};
 use crate::devices::virtio::device_type;
 use crate::error::VmmError;
 use crate::machine::KvmVm;
@@ -35,6 +35,10 @@ pub struct KvmRestoreConfig {
     /// the recorded size. VMs restored from one snapshot that write to a
     /// disk need their own copies.
     pub disks: Vec<PathBuf>,
+    /// The servers of the snapshot's virtio-fs shares, in device order and
+    /// with the recorded tags (a FUSE server is a host resource: it is not
+    /// in the snapshot).
+    pub shares: Vec<KvmShareConfig>,
 }
 
 impl Default for KvmRestoreConfig {
@@ -43,6 +47,7 @@ impl Default for KvmRestoreConfig {
             serial: SerialSink::Null,
             console: None,
             disks: Vec::new(),
+            shares: Vec::new(),
         }
     }
 }
@@ -130,6 +135,11 @@ pub(crate) fn check_config(
     if !cfg.disks.is_empty() && cfg.disks.len() != disks {
         return Err(KvmSnapshotError::Config(
             "disks must be empty or list every disk of the snapshot",
+        ));
+    }
+    if cfg.shares.len() != count(device_type::FS) {
+        return Err(KvmSnapshotError::Config(
+            "shares must list every share of the snapshot, in device order",
         ));
     }
     if cfg.console.is_some() && count(device_type::CONSOLE) == 0 {

@@ -189,6 +189,7 @@ impl KvmRestorer {
             backends: HostBackends {
                 console: cfg.console,
                 disks: cfg.disks.into(),
+                shares: cfg.shares.into_iter().map(|s| (s.tag, s.server)).collect(),
             },
             vcpus: VcpuPart::Saved(state.vcpus),
             boot: state.boot.restore(),

@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod mmio;
 pub mod persist;
 pub mod rng;
@@ -30,6 +31,8 @@ pub mod device_type {
     pub const CONSOLE: u32 = 3;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// File system (virtio-fs).
+    pub const FS: u32 = 26;
 }
 
 /// `VIRTIO_F_VERSION_1`: offered by every device.
@@ -188,6 +191,7 @@ pub(crate) const RESTORERS: &[(u32, persist::RestoreFn)] = &[
     ),
     (device_type::BLOCK, persist::restore_device::<block::Block>),
     (device_type::RNG, persist::restore_device::<rng::Rng>),
+    (device_type::FS, persist::restore_device::<fs::Fs>),
 ];
 
 /// Pops the next available descriptor chain of `queue`.

@@ -63,6 +63,10 @@ pub enum DeviceStateError {
         #[source]
         source: postcard::Error,
     },
+    /// The snapshot has a virtio-fs device for a share the restore was not
+    /// given (shares are handed in device order, matched by tag).
+    #[error("the snapshot shares a directory under tag {0}: give a share with that tag")]
+    MissingShare(String),
     /// This VMM has no device of the saved type, or the device cannot be
     /// snapshotted.
     #[error("virtio device type {0} does not support snapshots")]
@@ -146,6 +150,9 @@ pub struct HostBackends {
     /// Disk images replacing the saved paths, one per disk in order; when
     /// empty, disks reopen their saved paths.
     pub disks: VecDeque<PathBuf>,
+    /// The servers of virtio-fs shares (tag, server), one per share in
+    /// device order.
+    pub shares: VecDeque<(String, Arc<dyn super::fs::FsServer>)>,
 }
 
 /// A virtio device a snapshot can bring back.
