@@ -32,7 +32,7 @@ pub struct VmArgs {
     /// How long to wait for the guest to boot, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub boot_timeout: u64,
-    /// Share a host directory at GUEST path through virtio-fs; `:ro` makes it read-only (repeatable; qemu engine).
+    /// Share a host directory at GUEST path through virtio-fs; `:ro` makes it read-only (repeatable).
     #[arg(long = "share", value_name = "HOST:GUEST[:ro]", value_parser = parse_share)]
     pub shares: Vec<ShareConfig>,
     /// Always boot: neither restore this configuration's template snapshot nor make one (also NOOK_NO_TEMPLATE=1).
