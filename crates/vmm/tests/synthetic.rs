@@ -511,3 +511,100 @@ fn bad_configurations_are_errors() {
     ));
     leaks.finish();
 }
+
+/// The share server nook's kvm engine uses.
+#[derive(Debug)]
+struct Session(nook_fs::FuseSession);
+
+impl nook_vmm::FsServer for Session {
+    fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.0.handle(r, cap, out)
+    }
+}
+
+/// A FUSE message: `struct fuse_in_header` and `body`.
+fn fuse_message(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
+    m.extend_from_slice(&opcode.to_le_bytes());
+    m.extend_from_slice(&unique.to_le_bytes());
+    m.extend_from_slice(&nodeid.to_le_bytes());
+    m.extend_from_slice(&[0u8; 16]);
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn virtio_fs_serves_a_guest_over_mmio() {
+    let _l = serial_lock();
+    if !kvm_or_skip() {
+        return;
+    }
+    let leaks = LeakCheck::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello"), b"hi").unwrap();
+    // The guest reads the tag's first byte from the config space, sends
+    // INIT, LOOKUP "hello" and LOOKUP ".." on the request queue (queue 1),
+    // waits for all three, and powers off.
+    let mut g = Guest::new();
+    let init: Vec<u8> = [7u32, 31, 1 << 20, 0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let requests = [
+        fuse_message(26, 1, 0, &init),
+        fuse_message(1, 2, 1, b"hello\0"),
+        fuse_message(1, 3, 1, b"..\0"),
+    ];
+    for (i, m) in requests.iter().enumerate() {
+        let (req, reply) = (BUF + 0x1000 * i as u64, BUF + 0x8000 + 0x1000 * i as u64);
+        g.put(req, m);
+        let d = 2 * i as u16;
+        g.desc(RING1, d, req, m.len() as u32, F_NEXT, d + 1);
+        g.desc(RING1, d + 1, reply, 4096, F_WRITE, 0);
+    }
+    g.avail(RING1, &[0, 2, 4]);
+    g.a.mov(rbx, MMIO0).unwrap();
+    g.a.mov(al, byte_ptr(rbx + 0x100)).unwrap();
+    g.serial_al();
+    g.virtio_init(MMIO0, &[(0, RING0), (1, RING1)]);
+    g.mmio_w(MMIO0, 0x50, 1);
+    g.wait_used(RING1, 3);
+    g.poweroff();
+
+    let serial = SharedBuf::default();
+    let mut cfg = config(&g.write(dir.path()), &serial);
+    let share = nook_fs::Share {
+        host_dir: shared.path().to_owned(),
+        tag: "nook0".into(),
+        read_only: true,
+    };
+    cfg.shares.push(nook_vmm::KvmShareConfig {
+        tag: "nook0".into(),
+        server: std::sync::Arc::new(Session(nook_fs::FuseSession::open(&share).unwrap())),
+    });
+    let mut vm = KvmVm::start(cfg).unwrap();
+    assert_eq!(run(&mut vm), ExitReason::PowerOff);
+    assert_eq!(serial.contents(), b"n", "the tag in the config space");
+    let mem = vm.guest_memory();
+    let used = |i: u64| {
+        let mut e = [0u8; 8];
+        mem.read_slice(&mut e, GuestAddress(RING1 + 0x204 + 8 * i))
+            .unwrap();
+        u32::from_le_bytes(e[4..].try_into().unwrap())
+    };
+    let reply = |i: u64| {
+        let mut h = [0u8; 16];
+        mem.read_slice(&mut h, GuestAddress(BUF + 0x8000 + 0x1000 * i))
+            .unwrap();
+        let error = i32::from_le_bytes(h[4..8].try_into().unwrap());
+        (error, u64::from_le_bytes(h[8..].try_into().unwrap()))
+    };
+    assert_eq!(reply(0), (0, 1), "INIT");
+    assert_eq!((reply(1), used(1)), ((0, 2), 16 + 128), "LOOKUP hello");
+    let (error, unique) = reply(2);
+    assert!(error < 0 && unique == 3, "LOOKUP .. gave {error}");
+    drop(vm);
+    leaks.finish();
+}
