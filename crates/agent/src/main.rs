@@ -8,6 +8,7 @@
 mod channel;
 mod entropy;
 mod exec;
+mod files;
 mod init;
 mod modules;
 mod pipes;

@@ -12,6 +12,7 @@ use nook_proto::{
 
 use crate::channel::Sender;
 use crate::exec::{self, Running};
+use crate::files::Files;
 use crate::reaper::Reaper;
 use crate::{entropy, log, tty};
 
@@ -37,14 +38,16 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
 
     let reaper = Reaper::start()?;
     let table: Table = Arc::new(Mutex::new(HashMap::new()));
+    let mut files = Files::default();
     loop {
         let frame = match read_frame(&mut input) {
             Ok(Some(f)) => f,
             Ok(None) => {
+                files.clear();
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "host closed the channel",
-                ))
+                ));
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
         };
@@ -95,7 +98,12 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
                     let _ = tty::resize(&pty, ws);
                 }
             }
-            HostMsg::Shutdown => return Ok(()),
+            HostMsg::File(req) => files.request(stream, req, &out),
+            HostMsg::FileChunk(data) => files.chunk(stream, &data, &out),
+            HostMsg::Shutdown => {
+                files.clear();
+                return Ok(());
+            }
             HostMsg::Resync(r) => {
                 if pid1 {
                     set_clock(r.time_ns);

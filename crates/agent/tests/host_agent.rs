@@ -188,6 +188,7 @@ impl Reader {
                 None
             }
             GuestMsg::Hello(_) => panic!("second hello"),
+            other => panic!("a file reply on an exec stream: {other:?}"),
         };
         if let Some(c) = credit {
             send(a, stream, HostMsg::Credit(c));
@@ -576,4 +577,166 @@ fn a_background_process_holding_stdout_does_not_hold_the_exit() {
     assert_eq!(d.exit.unwrap().code, Some(0));
     // Exit comes after the 2 s drain grace, not when the sleep ends.
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+}
+
+/// The last frame of file operation `stream`, with any content before it.
+fn file_op(
+    a: &mut Agent,
+    stream: u32,
+    req: FileRequest,
+) -> (Vec<u8>, Result<FileReply, ErrorReply>) {
+    send(a, stream, HostMsg::File(req));
+    file_reply(a, stream)
+}
+
+fn file_reply(a: &mut Agent, stream: u32) -> (Vec<u8>, Result<FileReply, ErrorReply>) {
+    let mut content = Vec::new();
+    loop {
+        let (s, m) = recv(a);
+        assert_eq!(s, stream);
+        match m {
+            GuestMsg::FileContent(b) => content.extend(b),
+            GuestMsg::FileDone(r) => return (content, Ok(r)),
+            GuestMsg::Error(e) => return (content, Err(e)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn file_operations() {
+    let (mut a, _) = start(PROTOCOL_VERSION);
+    let dir = tempfile_dir("files");
+    let d = |p: &str| format!("{}/{p}", dir.display());
+    let (_, r) = file_op(
+        &mut a,
+        1,
+        FileRequest::Mkdir {
+            path: d("x/y"),
+            mode: 0o750,
+        },
+    );
+    assert_eq!(r.unwrap(), FileReply::Ok);
+    // A write lands whole (atomically, through a temporary) with its mode.
+    let data: Vec<u8> = (0..3 * MAX_READ + 17).map(|i| (i % 251) as u8).collect();
+    send(
+        &mut a,
+        2,
+        HostMsg::File(FileRequest::Write {
+            path: d("x/y/f"),
+            mode: 0o640,
+        }),
+    );
+    for c in data.chunks(STDIO_CHUNK) {
+        send(&mut a, 2, HostMsg::FileChunk(c.to_vec()));
+    }
+    assert!(
+        !std::path::Path::new(&d("x/y/f")).exists(),
+        "visible before the last chunk"
+    );
+    send(&mut a, 2, HostMsg::FileChunk(Vec::new()));
+    assert_eq!(file_reply(&mut a, 2).1.unwrap(), FileReply::Ok);
+    assert_eq!(std::fs::read(d("x/y/f")).unwrap(), data);
+    // Reads come in windows of at most MAX_READ bytes.
+    let mut back = Vec::new();
+    let mut stream = 10;
+    loop {
+        stream += 1;
+        let (chunk, r) = file_op(
+            &mut a,
+            stream,
+            FileRequest::Read {
+                path: d("x/y/f"),
+                offset: back.len() as u64,
+                len: u32::MAX,
+            },
+        );
+        let FileReply::Read { size, sent } = r.unwrap() else {
+            panic!("not a read reply")
+        };
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(sent, chunk.len() as u64);
+        assert!(sent <= MAX_READ as u64);
+        back.extend(chunk);
+        if sent == 0 {
+            break;
+        }
+    }
+    assert_eq!(back, data);
+    let (_, r) = file_op(
+        &mut a,
+        3,
+        FileRequest::Symlink {
+            target: "f".into(),
+            path: d("x/y/l"),
+        },
+    );
+    assert_eq!(r.unwrap(), FileReply::Ok);
+    let (_, r) = file_op(&mut a, 4, FileRequest::List { path: d("x/y") });
+    let FileReply::List { entries, truncated } = r.unwrap() else {
+        panic!("not a list")
+    };
+    assert!(!truncated);
+    let names: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+    assert_eq!(names, [("f", FileKind::File), ("l", FileKind::Symlink)]);
+    assert_eq!(entries[0].mode, 0o640);
+    assert_eq!(entries[1].link_target.as_deref(), Some("f"));
+    let (_, r) = file_op(&mut a, 5, FileRequest::Stat { path: d("x/y") });
+    let FileReply::Stat(st) = r.unwrap() else {
+        panic!("not a stat")
+    };
+    assert_eq!((st.kind, st.mode), (FileKind::Dir, 0o750));
+    // Errors carry their kind.
+    let (_, r) = file_op(
+        &mut a,
+        6,
+        FileRequest::Read {
+            path: d("x"),
+            offset: 0,
+            len: 1,
+        },
+    );
+    assert_eq!(r.unwrap_err().code, ErrorCode::IsADirectory);
+    let (_, r) = file_op(&mut a, 7, FileRequest::Stat { path: d("nope") });
+    assert_eq!(r.unwrap_err().code, ErrorCode::NotFound);
+    let (_, r) = file_op(&mut a, 8, FileRequest::List { path: d("x/y/f") });
+    assert_eq!(r.unwrap_err().code, ErrorCode::NotADirectory);
+    let (_, r) = file_op(
+        &mut a,
+        9,
+        FileRequest::Remove {
+            path: d("x"),
+            recursive: false,
+        },
+    );
+    assert_eq!(r.unwrap_err().code, ErrorCode::NotEmpty);
+    let (_, r) = file_op(
+        &mut a,
+        30,
+        FileRequest::Stat {
+            path: "relative".into(),
+        },
+    );
+    assert_eq!(r.unwrap_err().code, ErrorCode::BadRequest);
+    let (_, r) = file_op(
+        &mut a,
+        31,
+        FileRequest::Remove {
+            path: d("x"),
+            recursive: true,
+        },
+    );
+    assert_eq!(r.unwrap(), FileReply::Ok);
+    assert!(!std::path::Path::new(&d("x")).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "nook-agent-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

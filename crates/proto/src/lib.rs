@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod boot;
+mod file;
 mod flow;
 mod frame;
 mod msg;
@@ -33,6 +34,7 @@ mod msg;
 pub use boot::{
     percent_decode, percent_encode, BootWordError, BootWords, DiskMount, ShareMount, WORD_PREFIX,
 };
+pub use file::{FileKind, FileReply, FileRequest, FileStat, MAX_LIST, MAX_READ};
 pub use flow::{
     Credit, CreditGate, Pipe, PipeClosed, RecvWindow, SendCredit, WindowOverrun, CREDIT_BATCH,
     PIPE_WINDOW,

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::file::{FileReply, FileRequest};
 use crate::flow::{Credit, PipeClosed};
 use crate::frame::Frame;
 
@@ -44,6 +45,14 @@ pub enum Kind {
     Credit = 14,
     /// either way: the consumer of a pipe is gone ([`PipeClosed`]).
     PipeClosed = 15,
+    /// host -> guest: a file operation on this stream ([`FileRequest`]).
+    File = 32,
+    /// host -> guest: bytes of a file being written; an empty payload ends it.
+    FileChunk = 33,
+    /// guest -> host: bytes of a file being read.
+    FileContent = 34,
+    /// guest -> host: a file operation succeeded ([`FileReply`]); last frame.
+    FileDone = 35,
 }
 
 impl Kind {
@@ -65,6 +74,10 @@ impl Kind {
             13 => Resync,
             14 => Credit,
             15 => PipeClosed,
+            32 => File,
+            33 => FileChunk,
+            34 => FileContent,
+            35 => FileDone,
             _ => return None,
         })
     }
@@ -174,6 +187,16 @@ pub enum ErrorCode {
     VersionMismatch,
     /// Something failed inside the agent.
     Internal,
+    /// A file operation met a file where it needs a directory.
+    NotADirectory,
+    /// A file operation met a directory where it needs a file.
+    IsADirectory,
+    /// The guest refused access to a file.
+    PermissionDenied,
+    /// A directory that is not empty (remove without `recursive`).
+    NotEmpty,
+    /// Any other I/O failure in the guest.
+    Io,
     /// A code this side does not know (sent by a newer peer).
     #[serde(other)]
     Other,
@@ -215,6 +238,8 @@ pub enum GuestMsg {
     Credit(Credit),
     /// The command's stdin is closed: send no more.
     PipeClosed(PipeClosed),
+    FileContent(Vec<u8>),
+    FileDone(FileReply),
 }
 
 /// Messages the host sends.
@@ -232,6 +257,9 @@ pub enum HostMsg {
     Credit(Credit),
     /// The host's reader of stdout or stderr is gone.
     PipeClosed(PipeClosed),
+    File(FileRequest),
+    /// Bytes of a file being written; empty ends it.
+    FileChunk(Vec<u8>),
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -262,6 +290,8 @@ impl GuestMsg {
             GuestMsg::Error(_) => Kind::Error,
             GuestMsg::Credit(_) => Kind::Credit,
             GuestMsg::PipeClosed(_) => Kind::PipeClosed,
+            GuestMsg::FileContent(_) => Kind::FileContent,
+            GuestMsg::FileDone(_) => Kind::FileDone,
         }
     }
 
@@ -269,7 +299,8 @@ impl GuestMsg {
         let payload = match self {
             GuestMsg::Hello(m) => json(m),
             GuestMsg::Started(m) => json(m),
-            GuestMsg::Stdout(b) | GuestMsg::Stderr(b) => b.clone(),
+            GuestMsg::Stdout(b) | GuestMsg::Stderr(b) | GuestMsg::FileContent(b) => b.clone(),
+            GuestMsg::FileDone(m) => json(m),
             GuestMsg::Exit(m) => json(m),
             GuestMsg::Error(m) => json(m),
             GuestMsg::Credit(m) => json(m),
@@ -290,6 +321,8 @@ impl GuestMsg {
             Kind::Error => GuestMsg::Error(parse(kind, p)?),
             Kind::Credit => GuestMsg::Credit(parse(kind, p)?),
             Kind::PipeClosed => GuestMsg::PipeClosed(parse(kind, p)?),
+            Kind::FileContent => GuestMsg::FileContent(p.clone()),
+            Kind::FileDone => GuestMsg::FileDone(parse(kind, p)?),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -307,6 +340,8 @@ impl HostMsg {
             HostMsg::Resync(_) => Kind::Resync,
             HostMsg::Credit(_) => Kind::Credit,
             HostMsg::PipeClosed(_) => Kind::PipeClosed,
+            HostMsg::File(_) => Kind::File,
+            HostMsg::FileChunk(_) => Kind::FileChunk,
         }
     }
 
@@ -321,6 +356,8 @@ impl HostMsg {
             HostMsg::Resync(m) => json(m),
             HostMsg::Credit(m) => json(m),
             HostMsg::PipeClosed(m) => json(m),
+            HostMsg::File(m) => json(m),
+            HostMsg::FileChunk(b) => b.clone(),
         };
         Frame::new(stream, self.kind() as u8, payload)
     }
@@ -338,6 +375,8 @@ impl HostMsg {
             Kind::Resync => HostMsg::Resync(parse(kind, p)?),
             Kind::Credit => HostMsg::Credit(parse(kind, p)?),
             Kind::PipeClosed => HostMsg::PipeClosed(parse(kind, p)?),
+            Kind::File => HostMsg::File(parse(kind, p)?),
+            Kind::FileChunk => HostMsg::FileChunk(p.clone()),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -358,6 +397,7 @@ mod tests {
         }
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(16), None);
+        assert_eq!(Kind::from_u8(36), None);
     }
 
     #[test]

@@ -115,6 +115,101 @@ fn samples() -> Vec<(&'static str, Frame)> {
             "pipe_closed_stdin",
             GuestMsg::PipeClosed(PipeClosed { pipe: Pipe::Stdin }).to_frame(1),
         ),
+        (
+            "file_write",
+            HostMsg::File(FileRequest::Write {
+                path: "/tmp/a b".into(),
+                mode: 0o644,
+            })
+            .to_frame(4),
+        ),
+        ("file_chunk", HostMsg::FileChunk(vec![0, 255]).to_frame(4)),
+        (
+            "file_read",
+            HostMsg::File(FileRequest::Read {
+                path: "/etc/x".into(),
+                offset: 5,
+                len: 1024,
+            })
+            .to_frame(5),
+        ),
+        (
+            "file_stat",
+            HostMsg::File(FileRequest::Stat { path: "/".into() }).to_frame(5),
+        ),
+        (
+            "file_list",
+            HostMsg::File(FileRequest::List { path: "/".into() }).to_frame(5),
+        ),
+        (
+            "file_mkdir",
+            HostMsg::File(FileRequest::Mkdir {
+                path: "/a/b".into(),
+                mode: 0o755,
+            })
+            .to_frame(5),
+        ),
+        (
+            "file_remove",
+            HostMsg::File(FileRequest::Remove {
+                path: "/a".into(),
+                recursive: true,
+            })
+            .to_frame(5),
+        ),
+        (
+            "file_symlink",
+            HostMsg::File(FileRequest::Symlink {
+                target: "../t".into(),
+                path: "/a/l".into(),
+            })
+            .to_frame(5),
+        ),
+        (
+            "file_content",
+            GuestMsg::FileContent(b"abc".to_vec()).to_frame(5),
+        ),
+        (
+            "file_done_ok",
+            GuestMsg::FileDone(FileReply::Ok).to_frame(4),
+        ),
+        (
+            "file_done_read",
+            GuestMsg::FileDone(FileReply::Read { size: 10, sent: 3 }).to_frame(5),
+        ),
+        (
+            "file_done_list",
+            GuestMsg::FileDone(FileReply::List {
+                entries: vec![
+                    FileStat {
+                        name: "f".into(),
+                        kind: FileKind::File,
+                        size: 3,
+                        mode: 0o644,
+                        mtime: 1_700_000_000,
+                        link_target: None,
+                    },
+                    FileStat {
+                        name: "l".into(),
+                        kind: FileKind::Symlink,
+                        size: 1,
+                        mode: 0o777,
+                        mtime: 0,
+                        link_target: Some("f".into()),
+                    },
+                ],
+                truncated: false,
+            })
+            .to_frame(5),
+        ),
+        (
+            "error_not_a_directory",
+            GuestMsg::Error(ErrorReply {
+                code: ErrorCode::NotADirectory,
+                message: "m".into(),
+            })
+            .to_frame(5),
+        ),
     ]
 }
 
