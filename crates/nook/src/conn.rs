@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{
-    write_frame, Credit, CreditGate, Decoder, ErrorReply, Exited, Frame, GuestHello, GuestMsg,
-    HostHello, HostMsg, Pipe, RecvWindow, WindowOverrun, CONTROL_STREAM, PROTOCOL_VERSION,
+    write_frame, Credit, CreditGate, Decoder, ErrorReply, Exited, FileReply, Frame, GuestHello,
+    GuestMsg, HostHello, HostMsg, Pipe, RecvWindow, WindowOverrun, CONTROL_STREAM,
+    PROTOCOL_VERSION,
 };
 
 use crate::error::{BootFailure, ChannelLoss, ProtocolViolation, VmError};
@@ -24,6 +25,10 @@ pub enum Event {
     Stderr(Vec<u8>),
     Exit(Exited),
     Error(ErrorReply),
+    /// Bytes of a file being read.
+    FileContent(Vec<u8>),
+    /// A file operation succeeded.
+    FileDone(FileReply),
     /// The channel to the agent broke (the VM died or misbehaved).
     Lost(ChannelLoss),
     /// The agent overran a window on this stream: its data is dropped.
@@ -389,6 +394,9 @@ fn route(routes: &Mutex<Routes>, stream: u32, msg: GuestMsg) {
             r.flow.stdin.close();
             Event::Error(e)
         }
+        // A file read asks for one window at a time: its size is bounded.
+        GuestMsg::FileContent(b) => Event::FileContent(b),
+        GuestMsg::FileDone(reply) => Event::FileDone(reply),
         GuestMsg::Credit(c) if c.pipe == Pipe::Stdin => return r.flow.stdin.grant(c.bytes),
         GuestMsg::PipeClosed(c) if c.pipe == Pipe::Stdin => return r.flow.stdin.close(),
         GuestMsg::Credit(_) | GuestMsg::PipeClosed(_) | GuestMsg::Hello(_) => return,

@@ -317,6 +317,8 @@ impl Child {
             Event::Stdout(_) => unexpected(Kind::Stdout),
             Event::Stderr(_) => unexpected(Kind::Stderr),
             Event::Exit(_) => unexpected(Kind::Exit),
+            Event::FileContent(_) => unexpected(Kind::FileContent),
+            Event::FileDone(_) => unexpected(Kind::FileDone),
         }
     }
 

@@ -178,6 +178,14 @@ impl Vm {
         ExecBuilder::new(self, argv.into_iter().map(Into::into).collect())
     }
 
+    /// File operations in the guest (write, read, stat, list, mkdir -p,
+    /// remove -r, symlink), usable from any thread while the VM runs.
+    pub fn files(&self) -> crate::GuestFiles {
+        crate::GuestFiles {
+            conn: self.conn.clone(),
+        }
+    }
+
     pub(crate) fn conn(&self) -> &Arc<Conn> {
         &self.conn
     }
