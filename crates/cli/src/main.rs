@@ -43,6 +43,8 @@ enum Command {
     Start(session::StartArgs),
     /// Run a command in a running session (stdio, TTY and exit code as `nook run`).
     Exec(session::ExecArgs),
+    /// Copy files and directory trees between the host and a session (NAME:/path is the guest side).
+    Cp(session::CpArgs),
     /// List sessions: name, engine, image, state, age, memory, CPUs.
     Ps(session::PsArgs),
     /// Stop a session cleanly (the guest syncs its volumes and powers off).
@@ -87,6 +89,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Start(args) => session::start(args),
         Command::Exec(args) => session::exec(args),
+        Command::Cp(args) => session::cp(args),
         Command::Ps(args) => session::ps(args),
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),

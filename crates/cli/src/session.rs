@@ -101,6 +101,16 @@ pub struct LogsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CpArgs {
+    /// Source: a host path, or NAME:/path in session NAME.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Destination: a host path, or NAME:/path in session NAME (into it when it is a directory).
+    #[arg(value_name = "DST")]
+    pub dst: String,
+}
+
+#[derive(Args, Debug)]
 pub struct HostArgs {
     pub dir: std::path::PathBuf,
 }
@@ -459,6 +469,31 @@ fn new_part<'a>(before: &str, now: &'a str) -> &'a str {
         start += before[start..].chars().next().map_or(1, char::len_utf8);
     }
     now
+}
+
+pub fn cp(args: CpArgs) -> i32 {
+    use nook_serve::CopyPath;
+    let result = match (CopyPath::parse(&args.src), CopyPath::parse(&args.dst)) {
+        (CopyPath::Host(src), CopyPath::Guest { session, path }) => {
+            SessionClient::open(&home(), &session)
+                .and_then(|c| nook_serve::copy_in(&c, &src, &path))
+        }
+        (CopyPath::Guest { session, path }, CopyPath::Host(dst)) => {
+            SessionClient::open(&home(), &session)
+                .and_then(|c| nook_serve::copy_out(&c, &path, &dst))
+        }
+        _ => {
+            eprintln!("nook: cp copies between the host and a session: exactly one of SRC and DST is NAME:/path");
+            return exit::NOOK_FAILED;
+        }
+    };
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            report(&e);
+            exit::NOOK_FAILED
+        }
+    }
 }
 
 pub fn host(args: HostArgs) -> i32 {

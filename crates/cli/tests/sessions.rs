@@ -259,3 +259,162 @@ fn sigint_to_exec_ends_the_guest_command() {
         "the guest command survived Ctrl-C"
     );
 }
+
+/// `sha256sum` of a host file.
+fn host_sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every entry below `root` with its kind, mode, and content or link target.
+fn tree_listing(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let what = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                format!("dir {:o}", m.permissions().mode() & 0o7777)
+            } else {
+                format!(
+                    "file {:o} {}",
+                    m.permissions().mode() & 0o7777,
+                    host_sha256(&p)
+                )
+            };
+            out.push(format!("{rel}: {what}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cp_round_trips_a_large_file_and_a_tree() {
+    use std::os::unix::fs::PermissionsExt;
+    if !ready() {
+        return;
+    }
+    let name = unique("cp");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // 50 MiB that do not compress.
+    let big = tmp.path().join("big");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..50 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&big, &data).unwrap();
+    let want = host_sha256(&big);
+    let guest_big = format!("{name}:/tmp/big");
+    let out = nook_out(&["cp", big.to_str().unwrap(), &guest_big]);
+    assert!(out.status.success(), "cp in: {}", text(&out.stderr));
+    let out = exec(&name, &["sha256sum", "/tmp/big"]);
+    assert!(
+        text(&out.stdout).starts_with(&want),
+        "guest hash: {}",
+        text(&out.stdout)
+    );
+    let back = tmp.path().join("back");
+    let out = nook_out(&["cp", &guest_big, back.to_str().unwrap()]);
+    assert!(out.status.success(), "cp out: {}", text(&out.stderr));
+    assert_eq!(host_sha256(&back), want);
+
+    // A tree with modes and a symlink, in and out again.
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(tree.join("sub/b.sh"), "#!/bin/sh\necho b\n").unwrap();
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    for (p, mode) in [("a.txt", 0o640), ("sub/b.sh", 0o755), ("sub", 0o750)] {
+        std::fs::set_permissions(tree.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = nook_out(&["cp", tree.to_str().unwrap(), &format!("{name}:/tmp")]);
+    assert!(out.status.success(), "cp tree in: {}", text(&out.stderr));
+    let out = exec(
+        &name,
+        &[
+            "sh",
+            "-c",
+            "/tmp/tree/sub/b.sh; readlink /tmp/tree/link; stat -c %a /tmp/tree/a.txt",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "b\na.txt\n640\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let back_tree = tmp.path().join("back_tree");
+    let out = nook_out(&[
+        "cp",
+        &format!("{name}:/tmp/tree"),
+        back_tree.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "cp tree out: {}", text(&out.stderr));
+    assert_eq!(tree_listing(&back_tree), tree_listing(&tree));
+}
+
+#[test]
+fn cp_guest_paths_with_dotdot_stay_in_the_guest() {
+    if !ready() {
+        return;
+    }
+    let name = unique("dotdot");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("f");
+    std::fs::write(&src, "inside\n").unwrap();
+    // Written into the guest's /, not the host's.
+    let escape = format!("nook-escape-{}", std::process::id());
+    let out = nook_out(&[
+        "cp",
+        src.to_str().unwrap(),
+        &format!("{name}:/tmp/../../../{escape}"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&exec(&name, &["cat", &format!("/{escape}")]).stdout),
+        "inside\n"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/{escape}")).exists(),
+        "the copy escaped to the host"
+    );
+    // Read from the guest's /etc, not the host's.
+    let mark = format!("guest-{}", std::process::id());
+    assert!(exec(
+        &name,
+        &["sh", "-c", &format!("echo {mark} > /etc/nook-mark")]
+    )
+    .status
+    .success());
+    let got = tmp.path().join("got");
+    let out = nook_out(&[
+        "cp",
+        &format!("{name}:/tmp/../../etc/nook-mark"),
+        got.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), format!("{mark}\n"));
+}

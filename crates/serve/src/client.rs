@@ -100,7 +100,7 @@ impl SessionClient {
         })
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         req: &SessionRequest,
     ) -> Result<(UnixStream, BufReader<UnixStream>), SessionError> {
@@ -112,7 +112,7 @@ impl SessionClient {
     }
 
     /// A request answered by one line.
-    fn call(&self, req: &SessionRequest) -> Result<SessionReply, SessionError> {
+    pub(crate) fn call(&self, req: &SessionRequest) -> Result<SessionReply, SessionError> {
         let (_s, mut r) = self.request(req)?;
         let reply = next_reply(&mut r)?.ok_or_else(|| {
             SessionError::Protocol(format!("session `{}` closed without a reply", self.name))
@@ -164,7 +164,9 @@ impl SessionClient {
     }
 }
 
-fn next_reply(r: &mut BufReader<UnixStream>) -> Result<Option<SessionReply>, SessionError> {
+pub(crate) fn next_reply(
+    r: &mut BufReader<UnixStream>,
+) -> Result<Option<SessionReply>, SessionError> {
     let Some(line) = read_line(r).map_err(SessionError::Connection)? else {
         return Ok(None);
     };

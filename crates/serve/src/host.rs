@@ -314,6 +314,19 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
             };
             send(&mut w, &reply)
         }
+        SessionRequest::FileWrite { .. }
+        | SessionRequest::FileRead { .. }
+        | SessionRequest::FileStat { .. }
+        | SessionRequest::FileList { .. }
+        | SessionRequest::FileMkdir { .. }
+        | SessionRequest::FileRemove { .. }
+        | SessionRequest::FileSymlink { .. } => {
+            host.busy.fetch_add(1, Ordering::Relaxed);
+            let result = crate::files::serve_file(host, req, &mut r, &mut w);
+            host.busy.fetch_sub(1, Ordering::Relaxed);
+            host.touch();
+            result
+        }
         SessionRequest::Exec(spec) => {
             let child = spawn_child(host, &spec);
             let child = match child {

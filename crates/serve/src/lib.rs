@@ -9,13 +9,16 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod cp;
 mod error;
 mod exec;
+mod files;
 mod host;
 mod state;
 pub mod wire;
 
 pub use client::{remove, start, stop, ExecInputSender, RemoteExec, SessionClient};
+pub use cp::{copy_in, copy_out, CopyPath, RemoteRead};
 pub use error::SessionError;
 pub use host::run_host;
 pub use state::{

@@ -8,7 +8,7 @@
 //! binary output passes untouched. Lines longer than [`MAX_LINE`] are refused.
 
 use base64::Engine as _;
-use nook::Winsize;
+use nook::{FileStat, Winsize};
 use serde::{Deserialize, Serialize};
 
 /// Longest line either side accepts, in bytes.
@@ -60,6 +60,49 @@ pub enum SessionRequest {
     },
     /// Shut the guest down cleanly (volumes synced) and end the session.
     Stop,
+    /// Replace guest file `path` with the `chunk` lines that follow, up to
+    /// an `end` line ([`FileInput`]); atomic in the guest.
+    FileWrite {
+        path: String,
+        mode: u32,
+    },
+    /// Guest file `path` as `data` lines, then `read_done`; at most
+    /// `max_bytes` of it when given.
+    FileRead {
+        path: String,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    FileStat {
+        path: String,
+    },
+    FileList {
+        path: String,
+    },
+    /// `mkdir -p`.
+    FileMkdir {
+        path: String,
+        mode: u32,
+    },
+    /// `rm` (`rm -r` with `recursive`).
+    FileRemove {
+        path: String,
+        recursive: bool,
+    },
+    FileSymlink {
+        target: String,
+        path: String,
+    },
+}
+
+/// Lines a client sends after `file_write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FileInput {
+    /// File bytes (base64).
+    Chunk { data: String },
+    /// The end of the file.
+    End,
 }
 
 /// Lines a client sends during an attached exec.
@@ -92,6 +135,15 @@ pub enum SessionErrorCode {
     NoProcess,
     /// The VM or its agent failed.
     Vm,
+    /// A guest path names a file where a directory is needed.
+    NotADirectory,
+    /// A guest path names a directory where a file is needed.
+    IsADirectory,
+    PermissionDenied,
+    /// A non-empty directory (remove without `recursive`).
+    NotEmpty,
+    /// Another I/O failure in the guest.
+    Io,
     #[serde(other)]
     Other,
 }
@@ -121,6 +173,22 @@ pub enum SessionReply {
     },
     Logs {
         text: String,
+    },
+    /// File bytes (base64) of a `file_read`.
+    Data {
+        data: String,
+    },
+    /// The end of a `file_read`: the file's size, the bytes sent, and
+    /// whether `max_bytes` cut it short.
+    ReadDone {
+        size: u64,
+        copied: u64,
+        truncated: bool,
+    },
+    Stat(FileStat),
+    List {
+        entries: Vec<FileStat>,
+        truncated: bool,
     },
     Ok,
     Error {
@@ -219,6 +287,60 @@ mod tests {
                 r#"{"op":"exit","code":0,"signal":null,"timed_out":false}"#,
             ),
             (to_line(&SessionReply::Ok), r#"{"op":"ok"}"#),
+            (
+                to_line(&SessionRequest::FileWrite {
+                    path: "/a".into(),
+                    mode: 0o644,
+                }),
+                r#"{"op":"file_write","path":"/a","mode":420}"#,
+            ),
+            (
+                to_line(&FileInput::Chunk {
+                    data: encode_bytes(b"x"),
+                }),
+                r#"{"op":"chunk","data":"eA=="}"#,
+            ),
+            (to_line(&FileInput::End), r#"{"op":"end"}"#),
+            (
+                to_line(&SessionRequest::FileRead {
+                    path: "/a".into(),
+                    max_bytes: Some(3),
+                }),
+                r#"{"op":"file_read","path":"/a","max_bytes":3}"#,
+            ),
+            (
+                to_line(&SessionRequest::FileList { path: "/".into() }),
+                r#"{"op":"file_list","path":"/"}"#,
+            ),
+            (
+                to_line(&SessionRequest::FileRemove {
+                    path: "/a".into(),
+                    recursive: true,
+                }),
+                r#"{"op":"file_remove","path":"/a","recursive":true}"#,
+            ),
+            (
+                to_line(&SessionReply::ReadDone {
+                    size: 9,
+                    copied: 3,
+                    truncated: true,
+                }),
+                r#"{"op":"read_done","size":9,"copied":3,"truncated":true}"#,
+            ),
+            (
+                to_line(&SessionReply::List {
+                    entries: vec![FileStat {
+                        name: "l".into(),
+                        kind: nook::FileKind::Symlink,
+                        size: 1,
+                        mode: 0o777,
+                        mtime: 2,
+                        link_target: Some("t".into()),
+                    }],
+                    truncated: false,
+                }),
+                r#"{"op":"list","entries":[{"name":"l","kind":"symlink","size":1,"mode":511,"mtime":2,"link_target":"t"}],"truncated":false}"#,
+            ),
             (
                 to_line(&SessionReply::Error {
                     code: SessionErrorCode::NoProcess,
