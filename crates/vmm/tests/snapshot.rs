@@ -8,15 +8,14 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use iced_x86::code_asm::*;
 use nook_vmm::snapshot::{SnapshotFormatError, SnapshotHeader};
 use nook_vmm::{
-    AfterSnapshot, FsServer, KvmConfig, KvmDiskConfig, KvmRestoreConfig, KvmShareConfig,
-    KvmSnapshotError, KvmVm, SerialSink, VmmError,
+    AfterSnapshot, KvmConfig, KvmDiskConfig, KvmRestoreConfig, KvmShareConfig, KvmSnapshotError,
+    KvmVm, SerialSink, VmmError,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -651,28 +650,6 @@ fn restore_config_must_fit_the_snapshot() {
     leaks.finish();
 }
 
-/// nook's share server, as the kvm engine wires it.
-#[derive(Debug)]
-struct Session(nook_fs::FuseSession);
-
-impl FsServer for Session {
-    fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-        self.0.handle(r, cap, out)
-    }
-}
-
-fn share(dir: &Path, tag: &str) -> KvmShareConfig {
-    let share = nook_fs::Share {
-        host_dir: dir.to_owned(),
-        tag: tag.into(),
-        read_only: true,
-    };
-    KvmShareConfig {
-        tag: tag.into(),
-        server: Arc::new(Session(nook_fs::FuseSession::open(&share).unwrap())),
-    }
-}
-
 #[test]
 fn a_vm_with_a_share_restores_with_it() {
     let _l = serial_lock();
@@ -682,12 +659,12 @@ fn a_vm_with_a_share_restores_with_it() {
     let leaks = LeakCheck::start();
     let dir = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
-    let snap = idle_snapshot_with(dir.path(), vec![share(shared.path(), "nook0")]);
+    let snap = idle_snapshot_with(dir.path(), vec![share_config(shared.path(), "nook0")]);
     // The share comes back when the restore names it...
     let mut vm = KvmVm::restore(
         &snap,
         KvmRestoreConfig {
-            shares: vec![share(shared.path(), "nook0")],
+            shares: vec![share_config(shared.path(), "nook0")],
             ..Default::default()
         },
     )
@@ -704,7 +681,7 @@ fn a_vm_with_a_share_restores_with_it() {
     let e = KvmVm::restore(
         &snap,
         KvmRestoreConfig {
-            shares: vec![share(shared.path(), "other")],
+            shares: vec![share_config(shared.path(), "other")],
             ..Default::default()
         },
     )

@@ -512,28 +512,6 @@ fn bad_configurations_are_errors() {
     leaks.finish();
 }
 
-/// The share server nook's kvm engine uses.
-#[derive(Debug)]
-struct Session(nook_fs::FuseSession);
-
-impl nook_vmm::FsServer for Session {
-    fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-        self.0.handle(r, cap, out)
-    }
-}
-
-/// A FUSE message: `struct fuse_in_header` and `body`.
-fn fuse_message(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
-    m.extend_from_slice(&opcode.to_le_bytes());
-    m.extend_from_slice(&unique.to_le_bytes());
-    m.extend_from_slice(&nodeid.to_le_bytes());
-    m.extend_from_slice(&[0u8; 16]);
-    m.extend_from_slice(body);
-    m
-}
-
 #[test]
 fn virtio_fs_serves_a_guest_over_mmio() {
     let _l = serial_lock();
@@ -575,15 +553,7 @@ fn virtio_fs_serves_a_guest_over_mmio() {
 
     let serial = SharedBuf::default();
     let mut cfg = config(&g.write(dir.path()), &serial);
-    let share = nook_fs::Share {
-        host_dir: shared.path().to_owned(),
-        tag: "nook0".into(),
-        read_only: true,
-    };
-    cfg.shares.push(nook_vmm::KvmShareConfig {
-        tag: "nook0".into(),
-        server: std::sync::Arc::new(Session(nook_fs::FuseSession::open(&share).unwrap())),
-    });
+    cfg.shares.push(share_config(shared.path(), "nook0"));
     let mut vm = KvmVm::start(cfg).unwrap();
     assert_eq!(run(&mut vm), ExitReason::PowerOff);
     assert_eq!(serial.contents(), b"n", "the tag in the config space");

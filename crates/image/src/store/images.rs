@@ -99,12 +99,12 @@ impl ImageStore {
         self.apply_layers(&digest, &manifest, dest)
     }
 
-    pub(super) fn apply_layers(
+    /// The digest and parsed config of image `image` (manifest `m`).
+    fn read_config(
         &self,
         image: &Digest,
         m: &ImageManifest,
-        dest: &Path,
-    ) -> Result<LayerStats, ImageError> {
+    ) -> Result<(Digest, manifest::ConfigFile), ImageError> {
         let config_digest = m.config.digest().map_err(|source| ImageError::Manifest {
             what: format!("manifest {image}"),
             source,
@@ -116,6 +116,16 @@ impl ImageStore {
                 source,
             }
         })?;
+        Ok((config_digest, config))
+    }
+
+    pub(super) fn apply_layers(
+        &self,
+        image: &Digest,
+        m: &ImageManifest,
+        dest: &Path,
+    ) -> Result<LayerStats, ImageError> {
+        let (_, config) = self.read_config(image, m)?;
         let diff_ids: Vec<Digest> = config
             .rootfs
             .map(|r| {
@@ -183,17 +193,7 @@ impl ImageStore {
         let unpacked = started.elapsed();
         let rootfs_size = rootfs::build_ext4(&root, &out.join("rootfs.ext4"), "nook-root")?;
         remove_path(&root)?;
-        let config_digest = m.config.digest().map_err(|source| ImageError::Manifest {
-            what: format!("manifest {digest}"),
-            source,
-        })?;
-        let config_bytes = self.read_blob(&config_digest, manifest::MAX_CONFIG_BYTES)?;
-        let config = manifest::parse_config(&config_bytes, m.layers.len()).map_err(|source| {
-            ImageError::Manifest {
-                what: format!("config {config_digest}"),
-                source,
-            }
-        })?;
+        let (config_digest, config) = self.read_config(digest, m)?;
         let manifest_size = fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
         let content_size = manifest_size
             + m.config.size().unwrap_or(0)

@@ -256,3 +256,40 @@ impl Guest {
         path
     }
 }
+
+/// nook's share server (a read-only share of `dir` tagged `tag`) as the
+/// kvm engine wires it into a virtio-fs device.
+#[allow(dead_code)] // Not every test binary has shares.
+pub fn share_config(dir: &Path, tag: &str) -> nook_vmm::KvmShareConfig {
+    #[derive(Debug)]
+    struct Session(nook_fs::FuseSession);
+
+    impl nook_vmm::FsServer for Session {
+        fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+            self.0.handle(r, cap, out)
+        }
+    }
+
+    let share = nook_fs::Share {
+        host_dir: dir.to_owned(),
+        tag: tag.into(),
+        read_only: true,
+    };
+    nook_vmm::KvmShareConfig {
+        tag: tag.into(),
+        server: Arc::new(Session(nook_fs::FuseSession::open(&share).unwrap())),
+    }
+}
+
+/// A FUSE message: `struct fuse_in_header` (40 bytes) and `body`.
+#[allow(dead_code)] // Not every test binary has shares.
+pub fn fuse_message(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
+    m.extend_from_slice(&opcode.to_le_bytes());
+    m.extend_from_slice(&unique.to_le_bytes());
+    m.extend_from_slice(&nodeid.to_le_bytes());
+    m.extend_from_slice(&[0u8; 16]); // uid, gid, pid, padding
+    m.extend_from_slice(body);
+    m
+}
