@@ -418,3 +418,46 @@ fn cp_guest_paths_with_dotdot_stay_in_the_guest() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&got).unwrap(), format!("{mark}\n"));
 }
+
+#[test]
+fn background_processes_take_stdin_report_output_and_exit() {
+    if !ready() {
+        return;
+    }
+    let name = unique("procs");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    let client = SessionClient::open(&nook::default_home(), &name).unwrap();
+    let spec = nook_serve::wire::ExecSpec {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "read x; echo got $x; echo oops >&2; exit 3".into(),
+        ],
+        stdin: true,
+        detach: true,
+        ..Default::default()
+    };
+    let pid = client.exec(spec).unwrap().pid;
+    let first = client.proc_read(pid, 0, None).unwrap();
+    assert_eq!(first.exit, None, "ended before its stdin came");
+    client.proc_stdin(pid, b"hello\n", true).unwrap();
+    let exit = client.proc_wait(pid).unwrap();
+    assert_eq!(exit.code, Some(3));
+    let out = client.proc_read(pid, 0, None).unwrap();
+    assert_eq!(text(&out.data), "got hello\noops\n");
+    assert_eq!(out.exit, Some(exit));
+    assert!(!out.truncated);
+    // Polling with a cap reports the rest as truncated, then continues.
+    let part = client.proc_read(pid, 0, Some(4)).unwrap();
+    assert_eq!(
+        (text(&part.data).as_str(), part.truncated, part.next_offset),
+        ("got ", true, 4)
+    );
+    let rest = client.proc_read(pid, part.next_offset, None).unwrap();
+    assert_eq!(text(&rest.data), "hello\noops\n");
+    assert!(
+        client.proc_read(pid + 100_000, 0, None).is_err(),
+        "an unknown pid has output"
+    );
+}

@@ -14,7 +14,9 @@ use crate::state::{
     create_private_dir, host_alive, sessions_dir, SessionDir, SessionPhase, SessionSpec,
     SessionState,
 };
-use crate::wire::{encode_bytes, to_line, ExecInput, ExecSpec, SessionReply, SessionRequest};
+use crate::wire::{
+    encode_bytes, to_line, ExecInput, ExecSpec, ProcExit, SessionReply, SessionRequest,
+};
 
 /// How long `stop` waits for the host process to end.
 const STOP_WAIT: Duration = Duration::from_secs(30);
@@ -75,6 +77,15 @@ pub fn start(home: &Path, spec: &SessionSpec, exe: &Path) -> Result<SessionState
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A slice of a background process's output ([`SessionClient::proc_read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcOutput {
+    pub data: Vec<u8>,
+    pub next_offset: u64,
+    pub truncated: bool,
+    pub exit: Option<ProcExit>,
 }
 
 /// A connection to a running session.
@@ -146,6 +157,67 @@ impl SessionClient {
     pub fn signal(&self, pid: u32, signal: i32) -> Result<(), SessionError> {
         self.call(&SessionRequest::Signal { pid, signal })
             .map(|_| ())
+    }
+
+    /// Output of background process `pid` from byte `offset` (at most
+    /// `max_bytes`, capped at [`crate::wire::MAX_PROC_READ`]): the bytes,
+    /// where to read next, whether more is there, and its exit once it ended.
+    pub fn proc_read(
+        &self,
+        pid: u32,
+        offset: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<ProcOutput, SessionError> {
+        match self.call(&SessionRequest::ProcRead {
+            pid,
+            offset,
+            max_bytes,
+        })? {
+            SessionReply::ProcOutput {
+                data,
+                next_offset,
+                truncated,
+                exit,
+            } => Ok(ProcOutput {
+                data: crate::wire::decode_bytes(&data)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?,
+                next_offset,
+                truncated,
+                exit,
+            }),
+            other => Err(SessionError::Protocol(format!(
+                "expected proc_output, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Writes `bytes` to background process `pid`'s stdin (it was started
+    /// with [`ExecSpec::stdin`]); `close` ends its input.
+    pub fn proc_stdin(&self, pid: u32, bytes: &[u8], close: bool) -> Result<(), SessionError> {
+        self.call(&SessionRequest::ProcStdin {
+            pid,
+            data: encode_bytes(bytes),
+            close,
+        })
+        .map(|_| ())
+    }
+
+    /// Waits until background process `pid` ends and says how.
+    pub fn proc_wait(&self, pid: u32) -> Result<ProcExit, SessionError> {
+        match self.call(&SessionRequest::ProcWait { pid })? {
+            SessionReply::Exit {
+                code,
+                signal,
+                timed_out,
+            } => Ok(ProcExit {
+                code,
+                signal,
+                timed_out,
+            }),
+            other => Err(SessionError::Protocol(format!(
+                "expected exit, got {other:?}"
+            ))),
+        }
     }
 
     /// The guest console's last `lines` lines.

@@ -3,8 +3,6 @@
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use nook::{Child, ExecError, ExecEvent};
 
@@ -34,7 +32,7 @@ pub(crate) fn spawn_child(host: &Host, spec: &ExecSpec) -> Result<Child, ExecErr
     if let Some(ms) = spec.timeout_ms {
         b = b.timeout(std::time::Duration::from_millis(ms));
     }
-    if spec.stdin && !spec.detach {
+    if spec.stdin {
         b = b.stdin_piped();
     }
     b.spawn()
@@ -131,61 +129,4 @@ pub(crate) fn serve_attached(
         let _ = t.join();
     }
     result
-}
-
-/// Leaves `child` running in the background: replies `started` with its
-/// pid, and drains its output to the session's process log until it ends.
-pub(crate) fn detach(
-    host: &Arc<Host>,
-    mut child: Child,
-    w: &mut UnixStream,
-) -> std::io::Result<()> {
-    let Some(pid) = child.pid() else {
-        return send(
-            w,
-            &SessionReply::Error {
-                code: SessionErrorCode::Vm,
-                message: "the guest reported no pid".into(),
-            },
-        );
-    };
-    let procs = host.dir.procs_dir();
-    let _ = std::fs::create_dir_all(&procs);
-    let log_path = procs.join(format!("{pid}.log"));
-    host.detached
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(pid, child.handle());
-    host.busy.fetch_add(1, Ordering::Relaxed);
-    let h = host.clone();
-    let spawned = std::thread::Builder::new()
-        .name("nook-detached".into())
-        .spawn(move || {
-            let mut log = std::fs::File::create(&log_path).ok();
-            let status = loop {
-                match child.next_event() {
-                    Ok(ExecEvent::Stdout(b)) | Ok(ExecEvent::Stderr(b)) => {
-                        if let Some(f) = log.as_mut() {
-                            let _ = f.write_all(&b);
-                        }
-                    }
-                    Ok(ExecEvent::Exit(s)) => break format!("{s:?}"),
-                    Err(e) => break e.to_string(),
-                }
-            };
-            tracing::info!(
-                "nook session {}: background process {pid} ended: {status}",
-                h.name
-            );
-            h.detached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pid);
-            h.busy.fetch_sub(1, Ordering::Relaxed);
-            h.touch();
-        });
-    if spawned.is_err() {
-        host.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-    send(w, &SessionReply::Started { pid })
 }

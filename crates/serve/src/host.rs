@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use nook::{ChildHandle, EngineKind, Vm, VmConfig};
+use nook::{EngineKind, Vm, VmConfig};
 
 use crate::error::SessionError;
 use crate::exec::{exec_error_reply, serve_attached, spawn_child};
@@ -36,7 +36,7 @@ pub(crate) struct Host {
     pub(crate) last_activity: Mutex<Instant>,
     pub(crate) stop: AtomicBool,
     /// Detached processes by guest pid.
-    pub(crate) detached: Mutex<HashMap<u32, ChildHandle>>,
+    pub(crate) detached: Mutex<HashMap<u32, crate::procs::Detached>>,
 }
 
 impl Host {
@@ -297,23 +297,10 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
                 .unwrap_or_default();
             send(&mut w, &SessionReply::Logs { text })
         }
-        SessionRequest::Signal { pid, signal } => {
-            let handle = host
-                .detached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&pid)
-                .cloned();
-            let reply = match handle.map(|h| h.signal(signal)) {
-                None => error_reply(
-                    SessionErrorCode::NoProcess,
-                    format!("no background process {pid} in this session"),
-                ),
-                Some(Ok(())) => SessionReply::Ok,
-                Some(Err(e)) => exec_error_reply(&e),
-            };
-            send(&mut w, &reply)
-        }
+        SessionRequest::Signal { .. }
+        | SessionRequest::ProcRead { .. }
+        | SessionRequest::ProcStdin { .. }
+        | SessionRequest::ProcWait { .. } => send(&mut w, &crate::procs::serve_proc(host, req)),
         SessionRequest::FileWrite { .. }
         | SessionRequest::FileRead { .. }
         | SessionRequest::FileStat { .. }
@@ -334,7 +321,7 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
                 Err(e) => return send(&mut w, &exec_error_reply(&e)),
             };
             if spec.detach {
-                crate::exec::detach(host, child, &mut w)
+                crate::procs::detach(host, child, &mut w)
             } else {
                 host.busy.fetch_add(1, Ordering::Relaxed);
                 let result = serve_attached(child, r, &mut w);

@@ -14,10 +14,11 @@ mod error;
 mod exec;
 mod files;
 mod host;
+mod procs;
 mod state;
 pub mod wire;
 
-pub use client::{remove, start, stop, ExecInputSender, RemoteExec, SessionClient};
+pub use client::{remove, start, stop, ExecInputSender, ProcOutput, RemoteExec, SessionClient};
 pub use cp::{copy_in, copy_out, CopyPath, RemoteRead};
 pub use error::SessionError;
 pub use host::run_host;

@@ -54,6 +54,29 @@ pub enum SessionRequest {
         pid: u32,
         signal: i32,
     },
+    /// Output of background process `pid` (stdout and stderr as they
+    /// came) from byte `offset`, at most `max_bytes` (capped at
+    /// [`MAX_PROC_READ`]); answered by `proc_output`.
+    ProcRead {
+        pid: u32,
+        #[serde(default)]
+        offset: u64,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    /// Stdin bytes (base64) for background process `pid` (started with
+    /// `stdin`), then end of input with `close`.
+    ProcStdin {
+        pid: u32,
+        #[serde(default)]
+        data: String,
+        #[serde(default)]
+        close: bool,
+    },
+    /// Waits until background process `pid` ends: answered by `exit`.
+    ProcWait {
+        pid: u32,
+    },
     /// The guest console's last `lines` lines.
     Logs {
         lines: usize,
@@ -148,6 +171,17 @@ pub enum SessionErrorCode {
     Other,
 }
 
+/// How a background process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+}
+
+/// Most output bytes one `proc_read` returns.
+pub const MAX_PROC_READ: u64 = 512 * 1024;
+
 /// Lines the host sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -186,6 +220,17 @@ pub enum SessionReply {
         truncated: bool,
     },
     Stat(FileStat),
+    /// A slice of a background process's output.
+    ProcOutput {
+        /// Base64 bytes.
+        data: String,
+        /// Where the next read starts.
+        next_offset: u64,
+        /// More output is there than `max_bytes` allowed.
+        truncated: bool,
+        /// How it ended, once it has.
+        exit: Option<ProcExit>,
+    },
     List {
         entries: Vec<FileStat>,
         truncated: bool,
@@ -287,6 +332,39 @@ mod tests {
                 r#"{"op":"exit","code":0,"signal":null,"timed_out":false}"#,
             ),
             (to_line(&SessionReply::Ok), r#"{"op":"ok"}"#),
+            (
+                to_line(&SessionRequest::ProcRead {
+                    pid: 5,
+                    offset: 10,
+                    max_bytes: None,
+                }),
+                r#"{"op":"proc_read","pid":5,"offset":10,"max_bytes":null}"#,
+            ),
+            (
+                to_line(&SessionRequest::ProcStdin {
+                    pid: 5,
+                    data: encode_bytes(b"y"),
+                    close: true,
+                }),
+                r#"{"op":"proc_stdin","pid":5,"data":"eQ==","close":true}"#,
+            ),
+            (
+                to_line(&SessionRequest::ProcWait { pid: 5 }),
+                r#"{"op":"proc_wait","pid":5}"#,
+            ),
+            (
+                to_line(&SessionReply::ProcOutput {
+                    data: String::new(),
+                    next_offset: 3,
+                    truncated: false,
+                    exit: Some(ProcExit {
+                        code: Some(0),
+                        signal: None,
+                        timed_out: false,
+                    }),
+                }),
+                r#"{"op":"proc_output","data":"","next_offset":3,"truncated":false,"exit":{"code":0,"signal":null,"timed_out":false}}"#,
+            ),
             (
                 to_line(&SessionRequest::FileWrite {
                     path: "/a".into(),
