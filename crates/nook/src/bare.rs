@@ -208,6 +208,8 @@ fn boot_qemu(cfg: &BareConfig, kvm_accel: bool) -> Result<BareEnding, BareBootEr
     let dir = RunDir::create()?;
     let accel = if kvm_accel { Accel::Kvm } else { Accel::Tcg };
     let mut qc = QemuConfig::new(binary, accel, &cfg.kernel, &dir.0);
+    // The host TSC frequency is measured once per host boot, not per VM.
+    qc.tsc_cache = dir.0.parent().map(|d| d.join(nook_qemu::TSC_CACHE_FILE));
     qc.initrd = cfg.initrd.clone();
     qc.cmdline = cfg.cmdline.clone();
     qc.memory_mib = cfg.memory_mib;

@@ -157,6 +157,11 @@ pub struct QemuConfig {
     /// host, and the kernel then hangs early in boot (measured: 4 hangs in 6
     /// boots of Debian's cloud kernel; none in 30 with the hint).
     pub tsc_hint: bool,
+    /// File where the host TSC frequency for [`tsc_hint`](Self::tsc_hint)
+    /// is kept per host boot (keyed by the kernel's `boot_id`), so that
+    /// only the first process after a boot measures it (about 10 ms);
+    /// `None`: measured once per process.
+    pub tsc_cache: Option<PathBuf>,
     /// CPU model override; `None` means `host` under KVM and `max` under TCG.
     pub cpu_model: Option<String>,
     /// Extra arguments appended verbatim to QEMU's command line.
@@ -190,6 +195,7 @@ impl QemuConfig {
             rng: true,
             sandbox: true,
             tsc_hint: true,
+            tsc_cache: None,
             cpu_model: None,
             extra_args: Vec::new(),
             ram: GuestRam::Anonymous,

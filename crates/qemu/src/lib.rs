@@ -51,4 +51,5 @@ pub use snapshot::{
     AfterSnapshot, QemuRestoreConfig, QemuSnapshotInfo, SnapshotMemory, SnapshotTimings,
     MANIFEST_FILE, MEMORY_FILE, STATE_FILE,
 };
+pub use tsc::TSC_CACHE_FILE;
 pub use vm::{QemuVm, CONSOLE_LOG, DIAGNOSTIC_CONSOLE_LINES, STDERR_LOG};

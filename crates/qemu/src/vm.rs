@@ -108,7 +108,7 @@ impl QemuVm {
             source,
         })?;
         let tsc_khz = match cfg.accel {
-            Accel::Tcg if cfg.tsc_hint => host_tsc_khz(),
+            Accel::Tcg if cfg.tsc_hint => host_tsc_khz(cfg.tsc_cache.as_deref()),
             _ => None,
         };
         let fds = ChannelFds {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nook_fs::ShareServer;
 use nook_qemu::{
     locate_qemu, Accel, AfterSnapshot, GuestRam, QemuConfig, QemuDiskConfig, QemuRestoreConfig,
-    QemuShareConfig, QemuVm,
+    QemuShareConfig, QemuVm, TSC_CACHE_FILE,
 };
 
 use super::{Engine, Machine, MachineSpec};
@@ -52,6 +52,8 @@ fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError> {
     let accel = if kvm_accel { Accel::Kvm } else { Accel::Tcg };
     let binary = locate_qemu().map_err(VmError::Qemu)?;
     let mut cfg = QemuConfig::new(binary, accel, &spec.kernel, &spec.run_dir);
+    // The host TSC frequency is measured once per host boot, not per VM.
+    cfg.tsc_cache = spec.run_dir.parent().map(|d| d.join(TSC_CACHE_FILE));
     cfg.initrd = Some(spec.initrd.clone());
     cfg.cmdline = spec.cmdline.clone();
     cfg.memory_mib = spec.memory_mib;
