@@ -264,15 +264,17 @@ fn bench_process(kernel: &std::path::Path, n: usize) -> Option<Vec<f64>> {
 
 /// What closing a KVM VM fd costs, by what the VM holds (this is most of
 /// the in-process teardown): `[memory only, + irqchip, + irqchip and PIT]`.
-fn bench_vm_close(n: usize) -> [Vec<f64>; 3] {
+fn bench_vm_close(n: usize) -> ([Vec<f64>; 3], [Vec<f64>; 3]) {
     use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region};
     let mut rows: [Vec<f64>; 3] = Default::default();
+    let mut creates: [Vec<f64>; 3] = Default::default();
     let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
     let mem = nook_vmm::vstate::memory::create_guest_memory(u64::from(MEM_MIB) << 20).unwrap();
     let region = mem.iter().next().unwrap();
     let host = mem.get_host_address(region.start_addr()).unwrap();
     for _ in 0..n {
         for (level, row) in rows.iter_mut().enumerate() {
+            let t0 = Instant::now();
             let vm = kvm.create_vm().unwrap();
             let desc = kvm_userspace_memory_region {
                 slot: 0,
@@ -290,12 +292,13 @@ fn bench_vm_close(n: usize) -> [Vec<f64>; 3] {
             if level >= 2 {
                 vm.create_pit2(kvm_pit_config::default()).unwrap();
             }
+            creates[level].push(t0.elapsed().as_secs_f64() * 1e3);
             let t0 = Instant::now();
             drop(vm);
             row.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
-    rows
+    (rows, creates)
 }
 
 fn main() {
@@ -362,7 +365,10 @@ fn main() {
         ),
         None => println!("{:<34} {:>14}", "whole process: nook boot", "n/a"),
     }
-    let [mem_only, irqchip, pit] = &mut close;
+    let ([mem_only, irqchip, pit], [c_mem, c_irqchip, c_pit]) = &mut close;
+    line("  create vm: memory slot only", c_mem, None, "ms");
+    line("  create vm: + irqchip", c_irqchip, None, "ms");
+    line("  create vm: + irqchip + pit", c_pit, None, "ms");
     line("  close vm fd: memory slot only", mem_only, None, "ms");
     line("  close vm fd: + irqchip", irqchip, None, "ms");
     line("  close vm fd: + irqchip + pit", pit, None, "ms");

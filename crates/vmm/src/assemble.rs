@@ -219,7 +219,7 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
         recycle: None,
     };
     let buses = (Arc::new(pio), Arc::new(virtio.mmio));
-    start_jobs(&mut vm, &shell, event_loop, vcpu_fds, buses, &pause);
+    start_jobs(&mut vm, &mut shell, event_loop, vcpu_fds, buses, &pause)?;
     vm.shell = Some(shell);
     if virtio.restored {
         // Backends of active devices, queued work, pending interrupts.
@@ -388,22 +388,31 @@ fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmError> {
 /// back to [`KvmVm`] when the VM ends.
 fn start_jobs(
     vm: &mut KvmVm,
-    shell: &VmShell,
+    shell: &mut VmShell,
     event_loop: EventLoop,
     vcpu_fds: Vec<VcpuFd>,
     (pio, mmio): (Arc<Bus>, Arc<Bus>),
     pause: &Arc<PauseControl>,
-) {
+) -> Result<(), VmmError> {
+    let spawn_err = |name: &str| {
+        let name = name.to_string();
+        move |source| VmmError::Spawn { name, source }
+    };
     let loop_exit = vm.exit.clone();
-    vm.event_run = Some(shell.events.run(move || {
+    let run = shell.events.run(move || {
         if let Err(e) = event_loop.run() {
             loop_exit.finish(Outcome::Failed {
                 what: "device event loop".into(),
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
             });
         }
-    }));
-    for ((index, fd), worker) in vcpu_fds.into_iter().enumerate().zip(&shell.vcpu_workers) {
+    });
+    vm.event_run = Some(run.map_err(spawn_err("nook-vmm"))?);
+    for ((index, fd), worker) in vcpu_fds
+        .into_iter()
+        .enumerate()
+        .zip(&mut shell.vcpu_workers)
+    {
         let mut vcpu = Vcpu {
             index: index as u8,
             fd,
@@ -413,10 +422,15 @@ fn start_jobs(
             pause: pause.clone(),
             mem: vm.mem.clone(),
         };
-        vm.exit.register_vcpu_thread(worker.pthread());
-        vm.vcpu_runs.push(worker.run(move || {
+        let run = worker.run(move || {
             vcpu.run();
             vcpu.fd
-        }));
+        });
+        vm.vcpu_runs
+            .push(run.map_err(spawn_err(&format!("nook-vcpu{index}")))?);
+        if let Some(t) = worker.pthread() {
+            vm.exit.register_vcpu_thread(t);
+        }
     }
+    Ok(())
 }

@@ -5,11 +5,11 @@
 //! 2. make the virtio devices in their documented order (console, disks,
 //!    rng, shares) and announce them with `virtio_mmio.device=` entries appended
 //!    to the command line;
-//! 3. allocate guest memory; then, at the same time, make the KVM VM
-//!    around it ([`VmShell`], on a helper thread: it mostly waits for the
-//!    kernel's grace periods) and write ACPI tables, kernel, initrd,
-//!    command line, boot page tables and GDT into it;
-//! 4. [`assemble`]: devices, vCPUs at the entry point, threads.
+//! 3. allocate guest memory and write ACPI tables, kernel, initrd, command
+//!    line, boot page tables and GDT into it;
+//! 4. make the KVM VM around it ([`VmShell`]: memory slots, irqchip, PIT,
+//!    vCPUs, irqfds, ioeventfds, threads);
+//! 5. [`assemble`]: devices, vCPUs at the entry point, threads.
 
 use std::fmt::Write as _;
 
@@ -101,22 +101,10 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         memory_bytes,
         rsdp: 0,
     };
-    let (shell, boot) = std::thread::scope(|scope| {
-        let ram = mem.clone();
-        let maker = std::thread::Builder::new()
-            .name("nook-vm-create".into())
-            .spawn_scoped(scope, move || VmShell::create(None, ram, layout))
-            .map_err(|source| VmmError::Spawn {
-                name: "nook-vm-create".into(),
-                source,
-            })?;
-        let boot = load(&mem, guest, vcpus);
-        let shell = maker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        Ok::<_, VmmError>((shell?, boot?))
-    })?;
-    timer.mark("load guest, kvm vm");
+    let boot = load(&mem, guest, vcpus)?;
+    timer.mark("load guest");
+    let shell = VmShell::create(None, mem.clone(), layout)?;
+    timer.mark("kvm vm");
 
     let parts = MachineParts {
         shell,

@@ -138,7 +138,7 @@ impl KvmRestorer {
     pub fn prepare(&self, ready: usize) -> Result<(), VmmError> {
         self.spares.keep.fetch_max(ready, Ordering::Relaxed);
         while lock(&self.spares.shells).len() < ready {
-            let shell = self.new_shell()?;
+            let shell = self.new_shell(true)?;
             lock(&self.spares.shells).push(shell);
         }
         Ok(())
@@ -171,7 +171,7 @@ impl KvmRestorer {
                 shell
             }
             None => {
-                let shell = self.new_shell()?;
+                let shell = self.new_shell(false)?;
                 timer.mark("kvm vm (made now)");
                 shell
             }
@@ -200,9 +200,15 @@ impl KvmRestorer {
         Ok(vm)
     }
 
-    fn new_shell(&self) -> Result<VmShell, VmmError> {
+    /// A KVM VM for the snapshot; `ahead`: its threads started too (a VM
+    /// made for a restore right now gets them started by its run loops).
+    fn new_shell(&self, ahead: bool) -> Result<VmShell, VmmError> {
         let ram = create_guest_memory(self.layout.memory_bytes)?;
-        VmShell::create(None, ram, self.layout.clone())
+        let mut shell = VmShell::create(None, ram, self.layout.clone())?;
+        if ahead {
+            shell.start_threads()?;
+        }
+        Ok(shell)
     }
 }
 

@@ -121,9 +121,9 @@ impl VmShell {
         let mut vcpu_workers = Vec::with_capacity(usize::from(layout.vcpus));
         for index in 0..layout.vcpus {
             vcpus.push(Some(create_vcpu(&fds.fd, index)?));
-            vcpu_workers.push(spawn(&format!("nook-vcpu{index}"))?);
+            vcpu_workers.push(Worker::new(&format!("nook-vcpu{index}")));
         }
-        let events = spawn("nook-vmm")?;
+        let events = Worker::new("nook-vmm");
         Ok(VmShell {
             fds,
             ram,
@@ -133,6 +133,18 @@ impl VmShell {
             wiring,
             layout,
         })
+    }
+
+    /// Starts the shell's threads now (for a shell made ahead: a restore
+    /// then waits for no thread creation).
+    pub(crate) fn start_threads(&mut self) -> Result<(), VmmError> {
+        for w in self.vcpu_workers.iter_mut().chain([&mut self.events]) {
+            w.start().map_err(|source| VmmError::Spawn {
+                name: format!("{w:?}"),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Makes a shell that ran a VM ready for the next: guest RAM back to
@@ -152,11 +164,4 @@ impl VmShell {
         }
         true
     }
-}
-
-fn spawn(name: &str) -> Result<Worker, VmmError> {
-    Worker::spawn(name).map_err(|source| VmmError::Spawn {
-        name: name.into(),
-        source,
-    })
 }

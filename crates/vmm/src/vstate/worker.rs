@@ -11,18 +11,22 @@ use std::thread::JoinHandle;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A thread waiting for jobs. Dropping it lets the thread finish its
-/// current job, then joins it.
+/// A named thread that runs jobs one after another. It is started by the
+/// first job (which it runs at once: a one-off VM pays one thread start,
+/// as with a plain spawn) or ahead of time by [`start`](Self::start).
+/// Dropping it lets the thread finish its current job, then joins it.
 pub struct Worker {
+    name: String,
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
-    pthread: libc::pthread_t,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = self.thread.as_ref().and_then(|t| t.thread().name());
-        f.debug_struct("Worker").field("thread", &name).finish()
+        f.debug_struct("Worker")
+            .field("name", &self.name)
+            .field("started", &self.thread.is_some())
+            .finish()
     }
 }
 
@@ -40,42 +44,61 @@ impl<T> JobDone<T> {
 }
 
 impl Worker {
-    /// Starts the thread `name`.
-    pub fn spawn(name: &str) -> std::io::Result<Worker> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    // A job that panics loses its result (its `JobDone`
-                    // sees `None`); the thread carries on with the next.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                }
-            })?;
-        Ok(Worker {
-            jobs: Some(tx),
-            pthread: thread.as_pthread_t(),
-            thread: Some(thread),
-        })
+    /// A worker whose thread will be called `name` (not started yet).
+    pub fn new(name: &str) -> Worker {
+        Worker {
+            name: name.into(),
+            jobs: None,
+            thread: None,
+        }
     }
 
-    /// The thread, for signals (`pthread_kill`); valid while `self` lives.
-    pub fn pthread(&self) -> libc::pthread_t {
-        self.pthread
+    /// Starts the thread now, idle, so that a later job does not wait for
+    /// thread creation.
+    pub fn start(&mut self) -> std::io::Result<()> {
+        self.run(|| ()).map(|_| ())
     }
 
-    /// Runs `job` on the thread (after any job still running).
-    pub fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> JobDone<T> {
+    /// The thread, for signals (`pthread_kill`), once started; valid while
+    /// `self` lives.
+    pub fn pthread(&self) -> Option<libc::pthread_t> {
+        self.thread.as_ref().map(JoinHandleExt::as_pthread_t)
+    }
+
+    /// Runs `job` on the thread (after any job still running), starting
+    /// the thread with it if need be.
+    pub fn run<T: Send + 'static>(
+        &mut self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> std::io::Result<JobDone<T>> {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(job());
         });
-        if let Some(jobs) = &self.jobs {
-            // Only fails if the thread is gone (it panicked): the job is
-            // dropped with its sender, and `wait` returns `None`.
-            let _ = jobs.send(job);
+        match &self.jobs {
+            // Only fails if the thread is gone: the job is dropped with its
+            // sender, and `wait` returns `None`.
+            Some(jobs) => {
+                let _ = jobs.send(job);
+            }
+            None => {
+                let (jobs, queue) = mpsc::channel::<Job>();
+                let thread =
+                    std::thread::Builder::new()
+                        .name(self.name.clone())
+                        .spawn(move || {
+                            // A job that panics loses its result (its `JobDone`
+                            // sees `None`); the thread carries on with the next.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            while let Ok(job) = queue.recv() {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                        })?;
+                self.jobs = Some(jobs);
+                self.thread = Some(thread);
+            }
         }
-        JobDone { rx }
+        Ok(JobDone { rx })
     }
 }
 
@@ -121,14 +144,22 @@ mod tests {
 
     #[test]
     fn jobs_run_in_order_on_one_named_thread_that_ends_with_the_worker() {
-        let w = Worker::spawn("nook-testwk").unwrap();
-        let a = w.run(|| std::thread::current().name().map(String::from));
-        let b = w.run(|| 7);
+        let mut w = Worker::new("nook-testwk");
+        assert_eq!(threads_named("nook-testwk"), 0, "started by its first job");
+        assert!(w.pthread().is_none());
+        let a = w
+            .run(|| std::thread::current().name().map(String::from))
+            .unwrap();
+        let b = w.run(|| 7).unwrap();
         assert_eq!(a.wait().flatten().as_deref(), Some("nook-testwk"));
         assert_eq!(b.wait(), Some(7));
-        let panicked = w.run(|| -> u8 { panic!("job failed") });
+        let panicked = w.run(|| -> u8 { panic!("job failed") }).unwrap();
         assert_eq!(panicked.wait(), None);
-        assert_eq!(w.run(|| 8).wait(), Some(8), "the thread survives a panic");
+        assert_eq!(
+            w.run(|| 8).unwrap().wait(),
+            Some(8),
+            "the thread survives a panic"
+        );
         assert_eq!(threads_named("nook-testwk"), 1);
         drop(w);
         assert_eq!(threads_named("nook-testwk"), 0, "the thread is joined");
