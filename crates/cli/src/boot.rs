@@ -52,11 +52,11 @@ pub struct BootArgs {
     )]
     pub cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
-    pub memory: u32,
+    #[arg(long = "memory", default_value_t = 256, value_name = "MIB")]
+    pub memory_mib: u32,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub cpus: u8,
+    #[arg(long = "cpus", default_value_t = 1, value_name = "N")]
+    pub vcpus: u8,
     /// Engine.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: BootEngine,
@@ -78,8 +78,8 @@ pub fn boot(args: BootArgs) -> i32 {
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
-        memory_mib: args.memory,
-        vcpus: args.cpus,
+        memory_mib: args.memory_mib,
+        vcpus: args.vcpus,
         engine: match args.engine {
             BootEngine::Auto => EngineKind::Auto,
             BootEngine::Kvm => EngineKind::Kvm,

@@ -18,11 +18,11 @@ use crate::term;
 #[derive(Args, Debug, Clone)]
 pub struct VmArgs {
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
-    pub memory: u32,
+    #[arg(long = "memory", default_value_t = 256, value_name = "MIB")]
+    pub memory_mib: u32,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub cpus: u8,
+    #[arg(long = "cpus", default_value_t = 1, value_name = "N")]
+    pub vcpus: u8,
     /// Engine: auto picks the fastest one that runs guest kernels at speed here.
     #[arg(long, default_value = "auto", value_parser = parse_engine)]
     pub engine: EngineKind,
@@ -61,8 +61,8 @@ impl VmArgs {
     pub fn config(&self) -> VmConfig {
         let mut cfg = VmConfig {
             engine: self.engine,
-            memory_mib: self.memory,
-            vcpus: self.cpus,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
             boot_timeout: Duration::from_secs(self.boot_timeout),
             ..VmConfig::default()
         };

@@ -8,6 +8,13 @@
 use nook_proto::*;
 
 fn samples() -> Vec<(&'static str, Frame)> {
+    let mut all = stream_samples();
+    all.extend(file_samples());
+    all
+}
+
+/// Samples of the handshake, exec, stdio and control messages.
+fn stream_samples() -> Vec<(&'static str, Frame)> {
     vec![
         (
             "guest_hello",
@@ -115,6 +122,12 @@ fn samples() -> Vec<(&'static str, Frame)> {
             "pipe_closed_stdin",
             GuestMsg::PipeClosed(PipeClosed { pipe: Pipe::Stdin }).to_frame(1),
         ),
+    ]
+}
+
+/// Samples of the file-operation messages.
+fn file_samples() -> Vec<(&'static str, Frame)> {
+    vec![
         (
             "file_write",
             HostMsg::File(FileRequest::Write {
