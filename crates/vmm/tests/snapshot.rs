@@ -149,6 +149,14 @@ fn restore(path: &Path, serial: &SharedBuf) -> KvmVm {
     .unwrap()
 }
 
+/// Starts the counter guest with two vCPUs (the second one waits for SIPI
+/// throughout).
+fn start_counter(dir: &Path, serial: &SharedBuf) -> KvmVm {
+    let mut cfg = config(&counter_guest().write(dir), serial);
+    cfg.vcpus = 2;
+    KvmVm::start(cfg).unwrap()
+}
+
 #[test]
 fn counter_clones_continue_independently_and_never_write_the_file() {
     let _l = serial_lock();
@@ -158,9 +166,7 @@ fn counter_clones_continue_independently_and_never_write_the_file() {
     let leaks = LeakCheck::start();
     let dir = tempfile::tempdir().unwrap();
     let serial = SharedBuf::default();
-    let mut cfg = config(&counter_guest().write(dir.path()), &serial);
-    cfg.vcpus = 2; // the second one waits for SIPI throughout
-    let mut src = KvmVm::start(cfg).unwrap();
+    let mut src = start_counter(dir.path(), &serial);
     wait_until("the count to pass 20M", || {
         read_u64(&src, COUNT) > 20_000_000
     });
@@ -247,9 +253,7 @@ fn restorer_reuses_vms_and_every_restore_starts_from_the_snapshot() {
     let leaks = LeakCheck::start();
     let dir = tempfile::tempdir().unwrap();
     let serial = SharedBuf::default();
-    let mut cfg = config(&counter_guest().write(dir.path()), &serial);
-    cfg.vcpus = 2;
-    let mut src = KvmVm::start(cfg).unwrap();
+    let mut src = start_counter(dir.path(), &serial);
     wait_until("the count to pass 1M", || read_u64(&src, COUNT) > 1_000_000);
     let path = dir.path().join("counter.snap");
     src.snapshot(&path, AfterSnapshot::Stop).unwrap();
