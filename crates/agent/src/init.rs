@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use nook_proto::BootWords;
 
-use crate::{modules, shares, storage};
+use crate::{modules, net, shares, storage};
 
 /// Mounts proc, sysfs, devtmpfs, devpts and the tmpfs mounts, loads the
 /// modules from the manifest, switches to the image root and mounts the
@@ -86,6 +86,10 @@ pub fn setup() -> io::Result<BootWords> {
     storage::setup(&words)?;
     // Shares go into the final root, after the image root (if any) is `/`.
     shares::mount_all(&words.shares);
+    // After the root switch: /etc/resolv.conf belongs in the final root.
+    if let Err(e) = net::setup(words.net.as_ref()) {
+        crate::log(&format!("cannot configure the network: {e}"));
+    }
     let _ = nix::unistd::sethostname("nook");
     Ok(words)
 }

@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod init;
 mod modules;
+mod net;
 mod pipes;
 mod reaper;
 mod serve;

@@ -110,6 +110,11 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
                     if let Err(e) = entropy::reseed(&r.entropy) {
                         log(&format!("cannot reseed the entropy pool: {e}"));
                     }
+                    if let Some(mac) = &r.mac {
+                        if let Err(e) = crate::net::set_mac(mac) {
+                            log(&format!("cannot give the NIC its new MAC: {e}"));
+                        }
+                    }
                 }
             }
             HostMsg::Hello(_) => {}

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use nook::stdio::{self, Controller, StdioStreams};
-use nook::{Child, EngineKind, ShareConfig, Vm, VmConfig};
+use nook::{
+    Child, EgressRule, EngineKind, HostEntry, NetConfig, PortMapping, ShareConfig, Vm, VmConfig,
+};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
 use crate::exit::{self, report};
@@ -38,6 +40,49 @@ pub struct VmArgs {
     /// Always boot: neither restore this configuration's template snapshot nor make one (also NOOK_NO_TEMPLATE=1).
     #[arg(long)]
     pub no_template: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// The network options (any of them gives the VM a network).
+#[derive(Args, Debug, Clone, Default)]
+pub struct NetArgs {
+    /// Give the guest a network: user-mode NAT through nook (no root, no host setup). Without it the guest has only `lo`.
+    #[arg(long)]
+    pub net: bool,
+    /// Publish a guest port on the host, bound to 127.0.0.1 unless HOSTIP is given; HOSTPORT 0 lets the kernel choose (repeatable; implies --net).
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp]", value_parser = parse_net::<PortMapping>)]
+    pub publish: Vec<PortMapping>,
+    /// Allow egress to a host name (*.example.com wildcards, host.nook.internal for the host) or a CIDR, on PORT only if given. With any --allow, everything else is refused (repeatable; implies --net).
+    #[arg(long, value_name = "HOST|CIDR[:PORT]", value_parser = parse_net::<EgressRule>)]
+    pub allow: Vec<EgressRule>,
+    /// Refuse egress to a host name or CIDR (wins over --allow; repeatable; implies --net).
+    #[arg(long, value_name = "HOST|CIDR[:PORT]", value_parser = parse_net::<EgressRule>)]
+    pub deny: Vec<EgressRule>,
+    /// Make nook's DNS answer NAME with IP in the guest (repeatable; implies --net).
+    #[arg(long = "add-host", value_name = "NAME:IP", value_parser = parse_net::<HostEntry>)]
+    pub add_host: Vec<HostEntry>,
+}
+
+fn parse_net<T: std::str::FromStr<Err = nook::NetParseError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: nook::NetParseError| e.to_string())
+}
+
+impl NetArgs {
+    /// The network these options ask for, if any.
+    pub fn config(&self) -> Option<NetConfig> {
+        let any = self.net
+            || !self.publish.is_empty()
+            || !self.allow.is_empty()
+            || !self.deny.is_empty()
+            || !self.add_host.is_empty();
+        any.then(|| NetConfig {
+            publish: self.publish.clone(),
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            hosts: self.add_host.clone(),
+        })
+    }
 }
 
 fn parse_engine(s: &str) -> Result<EngineKind, String> {
@@ -73,6 +118,7 @@ impl VmArgs {
         if self.no_template {
             cfg.template = false;
         }
+        cfg.net = self.net.config();
         cfg
     }
 }
@@ -167,6 +213,7 @@ pub fn run(args: RunArgs) -> i32 {
             return exit::NOOK_FAILED;
         }
     };
+    print_published(&vm);
     let child = match spawn(&vm, &args, &plan) {
         Ok(c) => c,
         Err(code) => return code,
@@ -256,6 +303,18 @@ fn handle_signals(
             }
         })?;
     Ok(())
+}
+
+/// Says where published ports whose host port the kernel chose ended up.
+pub(crate) fn print_published(vm: &Vm) {
+    for p in vm.published_ports() {
+        if p.mapping.host_port == 0 {
+            eprintln!(
+                "nook: published {} -> guest port {}/{}",
+                p.host, p.mapping.guest_port, p.mapping.protocol
+            );
+        }
+    }
 }
 
 /// Boots the VM (or restores the snapshot) the arguments describe.

@@ -62,7 +62,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
     }
     let plan = storage::plan(cfg.image.as_ref(), &cfg.volumes, &cfg.home.join("tmp"))
         .map_err(VmError::Storage)?;
-    let cmdline = cmdline(&cfg, &plan);
+    let cmdline = cmdline(&cfg, &plan, choice.id());
     let mut spec = MachineSpec {
         kernel: assets.kernel.clone(),
         initrd: assets.initramfs.clone(),
@@ -73,6 +73,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         disks: plan.disks.clone(),
         shares: crate::share::fs_shares(&cfg.shares),
         snapshot_ready: false,
+        nic: None,
     };
     let template = template_for(&cfg, &spec, &plan, choice.id());
     if let Some(t) = template.as_ref().filter(|t| t.exists()) {
@@ -105,6 +106,8 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
     let run_dir = make_run_dir()?;
     spec.run_dir = run_dir.0.clone();
     spec.snapshot_ready = template.is_some();
+    let net = cfg.net.as_ref().map(crate::net::start_boot).transpose()?;
+    spec.nic = net.as_ref().map(|n| n.nic.clone());
     let (machine, conn, choice) = boot_with_fallback(&cfg, &spec, choice)?;
     let boot_time = t0.elapsed();
     tracing::debug!(
@@ -120,6 +123,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         choice,
         boot_time,
         _scratch: plan.scratch,
+        net: net.map(|n| n.backend),
         cfg,
         origin: VmOrigin::Booted,
     };
@@ -139,8 +143,9 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
 }
 
 /// The full kernel command line: nook's base, the caller's extra words, and
-/// the boot words of the disk plan and the shares.
-fn cmdline(cfg: &VmConfig, plan: &StoragePlan) -> String {
+/// the boot words of the disk plan, the shares and the network (whose MTU
+/// depends on the engine).
+fn cmdline(cfg: &VmConfig, plan: &StoragePlan, engine: EngineId) -> String {
     let mut words = plan.words.clone();
     words.shares = cfg
         .shares
@@ -148,6 +153,9 @@ fn cmdline(cfg: &VmConfig, plan: &StoragePlan) -> String {
         .enumerate()
         .map(|(i, s)| crate::share::boot_mount(i, s))
         .collect();
+    if cfg.net.is_some() {
+        words.net = Some(crate::net::boot_word(engine));
+    }
     [BASE_CMDLINE, &cfg.cmdline, &words.to_cmdline()]
         .into_iter()
         .filter(|part| !part.is_empty())

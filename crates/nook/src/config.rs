@@ -68,6 +68,11 @@ pub struct VmConfig {
     /// of a boot. Off with `NOOK_NO_TEMPLATE=1`. Configurations with
     /// volumes, shares or a scratch disk always boot.
     pub template: bool,
+    /// The VM's network: `None` (the default) gives the guest no network
+    /// device at all, only `lo`. `Some` gives it a NIC behind nook's
+    /// user-mode NAT with the config's published ports, egress rules and
+    /// static host entries (plain data: `Eq + Hash + Serialize`).
+    pub net: Option<crate::NetConfig>,
 }
 
 impl Default for VmConfig {
@@ -88,6 +93,7 @@ impl Default for VmConfig {
             volumes: Vec::new(),
             shares: Vec::new(),
             template: std::env::var_os("NOOK_NO_TEMPLATE").is_none_or(|v| v.is_empty() || v == "0"),
+            net: None,
         }
     }
 }
@@ -105,6 +111,10 @@ impl VmConfig {
         }
         for share in &self.shares {
             share.validate()?;
+        }
+        if let Some(net) = &self.net {
+            net.validate()
+                .map_err(|e| crate::VmError::Net(nook_net::NetError::Config(e)))?;
         }
         Ok(())
     }

@@ -26,6 +26,8 @@ pub enum VmError {
     Kvm(#[source] nook_vmm::VmmError),
     #[error("cannot prepare the VM's disks")]
     Storage(#[source] crate::VolumeError),
+    #[error("cannot start the VM's network")]
+    Net(#[source] nook_net::NetError),
     #[error("cannot serve a host directory share")]
     Share(#[source] nook_fs::FsError),
     #[error("cannot create the VM's runtime directory {path}")]

@@ -22,6 +22,7 @@ mod error;
 mod exec;
 pub mod exit_code;
 mod files;
+mod net;
 mod pool;
 mod share;
 mod snapshot;
@@ -39,8 +40,13 @@ pub use error::chain as error_chain;
 pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use files::{FileError, FileErrorKind, FileKind, FileStat, GuestFiles, ReadSummary};
+pub use net::NicSpec;
 pub use nook_assets::{default_home, Assets};
 pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
+pub use nook_net::ParseError as NetParseError;
+pub use nook_net::{
+    EgressRule, HostEntry, NetConfig, NetStats, PortMapping, Protocol, PublishedPort, RefusedFlow,
+};
 pub use nook_proto::{BootWords, Pipe, Winsize};
 pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};

@@ -45,6 +45,9 @@ pub struct SnapshotManifest {
     pub agent_version: String,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// The network the VM had (its guest has a NIC when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::NetConfig>,
 }
 
 /// A snapshot on disk.
@@ -217,6 +220,7 @@ impl Vm {
                 agent_protocol: hello.protocol,
                 agent_version: hello.agent_version.clone(),
                 created: now_ns() / 1_000_000_000,
+                net: self.cfg.net.clone(),
             };
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             std::fs::write(tmp.join(MANIFEST), json).map_err(io)?;
@@ -253,15 +257,30 @@ impl Vm {
         let m = &snap.manifest;
         let run_dir = make_run_dir()?;
         let engine_dir = path.join(ENGINE_DIR);
+        // A clone gets its own back end (no flow of the parent's carries
+        // over) and, below, its own MAC; the caller's network rules win
+        // over the snapshot's.
+        let net_cfg = match (&m.net, &cfg.net) {
+            (None, Some(_)) => {
+                return Err(VmError::BadSnapshot {
+                    path: path.to_path_buf(),
+                    reason: "it was taken without a network: create it again with --net".into(),
+                })
+            }
+            (Some(recorded), mine) => Some(mine.clone().unwrap_or_else(|| recorded.clone())),
+            (None, None) => None,
+        };
+        let net = net_cfg.as_ref().map(crate::net::start_clone).transpose()?;
+        let nic = net.as_ref().map(|n| &n.nic);
         let shares = crate::share::fs_shares(&cfg.shares);
         let mut machine: Box<dyn Machine> = match (m.engine, kvm) {
-            (EngineId::Kvm, Some(r)) => {
-                Box::new(crate::engine::kvm::restore_with(r, &run_dir.0, &shares)?)
-            }
+            (EngineId::Kvm, Some(r)) => Box::new(crate::engine::kvm::restore_with(
+                r, &run_dir.0, &shares, nic,
+            )?),
             _ => m
                 .engine
                 .engine()
-                .restore(&engine_dir, &run_dir.0, &shares)?,
+                .restore(&engine_dir, &run_dir.0, &shares, nic)?,
         };
         let choice = match m.engine {
             EngineId::Kvm => EngineChoice::Kvm {
@@ -293,6 +312,7 @@ impl Vm {
         let resync = HostMsg::Resync(Resync {
             time_ns: now_ns(),
             entropy: host_entropy(),
+            mac: net.as_ref().map(|n| n.nic.mac.to_string()),
         });
         if let Err(e) = conn.send(CONTROL_STREAM, &resync) {
             machine.kill();
@@ -301,6 +321,7 @@ impl Vm {
         let mut vm_cfg = cfg.clone();
         vm_cfg.memory_mib = m.memory_mib;
         vm_cfg.vcpus = m.vcpus;
+        vm_cfg.net = net_cfg;
         Ok(Vm {
             machine: Mutex::new(machine),
             conn,
@@ -310,6 +331,7 @@ impl Vm {
             cfg: vm_cfg,
             _scratch: None,
             origin: VmOrigin::Snapshot,
+            net: net.map(|n| n.backend),
         })
     }
 }

@@ -46,6 +46,9 @@ pub struct Vm {
     pub(crate) cfg: VmConfig,
     /// The scratch disk of an image root, deleted after the VM.
     pub(crate) _scratch: Option<TempFile>,
+    /// The network back end (dropped after the machine: its published
+    /// ports close with the VM).
+    pub(crate) net: Option<nook_net::NetBackend>,
     pub(crate) origin: VmOrigin,
 }
 
@@ -150,6 +153,10 @@ pub(crate) fn find_agent(cfg: &VmConfig) -> Result<PathBuf, VmError> {
 pub(crate) fn assets_config(cfg: &VmConfig) -> Result<AssetsConfig, VmError> {
     let mut a = AssetsConfig::new(find_agent(cfg)?);
     a.modules = GUEST_MODULES.iter().map(|m| m.to_string()).collect();
+    if cfg.net.is_some() {
+        a.modules
+            .extend(crate::net::NET_MODULES.iter().map(|m| m.to_string()));
+    }
     a.home = cfg.home.clone();
     a.progress = cfg.progress;
     if let Some(k) = &cfg.kernel {
@@ -222,6 +229,17 @@ impl Vm {
         self.image_config()
             .map(|c| c.entrypoint.iter().chain(&c.cmd).cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// What the VM's network did so far (`None` without a network).
+    pub fn net_stats(&self) -> Option<crate::NetStats> {
+        self.net.as_ref().map(|n| n.stats())
+    }
+
+    /// The VM's published ports as bound on the host (empty without a
+    /// network). They close when the VM ends.
+    pub fn published_ports(&self) -> &[crate::PublishedPort] {
+        self.net.as_ref().map_or(&[], |n| n.published())
     }
 
     /// Whether a writable volume is attached: end such a VM with

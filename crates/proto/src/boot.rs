@@ -12,9 +12,12 @@
 //! ```text
 //! nook.root=nook-root nook.scratch=nook-scratch nook.mount=nook-vol0:/my%20data:rw
 //! nook.share=nook0:/mnt/my%20data:ro nook.poweroff_after_init
+//! nook.net=10.0.2.15/24,10.0.2.2,10.0.2.3,65520,02:4e:00:00:00:01
 //! ```
 //!
 //! `docs/protocol.md` says what the agent does with each word.
+
+use crate::net::NetBoot;
 
 /// Prefix of every word nook owns; the agent refuses one it does not know.
 pub const WORD_PREFIX: &str = "nook.";
@@ -33,6 +36,9 @@ pub struct BootWords {
     /// `nook.poweroff_after_init`: power off as soon as init is done (for
     /// boot benchmarks).
     pub poweroff_after_init: bool,
+    /// `nook.net=ADDR/PREFIX,GATEWAY,DNS,MTU,MAC`: configure the NIC with
+    /// this MAC (see [`NetBoot`]); without it the guest has only `lo`.
+    pub net: Option<NetBoot>,
 }
 
 /// An ext4 disk, found by its virtio-blk serial, mounted at `path`.
@@ -74,6 +80,7 @@ const SCRATCH: &str = "nook.scratch=";
 const MOUNT: &str = "nook.mount=";
 const SHARE: &str = "nook.share=";
 const POWEROFF_AFTER_INIT: &str = "nook.poweroff_after_init";
+const NET: &str = "nook.net=";
 
 impl BootWords {
     /// The words, in a fixed order: root, scratch, mounts, shares, flags.
@@ -96,6 +103,9 @@ impl BootWords {
         }
         if self.poweroff_after_init {
             out.push(POWEROFF_AFTER_INIT.to_string());
+        }
+        if let Some(net) = &self.net {
+            out.push(format!("{NET}{net}"));
         }
         out
     }
@@ -133,6 +143,17 @@ impl BootWords {
                 });
             } else if word == POWEROFF_AFTER_INIT {
                 out.poweroff_after_init = true;
+            } else if let Some(v) = word.strip_prefix(NET) {
+                if out.net.is_some() {
+                    return Err(BootWordError::Repeated {
+                        word: word.to_string(),
+                    });
+                }
+                let net = NetBoot::parse_value(v).map_err(|_| BootWordError::Malformed {
+                    word: word.to_string(),
+                    expected: "ADDR/PREFIX,GATEWAY,DNS,MTU,MAC",
+                })?;
+                out.net = Some(net);
             } else {
                 return Err(BootWordError::Unknown(word.to_string()));
             }
@@ -262,6 +283,14 @@ mod tests {
                 read_only: true,
             }],
             poweroff_after_init: true,
+            net: Some(NetBoot {
+                address: [10, 0, 2, 15].into(),
+                prefix: 24,
+                gateway: [10, 0, 2, 2].into(),
+                dns: [10, 0, 2, 3].into(),
+                mtu: 65520,
+                mac: [2, 0x4e, 0, 0, 0, 1],
+            }),
         }
     }
 
@@ -276,6 +305,7 @@ mod tests {
                 "nook.mount=nook-vol1:/my%20dir%3Ax%25%22:ro",
                 "nook.share=nook0:/mnt/a%20b:ro",
                 "nook.poweroff_after_init",
+                "nook.net=10.0.2.15/24,10.0.2.2,10.0.2.3,65520,02:4e:00:00:00:01",
             ]
         );
         assert!(BootWords::default().to_words().is_empty());
@@ -347,20 +377,32 @@ mod tests {
             path,
             read_only,
         });
+        let net = (any::<[u8; 4]>(), 0u8..=32, any::<[u8; 6]>(), 68u16..).prop_map(
+            |(ip, prefix, mac, mtu)| NetBoot {
+                address: ip.into(),
+                prefix,
+                gateway: ip.into(),
+                dns: ip.into(),
+                mtu,
+                mac,
+            },
+        );
         (
             proptest::option::of(name()),
             proptest::option::of(name()),
             proptest::collection::vec(mount, 0..4),
             proptest::collection::vec(share, 0..4),
             any::<bool>(),
+            proptest::option::of(net),
         )
             .prop_map(
-                |(root, scratch, mounts, shares, poweroff_after_init)| BootWords {
+                |(root, scratch, mounts, shares, poweroff_after_init, net)| BootWords {
                     root,
                     scratch,
                     mounts,
                     shares,
                     poweroff_after_init,
+                    net,
                 },
             )
     }

@@ -29,7 +29,9 @@ mod boot;
 mod file;
 mod flow;
 mod frame;
+pub mod link;
 mod msg;
+mod net;
 
 pub use boot::{
     percent_decode, percent_encode, BootWordError, BootWords, DiskMount, ShareMount, WORD_PREFIX,
@@ -44,6 +46,7 @@ pub use msg::{
     ErrorCode, ErrorReply, ExecRequest, Exited, GuestHello, GuestMsg, HostHello, HostMsg, Kind,
     MsgError, Resync, Started, Winsize,
 };
+pub use net::{format_mac, parse_mac, NetBoot, NetBootError};
 
 /// Version of the wire protocol. Host and agent refuse to talk across versions.
 /// 2: credit-based flow control on every pipe (`Credit`, `PipeClosed`).

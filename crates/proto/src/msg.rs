@@ -218,6 +218,10 @@ pub struct Resync {
     /// Fresh random bytes from the host, mixed into the guest's pool before
     /// it is forced to reseed.
     pub entropy: Vec<u8>,
+    /// A fresh MAC address for the guest's NIC (`02:..`), when it has one:
+    /// a clone must not share its parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -95,6 +95,7 @@ fn stream_samples() -> Vec<(&'static str, Frame)> {
             HostMsg::Resync(Resync {
                 time_ns: 1_700_000_000_000_000_000,
                 entropy: vec![1, 2, 3, 4],
+                mac: None,
             })
             .to_frame(CONTROL_STREAM),
         ),
@@ -253,6 +254,14 @@ fn boot_word_samples() -> Vec<(&'static str, BootWords)> {
                     read_only: true,
                 }],
                 poweroff_after_init: true,
+                net: Some(nook_proto::NetBoot {
+                    address: [10, 0, 2, 15].into(),
+                    prefix: 24,
+                    gateway: [10, 0, 2, 2].into(),
+                    dns: [10, 0, 2, 3].into(),
+                    mtu: 1500,
+                    mac: [2, 0x4e, 0, 0, 0, 1],
+                }),
             },
         ),
     ]

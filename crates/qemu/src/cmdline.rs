@@ -49,6 +49,8 @@ pub(crate) struct Launch {
 pub(crate) struct ChannelFds {
     pub agent: RawFd,
     pub qmp: RawFd,
+    /// The network back end's stream, when the VM has a NIC.
+    pub net: Option<RawFd>,
 }
 
 /// The kernel command line actually passed: the configured one plus the TSC
@@ -150,6 +152,7 @@ pub(crate) fn build_args(
         );
     }
     args.extend(cfg.share_args());
+    args.extend(cfg.nic_args(fds.net));
     if launch.incoming {
         args.push("-incoming".into());
         args.push("defer".into());
@@ -187,7 +190,11 @@ mod tests {
         cfg.memory_mib = 512;
         cfg.disks.push(QemuDiskConfig::new("/d/root.img", true));
         cfg.extra_args = vec!["-S".into()];
-        let fds = ChannelFds { agent: 7, qmp: 9 };
+        let fds = ChannelFds {
+            agent: 7,
+            qmp: 9,
+            net: None,
+        };
         let args = strings(build_args(
             &cfg,
             Path::new("/run/vm1/console,log"),
@@ -240,7 +247,11 @@ mod tests {
         let args = strings(build_args(
             &cfg,
             Path::new("c"),
-            ChannelFds { agent: 3, qmp: 4 },
+            ChannelFds {
+                agent: 3,
+                qmp: 4,
+                net: None,
+            },
             Some(1000),
             &BOOT,
         ));
@@ -281,7 +292,11 @@ mod tests {
         let args = strings(build_args(
             &cfg,
             Path::new("c"),
-            ChannelFds { agent: 3, qmp: 4 },
+            ChannelFds {
+                agent: 3,
+                qmp: 4,
+                net: None,
+            },
             None,
             &launch,
         ));
@@ -306,13 +321,39 @@ mod tests {
         let args = strings(build_args(
             &cfg,
             Path::new("c"),
-            ChannelFds { agent: 3, qmp: 4 },
+            ChannelFds {
+                agent: 3,
+                qmp: 4,
+                net: None,
+            },
             None,
             &shared,
         ));
         assert!(value_of(&args, "-object")[0].contains(",share=on,"));
         assert!(value_of(&args, "-incoming").is_empty());
     }
+    #[test]
+    fn a_nic_gets_a_stream_netdev_on_its_fd() {
+        let mut cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
+        cfg.nic = Some(crate::config::QemuNicConfig {
+            mac: "02:4e:00:00:00:01".into(),
+        });
+        let fds = ChannelFds {
+            agent: 3,
+            qmp: 4,
+            net: Some(11),
+        };
+        let args = strings(build_args(&cfg, Path::new("c"), fds, None, &BOOT));
+        assert_eq!(value_of(&args, "-netdev"), ["socket,id=net0,fd=11"]);
+        assert!(value_of(&args, "-device")
+            .contains(&"virtio-net-device,netdev=net0,mac=02:4e:00:00:00:01"));
+        // Without a NIC there is no network device at all.
+        cfg.nic = None;
+        let args = strings(build_args(&cfg, Path::new("c"), fds, None, &BOOT));
+        assert!(value_of(&args, "-netdev").is_empty());
+        assert!(!args.iter().any(|a| a.starts_with("virtio-net")));
+    }
+
     #[test]
     fn shares_get_shared_memfd_ram_and_vhost_user_fs_devices() {
         let mut cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
@@ -323,7 +364,11 @@ mod tests {
         let args = strings(build_args(
             &cfg,
             Path::new("c"),
-            ChannelFds { agent: 3, qmp: 4 },
+            ChannelFds {
+                agent: 3,
+                qmp: 4,
+                net: None,
+            },
             None,
             &BOOT,
         ));
@@ -349,7 +394,11 @@ mod tests {
         let args = strings(build_args(
             &cfg,
             Path::new("c"),
-            ChannelFds { agent: 3, qmp: 4 },
+            ChannelFds {
+                agent: 3,
+                qmp: 4,
+                net: None,
+            },
             None,
             &shared,
         ));

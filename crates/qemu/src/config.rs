@@ -124,6 +124,19 @@ pub struct QemuShareConfig {
     pub tag: String,
 }
 
+/// A `virtio-net-device` whose back end is a Unix stream of Ethernet
+/// frames, each preceded by its 32-bit big-endian length (`-netdev
+/// socket,fd=N` on a connected stream socket: the framing of nook's
+/// network back end, up from the first instruction; `-netdev stream` over
+/// a descriptor connects asynchronously in QEMU 7.2). The stream itself is
+/// handed to [`crate::QemuVm::start_with_net`] (or
+/// [`crate::RestoreOptions::net`]); QEMU inherits it as a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuNicConfig {
+    /// The NIC's MAC address, `02:..` form.
+    pub mac: String,
+}
+
 /// Everything needed to start one QEMU `microvm` guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
@@ -171,6 +184,8 @@ pub struct QemuConfig {
     pub ram: GuestRam,
     /// Host directory shares, as virtio-fs devices.
     pub shares: Vec<QemuShareConfig>,
+    /// A network card; none (the guest has only `lo`) when `None`.
+    pub nic: Option<QemuNicConfig>,
 }
 
 impl QemuConfig {
@@ -200,6 +215,7 @@ impl QemuConfig {
             extra_args: Vec::new(),
             ram: GuestRam::Anonymous,
             shares: Vec::new(),
+            nic: None,
         }
     }
 
@@ -271,6 +287,19 @@ impl QemuConfig {
                 });
             }
         }
+        if let Some(nic) = &self.nic {
+            let ok = nic.mac.len() == 17
+                && nic
+                    .mac
+                    .split(':')
+                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+            if !ok {
+                return Err(QemuError::InvalidConfig {
+                    field: "nic.mac",
+                    reason: "must be six hex bytes like 02:00:00:00:00:01",
+                });
+            }
+        }
         match std::fs::metadata(&self.run_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => Err(QemuError::RunDirUnusable {
@@ -314,6 +343,19 @@ impl QemuConfig {
 }
 
 impl QemuConfig {
+    /// The `-netdev`/`-device` pair of the NIC, its back end on `fd`.
+    pub(crate) fn nic_args(&self, fd: Option<std::os::fd::RawFd>) -> Vec<OsString> {
+        match (&self.nic, fd) {
+            (Some(nic), Some(fd)) => vec![
+                "-netdev".into(),
+                format!("socket,id=net0,fd={fd}").into(),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", nic.mac).into(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// The `-chardev`/`-device` pairs for the configured shares.
     pub(crate) fn share_args(&self) -> Vec<OsString> {
         let mut args = Vec::new();

@@ -42,8 +42,8 @@ mod vm;
 
 pub use cmdline::{MACHINE, SANDBOX};
 pub use config::{
-    locate_qemu, Accel, DiskCache, GuestRam, QemuConfig, QemuDiskConfig, QemuShareConfig,
-    AGENT_PORT_NAME, GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
+    locate_qemu, Accel, DiskCache, GuestRam, QemuConfig, QemuDiskConfig, QemuNicConfig,
+    QemuShareConfig, AGENT_PORT_NAME, GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
 };
 pub use error::{Diagnostics, QemuError, QemuSnapshotError};
 pub use qmp::{Qmp, QmpError, QmpEvent};

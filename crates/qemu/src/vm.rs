@@ -60,6 +60,16 @@ impl QemuVm {
     /// end-of-file on the agent channel and gets the reason, with QEMU's
     /// stderr, from [`QemuVm::boot_failure`].
     pub fn start(cfg: QemuConfig) -> Result<QemuVm, QemuError> {
+        QemuVm::start_with_net(cfg, None)
+    }
+
+    /// [`QemuVm::start`] with the NIC's back end stream (`cfg.nic` must be
+    /// set): QEMU inherits the descriptor; the caller may close its copy
+    /// once this returns.
+    pub fn start_with_net(
+        cfg: QemuConfig,
+        net: Option<BorrowedFd<'_>>,
+    ) -> Result<QemuVm, QemuError> {
         cfg.validate()?;
         let ram = match cfg.ram {
             GuestRam::Anonymous => RamBacking::Anonymous,
@@ -80,16 +90,24 @@ impl QemuVm {
             ram,
             incoming: false,
         };
-        QemuVm::launch(cfg, launch, None)
+        QemuVm::launch(cfg, launch, None, net)
     }
 
     /// Spawns QEMU for a validated `cfg`; `inherit` is one more descriptor
-    /// QEMU inherits under the same number (a restore's state file).
+    /// QEMU inherits under the same number (a restore's state file), `net`
+    /// the NIC's back end stream.
     pub(crate) fn launch(
         mut cfg: QemuConfig,
         launch: Launch,
         inherit: Option<BorrowedFd<'_>>,
+        net: Option<BorrowedFd<'_>>,
     ) -> Result<QemuVm, QemuError> {
+        if cfg.nic.is_some() != net.is_some() {
+            return Err(QemuError::InvalidConfig {
+                field: "nic",
+                reason: "a NIC needs its back end stream, and a stream a NIC",
+            });
+        }
         let console_log = cfg.run_dir.join(CONSOLE_LOG);
         let stderr_log = cfg.run_dir.join(STDERR_LOG);
         let create_err = |source| QemuError::CreateFile {
@@ -114,6 +132,7 @@ impl QemuVm {
         let fds = ChannelFds {
             agent: agent_qemu.as_raw_fd(),
             qmp: qmp_qemu.as_raw_fd(),
+            net: net.map(|fd| fd.as_raw_fd()),
         };
         let args = build_args(&cfg, &console_log, fds, tsc_khz, &launch);
         debug!(target: "nook::qemu", binary = %cfg.binary.display(), ?args, "spawning qemu");
@@ -127,6 +146,7 @@ impl QemuVm {
         let started = Instant::now();
         let mut inherit_fds = vec![fds.agent, fds.qmp];
         inherit_fds.extend(inherit.map(|fd| fd.as_raw_fd()));
+        inherit_fds.extend(fds.net);
         let child = spawn_guarded(command, inherit_fds).map_err(|source| QemuError::Spawn {
             binary: cfg.binary.clone(),
             source,

@@ -3,7 +3,7 @@
 //!
 //! 1. validate the configuration, install the vCPU kick handler;
 //! 2. make the virtio devices in their documented order (console, disks,
-//!    rng, shares) and announce them with `virtio_mmio.device=` entries appended
+//!    rng, shares, net) and announce them with `virtio_mmio.device=` entries appended
 //!    to the command line;
 //! 3. allocate guest memory and write ACPI tables, kernel, initrd, command
 //!    line, boot page tables and GDT into it;
@@ -24,6 +24,7 @@ use crate::config::KvmConfig;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::persist::HostBackends;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
@@ -49,6 +50,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         disks,
         rng,
         shares,
+        net,
         ..
     } = cfg;
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -72,6 +74,13 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
     }
     for s in shares {
         devices.push(Box::new(Fs::new(&s.tag, s.server)));
+    }
+    if let Some(n) = net {
+        let nic = Net::new(n.mac, Some(n.stream)).map_err(|source| VmmError::Device {
+            what: "virtio-net stream".into(),
+            source,
+        })?;
+        devices.push(Box::new(nic));
     }
 
     let mut cmdline = user_cmdline.trim().to_string();

@@ -55,6 +55,16 @@ pub struct KvmShareConfig {
     pub server: Arc<dyn FsServer>,
 }
 
+/// A virtio-net NIC on a back end stream of length-prefixed Ethernet
+/// frames (see [`crate::devices::virtio::net::encode_frame`]).
+#[derive(Debug)]
+pub struct KvmNetConfig {
+    /// The MAC address the guest reads from config space.
+    pub mac: [u8; 6],
+    /// The back end's end of the link.
+    pub stream: UnixStream,
+}
+
 /// Everything needed to start a VM.
 #[derive(Debug)]
 pub struct KvmConfig {
@@ -82,6 +92,8 @@ pub struct KvmConfig {
     pub rng: bool,
     /// virtio-fs shares, after the rng device.
     pub shares: Vec<KvmShareConfig>,
+    /// A virtio-net NIC (after the other devices); none when `None`.
+    pub net: Option<KvmNetConfig>,
 }
 
 /// Most vCPUs supported (APIC ids fit the MADT and CPUID fields used).
@@ -121,6 +133,7 @@ impl KvmConfig {
             disks: Vec::new(),
             rng: false,
             shares: Vec::new(),
+            net: None,
         }
     }
 
@@ -130,6 +143,7 @@ impl KvmConfig {
             + self.disks.len()
             + usize::from(self.rng)
             + self.shares.len()
+            + usize::from(self.net.is_some())
     }
 
     /// Guest RAM in bytes.

@@ -28,7 +28,7 @@ use crate::vstate::worker::JobDone;
 ///
 /// Virtio devices sit at `0xd000_0000 + 0x1000 * n` with interrupt lines
 /// 5, 6, 7, 9, 10, ... in this order: console (if configured), disks in
-/// order, rng (if configured).
+/// order, rng (if configured), net (if configured).
 pub struct KvmVm {
     pub(crate) exit: std::sync::Arc<ExitState>,
     /// Each vCPU's run loop; it ends handing back the vCPU.

@@ -288,6 +288,67 @@ fn virtio_console_round_trip() {
     leaks.finish();
 }
 
+#[test]
+fn virtio_net_frames_in_and_out_and_malformed_chains_dropped() {
+    let _l = serial_lock();
+    if !kvm_or_skip() {
+        return;
+    }
+    let leaks = LeakCheck::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Guest::new();
+    // receiveq: one 2 KiB buffer. transmitq: a chain outside guest memory,
+    // then the received buffer (header + frame) sent back.
+    g.desc(RING0, 0, BUF, 2048, F_WRITE, 0);
+    g.avail(RING0, &[0]);
+    g.desc(RING1, 0, 0xffff_0000_0000, 64, 0, 0);
+    g.desc(RING1, 1, BUF, 0, 0, 0);
+    g.virtio_init(MMIO0, &[(0, RING0), (1, RING1)]);
+    g.mmio_w(MMIO0, 0x50, 0);
+    g.wait_used(RING0, 1);
+    let a = &mut g.a;
+    a.mov(rsi, RING0 + 0x200).unwrap();
+    a.mov(eax, dword_ptr(rsi + 8)).unwrap(); // used.ring[0].len
+    a.mov(rdi, RING1 + 16).unwrap();
+    a.mov(dword_ptr(rdi + 8), eax).unwrap(); // tx desc 1 len
+    a.mov(rdi, RING1 + 0x100).unwrap();
+    a.mov(word_ptr(rdi + 4), 0u32).unwrap(); // avail.ring[0] = 0 (bad)
+    a.mov(word_ptr(rdi + 6), 1u32).unwrap(); // avail.ring[1] = 1
+    a.mov(word_ptr(rdi + 2), 2u32).unwrap(); // avail.idx = 2
+    g.mmio_w(MMIO0, 0x50, 1);
+    g.wait_used(RING1, 2);
+    g.poweroff();
+
+    let (mut host, nic_end) = UnixStream::pair().unwrap();
+    let serial = SharedBuf::default();
+    let mut cfg = config(&g.write(dir.path()), &serial);
+    cfg.net = Some(nook_vmm::KvmNetConfig {
+        mac: [2, 0, 0, 0, 0, 9],
+        stream: nic_end,
+    });
+    let mut vm = KvmVm::start(cfg).unwrap();
+    let frame: Vec<u8> = (0..200u8).collect();
+    host.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    host.write_all(&frame).unwrap();
+    host.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut len = [0u8; 4];
+    host.read_exact(&mut len).unwrap();
+    let mut echo = vec![0u8; u32::from_be_bytes(len) as usize];
+    host.read_exact(&mut echo).unwrap();
+    assert_eq!(
+        echo, frame,
+        "the frame came back without its virtio-net header"
+    );
+    assert_eq!(run(&mut vm), ExitReason::PowerOff);
+    drop(vm);
+    // Only the good chain became a frame; then the VM's end closed.
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    drop(host);
+    leaks.finish();
+}
+
 /// Guest issuing: write sector 1 (0x5a), read sector 0, GET_ID.
 fn block_guest() -> Guest {
     let mut g = Guest::new();

@@ -35,8 +35,9 @@ impl Engine for KvmEngine {
         dir: &std::path::Path,
         run_dir: &std::path::Path,
         shares: &[nook_fs::Share],
+        nic: Option<&crate::NicSpec>,
     ) -> Result<Box<dyn Machine>, VmError> {
-        Ok(Box::new(restore(dir, run_dir, shares)?))
+        Ok(Box::new(restore(dir, run_dir, shares, nic)?))
     }
 }
 
@@ -93,6 +94,7 @@ fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
             id: d.serial.clone(),
         })
         .collect();
+    cfg.net = spec.nic.as_ref().map(nic_config).transpose()?;
     let vm = nook_vmm::KvmVm::start(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {
         vm,
@@ -148,8 +150,17 @@ fn restore(
     dir: &std::path::Path,
     run_dir: &std::path::Path,
     shares: &[nook_fs::Share],
+    nic: Option<&crate::NicSpec>,
 ) -> Result<KvmMachine, VmError> {
-    restore_with(&open_restorer(dir)?, run_dir, shares)
+    restore_with(&open_restorer(dir)?, run_dir, shares, nic)
+}
+
+/// The VMM's virtio-net on its own handle of the back end's stream.
+fn nic_config(nic: &crate::NicSpec) -> Result<nook_vmm::KvmNetConfig, VmError> {
+    Ok(nook_vmm::KvmNetConfig {
+        mac: nic.mac.0,
+        stream: nic.link.try_clone().map_err(VmError::Channel)?,
+    })
 }
 
 /// Reads the snapshot in `dir` (written by [`Machine::snapshot`]) for
@@ -160,11 +171,13 @@ pub(crate) fn open_restorer(dir: &std::path::Path) -> Result<nook_vmm::KvmRestor
 
 /// Starts a clone of `restorer`'s snapshot, in one of its ready KVM VMs if
 /// it has one, serving `shares` (those of the snapshotted VM, in order);
-/// the clone's KVM VM goes back to it when the clone ends.
+/// the clone's KVM VM goes back to it when the clone ends. `nic` attaches
+/// the clone's NIC to its own network back end.
 pub(crate) fn restore_with(
     restorer: &nook_vmm::KvmRestorer,
     run_dir: &std::path::Path,
     shares: &[nook_fs::Share],
+    nic: Option<&crate::NicSpec>,
 ) -> Result<KvmMachine, VmError> {
     let (host, guest) = UnixStream::pair().map_err(VmError::Channel)?;
     let console_log = run_dir.join("console.log");
@@ -173,6 +186,10 @@ pub(crate) fn restore_with(
         console: Some(guest),
         disks: Vec::new(),
         shares: share_devices(shares)?,
+        net: nic
+            .map(|n| n.link.try_clone())
+            .transpose()
+            .map_err(VmError::Channel)?,
     };
     let vm = restorer.restore(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {

@@ -61,11 +61,14 @@ pub(crate) trait Engine {
     /// [`Machine::snapshot`] on this engine), with sockets and console log
     /// in `run_dir`, serving `shares` (the caller's own configuration, in
     /// the order and with the tags the snapshotted VM had).
+    /// `nic` attaches the clone's NIC (if the snapshot has one) to a new
+    /// network back end.
     fn restore(
         &self,
         dir: &Path,
         run_dir: &Path,
         shares: &[nook_fs::Share],
+        nic: Option<&crate::NicSpec>,
     ) -> Result<Box<dyn Machine>, VmError>;
 }
 
@@ -86,6 +89,9 @@ pub struct MachineSpec {
     /// The machine will be snapshotted to make clones: lay out its memory
     /// so that they can map it copy-on-write (QEMU: RAM in a shared file).
     pub snapshot_ready: bool,
+    /// A NIC attached to nook's network back end; no network device when
+    /// `None`.
+    pub nic: Option<crate::NicSpec>,
 }
 
 /// A raw disk image attached as a virtio-blk device. The guest finds it by

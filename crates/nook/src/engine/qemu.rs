@@ -1,13 +1,14 @@
 //! The qemu engine behind the [`Machine`] boundary.
 
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nook_fs::ShareServer;
 use nook_qemu::{
-    locate_qemu, Accel, AfterSnapshot, GuestRam, QemuConfig, QemuDiskConfig, QemuRestoreConfig,
-    QemuShareConfig, QemuVm, TSC_CACHE_FILE,
+    locate_qemu, Accel, AfterSnapshot, GuestRam, QemuConfig, QemuDiskConfig, QemuNicConfig,
+    QemuRestoreConfig, QemuShareConfig, QemuVm, TSC_CACHE_FILE,
 };
 
 use super::{Engine, Machine, MachineSpec};
@@ -36,6 +37,7 @@ impl Engine for QemuEngine {
         dir: &std::path::Path,
         run_dir: &std::path::Path,
         shares: &[nook_fs::Share],
+        nic: Option<&crate::NicSpec>,
     ) -> Result<Box<dyn Machine>, VmError> {
         if !shares.is_empty() {
             // vhost-user-fs devices do not migrate: QEMU refuses such
@@ -44,7 +46,7 @@ impl Engine for QemuEngine {
                 "a VM restored on the qemu engine cannot have shares: use --engine kvm, or boot",
             ));
         }
-        Ok(Box::new(restore(dir, run_dir)?))
+        Ok(Box::new(restore(dir, run_dir, nic)?))
     }
 }
 
@@ -85,7 +87,11 @@ fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError> {
             tag: share.tag.clone(),
         });
     }
-    let vm = QemuVm::start(cfg).map_err(VmError::Qemu)?;
+    cfg.nic = spec.nic.as_ref().map(|n| QemuNicConfig {
+        mac: n.mac.to_string(),
+    });
+    let link = spec.nic.as_ref().map(|n| n.link.as_fd());
+    let vm = QemuVm::start_with_net(cfg, link).map_err(VmError::Qemu)?;
     Ok(QemuMachine { vm, shares })
 }
 
@@ -126,8 +132,16 @@ impl Machine for QemuMachine {
 }
 
 /// Starts a clone of a snapshot taken by [`Machine::snapshot`].
-fn restore(dir: &std::path::Path, run_dir: &std::path::Path) -> Result<QemuMachine, VmError> {
-    let vm = QemuVm::restore(dir, run_dir, QemuRestoreConfig::default()).map_err(VmError::Qemu)?;
+fn restore(
+    dir: &std::path::Path,
+    run_dir: &std::path::Path,
+    nic: Option<&crate::NicSpec>,
+) -> Result<QemuMachine, VmError> {
+    let options = QemuRestoreConfig {
+        net: nic.map(|n| n.link.clone()),
+        ..QemuRestoreConfig::default()
+    };
+    let vm = QemuVm::restore(dir, run_dir, options).map_err(VmError::Qemu)?;
     Ok(QemuMachine {
         vm,
         shares: Vec::new(),

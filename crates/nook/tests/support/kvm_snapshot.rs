@@ -77,6 +77,7 @@ pub fn idle_kvm_snapshot(dir: &Path, memory_mib: u32) -> Option<()> {
         agent_protocol: nook_proto::PROTOCOL_VERSION,
         agent_version: "none".into(),
         created: 0,
+        net: None,
     };
     std::fs::write(
         dir.join("nook.json"),

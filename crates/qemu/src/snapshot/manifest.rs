@@ -61,6 +61,15 @@ struct RecordedConfig {
     sandbox: bool,
     cpu_model: Option<String>,
     extra_args: Vec<String>,
+    /// The NIC, if the VM had one (its back end stream is the restoring
+    /// side's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nic: Option<RecordedNic>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordedNic {
+    mac: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +115,7 @@ impl RecordedConfig {
             sandbox: cfg.sandbox,
             cpu_model: cfg.cpu_model.clone(),
             extra_args: cfg.extra_args.clone(),
+            nic: cfg.nic.as_ref().map(|n| RecordedNic { mac: n.mac.clone() }),
         })
     }
 
@@ -121,6 +131,9 @@ impl RecordedConfig {
         cfg.sandbox = self.sandbox;
         cfg.cpu_model = self.cpu_model;
         cfg.extra_args = self.extra_args;
+        cfg.nic = self
+            .nic
+            .map(|n| crate::config::QemuNicConfig { mac: n.mac });
         cfg.disks = self
             .disks
             .into_iter()

@@ -283,7 +283,8 @@ impl QemuVm {
             incoming: true,
         };
         // From here on, dropping `vm` on an error kills and reaps QEMU.
-        let mut vm = QemuVm::launch(cfg, launch, Some(state.as_fd()))?;
+        let net = options.net.as_ref().map(|s| s.as_fd());
+        let mut vm = QemuVm::launch(cfg, launch, Some(state.as_fd()), net)?;
         let state_fd = std::os::fd::AsRawFd::as_raw_fd(&state);
         drop(state);
 

@@ -148,6 +148,9 @@ pub struct QemuRestoreConfig {
     pub verify_state: bool,
     /// How long QEMU may take to load the state.
     pub load_timeout: Duration,
+    /// The back end stream of the snapshot's NIC (required when it has
+    /// one): a clone gets its own network back end.
+    pub net: Option<std::sync::Arc<std::os::unix::net::UnixStream>>,
 }
 
 impl Default for QemuRestoreConfig {
@@ -160,6 +163,7 @@ impl Default for QemuRestoreConfig {
             paused: false,
             verify_state: true,
             load_timeout: Duration::from_secs(120),
+            net: None,
         }
     }
 }

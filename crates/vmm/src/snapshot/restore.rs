@@ -39,6 +39,9 @@ pub struct KvmRestoreConfig {
     /// with the recorded tags (a FUSE server is a host resource: it is not
     /// in the snapshot).
     pub shares: Vec<KvmShareConfig>,
+    /// New back end stream of the virtio-net device, if the snapshot has
+    /// one (`None`: the NIC's link is down for good).
+    pub net: Option<UnixStream>,
 }
 
 impl Default for KvmRestoreConfig {
@@ -48,6 +51,7 @@ impl Default for KvmRestoreConfig {
             console: None,
             disks: Vec::new(),
             shares: Vec::new(),
+            net: None,
         }
     }
 }
@@ -145,6 +149,11 @@ pub(crate) fn check_config(
     if cfg.console.is_some() && count(device_type::CONSOLE) == 0 {
         return Err(KvmSnapshotError::Config(
             "a console stream was given but the snapshot has no console",
+        ));
+    }
+    if cfg.net.is_some() && count(device_type::NET) == 0 {
+        return Err(KvmSnapshotError::Config(
+            "a network stream was given but the snapshot has no NIC",
         ));
     }
     Ok(())

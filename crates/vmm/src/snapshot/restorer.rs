@@ -190,6 +190,7 @@ impl KvmRestorer {
                 console: cfg.console,
                 disks: cfg.disks.into(),
                 shares: cfg.shares.into_iter().map(|s| (s.tag, s.server)).collect(),
+                net: cfg.net,
             },
             vcpus: VcpuPart::Saved(state.vcpus),
             boot: state.boot.restore(),

@@ -11,6 +11,7 @@ pub mod block;
 pub mod console;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod rng;
 
@@ -25,6 +26,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Virtio device type ids.
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Console.
@@ -192,7 +195,30 @@ pub(crate) const RESTORERS: &[(u32, persist::RestoreFn)] = &[
     (device_type::BLOCK, persist::restore_device::<block::Block>),
     (device_type::RNG, persist::restore_device::<rng::Rng>),
     (device_type::FS, persist::restore_device::<fs::Fs>),
+    (device_type::NET, persist::restore_device::<net::Net>),
 ];
+
+/// `send` with `MSG_NOSIGNAL`: a closed peer gives `EPIPE`, not `SIGPIPE`.
+pub(crate) fn send_nosignal(
+    stream: &std::os::unix::net::UnixStream,
+    buf: &[u8],
+) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call and
+    // the fd is owned by `stream`, which outlives the call.
+    let n = unsafe {
+        libc::send(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
 
 /// Pops the next available descriptor chain of `queue`.
 pub(crate) fn pop_chain<'m>(

@@ -153,6 +153,8 @@ pub struct HostBackends {
     /// The servers of virtio-fs shares (tag, server), one per share in
     /// device order.
     pub shares: VecDeque<(String, Arc<dyn super::fs::FsServer>)>,
+    /// The new back end stream of the virtio-net device, if any.
+    pub net: Option<UnixStream>,
 }
 
 /// A virtio device a snapshot can bring back.

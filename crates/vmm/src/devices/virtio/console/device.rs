@@ -11,7 +11,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::queue_handler::{ConsoleQueueHandler, RX, TX};
 use crate::devices::virtio::persist::{DeviceStateError, SavedDevice, VirtioPersist};
-use crate::devices::virtio::{device_type, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
+use crate::devices::virtio::{
+    device_type, send_nosignal, ActivateContext, IrqTrigger, VirtioDevice, VirtioError,
+};
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 
@@ -179,24 +181,5 @@ impl VirtioDevice for Console {
 
     fn save_state(&self) -> Result<SavedDevice, DeviceStateError> {
         self.save_device()
-    }
-}
-
-/// `send` with `MSG_NOSIGNAL`: a closed peer gives `EPIPE`, not `SIGPIPE`.
-fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call and
-    // the fd is owned by `stream`, which outlives the call.
-    let n = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
