@@ -150,6 +150,7 @@ pub fn start(args: StartArgs) -> i32 {
         template: cfg.template,
         idle_timeout_s: args.idle_timeout,
         max_duration_s: args.max_duration,
+        net: cfg.net.clone(),
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -371,16 +372,31 @@ pub fn ps(args: PsArgs) -> i32 {
         return 0;
     }
     println!(
-        "{:<20} {:<12} {:<24} {:<8} {:>6} {:>8} {:>4}  EXIT REASON",
-        "NAME", "ENGINE", "IMAGE", "STATE", "AGE", "MEMORY", "CPUS"
+        "{:<20} {:<12} {:<24} {:<8} {:>6} {:>8} {:>4}  {:<24} EXIT REASON",
+        "NAME", "ENGINE", "IMAGE", "STATE", "AGE", "MEMORY", "CPUS", "PORTS"
     );
     for s in list {
         let state = serde_json::to_value(s.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
+        let ports: Vec<String> = s
+            .published
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}->{}/{}",
+                    p.host, p.mapping.guest_port, p.mapping.protocol
+                )
+            })
+            .collect();
+        let ports = if ports.is_empty() {
+            "-".to_string()
+        } else {
+            ports.join(",")
+        };
         println!(
-            "{:<20} {:<12} {:<24} {:<8} {:>6} {:>6}Mi {:>4}  {}",
+            "{:<20} {:<12} {:<24} {:<8} {:>6} {:>6}Mi {:>4}  {:<24} {}",
             s.name,
             s.engine,
             s.image.as_deref().unwrap_or("-"),
@@ -388,6 +404,7 @@ pub fn ps(args: PsArgs) -> i32 {
             age(s.created_unix),
             s.memory_mib,
             s.vcpus,
+            ports,
             s.exit_reason.as_deref().unwrap_or("")
         );
     }

@@ -461,3 +461,58 @@ fn background_processes_take_stdin_report_output_and_exit() {
         "an unknown pid has output"
     );
 }
+
+#[test]
+fn a_session_network_publishes_a_port_and_ps_counts_refused_flows() {
+    if !ready() {
+        return;
+    }
+    let name = unique("net");
+    let _c = Cleanup(name.clone());
+    start(
+        &name,
+        &["-p", "127.0.0.1:0:8000", "--allow", "192.0.2.0/24:9"],
+    );
+    let st = ps(&name).expect("listed");
+    assert_eq!(st.published.len(), 1, "{st:?}");
+    let host = st.published[0].host;
+    assert!(host.ip().is_loopback() && host.port() != 0);
+    let serve = "mkdir -p /srv && echo from-the-session > /srv/f && httpd -p 8000 -h /srv";
+    let out = exec(&name, &["sh", "-c", serve]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut body = String::new();
+    wait_until(
+        "the published port answers",
+        Duration::from_secs(60),
+        || {
+            let Ok(mut s) = std::net::TcpStream::connect(host) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /f HTTP/1.0\r\n\r\n");
+            let mut resp = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut resp);
+            body = resp
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            !body.is_empty()
+        },
+    );
+    assert_eq!(body, "from-the-session\n");
+    // Port 80 of an allowed network is still refused (the rule says :9).
+    let out = exec(&name, &["sh", "-c", "echo x | nc -w 3 192.0.2.1 80"]);
+    assert_ne!(out.status.code(), Some(0));
+    wait_until("ps shows the refused flow", Duration::from_secs(10), || {
+        ps(&name).and_then(|s| s.net).is_some_and(|n| {
+            n.recent_refusals
+                .iter()
+                .any(|r| r.destination == "192.0.2.1:80")
+        })
+    });
+    assert!(nook_out(&["stop", &name]).status.success());
+    assert!(
+        std::net::TcpStream::connect_timeout(&host, Duration::from_secs(2)).is_err(),
+        "the published port outlived the session"
+    );
+}

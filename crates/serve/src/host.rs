@@ -69,6 +69,8 @@ pub fn run_host(dir: &Path) -> i32 {
         pid: std::process::id(),
         state: SessionPhase::Starting,
         exit_reason: None,
+        published: Vec::new(),
+        net: None,
     };
     let _ = sd.write_state(&state);
     let term = Arc::new(AtomicBool::new(false));
@@ -106,6 +108,7 @@ fn vm_config(spec: &SessionSpec, home: &Path) -> Result<VmConfig, SessionError> 
         cfg.agent = spec.agent.clone();
     }
     cfg.template = cfg.template && spec.template;
+    cfg.net = spec.net.clone();
     if let Some(reference) = &spec.image {
         let image_err = |source| SessionError::Image {
             reference: reference.clone(),
@@ -139,6 +142,8 @@ fn serve(
             .to_path_buf();
     let vm = Vm::start(vm_config(spec, &home)?).map_err(|e| SessionError::Vm(Box::new(e)))?;
     state.engine = vm.engine().id().label().to_string();
+    state.published = vm.published_ports().to_vec();
+    state.net = vm.net_stats();
     let sock = sd.socket_path();
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(|e| SessionError::io("bind", &sock, e))?;
@@ -185,6 +190,7 @@ fn serve(
         if let Some(why) = exited {
             break format!("the VM died: {why}");
         }
+        refresh_net_stats(&host, sd, state);
         if let Some(max) = max {
             if started.elapsed() >= max {
                 break format!("max duration ({} s) reached", max.as_secs());
@@ -209,6 +215,21 @@ fn serve(
         }
     }
     Ok(reason)
+}
+
+/// Writes the state again when the VM's network counters moved, so
+/// `nook ps --json` shows current refusals.
+fn refresh_net_stats(host: &Host, sd: &SessionDir, state: &mut SessionState) {
+    let stats = host
+        .vm
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(Vm::net_stats);
+    if stats.is_some() && stats != state.net {
+        state.net = stats;
+        let _ = sd.write_state(state);
+    }
 }
 
 fn accept_loop(listener: UnixListener, host: Arc<Host>) {

@@ -41,6 +41,10 @@ pub struct SessionSpec {
     /// Stop this many seconds after the start.
     #[serde(default)]
     pub max_duration_s: Option<u64>,
+    /// The VM's network (`nook start --net`, `-p`, `--allow`, ...); none
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<nook::NetConfig>,
 }
 
 /// Where a session is in its life.
@@ -69,6 +73,13 @@ pub struct SessionState {
     /// Why it exited.
     #[serde(default)]
     pub exit_reason: Option<String>,
+    /// Published ports as bound on the host (they close with the session).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<nook::PublishedPort>,
+    /// What the VM's network did (refused flows included), refreshed while
+    /// the session runs; absent without a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<nook::NetStats>,
 }
 
 /// Seconds since the Unix epoch.
@@ -246,6 +257,8 @@ mod tests {
             pid: std::process::id(),
             state: SessionPhase::Running,
             exit_reason: None,
+            published: Vec::new(),
+            net: None,
         };
         sd.write_state(&st).unwrap();
         let back = sd.read_state().unwrap();
