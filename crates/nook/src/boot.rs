@@ -18,14 +18,14 @@
 //!    ready VM into one, then hand the VM to the caller.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{EngineKind, VmConfig};
 use crate::conn::{await_hello, Conn, Greeting};
 use crate::engine::select::{record_kvm_boot_failure, select_engine, EngineChoice};
 use crate::engine::{EngineId, Machine, MachineSpec};
-use crate::error::{BootFailure, ExecError, VmError};
+use crate::error::{BootFailure, BootReport, ExecError, VmError};
 use crate::storage::{self, StoragePlan};
 use crate::template::{trim_templates, Template, TemplateRequest, INPUTS_FILE, MAX_TEMPLATES};
 use crate::vm::{assets_config, make_run_dir, Vm, VmOrigin, BASE_CMDLINE, CONSOLE_TAIL};
@@ -117,7 +117,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
     );
     let engine = choice.id();
     let mut vm = Vm {
-        machine: Mutex::new(machine),
+        machine: crate::vm::share_machine(machine, &conn),
         conn,
         _run_dir: run_dir,
         choice,
@@ -334,7 +334,16 @@ fn connect_agent(
     let machine = machine_cell.into_inner();
     match greeting? {
         Greeting::Hello(hello, source) => Conn::establish(stream, hello, source),
-        Greeting::Failed(cause) => {
+        Greeting::Failed(mut cause) => {
+            // The channel closes a moment before the engine is gone: name
+            // the engine's exit rather than the closed channel.
+            if matches!(cause, BootFailure::ChannelClosed)
+                && machine.wait_exit(crate::ending::EXIT_GRACE)
+            {
+                if let Some(ended) = machine.exited() {
+                    cause = BootFailure::MachineEnded(ended);
+                }
+            }
             let console = machine.console_tail(CONSOLE_TAIL);
             let cause = match (console_hint(&console), &cause) {
                 (_, BootFailure::DeadEnd(_)) | (None, _) => cause,
@@ -343,7 +352,13 @@ fn connect_agent(
                     hint,
                 },
             };
-            Err(VmError::Boot { cause, console })
+            Err(VmError::Boot {
+                cause,
+                report: Box::new(BootReport {
+                    engine_log: machine.engine_log(),
+                    console,
+                }),
+            })
         }
     }
 }

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{
@@ -15,6 +15,7 @@ use nook_proto::{
     PROTOCOL_VERSION,
 };
 
+use crate::ending::{self, SharedMachine};
 use crate::error::{BootFailure, ChannelLoss, ProtocolViolation, VmError};
 
 /// What an exec stream receives from the guest.
@@ -119,6 +120,9 @@ pub struct Conn {
     writer: Mutex<UnixStream>,
     routes: Arc<Mutex<Routes>>,
     next_stream: AtomicU32,
+    /// The machine behind the channel, once the VM exists: asked how the
+    /// guest ended when the channel breaks.
+    machine: Arc<OnceLock<SharedMachine>>,
     pub hello: GuestHello,
 }
 
@@ -265,6 +269,7 @@ impl Conn {
             writer: Mutex::new(stream),
             routes: Arc::new(Mutex::new(Routes::default())),
             next_stream: AtomicU32::new(1),
+            machine: Arc::new(OnceLock::new()),
             hello,
         }
     }
@@ -272,11 +277,23 @@ impl Conn {
     /// Starts the thread that routes the agent's frames to exec streams.
     fn start_reader(self, reader: FrameSource) -> Result<Arc<Conn>, VmError> {
         let routes = self.routes.clone();
+        let machine = self.machine.clone();
         std::thread::Builder::new()
             .name("nook-chan".into())
-            .spawn(move || read_loop(reader, routes))
+            .spawn(move || read_loop(reader, routes, &machine))
             .map_err(VmError::Channel)?;
         Ok(Arc::new(self))
+    }
+
+    /// Names the machine behind the channel (once), so that commands that
+    /// lose the channel learn how the guest ended.
+    pub(crate) fn watch(&self, machine: SharedMachine) {
+        let _ = self.machine.set(machine);
+    }
+
+    /// The guest console's last lines (empty before [`Conn::watch`]).
+    pub(crate) fn console(&self) -> String {
+        self.machine.get().map(ending::console).unwrap_or_default()
     }
 
     /// Reconnects to the agent of a restored VM: it already said hello
@@ -336,7 +353,11 @@ impl Conn {
     }
 }
 
-fn read_loop(mut reader: FrameSource, routes: Arc<Mutex<Routes>>) {
+fn read_loop(
+    mut reader: FrameSource,
+    routes: Arc<Mutex<Routes>>,
+    machine: &OnceLock<SharedMachine>,
+) {
     let why = loop {
         let frame = match reader.next() {
             Ok(Some(f)) => f,
@@ -349,6 +370,14 @@ fn read_loop(mut reader: FrameSource, routes: Arc<Mutex<Routes>>) {
                 tracing::debug!("nook-chan: ignoring frame on stream {}: {e}", frame.stream);
             }
         }
+    };
+    // The channel breaks when the guest ends: say how it ended.
+    let why = match machine
+        .get()
+        .and_then(|m| ending::ended(m, ending::EXIT_GRACE))
+    {
+        Some(ended) => ChannelLoss::GuestEnded(Arc::new(ended)),
+        None => why,
     };
     let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
     for r in routes.streams.values() {

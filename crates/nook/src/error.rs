@@ -36,8 +36,13 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
-    #[error("the VM failed to boot: {cause}\n--- last lines of the guest console ---\n{console}")]
-    Boot { cause: BootFailure, console: String },
+    #[error("the VM failed to boot: {cause}{report}")]
+    Boot {
+        cause: BootFailure,
+        /// What the engine and the console said. Boxed: it is rare, and
+        /// keeps every `Result<_, VmError>` small.
+        report: Box<BootReport>,
+    },
     #[error("the engine gave no agent channel")]
     NoAgentChannel,
     #[error("agent channel I/O failed")]
@@ -56,6 +61,29 @@ pub enum VmError {
     },
     #[error("the guest agent speaks protocol {agent}, this nook speaks {host}: rebuild the guest assets with `nook setup`")]
     VersionMismatch { agent: u32, host: u32 },
+}
+
+/// What a failed boot left to read: the engine's own output (QEMU's
+/// stderr, often the real reason; shown only when there is any) and the
+/// guest console's last lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootReport {
+    pub engine_log: String,
+    pub console: String,
+}
+
+impl std::fmt::Display for BootReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let log = self.engine_log.trim_end();
+        if !log.is_empty() {
+            write!(f, "\n--- the engine's own output ---\n{log}")?;
+        }
+        write!(
+            f,
+            "\n--- last lines of the guest console ---\n{}",
+            self.console
+        )
+    }
 }
 
 /// Why a VM did not come up. Messages of nested causes are part of this
@@ -106,6 +134,9 @@ pub enum ChannelLoss {
     Send(#[source] Arc<FrameError>),
     #[error("the VM is gone")]
     VmGone,
+    /// The guest ended (a panic, a reboot, ...): said with the console.
+    #[error("{0}")]
+    GuestEnded(Arc<crate::ending::GuestEnded>),
 }
 
 impl ChannelLoss {
@@ -147,8 +178,8 @@ pub enum ExecError {
     BadRequest(String),
     #[error("the guest agent failed: {0}")]
     Agent(String),
-    #[error("the command did not finish within its timeout and the guest did not stop it")]
-    Timeout,
+    #[error("the command did not finish within its timeout and the guest did not stop it: the guest seems hung\n--- last lines of the guest console ---\n{console}")]
+    Timeout { console: String },
     #[error("the command already ended")]
     Finished,
     #[error(transparent)]
@@ -161,7 +192,7 @@ impl ExecError {
         match self {
             ExecError::NotFound(_) => exit_code::NOT_FOUND,
             ExecError::NotExecutable(_) => exit_code::NOT_EXECUTABLE,
-            ExecError::Timeout => exit_code::TIMEOUT,
+            ExecError::Timeout { .. } => exit_code::TIMEOUT,
             _ => exit_code::NOOK_FAILED,
         }
     }

@@ -282,7 +282,9 @@ impl Child {
                 .recv_timeout(d.saturating_duration_since(Instant::now()))
             {
                 Ok(e) => Ok(e),
-                Err(RecvTimeoutError::Timeout) => Err(ExecError::Timeout),
+                Err(RecvTimeoutError::Timeout) => Err(ExecError::Timeout {
+                    console: self.conn.console(),
+                }),
                 Err(RecvTimeoutError::Disconnected) => {
                     Err(ExecError::Vm(VmError::ChannelLost(ChannelLoss::VmGone)))
                 }

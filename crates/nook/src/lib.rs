@@ -17,6 +17,7 @@ mod bare;
 mod boot;
 mod config;
 mod conn;
+mod ending;
 mod engine;
 mod error;
 mod exec;
@@ -34,10 +35,13 @@ mod vm;
 pub use bare::{boot_bare, BareBootError, BareConfig, BareEnding, BareExit};
 pub use boot::KVM_AUTO_BOOT_TIMEOUT;
 pub use config::{EngineKind, VmConfig};
+pub use ending::{GuestEnded, GuestEnding};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE};
 pub use engine::EngineId;
 pub use error::chain as error_chain;
-pub use error::{BootFailure, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError};
+pub use error::{
+    BootFailure, BootReport, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError,
+};
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
 pub use files::{FileError, FileErrorKind, FileKind, FileStat, GuestFiles, ReadSummary};
 pub use net::NicSpec;

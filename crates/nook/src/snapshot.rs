@@ -15,7 +15,6 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{GuestHello, HostMsg, Resync, CONTROL_STREAM};
@@ -323,7 +322,7 @@ impl Vm {
         vm_cfg.vcpus = m.vcpus;
         vm_cfg.net = net_cfg;
         Ok(Vm {
-            machine: Mutex::new(machine),
+            machine: crate::vm::share_machine(machine, &conn),
             conn,
             _run_dir: run_dir,
             choice,

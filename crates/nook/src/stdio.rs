@@ -182,15 +182,7 @@ impl Ending {
                 };
                 Some(format!("cannot write the command's {name}: {error}"))
             }
-            Ending::Failed(e) => {
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    msg.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                Some(msg)
-            }
+            Ending::Failed(e) => Some(crate::error::chain(e)),
         }
     }
 }

@@ -10,6 +10,7 @@ use nook_proto::{GuestHello, HostMsg, CONTROL_STREAM};
 
 use crate::config::VmConfig;
 use crate::conn::Conn;
+use crate::ending::SharedMachine;
 use crate::engine::select::EngineChoice;
 use crate::engine::Machine;
 use crate::error::VmError;
@@ -18,7 +19,12 @@ use crate::storage::TempFile;
 
 /// Kernel command line every nook guest gets. `quiet` keeps the console
 /// (an emulated UART: every byte is a VM exit) nearly silent during boot.
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init";
+/// `panic=-1` and `reboot=t` make a panic or a reboot end the machine at
+/// once by a triple fault, which both engines treat as the end of the VM:
+/// the kernel's default reboot chain (ACPI, keyboard controller, BIOS)
+/// sometimes fell through to a BIOS jump on QEMU's `microvm` and spun
+/// forever instead of resetting.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t rdinit=/init";
 
 /// Kernel modules every guest loads (their dependencies come along): the
 /// virtio-mmio transport, the console carrying the agent channel, block
@@ -38,7 +44,7 @@ pub(crate) const CONSOLE_TAIL: usize = 30;
 /// A running microVM. Dropping it kills the VM.
 #[derive(Debug)]
 pub struct Vm {
-    pub(crate) machine: Mutex<Box<dyn Machine>>,
+    pub(crate) machine: SharedMachine,
     pub(crate) conn: Arc<Conn>,
     pub(crate) _run_dir: RunDir,
     pub(crate) choice: EngineChoice,
@@ -74,6 +80,14 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Shares `machine` between a VM and its agent connection, which asks it
+/// how the guest ended when the channel breaks.
+pub(crate) fn share_machine(machine: Box<dyn Machine>, conn: &Conn) -> SharedMachine {
+    let shared: SharedMachine = Arc::new(Mutex::new(machine));
+    conn.watch(shared.clone());
+    shared
 }
 
 pub(crate) fn make_run_dir() -> Result<RunDir, VmError> {

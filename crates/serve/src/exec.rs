@@ -48,7 +48,7 @@ pub(crate) fn exec_error_reply(e: &ExecError) -> SessionReply {
     };
     SessionReply::Error {
         code,
-        message: e.to_string(),
+        message: nook::error_chain(e),
     }
 }
 

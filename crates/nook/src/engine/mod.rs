@@ -111,6 +111,11 @@ pub trait Machine: Send + std::fmt::Debug {
     fn take_channel(&mut self) -> Option<UnixStream>;
     /// The last `lines` lines of the guest console, for error messages.
     fn console_tail(&self, lines: usize) -> String;
+    /// What the engine itself printed (QEMU's stderr), for error messages;
+    /// empty when it said nothing or keeps no such log.
+    fn engine_log(&self) -> String {
+        String::new()
+    }
     /// `Some(how)` once the machine has ended.
     fn exited(&mut self) -> Option<crate::error::MachineExit>;
     /// Waits up to `grace` for the machine to end by itself.

@@ -104,6 +104,10 @@ impl Machine for QemuMachine {
         self.vm.console_tail(lines)
     }
 
+    fn engine_log(&self) -> String {
+        self.vm.diagnostics().stderr.trim_end().to_string()
+    }
+
     fn exited(&mut self) -> Option<MachineExit> {
         match self.vm.try_wait() {
             Ok(Some(status)) => Some(MachineExit::Qemu(status)),
