@@ -11,10 +11,11 @@ mod common;
 use common::{nook, ready, spawn, text};
 
 /// Runs `sh -c SCRIPT` in a fresh guest (booted, not restored from a
-/// template) after printing `go`; returns nook's output and how long it
-/// took from `go` to nook's exit.
+/// template) after printing `go` (and giving it a second to reach the
+/// host); returns nook's output and how long it took from `go` to nook's
+/// exit.
 fn after_go(script: &str, extra: &[&str]) -> (Output, Duration) {
-    let script = format!("echo go; {script}");
+    let script = format!("echo go; sleep 1; {script}");
     let mut args = vec!["run", "--no-template"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", &script]);
