@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{
@@ -15,7 +15,7 @@ use nook_proto::{
     PROTOCOL_VERSION,
 };
 
-use crate::ending::{self, SharedMachine};
+use crate::ending::{self, SharedMachine, WatchedMachine};
 use crate::error::{BootFailure, ChannelLoss, ProtocolViolation, VmError};
 
 /// What an exec stream receives from the guest.
@@ -121,8 +121,10 @@ pub struct Conn {
     routes: Arc<Mutex<Routes>>,
     next_stream: AtomicU32,
     /// The machine behind the channel, once the VM exists: asked how the
-    /// guest ended when the channel breaks.
-    machine: Arc<OnceLock<SharedMachine>>,
+    /// guest ended when the channel breaks. Weak: the VM owns its machine
+    /// (a machine may hold the channel's other end, and a pool reuses what
+    /// a dropped machine gives back).
+    machine: Arc<OnceLock<WatchedMachine>>,
     pub hello: GuestHello,
 }
 
@@ -287,13 +289,17 @@ impl Conn {
 
     /// Names the machine behind the channel (once), so that commands that
     /// lose the channel learn how the guest ended.
-    pub(crate) fn watch(&self, machine: SharedMachine) {
-        let _ = self.machine.set(machine);
+    pub(crate) fn watch(&self, machine: &SharedMachine) {
+        let _ = self.machine.set(Arc::downgrade(machine));
     }
 
-    /// The guest console's last lines (empty before [`Conn::watch`]).
+    /// The guest console's last lines (empty without a live machine).
     pub(crate) fn console(&self) -> String {
-        self.machine.get().map(ending::console).unwrap_or_default()
+        self.machine
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|m| ending::console(&m))
+            .unwrap_or_default()
     }
 
     /// Reconnects to the agent of a restored VM: it already said hello
@@ -356,7 +362,7 @@ impl Conn {
 fn read_loop(
     mut reader: FrameSource,
     routes: Arc<Mutex<Routes>>,
-    machine: &OnceLock<SharedMachine>,
+    machine: &OnceLock<WatchedMachine>,
 ) {
     let why = loop {
         let frame = match reader.next() {
@@ -372,10 +378,8 @@ fn read_loop(
         }
     };
     // The channel breaks when the guest ends: say how it ended.
-    let why = match machine
-        .get()
-        .and_then(|m| ending::ended(m, ending::EXIT_GRACE))
-    {
+    let machine = machine.get().and_then(Weak::upgrade);
+    let why = match machine.and_then(|m| ending::ended(&m, ending::EXIT_GRACE)) {
         Some(ended) => ChannelLoss::GuestEnded(Arc::new(ended)),
         None => why,
     };

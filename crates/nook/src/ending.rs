@@ -76,6 +76,10 @@ pub(crate) fn classify(console: &str, exit: Option<MachineExit>) -> Option<Guest
 /// connection, which asks it how the guest ended when the channel breaks.
 pub(crate) type SharedMachine = Arc<Mutex<Box<dyn Machine>>>;
 
+/// What the agent connection keeps of its machine: a weak reference (the
+/// VM owns the machine).
+pub(crate) type WatchedMachine = std::sync::Weak<Mutex<Box<dyn Machine>>>;
+
 /// How the machine ended, once it has (waiting up to `grace` for it), with
 /// the console's last lines; `None` while it runs on and its console shows
 /// no ending.

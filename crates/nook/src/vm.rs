@@ -86,7 +86,7 @@ impl Drop for RunDir {
 /// how the guest ended when the channel breaks.
 pub(crate) fn share_machine(machine: Box<dyn Machine>, conn: &Conn) -> SharedMachine {
     let shared: SharedMachine = Arc::new(Mutex::new(machine));
-    conn.watch(shared.clone());
+    conn.watch(&shared);
     shared
 }
 
