@@ -87,8 +87,14 @@ fn write_guest(dir: &Path, name: &str, parts: &[Vec<u8>]) -> PathBuf {
 }
 
 fn nook_boot(kernel: &Path, engine: &str, extra: &[&str]) -> Output {
+    nook_boot_in(Path::new("."), kernel, engine, extra)
+}
+
+/// `nook boot` run in the working directory `cwd`.
+fn nook_boot_in(cwd: &Path, kernel: &Path, engine: &str, extra: &[&str]) -> Output {
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nook"))
+        .current_dir(cwd)
         .env_remove("NOOK_LOG")
         .env("NOOK_HOME", home.path())
         .arg("boot")
@@ -158,6 +164,19 @@ fn reset_guest_prints_its_byte_and_exits_3_on_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let exit_elf = write_guest(dir.path(), "exit.elf", &[print(b'R'), reset()]);
     let out = nook_boot(&exit_elf, "qemu", &[]);
+    assert_eq!(out.stdout, b"R");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn a_relative_kernel_path_means_the_callers_directory_on_qemu() {
+    if !qemu_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_guest(dir.path(), "exit.elf", &[print(b'R'), reset()]);
+    // QEMU runs in its own run directory: the path must not be read there.
+    let out = nook_boot_in(dir.path(), Path::new("exit.elf"), "qemu", &[]);
     assert_eq!(out.stdout, b"R");
     assert_eq!(out.status.code(), Some(3));
 }

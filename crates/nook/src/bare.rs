@@ -82,6 +82,12 @@ pub enum BareBootError {
     QemuReason(String),
     #[error("the vm ended for an unexpected reason: {0}")]
     Unexpected(String),
+    #[error("cannot resolve {path}")]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create run directory {path}")]
     RunDir {
         path: PathBuf,
@@ -113,6 +119,12 @@ impl BareExit {
 
 /// Boots `cfg` with its console on stdout and waits for the guest to end.
 pub fn boot_bare(cfg: &BareConfig) -> Result<BareExit, BareBootError> {
+    // QEMU runs in its run directory: relative paths must not mean
+    // something else there.
+    let mut cfg = cfg.clone();
+    cfg.kernel = absolute(&cfg.kernel)?;
+    cfg.initrd = cfg.initrd.as_deref().map(absolute).transpose()?;
+    let cfg = &cfg;
     // Explicit kvm needs no probe: the VMM reports an unusable /dev/kvm itself.
     let choice = if cfg.engine == EngineKind::Kvm {
         None
@@ -125,6 +137,13 @@ pub fn boot_bare(cfg: &BareConfig) -> Result<BareExit, BareBootError> {
             boot_qemu(cfg, kvm_accel).map(|ending| BareExit { ending, kvm: None })
         }
     }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, BareBootError> {
+    std::path::absolute(path).map_err(|source| BareBootError::Path {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn boot_kvm(cfg: &BareConfig) -> Result<BareExit, BareBootError> {
