@@ -252,7 +252,15 @@ fn errors_say_what_to_do() {
     let err = prepare(&cfg).unwrap_err().to_string();
     println!("{err}");
     assert!(
-        err.contains("guest agent") && err.contains("--agent"),
+        err.contains("guest agent") && err.contains("NOOK_AGENT"),
+        "{err}"
+    );
+    // A dynamically linked agent can never be a guest's /init.
+    cfg.agent = "/bin/ls".into();
+    let err = prepare(&cfg).unwrap_err().to_string();
+    println!("{err}");
+    assert!(
+        err.contains("/bin/ls") && err.contains("dynamically linked"),
         "{err}"
     );
 
