@@ -10,17 +10,19 @@
 //!
 //! - **host → guest**: `wget` of `NOOK_BENCH_NET_MIB` MiB (default 64) from
 //!   the host; MB/s from the first request to the guest's "done" request;
-//! - **guest → host**: `wget --post-file` of the same amount; MB/s from
-//!   the first body byte to the last, on the host;
+//! - **guest → host**: `nc` sends the same amount to a host socket; MB/s
+//!   from the first byte to the end of the stream, on the host (busybox
+//!   1.35's `wget --post-file` sends an empty body);
 //! - **guest connects**: 20 sequential `wget`s of an empty page; the mean
 //!   interval between the host's accepts (a busybox process start in the
 //!   guest included, the same for all three);
 //! - **host connects**: 20 sequential connects from the host to the
 //!   guest's httpd through each back end's port forward, until the first
 //!   response byte (median);
-//! - **memory**: the back end's resident memory: passt's process RSS; for
-//!   libslirp the RSS of QEMU with `-netdev user` minus that of QEMU with
-//!   nook's socket netdev; for nook the growth of this process's RSS.
+//! - **memory**: peak resident memory: QEMU's, and the back end's where it
+//!   is a process of its own (passt) or a thread of this one (nook: the
+//!   growth of this process's RSS); libslirp lives inside QEMU, so its
+//!   cost shows only in QEMU's column.
 //!
 //! Needs prepared assets (`scripts/setup`) and, for its row, `passt`
 //! (Debian package; the row is skipped with a note when it is missing).
@@ -72,18 +74,17 @@ fn serve(listener: TcpListener, seen: Arc<Mutex<Seen>>, forward: Arc<Mutex<Optio
         let Ok(mut conn) = conn else { continue };
         let now = Instant::now();
         let mut reader = BufReader::new(conn.try_clone().unwrap());
-        let (mut path, mut len) = (String::new(), 0usize);
+        let mut path = String::new();
         let mut line = String::new();
         while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
             if path.is_empty() {
                 path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
             line.clear();
         }
-        let body: Vec<u8> = match path.as_str() {
+        // The length of the body, sent in 64 KiB chunks so that this
+        // process's RSS shows the back end, not the payload.
+        let len: usize = match path.as_str() {
             "/ready" => {
                 seen.lock().unwrap().ready = true;
                 // Host-side connects through the forward, while the guest waits.
@@ -91,48 +92,36 @@ fn serve(listener: TcpListener, seen: Arc<Mutex<Seen>>, forward: Arc<Mutex<Optio
                     let ms = host_connects(port);
                     HOST_CONNECT_MS.lock().unwrap().replace(ms);
                 }
-                Vec::new()
+                0
             }
             "/down" => {
                 seen.lock().unwrap().down_start = Some(now);
-                vec![0x5a; bytes]
-            }
-            "/up" => {
-                let mut buf = vec![0u8; 1 << 16];
-                let (mut got, mut first) = (0usize, None);
-                while got < len {
-                    match reader.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            first.get_or_insert_with(Instant::now);
-                            got += n;
-                        }
-                    }
-                }
-                let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
-                seen.lock().unwrap().up_secs = Some(secs);
-                Vec::new()
+                bytes
             }
             "/c0" => {
                 seen.lock().unwrap().down_end = Some(now);
-                Vec::new()
+                0
             }
             "/c" => {
                 seen.lock().unwrap().connects.push(now);
-                Vec::new()
+                0
             }
             "/done" => {
                 seen.lock().unwrap().done = Some(now);
-                Vec::new()
+                0
             }
-            _ => Vec::new(),
+            _ => 0,
         };
-        let _ = write!(
-            conn,
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let _ = conn.write_all(&body);
+        let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        let chunk = [0x5au8; 1 << 16];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if conn.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
     }
 }
 
@@ -157,21 +146,38 @@ fn host_connects(port: u16) -> f64 {
 
 /// The guest's init script (no double quotes: it travels on the kernel
 /// command line).
-fn guest_script(port: u16, mtu: u16) -> String {
+fn guest_script(port: u16, up_port: u16, mtu: u16) -> String {
     let host = format!("http://10.0.2.2:{port}");
     let n = mib();
     [
         "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp",
         "for m in $(cat /etc/nook/modules); do insmod $m; done",
         &format!("ip link set eth0 mtu {mtu} up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2"),
+        "echo nook-bench: network up; ip -o addr show eth0",
         "mkdir -p /tmp/www; echo x > /tmp/www/x; httpd -p 8000 -h /tmp/www",
         &format!("until wget -q -O /dev/null {host}/ready; do sleep 0.2; done"),
         &format!("wget -q -O /dev/null {host}/down; wget -q -O /dev/null {host}/c0"),
-        &format!("head -c {n}M /dev/zero > /tmp/up; wget -q -O /dev/null --post-file=/tmp/up {host}/up; rm /tmp/up"),
+        &format!("dd if=/dev/zero of=/tmp/up bs=1M count={n} 2>/dev/null; nc 10.0.2.2 {up_port} < /tmp/up; rm /tmp/up"),
         &format!("for i in $(seq 1 20); do wget -q -O /dev/null {host}/c; done"),
         &format!("wget -q -O /dev/null {host}/done; poweroff -f"),
     ]
     .join("; ")
+}
+
+/// The host's CPU frequency in kHz (`/proc/cpuinfo`), as the guest
+/// kernel's early TSC hint under TCG.
+fn host_tsc_khz() -> u64 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -202,7 +208,26 @@ enum Backend {
 fn run(backend: &Backend, assets: &nook::Assets, dir: &Path) -> Option<Row> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = up.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Seen::default()));
+    {
+        // guest → host: one raw TCP upload, timed from its first byte to EOF.
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = up.accept() {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut first = None;
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    first.get_or_insert_with(Instant::now);
+                }
+                seen.lock().unwrap().up_secs = first.map(|f| f.elapsed().as_secs_f64());
+            }
+        });
+    }
     let forward = Arc::new(Mutex::new(None));
     HOST_CONNECT_MS.lock().unwrap().take();
     {
@@ -225,9 +250,13 @@ fn run(backend: &Backend, assets: &nook::Assets, dir: &Path) -> Option<Row> {
         Backend::Slirp => 1500,
         _ => 65520,
     };
+    // The script's words follow `--`, where nook_qemu would append its
+    // TSC hint: give the kernel one here, before them.
+    qc.tsc_hint = false;
     qc.cmdline = format!(
-        "console=ttyS0 quiet panic=-1 rdinit=/bin/sh -- -c \"{}\"",
-        guest_script(port, mtu)
+        "console=ttyS0 quiet panic=-1 tsc_early_khz={} rdinit=/bin/sh -- -c \"{}\"",
+        host_tsc_khz(),
+        guest_script(port, up_port, mtu)
     );
     let fwd = free_port();
     match backend {
@@ -237,6 +266,8 @@ fn run(backend: &Backend, assets: &nook::Assets, dir: &Path) -> Option<Row> {
                 .push(format!("127.0.0.1:{fwd}:8000").parse().unwrap());
             cfg.allow
                 .push(format!("host.nook.internal:{port}").parse().unwrap());
+            cfg.allow
+                .push(format!("host.nook.internal:{up_port}").parse().unwrap());
             let (b, l) = nook_net::NetBackend::start(&cfg, nook_net::MacAddr::random()).ok()?;
             nook_net = Some(b);
             link = Some(l);
@@ -275,10 +306,12 @@ fn run(backend: &Backend, assets: &nook::Assets, dir: &Path) -> Option<Row> {
     *forward.lock().unwrap() = Some(fwd);
     let mut vm = nook_qemu::QemuVm::start_with_net(qc, link.as_ref().map(|l| l.as_fd())).ok()?;
     drop(link);
-    let mut qemu_rss = 0;
+    let (mut qemu_rss, mut passt_rss, mut nook_rss) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(600);
     while vm.try_wait().ok()?.is_none() && Instant::now() < deadline {
         qemu_rss = qemu_rss.max(rss_kib(vm.pid()));
+        passt_rss = passt_rss.max(passt.as_ref().map_or(0, |p| rss_kib(p.id())));
+        nook_rss = nook_rss.max(rss_kib(std::process::id()));
         std::thread::sleep(Duration::from_millis(100));
     }
     let s = seen.lock().unwrap();
@@ -290,8 +323,8 @@ fn run(backend: &Backend, assets: &nook::Assets, dir: &Path) -> Option<Row> {
     let c = &s.connects;
     let down = s.down_end.zip(s.down_start);
     let backend_rss = match backend {
-        Backend::Nook => Some(rss_kib(std::process::id()).saturating_sub(rss_before)),
-        Backend::Passt => passt.as_ref().map(|p| rss_kib(p.id())),
+        Backend::Nook => Some(nook_rss.saturating_sub(rss_before)),
+        Backend::Passt => Some(passt_rss),
         Backend::Slirp => None,
     };
     drop(nook_net);
@@ -344,10 +377,6 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let socket_qemu = rows
-        .iter()
-        .find(|(_, b, _)| matches!(b, Backend::Nook))
-        .map(|(_, _, r)| r.qemu_rss_kib);
     println!(
         "{:<30} {:>5} {:>12} {:>12} {:>14} {:>14} {:>12} {:>14}",
         "back end",
@@ -364,10 +393,7 @@ fn main() {
         "", "", "MB/s", "MB/s", "ms (mean)", "ms (median)", "MiB", "MiB"
     );
     for (name, b, r) in &rows {
-        let backend = match b {
-            Backend::Slirp => socket_qemu.map(|s| r.qemu_rss_kib.saturating_sub(s)),
-            _ => r.backend_rss_kib,
-        };
+        let backend = r.backend_rss_kib;
         println!(
             "{:<30} {:>5} {:>12.1} {:>12.1} {:>14.1} {:>14.2} {:>12.1} {:>14}",
             name,
@@ -381,7 +407,10 @@ fn main() {
             r.guest_connect_ms,
             r.host_connect_ms,
             r.qemu_rss_kib as f64 / 1024.0,
-            backend.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            backend.map_or("in QEMU".to_string(), |k| format!(
+                "{:.1}",
+                k as f64 / 1024.0
+            )),
         );
     }
 }
