@@ -52,39 +52,34 @@ pub struct BootArgs {
     )]
     pub cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long = "memory", default_value_t = 256, value_name = "MIB")]
+    #[arg(long = "memory", default_value_t = 256, value_name = "MIB", value_parser = crate::args::parse_memory_mib)]
     pub memory_mib: u32,
     /// Number of vCPUs.
-    #[arg(long = "cpus", default_value_t = 1, value_name = "N")]
+    #[arg(long = "cpus", default_value_t = 1, value_name = "N", value_parser = crate::args::parse_vcpus)]
     pub vcpus: u8,
     /// Engine.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: BootEngine,
     /// Stop the guest after this many seconds; nook then exits 124.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = crate::args::parse_seconds, allow_negative_numbers = true)]
+    pub timeout: Option<Duration>,
 }
 
 pub fn boot(args: BootArgs) -> i32 {
-    let timeout = match args.timeout {
-        None => None,
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-        Some(t) => {
-            eprintln!("nook: invalid --timeout {t}: give a positive number of seconds");
-            return NOOK_FAILED;
-        }
+    let timeout = args.timeout;
+    let engine = match args.engine {
+        BootEngine::Auto => EngineKind::Auto,
+        BootEngine::Kvm => EngineKind::Kvm,
+        BootEngine::Qemu => EngineKind::Qemu,
     };
+    crate::args::check_vcpus(args.vcpus, engine);
     let cfg = BareConfig {
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
-        engine: match args.engine {
-            BootEngine::Auto => EngineKind::Auto,
-            BootEngine::Kvm => EngineKind::Kvm,
-            BootEngine::Qemu => EngineKind::Qemu,
-        },
+        engine,
         timeout,
         home: nook::default_home(),
     };

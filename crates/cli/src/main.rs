@@ -6,6 +6,7 @@
 //! N killed it; 130 / 143 when nook was interrupted by SIGINT / SIGTERM.
 #![forbid(unsafe_code)]
 
+mod args;
 mod boot;
 mod exit;
 mod image;
@@ -15,19 +16,19 @@ mod setup;
 mod snapshot;
 mod term;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nook",
     version,
     about = "Run commands inside hardware-isolated Linux microVMs",
-    after_help = "Exit codes: the guest command's own code; 124 timeout; 125 nook or VM failure; \
+    after_help = "Exit codes: the guest command's own code; 2 usage error; 124 timeout; 125 nook or VM failure; \
 126 command not executable; 127 command not found; 128+N killed by signal N; 130/143 nook interrupted.\n\
 Environment: NOOK_HOME (cache dir), NOOK_KERNEL (kernel image), NOOK_AGENT (guest agent), \
 NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug)."
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -84,9 +85,17 @@ fn main() {
         .with_target(false)
         .without_time()
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match &cli.command {
+        Command::Run(a) => a.vm.check_usage(),
+        Command::Start(a) => a.vm.check_usage(),
+        Command::Setup(a) => a.vm.check_usage(),
+        Command::Snapshot(snapshot::SnapshotCommand::Create(a)) => a.vm.check_usage(),
+        _ => {}
+    }
     let code = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args, matches.subcommand_matches("run")),
         Command::Start(args) => session::start(args),
         Command::Exec(args) => session::exec(args),
         Command::Cp(args) => session::cp(args),

@@ -12,6 +12,7 @@ use nook::{
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
+use crate::args;
 use crate::exit::{self, report};
 use crate::image;
 use crate::term;
@@ -20,10 +21,10 @@ use crate::term;
 #[derive(Args, Debug, Clone)]
 pub struct VmArgs {
     /// Guest memory in MiB.
-    #[arg(long = "memory", default_value_t = 256, value_name = "MIB")]
+    #[arg(long = "memory", default_value_t = 256, value_name = "MIB", value_parser = args::parse_memory_mib)]
     pub memory_mib: u32,
-    /// Number of vCPUs.
-    #[arg(long = "cpus", default_value_t = 1, value_name = "N")]
+    /// Number of vCPUs (at most 64 on the kvm engine, which auto may choose).
+    #[arg(long = "cpus", default_value_t = 1, value_name = "N", value_parser = args::parse_vcpus)]
     pub vcpus: u8,
     /// Engine: auto picks the fastest one that runs guest kernels at speed here.
     #[arg(long, default_value = "auto", value_parser = parse_engine)]
@@ -32,7 +33,7 @@ pub struct VmArgs {
     #[arg(long, env = "NOOK_KERNEL", value_name = "FILE")]
     pub kernel: Option<PathBuf>,
     /// How long to wait for the guest to boot, in seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = args::parse_whole_seconds)]
     pub boot_timeout: u64,
     /// Share a host directory at GUEST path through virtio-fs; `:ro` makes it read-only (repeatable).
     #[arg(long = "share", value_name = "HOST:GUEST[:ro]", value_parser = parse_share)]
@@ -94,6 +95,12 @@ fn parse_share(s: &str) -> Result<ShareConfig, String> {
 }
 
 impl VmArgs {
+    /// Refuses (as a usage error, exit 2) what parsing alone cannot: more
+    /// vCPUs than the chosen engine supports.
+    pub fn check_usage(&self) {
+        args::check_vcpus(self.vcpus, self.engine);
+    }
+
     /// The engine's name as `--engine` spells it.
     pub fn engine_name(&self) -> &'static str {
         match self.engine {
@@ -128,8 +135,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub vm: VmArgs,
     /// Kill the command (its whole process group) after this many seconds; nook then exits 124.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = args::parse_seconds, allow_negative_numbers = true)]
+    pub timeout: Option<Duration>,
     /// Set an environment variable in the guest (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
@@ -142,7 +149,7 @@ pub struct RunArgs {
     /// Give the command a terminal (raw mode, window resize).
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Start from this named snapshot (see `nook snapshot create`) instead of booting.
+    /// Start from this named snapshot (see `nook snapshot create`) instead of booting; options the restore cannot honour (IMAGE, -v, a different --memory, ...) are refused.
     #[arg(long, value_name = "NAME")]
     pub snapshot: Option<String>,
     /// Run the command as this guest user: name, uid, uid:gid or name:group (default: the image's User, else root).
@@ -189,7 +196,15 @@ pub fn parse_env(args: &[String]) -> Result<Vec<(String, String)>, i32> {
     Ok(env)
 }
 
-pub fn run(args: RunArgs) -> i32 {
+pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> i32 {
+    let given = |id: &str| {
+        matches.is_some_and(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+    };
+    if let Some(name) = &args.snapshot {
+        if let Err(code) = check_snapshot_options(&args, name, &given) {
+            return code;
+        }
+    }
     let plan = match plan(&args) {
         Ok(p) => p,
         Err(code) => return code,
@@ -235,6 +250,83 @@ pub fn run(args: RunArgs) -> i32 {
         let _ = vm.stop();
     }
     ending.exit_code()
+}
+
+/// With `--snapshot`, refuses (exit 2) the options a restore cannot
+/// honour: the snapshot fixed its root, disks, kernel, size and engine.
+/// Its shares and network are checked by the library; the command's own
+/// options (-e, -w, -u, --timeout, -i, -t) apply as always.
+fn check_snapshot_options(
+    args: &RunArgs,
+    name: &str,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<(), i32> {
+    let home = nook::default_home();
+    let snap = match nook::named_snapshot(&home, name).and_then(|p| nook::Snapshot::open(&p)) {
+        Ok(s) => s,
+        Err(e) => {
+            report(&e);
+            return Err(exit::NOOK_FAILED);
+        }
+    };
+    let refused = snapshot_conflicts(args, given, &snap.manifest);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "nook: --snapshot {name} cannot honour {}: leave them out, or run without --snapshot",
+        refused.join("; ")
+    );
+    Err(exit::USAGE)
+}
+
+/// The options `--snapshot` cannot honour, each with why.
+fn snapshot_conflicts(
+    args: &RunArgs,
+    given: &dyn Fn(&str) -> bool,
+    m: &nook::SnapshotManifest,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(image) = &args.image {
+        out.push(format!("IMAGE {image} (the snapshot has its own root)"));
+    }
+    if !args.volumes.is_empty() {
+        out.push("-v/--volume (a restored VM has the snapshot's disks)".into());
+    }
+    for (id, flag) in [
+        ("disk_size", "--disk-size"),
+        ("volume_size", "--volume-size"),
+        ("kernel", "--kernel"),
+        ("boot_timeout", "--boot-timeout"),
+    ] {
+        if given(id) {
+            out.push(format!("{flag} (nothing boots)"));
+        }
+    }
+    if given("memory_mib") && args.vm.memory_mib != m.memory_mib {
+        out.push(format!(
+            "--memory {} (the snapshot has {} MiB)",
+            args.vm.memory_mib, m.memory_mib
+        ));
+    }
+    if given("vcpus") && args.vm.vcpus != m.vcpus {
+        out.push(format!(
+            "--cpus {} (the snapshot has {})",
+            args.vm.vcpus, m.vcpus
+        ));
+    }
+    let same_engine = match args.vm.engine {
+        EngineKind::Auto => true,
+        EngineKind::Kvm => m.engine == nook::EngineId::Kvm,
+        EngineKind::Qemu => m.engine != nook::EngineId::Kvm,
+    };
+    if given("engine") && !same_engine {
+        out.push(format!(
+            "--engine (the snapshot runs on {})",
+            m.engine.label()
+        ));
+    }
+    out
 }
 
 /// Checks the arguments and resolves the image and volumes. Pulls and
@@ -359,7 +451,7 @@ fn spawn(vm: &Vm, args: &RunArgs, plan: &Plan) -> Result<Child, i32> {
         builder = builder.user(u.clone());
     }
     if let Some(t) = args.timeout {
-        builder = builder.timeout(Duration::from_secs_f64(t.max(0.0)));
+        builder = builder.timeout(t);
     }
     if plan.forward_stdin {
         builder = builder.stdin_piped();

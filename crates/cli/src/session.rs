@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
 use crate::exit::{self, report};
 use crate::run::{parse_env, VmArgs};
-use crate::{image, term};
+use crate::{args, image, term};
 
 #[derive(Args, Debug)]
 pub struct StartArgs {
@@ -22,10 +22,10 @@ pub struct StartArgs {
     #[command(flatten)]
     pub vm: VmArgs,
     /// Stop the session after this many seconds with no command running and no client.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = args::parse_whole_seconds)]
     pub idle_timeout: Option<u64>,
     /// Stop the session this many seconds after it started.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = args::parse_whole_seconds)]
     pub max_duration: Option<u64>,
     /// Image to boot (from the store, pulled when missing); default: the built-in minimal root.
     #[arg(value_name = "IMAGE")]
@@ -53,8 +53,8 @@ pub struct ExecArgs {
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
     /// Kill the command (its whole process group) after this many seconds; nook then exits 124.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = args::parse_seconds, allow_negative_numbers = true)]
+    pub timeout: Option<std::time::Duration>,
     /// The session.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -200,7 +200,9 @@ pub fn exec(args: ExecArgs) -> i32 {
         tty: tty.then(|| term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 })),
         stdin: forward_stdin,
         detach: args.detach,
-        timeout_ms: args.timeout.map(|t| (t.max(0.0) * 1000.0) as u64),
+        timeout_ms: args
+            .timeout
+            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
     };
     let mut remote = match client.exec(spec) {
         Ok(r) => r,

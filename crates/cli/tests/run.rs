@@ -310,3 +310,30 @@ fn second_run_downloads_and_builds_nothing() {
     );
     println!("{line}");
 }
+
+#[test]
+fn numeric_options_out_of_range_are_usage_errors_naming_the_range() {
+    let beyond_ram = (nook::memory_limit_mib() + 1).to_string();
+    for (args, says) in [
+        (vec!["--timeout", "inf"], "greater than 0"),
+        (vec!["--timeout", "nan"], "greater than 0"),
+        (vec!["--timeout", "0"], "greater than 0"),
+        (vec!["--timeout", "-1"], "greater than 0"),
+        (vec!["--cpus", "0"], "1 to 255"),
+        (vec!["--cpus", "65"], "the most the kvm engine supports"),
+        (vec!["--engine", "kvm", "--cpus", "65"], "between 1 and 64"),
+        (vec!["--memory", &beyond_ram], "this host's RAM"),
+        (vec!["--memory", "32"], "between 64 MiB"),
+        (vec!["--boot-timeout", "0"], "1 to"),
+    ] {
+        let out = nook()
+            .arg("run")
+            .args(&args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

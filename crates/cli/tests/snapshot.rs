@@ -71,3 +71,76 @@ fn create_run_list_remove() {
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains(&name), "{}", text(&out.stderr));
 }
+
+/// `nook run --snapshot NAME ARGS...`
+fn run_snapshot(name: &str, args: &[&str]) -> std::process::Output {
+    nook()
+        .args(["run", "--snapshot", name])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn options_a_restore_cannot_honour_are_refused_and_the_others_apply() {
+    if !ready() {
+        return;
+    }
+    let name = format!("opts-test-{}", std::process::id());
+    let out = nook()
+        .args(["snapshot", "create", &name, "--memory", "256"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+
+    // A volume would be silently missing in the restored VM: refused, and
+    // the named volume is not even created.
+    let volume = format!("opts-test-vol-{}", std::process::id());
+    let spec = format!("{volume}:/d");
+    let out = run_snapshot(
+        &name,
+        &["-v", &spec, "--", "sh", "-c", "echo important > /d/data"],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("-v/--volume"), "{err}");
+    let volumes = nook().args(["volume", "ls"]).output().unwrap();
+    assert!(!text(&volumes.stdout).contains(&volume));
+
+    // A size the snapshot does not have, and an image: refused, all named.
+    let out = run_snapshot(&name, &["--memory", "512", "--cpus", "2", "--", "true"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--memory 512 (the snapshot has 256 MiB)") && err.contains("--cpus 2"),
+        "{err}"
+    );
+    let out = run_snapshot(&name, &["some-image", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("IMAGE some-image"));
+
+    // The snapshot's own size, and the command's options, apply.
+    let out = run_snapshot(
+        &name,
+        &[
+            "--memory",
+            "256",
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $FOO; pwd",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "bar\n/tmp\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    let out = nook().args(["snapshot", "rm", &name]).output().unwrap();
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+}

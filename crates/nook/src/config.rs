@@ -100,15 +100,8 @@ impl Default for VmConfig {
 
 impl VmConfig {
     pub(crate) fn validate(&self) -> Result<(), crate::VmError> {
-        if self.memory_mib < 64 {
-            return Err(crate::VmError::Config("memory must be at least 64 MiB"));
-        }
-        if self.memory_mib > 512 * 1024 {
-            return Err(crate::VmError::Config("memory must be at most 512 GiB"));
-        }
-        if self.vcpus == 0 {
-            return Err(crate::VmError::Config("a VM needs at least one vCPU"));
-        }
+        check_memory(self.memory_mib).map_err(crate::VmError::Resources)?;
+        check_vcpus(self.vcpus, self.engine).map_err(crate::VmError::Resources)?;
         for share in &self.shares {
             share.validate()?;
         }
@@ -117,5 +110,105 @@ impl VmConfig {
                 .map_err(|e| crate::VmError::Net(nook_net::NetError::Config(e)))?;
         }
         Ok(())
+    }
+}
+
+/// The least guest memory nook boots with.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// The most guest memory nook gives a VM: the host's RAM (and at most
+/// 512 GiB). Guest memory is allocated as the guest touches it, but a VM
+/// larger than the host would only end in the host's OOM killer.
+pub fn memory_limit_mib() -> u32 {
+    const CAP: u32 = 512 * 1024;
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    match total_kib {
+        Some(kib) => u32::try_from(kib / 1024).unwrap_or(CAP).min(CAP),
+        None => CAP,
+    }
+}
+
+/// The most vCPUs `engine` supports (`auto` may choose the kvm engine, so
+/// it has the kvm engine's limit).
+pub fn vcpu_limit(engine: EngineKind) -> u8 {
+    match engine {
+        EngineKind::Kvm | EngineKind::Auto => nook_vmm::config::MAX_VCPUS,
+        // QEMU's microvm takes more than a u8 can say.
+        EngineKind::Qemu => u8::MAX,
+    }
+}
+
+/// A VM size outside what this host and engine allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceLimit {
+    #[error("{requested} MiB of guest memory is not between {MIN_MEMORY_MIB} MiB and {max} MiB (this host's RAM)")]
+    Memory { requested: u32, max: u32 },
+    #[error("{requested} vCPUs is not between 1 and {max}, the most the {} engine supports", engine_name(*engine))]
+    Vcpus {
+        requested: u8,
+        max: u8,
+        engine: EngineKind,
+    },
+}
+
+fn engine_name(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Auto => "kvm",
+        EngineKind::Kvm => "kvm",
+        EngineKind::Qemu => "qemu",
+    }
+}
+
+/// Checks a guest memory size against [`MIN_MEMORY_MIB`] and
+/// [`memory_limit_mib`].
+pub fn check_memory(memory_mib: u32) -> Result<(), ResourceLimit> {
+    let max = memory_limit_mib();
+    if !(MIN_MEMORY_MIB..=max).contains(&memory_mib) {
+        return Err(ResourceLimit::Memory {
+            requested: memory_mib,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a vCPU count against [`vcpu_limit`].
+pub fn check_vcpus(vcpus: u8, engine: EngineKind) -> Result<(), ResourceLimit> {
+    let max = vcpu_limit(engine);
+    if vcpus == 0 || vcpus > max {
+        return Err(ResourceLimit::Vcpus {
+            requested: vcpus,
+            max,
+            engine,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_bounded_by_the_host() {
+        let max = memory_limit_mib();
+        assert!(max >= MIN_MEMORY_MIB);
+        assert!(check_memory(256.min(max)).is_ok());
+        assert!(check_memory(MIN_MEMORY_MIB - 1).is_err());
+        let too_much = check_memory(max + 1).unwrap_err();
+        assert!(too_much.to_string().contains("host's RAM"), "{too_much}");
+    }
+
+    #[test]
+    fn vcpus_are_bounded_by_the_engine() {
+        assert!(check_vcpus(0, EngineKind::Qemu).is_err());
+        assert!(check_vcpus(nook_vmm::config::MAX_VCPUS, EngineKind::Kvm).is_ok());
+        assert!(check_vcpus(nook_vmm::config::MAX_VCPUS + 1, EngineKind::Kvm).is_err());
+        assert!(check_vcpus(nook_vmm::config::MAX_VCPUS + 1, EngineKind::Auto).is_err());
+        assert!(check_vcpus(nook_vmm::config::MAX_VCPUS + 1, EngineKind::Qemu).is_ok());
     }
 }

@@ -14,6 +14,8 @@ use crate::exit_code;
 pub enum VmError {
     #[error("invalid VM configuration: {0}")]
     Config(&'static str),
+    #[error("invalid VM size")]
+    Resources(#[source] crate::config::ResourceLimit),
     #[error("cannot find a static guest agent `nook-agent` (looked at {searched}): run `bash scripts/setup`, which builds it, or set NOOK_AGENT to its path")]
     AgentNotFound { searched: String },
     #[error("cannot prepare the guest kernel and initramfs")]
@@ -51,6 +53,12 @@ pub enum VmError {
     ChannelLost(#[source] ChannelLoss),
     #[error("the guest agent broke the protocol")]
     Protocol(#[source] ProtocolViolation),
+    #[error("snapshot {path} cannot be restored with {option}: {why}")]
+    NotRestorable {
+        path: PathBuf,
+        option: &'static str,
+        why: String,
+    },
     #[error("snapshot {path} is unusable: {reason}")]
     BadSnapshot { path: PathBuf, reason: String },
     #[error("cannot write snapshot {path}")]

@@ -3,6 +3,10 @@
 //! cannot tell a command run by nook from one run by `sh`, except for
 //! [`NOOK_FAILED`].
 
+/// The command line is malformed or asks for something nook cannot do
+/// (an unknown option, a value out of range, an option `--snapshot` cannot
+/// honour); nothing was started. (clap's own code for usage errors.)
+pub const USAGE: i32 = 2;
 /// `--timeout` passed and the command's process group was killed.
 pub const TIMEOUT: i32 = 124;
 /// nook itself or the VM failed: bad arguments, a failed boot, a lost guest.

@@ -34,7 +34,10 @@ mod vm;
 
 pub use bare::{boot_bare, BareBootError, BareConfig, BareEnding, BareExit};
 pub use boot::KVM_AUTO_BOOT_TIMEOUT;
-pub use config::{EngineKind, VmConfig};
+pub use config::{
+    check_memory, check_vcpus, memory_limit_mib, vcpu_limit, EngineKind, ResourceLimit, VmConfig,
+    MIN_MEMORY_MIB,
+};
 pub use ending::{GuestEnded, GuestEnding};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE};
 pub use engine::EngineId;
@@ -56,7 +59,8 @@ pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;
 pub use snapshot::{
-    list_snapshots, named_snapshot, remove_snapshot, snapshots_dir, Snapshot, SnapshotManifest,
+    list_snapshots, named_snapshot, remove_snapshot, snapshots_dir, SharedPath, Snapshot,
+    SnapshotManifest,
 };
 pub use storage::{
     make_ext4, ImageRoot, Volume, VolumeError, VolumeMount, VolumeStore, DEFAULT_VOLUME_SIZE,

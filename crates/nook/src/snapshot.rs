@@ -47,6 +47,66 @@ pub struct SnapshotManifest {
     /// The network the VM had (its guest has a NIC when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::NetConfig>,
+    /// Where the guest mounted host directory shares, in order: a clone
+    /// must be given shares for the same places.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SharedPath>,
+}
+
+/// A share as a snapshot records it: where the guest mounted it and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedPath {
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+fn shared_paths(shares: &[crate::ShareConfig]) -> Vec<SharedPath> {
+    shares
+        .iter()
+        .map(|s| SharedPath {
+            guest_path: s.guest_path.clone(),
+            read_only: s.read_only,
+        })
+        .collect()
+}
+
+/// Refuses what a restore cannot honour: its disks and shares are the
+/// snapshot's, fixed when it was taken.
+fn check_restorable(path: &Path, cfg: &VmConfig, m: &SnapshotManifest) -> Result<(), VmError> {
+    let refuse = |option: &'static str, why: String| VmError::NotRestorable {
+        path: path.to_path_buf(),
+        option,
+        why,
+    };
+    if !cfg.volumes.is_empty() {
+        return Err(refuse(
+            "volumes",
+            "a restored VM has the disks it was snapshotted with: boot instead".into(),
+        ));
+    }
+    let wanted = shared_paths(&cfg.shares);
+    if wanted != m.shares {
+        let list = |s: &[SharedPath]| {
+            let paths: Vec<String> = s
+                .iter()
+                .map(|p| format!("{}{}", p.guest_path, if p.read_only { ":ro" } else { "" }))
+                .collect();
+            if paths.is_empty() {
+                "none".to_string()
+            } else {
+                paths.join(", ")
+            }
+        };
+        return Err(refuse(
+            "shares",
+            format!(
+                "the guest mounted shares at [{}] before the snapshot, not at [{}]",
+                list(&m.shares),
+                list(&wanted)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A snapshot on disk.
@@ -220,6 +280,7 @@ impl Vm {
                 agent_version: hello.agent_version.clone(),
                 created: now_ns() / 1_000_000_000,
                 net: self.cfg.net.clone(),
+                shares: shared_paths(&self.cfg.shares),
             };
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             std::fs::write(tmp.join(MANIFEST), json).map_err(io)?;
@@ -254,6 +315,7 @@ impl Vm {
         let t0 = Instant::now();
         let snap = Snapshot::open(path)?;
         let m = &snap.manifest;
+        check_restorable(path, cfg, m)?;
         let run_dir = make_run_dir()?;
         let engine_dir = path.join(ENGINE_DIR);
         // A clone gets its own back end (no flow of the parent's carries
@@ -332,5 +394,48 @@ impl Vm {
             origin: VmOrigin::Snapshot,
             net: net.map(|n| n.backend),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(shares: Vec<SharedPath>) -> SnapshotManifest {
+        SnapshotManifest {
+            format: FORMAT,
+            engine: EngineId::QemuTcg,
+            memory_mib: 256,
+            vcpus: 1,
+            kernel_release: String::new(),
+            agent_protocol: nook_proto::PROTOCOL_VERSION,
+            agent_version: String::new(),
+            created: 0,
+            net: None,
+            shares,
+        }
+    }
+
+    #[test]
+    fn volumes_and_other_shares_are_refused_on_restore() {
+        let path = Path::new("/snap");
+        let mut cfg = VmConfig::default();
+        assert!(check_restorable(path, &cfg, &manifest(vec![])).is_ok());
+        cfg.volumes.push(crate::VolumeMount {
+            disk: "/v.ext4".into(),
+            guest_path: "/d".into(),
+            read_only: false,
+        });
+        let e = check_restorable(path, &cfg, &manifest(vec![])).unwrap_err();
+        assert!(e.to_string().contains("volumes"), "{e}");
+        cfg.volumes.clear();
+        cfg.shares.push("/tmp:/work".parse().unwrap());
+        let e = check_restorable(path, &cfg, &manifest(vec![])).unwrap_err();
+        assert!(e.to_string().contains("not at [/work]"), "{e}");
+        let recorded = vec![SharedPath {
+            guest_path: "/work".into(),
+            read_only: false,
+        }];
+        assert!(check_restorable(path, &cfg, &manifest(recorded)).is_ok());
     }
 }

@@ -78,6 +78,7 @@ pub fn idle_kvm_snapshot(dir: &Path, memory_mib: u32) -> Option<()> {
         agent_version: "none".into(),
         created: 0,
         net: None,
+        shares: Vec::new(),
     };
     std::fs::write(
         dir.join("nook.json"),
