@@ -111,9 +111,6 @@ fn auto_falls_back_to_qemu_when_the_kvm_guest_cannot_boot() {
         "a warning says what happened: {stderr}"
     );
     eprintln!("fallback run took {:?}", t0.elapsed());
-    // An explicit --engine kvm is not rescued: it fails (here: it would
-    // take hours), so it is only checked to be refused with a reason, not
-    // booted.
 }
 
 #[test]

@@ -314,24 +314,21 @@ fn connect_agent(
     };
     let cancel = cfg.cancel.clone();
     let mut next_check = Instant::now() + CONSOLE_CHECK;
-    let machine_cell = std::cell::RefCell::new(machine);
     let greeting = await_hello(&stream, limit, || {
         if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Some(BootFailure::Cancelled);
         }
-        let mut m = machine_cell.borrow_mut();
-        if let Some(ended) = m.exited() {
+        if let Some(ended) = machine.exited() {
             return Some(BootFailure::MachineEnded(ended));
         }
         if Instant::now() >= next_check {
             next_check = Instant::now() + CONSOLE_CHECK;
-            if let Some(meaning) = console_dead_end(&m.console_tail(CONSOLE_TAIL)) {
+            if let Some(meaning) = console_dead_end(&machine.console_tail(CONSOLE_TAIL)) {
                 return Some(BootFailure::DeadEnd(meaning));
             }
         }
         None
     });
-    let machine = machine_cell.into_inner();
     match greeting? {
         Greeting::Hello(hello, source) => Conn::establish(stream, hello, source),
         Greeting::Failed(mut cause) => {
