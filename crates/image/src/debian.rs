@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -23,6 +23,15 @@ const VARIANT: &str = "minbase";
 const RECIPE_VERSION: u32 = 1;
 /// Environment variable naming the Debian mirror (default: mmdebstrap's).
 pub const MIRROR_ENV: &str = "NOOK_DEBIAN_MIRROR";
+
+/// A checked Debian build recipe: package set, mirror, cache key and the
+/// path of its cache entry.
+struct DebianRecipe<'a> {
+    packages: BTreeSet<&'a str>,
+    mirror: Option<String>,
+    key: Digest,
+    cache_path: PathBuf,
+}
 
 #[derive(Serialize, Deserialize)]
 struct CacheEntry {
@@ -142,20 +151,12 @@ impl ImageStore {
         progress: bool,
     ) -> Result<ImageInfo, ImageError> {
         check_name(name)?;
-        check_suite(suite)?;
-        for p in packages {
-            check_package(p)?;
-        }
-        let mirror = std::env::var(MIRROR_ENV).ok().filter(|m| !m.is_empty());
-        if let Some(m) = &mirror {
-            check_mirror(m)?;
-        }
-        let packages: BTreeSet<&str> = packages.iter().map(String::as_str).collect();
-        let key = recipe_key(suite, &packages, mirror.as_deref());
-        let cache_path = self
-            .root()
-            .join("debian")
-            .join(format!("{}.json", key.hex()));
+        let DebianRecipe {
+            packages,
+            mirror,
+            key,
+            cache_path,
+        } = self.debian_recipe(suite, packages)?;
 
         let _store_lock = self.shared_lock()?;
         let _build_lock = self.named_lock(&format!("debian-{}", key.hex()))?;
@@ -181,6 +182,42 @@ impl ImageStore {
         nook_fsutil::write_atomic(&cache_path, 0o644, |f| f.write_all(&entry))?;
         self.tag(name, &digest)?;
         self.info_for(&digest, name)
+    }
+
+    /// Whether a Debian build of `suite` with `packages` (and the current
+    /// `NOOK_DEBIAN_MIRROR`) is in the cache, so that
+    /// [`ImageStore::build_debian`] would return at once.
+    pub fn debian_cached(&self, suite: &str, packages: &[String]) -> Result<bool, ImageError> {
+        let recipe = self.debian_recipe(suite, packages)?;
+        Ok(self.cached_build(&recipe.cache_path)?.is_some())
+    }
+
+    /// The checked recipe of a Debian build.
+    fn debian_recipe<'a>(
+        &self,
+        suite: &str,
+        packages: &'a [String],
+    ) -> Result<DebianRecipe<'a>, ImageError> {
+        check_suite(suite)?;
+        for p in packages {
+            check_package(p)?;
+        }
+        let mirror = std::env::var(MIRROR_ENV).ok().filter(|m| !m.is_empty());
+        if let Some(m) = &mirror {
+            check_mirror(m)?;
+        }
+        let packages: BTreeSet<&str> = packages.iter().map(String::as_str).collect();
+        let key = recipe_key(suite, &packages, mirror.as_deref());
+        let cache_path = self
+            .root()
+            .join("debian")
+            .join(format!("{}.json", key.hex()));
+        Ok(DebianRecipe {
+            packages,
+            mirror,
+            key,
+            cache_path,
+        })
     }
 
     fn cached_build(&self, cache_path: &Path) -> Result<Option<Digest>, ImageError> {

@@ -47,6 +47,12 @@ pub enum SessionError {
         #[source]
         source: Box<nook::ImageError>,
     },
+    #[error("cannot build image `{reference}`")]
+    ImageBuild {
+        reference: String,
+        #[source]
+        source: Box<nook::ImageError>,
+    },
 }
 
 impl SessionError {

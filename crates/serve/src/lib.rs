@@ -16,6 +16,7 @@ mod files;
 mod host;
 mod procs;
 mod state;
+pub mod toolchain;
 pub mod wire;
 
 pub use client::{remove, start, stop, ExecInputSender, ProcOutput, RemoteExec, SessionClient};
