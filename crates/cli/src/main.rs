@@ -11,6 +11,7 @@ mod boot;
 mod exit;
 mod image;
 mod run;
+mod serve;
 mod session;
 mod setup;
 mod snapshot;
@@ -26,7 +27,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
     after_help = "Exit codes: the guest command's own code; 2 usage error; 124 timeout; 125 nook or VM failure; \
 126 command not executable; 127 command not found; 128+N killed by signal N; 130/143 nook interrupted.\n\
 Environment: NOOK_HOME (cache dir), NOOK_KERNEL (kernel image), NOOK_AGENT (guest agent), \
-NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug)."
+NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug), NOOK_SOCKET (the daemon's socket, for clients)."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -54,6 +55,8 @@ enum Command {
     Rm(session::RmArgs),
     /// Print a session's guest console.
     Logs(session::LogsArgs),
+    /// Serve the JSON-lines daemon protocol and the devshell-vm sidecar protocol on a Unix socket (see docs/daemon.md).
+    Serve(serve::ServeArgs),
     /// Runs a session's host process (started by `nook start`).
     #[command(name = "__session-host", hide = true)]
     SessionHost(session::HostArgs),
@@ -103,6 +106,7 @@ fn main() {
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),
         Command::Logs(args) => session::logs(args),
+        Command::Serve(args) => serve::serve(args),
         Command::SessionHost(args) => session::host(args),
         Command::Pull(args) => image::pull(args),
         Command::Images(args) => image::images(args),

@@ -151,6 +151,18 @@ pub fn start(args: StartArgs) -> i32 {
         idle_timeout_s: args.idle_timeout,
         max_duration_s: args.max_duration,
         net: cfg.net.clone(),
+        env: Vec::new(),
+        shares: cfg
+            .shares
+            .iter()
+            .map(|s| nook_serve::SpecMount {
+                host_path: s.host_dir.clone(),
+                guest_path: s.guest_path.clone(),
+                read_only: s.read_only,
+            })
+            .collect(),
+        volumes: Vec::new(),
+        snapshot: None,
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,

@@ -230,6 +230,15 @@ impl SessionClient {
         }
     }
 
+    /// Snapshots the session's VM into the new directory `path` (no command
+    /// may be running in it); the session runs on.
+    pub fn snapshot(&self, path: &Path) -> Result<(), SessionError> {
+        self.call(&SessionRequest::Snapshot {
+            path: path.to_path_buf(),
+        })
+        .map(|_| ())
+    }
+
     /// Asks the host to shut the guest down cleanly (volumes synced).
     pub fn request_stop(&self) -> Result<(), SessionError> {
         self.call(&SessionRequest::Stop).map(|_| ())
@@ -272,6 +281,10 @@ impl ExecInputSender {
     }
     pub fn resize(&mut self, rows: u16, cols: u16) -> std::io::Result<()> {
         self.send(&ExecInput::Resize(nook::Winsize { rows, cols }))
+    }
+    /// Closes the connection both ways: the session kills the command.
+    pub fn hang_up(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -19,7 +19,13 @@ pub(crate) fn spawn_child(host: &Host, spec: &ExecSpec) -> Result<Child, ExecErr
             "the session is stopping",
         )));
     };
-    let mut b = vm.exec(spec.argv.clone()).envs(spec.env.clone());
+    let mut b = vm.exec(spec.argv.clone()).envs(
+        host.env
+            .iter()
+            .filter(|(k, _)| !spec.env.iter().any(|(k2, _)| k2 == k))
+            .chain(&spec.env)
+            .cloned(),
+    );
     if let Some(cwd) = &spec.cwd {
         b = b.cwd(cwd.clone());
     }

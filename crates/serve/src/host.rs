@@ -29,6 +29,8 @@ const TICK: Duration = Duration::from_millis(100);
 pub(crate) struct Host {
     pub(crate) name: String,
     pub(crate) dir: SessionDir,
+    /// Variables every command starts with.
+    pub(crate) env: Vec<(String, String)>,
     /// `None` once the session is stopping.
     pub(crate) vm: RwLock<Option<Vm>>,
     /// Attached execs and live detached processes.
@@ -109,6 +111,24 @@ fn vm_config(spec: &SessionSpec, home: &Path) -> Result<VmConfig, SessionError> 
     }
     cfg.template = cfg.template && spec.template;
     cfg.net = spec.net.clone();
+    cfg.shares = spec
+        .shares
+        .iter()
+        .map(|m| nook::ShareConfig {
+            host_dir: m.host_path.clone(),
+            guest_path: m.guest_path.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    cfg.volumes = spec
+        .volumes
+        .iter()
+        .map(|m| nook::VolumeMount {
+            disk: m.host_path.clone(),
+            guest_path: m.guest_path.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
     if let Some(reference) = &spec.image {
         let image_err = |source| SessionError::Image {
             reference: reference.clone(),
@@ -140,7 +160,12 @@ fn serve(
             .and_then(Path::parent)
             .unwrap_or(Path::new("/"))
             .to_path_buf();
-    let vm = Vm::start(vm_config(spec, &home)?).map_err(|e| SessionError::Vm(Box::new(e)))?;
+    let cfg = vm_config(spec, &home)?;
+    let vm = match &spec.snapshot {
+        Some(snapshot) => Vm::restore(snapshot, &cfg),
+        None => Vm::start(cfg),
+    }
+    .map_err(|e| SessionError::Vm(Box::new(e)))?;
     state.engine = vm.engine().id().label().to_string();
     state.published = vm.published_ports().to_vec();
     state.net = vm.net_stats();
@@ -155,6 +180,7 @@ fn serve(
     let host = Arc::new(Host {
         name: spec.name.clone(),
         dir: sd.clone(),
+        env: spec.env.clone(),
         vm: RwLock::new(Some(vm)),
         busy: AtomicUsize::new(0),
         last_activity: Mutex::new(Instant::now()),
@@ -307,6 +333,21 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
         SessionRequest::Stop => {
             host.stop.store(true, Ordering::Relaxed);
             send(&mut w, &SessionReply::Ok)
+        }
+        SessionRequest::Snapshot { path } => {
+            let result = host
+                .vm
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|vm| vm.snapshot(&path));
+            let reply = match result {
+                Some(Ok(_)) => SessionReply::Ok,
+                Some(Err(e)) => error_reply(SessionErrorCode::Vm, nook::error_chain(&e)),
+                None => error_reply(SessionErrorCode::Vm, "the session is stopping"),
+            };
+            host.touch();
+            send(&mut w, &reply)
         }
         SessionRequest::Logs { lines } => {
             let text = host

@@ -10,6 +10,7 @@
 
 mod client;
 mod cp;
+pub mod daemon;
 mod error;
 mod exec;
 mod files;
@@ -25,7 +26,7 @@ pub use error::SessionError;
 pub use host::run_host;
 pub use state::{
     host_alive, list_sessions, now_unix, sessions_dir, validate_name, SessionDir, SessionPhase,
-    SessionSpec, SessionState,
+    SessionSpec, SessionState, SpecMount,
 };
 
 /// The hidden `nook` subcommand that runs a session host.

@@ -45,6 +45,28 @@ pub struct SessionSpec {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<nook::NetConfig>,
+    /// Environment every command in the session starts with (a command's
+    /// own variables win).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Host directories shared into the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SpecMount>,
+    /// ext4 disk images (named volumes' files) mounted in the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<SpecMount>,
+    /// Restore this snapshot directory instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
+}
+
+/// A host path mounted in the guest: a shared directory or a disk image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecMount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Where a session is in its life.

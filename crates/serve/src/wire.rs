@@ -83,6 +83,11 @@ pub enum SessionRequest {
     },
     /// Shut the guest down cleanly (volumes synced) and end the session.
     Stop,
+    /// Snapshot the VM into the new directory `path` (no command may be
+    /// running); the session runs on.
+    Snapshot {
+        path: std::path::PathBuf,
+    },
     /// Replace guest file `path` with the `chunk` lines that follow, up to
     /// an `end` line ([`FileInput`]); atomic in the guest.
     FileWrite {
@@ -291,6 +296,12 @@ mod tests {
                 r#"{"op":"logs","lines":10}"#,
             ),
             (to_line(&SessionRequest::Stop), r#"{"op":"stop"}"#),
+            (
+                to_line(&SessionRequest::Snapshot {
+                    path: "/s/snap".into(),
+                }),
+                r#"{"op":"snapshot","path":"/s/snap"}"#,
+            ),
             (
                 to_line(&ExecInput::Stdin {
                     data: encode_bytes(b"hi"),
