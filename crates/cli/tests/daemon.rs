@@ -1,0 +1,442 @@
+//! End-to-end tests of the daemon, `nook serve`, driven over its socket as
+//! an outside client would (JSON lines, docs/daemon.md): real guests on the
+//! qemu engine.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::{nook, qemu_of, ready, text};
+
+/// A daemon under test: its process, socket and log.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory nook creates itself (0700).
+        let socket = dir.path().join("run").join("nook.sock");
+        let log = dir.path().join("daemon.log");
+        let child = nook()
+            .args(["serve", "--engine", "qemu", "--socket"])
+            .arg(&socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start nook serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Daemon {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the daemon to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A protocol client.
+#[derive(Debug)]
+struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+    /// Lines read while waiting for another id.
+    pending: Vec<Value>,
+}
+
+impl Client {
+    fn connect(d: &Daemon) -> Client {
+        let w = UnixStream::connect(&d.socket).expect("connect");
+        w.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        let mut c = Client {
+            w,
+            r,
+            pending: Vec::new(),
+        };
+        let hello = c.call(json!({"id": 0, "type": "handshake", "version": 1}));
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["version"], 1);
+        c
+    }
+
+    fn send(&mut self, v: Value) {
+        let mut line = serde_json::to_vec(&v).unwrap();
+        line.push(b'\n');
+        self.w.write_all(&line).unwrap();
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.r.read_line(&mut line).expect("read a reply");
+        assert!(n > 0, "the daemon closed the connection");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The next line for request `id`.
+    fn next_for(&mut self, id: &Value) -> Value {
+        if let Some(i) = self.pending.iter().position(|v| &v["id"] == id) {
+            return self.pending.remove(i);
+        }
+        loop {
+            let v = self.read();
+            if &v["id"] == id {
+                return v;
+            }
+            self.pending.push(v);
+        }
+    }
+
+    /// Sends a request and returns its (single) reply.
+    fn call(&mut self, v: Value) -> Value {
+        let id = v["id"].clone();
+        self.send(v);
+        self.next_for(&id)
+    }
+
+    /// Runs an attached exec: (stdout, exit event).
+    fn exec(&mut self, id: u64, session: &str, argv: &[&str]) -> (String, Value) {
+        self.send(json!({"id": id, "type": "exec", "session": session, "argv": argv}));
+        let started = self.next_for(&json!(id));
+        assert_eq!(started["type"], "started", "{started}");
+        let mut out = Vec::new();
+        loop {
+            let ev = self.next_for(&json!(id));
+            match ev["type"].as_str() {
+                Some("stdout") => out.extend(b64(&ev["data"])),
+                Some("stderr") => {}
+                _ => return (text(&out), ev),
+            }
+        }
+    }
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or_default())
+        .unwrap()
+}
+
+fn enc(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The session's host pid, from `session_inspect`.
+fn host_pid(c: &mut Client, session: &str) -> u32 {
+    let st = c.call(json!({"id": "inspect", "type": "session_inspect", "session": session}));
+    assert_eq!(st["type"], "session", "{st}");
+    st["session"]["pid"].as_u64().unwrap() as u32
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn create(c: &mut Client, id: &str, name: &str, keep: bool) -> Value {
+    let st = c.call(json!({"id": id, "type": "session_create", "name": name, "keep": keep}));
+    assert_eq!(st["type"], "session", "{st}");
+    assert_eq!(st["session"]["state"], "running");
+    st
+}
+
+/// A client in another process that starts `sleep 1000` in `session` and
+/// prints once it runs (then waits to be killed).
+fn spawn_exec_client(socket: &Path, session: &str) -> Child {
+    let script = r#"
+import socket, sys, json
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+f = s.makefile('rwb')
+f.write(b'{"id":1,"type":"handshake","version":1}\n'); f.flush(); f.readline()
+req = {"id": 2, "type": "exec", "session": sys.argv[2], "argv": ["sh", "-c", "sleep 1000; echo never"]}
+f.write(json.dumps(req).encode() + b'\n'); f.flush()
+print(f.readline().decode().strip(), flush=True)
+sys.stdin.read()
+"#;
+    std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(socket)
+        .arg(session)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+#[test]
+fn daemon_serves_clients_side_by_side_and_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let mut d = Daemon::start(&[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.socket), 0o600, "socket mode");
+    assert_eq!(mode(d.socket.parent().unwrap()), 0o700, "socket dir mode");
+
+    let pid = std::process::id();
+    let (name_a, name_b) = (format!("t{pid}-da"), format!("t{pid}-db"));
+    let mut a = Client::connect(&d);
+    let mut b = Client::connect(&d);
+    // Two boots at once, from two clients.
+    let (na, nb) = (name_a.clone(), name_b.clone());
+    let ta = std::thread::spawn(move || {
+        create(&mut a, "c", &na, false);
+        a
+    });
+    let tb = std::thread::spawn(move || {
+        create(&mut b, "c", &nb, true);
+        b
+    });
+    let mut a = ta.join().unwrap();
+    let mut b = tb.join().unwrap();
+    let host_a = host_pid(&mut a, &name_a);
+    let host_b = host_pid(&mut b, &name_b);
+
+    // Concurrent execs: each client sees only its own output.
+    let script = |tag: &str| format!("for i in 1 2 3 4 5; do echo {tag}-$i; sleep 0.2; done");
+    let (sa, sb) = (script("A"), script("B"));
+    let (na, nb) = (name_a.clone(), name_b.clone());
+    let ta = std::thread::spawn(move || {
+        let r = a.exec(10, &na, &["sh", "-c", &sa]);
+        (a, r)
+    });
+    let tb = std::thread::spawn(move || {
+        let r = b.exec(10, &nb, &["sh", "-c", &sb]);
+        (b, r)
+    });
+    let (mut a, (out_a, exit_a)) = ta.join().unwrap();
+    let (mut b, (out_b, exit_b)) = tb.join().unwrap();
+    assert_eq!(out_a, "A-1\nA-2\nA-3\nA-4\nA-5\n");
+    assert_eq!(out_b, "B-1\nB-2\nB-3\nB-4\nB-5\n");
+    assert_eq!(exit_a["type"], "exit");
+    assert_eq!(exit_a["code"], 0);
+    assert_eq!(exit_b["code"], 0);
+
+    // Client B runs a command while client A sends a garbage line, an
+    // unknown request type and a 100 MiB line: each gets an error reply,
+    // and B's command finishes undisturbed.
+    b.send(json!({"id": 20, "type": "exec", "session": name_b,
+        "argv": ["sh", "-c", "sleep 1; echo still-here"]}));
+    a.send_raw(b"this is not json\n");
+    let e = a.read();
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "bad_request");
+    let e = a.call(json!({"id": 21, "type": "launch_missiles"}));
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["code"], "unknown_type");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        a.send_raw(&chunk);
+    }
+    a.send_raw(b"\n");
+    let e = a.read();
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "line_too_long");
+    let mut out_b = Vec::new();
+    loop {
+        let ev = b.next_for(&json!(20));
+        match ev["type"].as_str() {
+            Some("started") | Some("stderr") => {}
+            Some("stdout") => out_b.extend(b64(&ev["data"])),
+            _ => {
+                assert_eq!(ev["type"], "exit", "{ev}");
+                assert_eq!(ev["code"], 0);
+                break;
+            }
+        }
+    }
+    assert_eq!(text(&out_b), "still-here\n");
+    // A still works after all that.
+    let (out, _) = a.exec(22, &name_a, &["echo", "ok"]);
+    assert_eq!(out, "ok\n");
+
+    // Files, stdin and background processes through the daemon.
+    files_and_processes(&mut a, &name_a);
+
+    // A client killed mid-exec: its command dies in the guest, and no host
+    // process is left for it.
+    let qemu_before = qemu_of(host_a).len();
+    let mut killed = spawn_exec_client(&d.socket, &name_a);
+    let mut line = String::new();
+    BufReader::new(killed.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("started"), "{line}");
+    let guest_sleeps = |c: &mut Client| {
+        let (ps, _) = c.exec(60, &name_a, &["ps"]);
+        ps.lines().filter(|l| l.trim_end().ends_with("sleep 1000")).count()
+    };
+    assert_eq!(guest_sleeps(&mut a), 1, "the command did not start");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    wait_until("the killed client's command is gone from the guest", Duration::from_secs(20), || {
+        guest_sleeps(&mut a) == 0
+    });
+    assert_eq!(qemu_of(host_a).len(), qemu_before, "VM processes changed");
+
+    // The session A created without `keep` ends when A disconnects.
+    drop(a);
+    wait_until("A's session is stopped and removed", Duration::from_secs(60), || {
+        !pid_alive(host_a)
+    });
+    assert!(qemu_of(host_a).is_empty(), "a VM outlived its owner");
+    let list = b.call(json!({"id": 70, "type": "session_list"}));
+    let names: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(!names.contains(&name_a.as_str()), "{names:?}");
+    assert!(names.contains(&name_b.as_str()), "{names:?}");
+
+    // SIGTERM stops the sessions the daemon made (B's was kept) and leaves
+    // no VM process; the socket goes.
+    assert!(!qemu_of(host_b).is_empty());
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}: {}", d.log_text());
+    assert!(!pid_alive(host_b), "the session host outlived the daemon");
+    assert!(qemu_of(host_b).is_empty(), "a VM outlived the daemon");
+    assert!(!d.socket.exists(), "the socket is left behind");
+}
+
+fn files_and_processes(a: &mut Client, session: &str) {
+    // A chunked upload: the reply to `file_write` comes after its last chunk.
+    a.send(json!({"id": 30, "type": "file_write", "session": session,
+        "path": "/tmp/f.bin", "mode": 0o600, "data": enc(b"part1-"), "more": true}));
+    let r = a.call(json!({"id": 31, "type": "file_write_chunk", "upload": 30,
+        "data": enc(b"part2"), "more": false}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = a.next_for(&json!(30));
+    assert_eq!(r["type"], "ok", "{r}");
+    let st = a.call(json!({"id": 32, "type": "file_stat", "session": session, "path": "/tmp/f.bin"}));
+    assert_eq!(st["stat"]["size"], 11, "{st}");
+    assert_eq!(st["stat"]["mode"].as_u64().unwrap() & 0o777, 0o600, "{st}");
+    a.send(json!({"id": 33, "type": "file_read", "session": session, "path": "/tmp/f.bin", "max_bytes": 8}));
+    let mut data = Vec::new();
+    let done = loop {
+        let ev = a.next_for(&json!(33));
+        if ev["type"] == "file_data" {
+            data.extend(b64(&ev["data"]));
+        } else {
+            break ev;
+        }
+    };
+    assert_eq!(text(&data), "part1-pa");
+    assert_eq!(done["type"], "read_done", "{done}");
+    assert_eq!(done["size"], 11);
+    assert_eq!(done["truncated"], true);
+    let l = a.call(json!({"id": 34, "type": "file_list", "session": session, "path": "/tmp"}));
+    assert!(l["entries"].as_array().unwrap().iter().any(|e| e["name"] == "f.bin"), "{l}");
+    let r = a.call(json!({"id": 35, "type": "file_mkdir", "session": session, "path": "/tmp/x/y/z"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = a.call(json!({"id": 36, "type": "file_remove", "session": session, "path": "/tmp/x", "recursive": true}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = a.call(json!({"id": 37, "type": "file_stat", "session": session, "path": "/tmp/x"}));
+    assert_eq!(r["code"], "not_found", "{r}");
+
+    // Attached exec with stdin.
+    a.send(json!({"id": 40, "type": "exec", "session": session, "argv": ["cat"], "stdin": true}));
+    assert_eq!(a.next_for(&json!(40))["type"], "started");
+    let r = a.call(json!({"id": 41, "type": "exec_stdin", "exec": 40, "data": enc(b"hello")}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = a.call(json!({"id": 42, "type": "exec_stdin_close", "exec": 40}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let mut out = Vec::new();
+    loop {
+        let ev = a.next_for(&json!(40));
+        match ev["type"].as_str() {
+            Some("stdout") => out.extend(b64(&ev["data"])),
+            _ => {
+                assert_eq!(ev["code"], 0, "{ev}");
+                break;
+            }
+        }
+    }
+    assert_eq!(text(&out), "hello");
+
+    // A background process: stdin, output polling, signal, wait.
+    let r = a.call(json!({"id": 50, "type": "exec", "session": session, "detach": true,
+        "stdin": true, "argv": ["sh", "-c", "read x; echo got-$x; exec sleep 1000"]}));
+    assert_eq!(r["type"], "started", "{r}");
+    let bg = r["pid"].as_u64().unwrap();
+    let r = a.call(json!({"id": 51, "type": "proc_stdin", "session": session, "pid": bg,
+        "data": enc(b"y\n"), "close": true}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let mut seen = Vec::new();
+    wait_until("the background process prints", Duration::from_secs(20), || {
+        let r = a.call(json!({"id": 52, "type": "proc_read", "session": session, "pid": bg}));
+        seen = b64(&r["data"]);
+        text(&seen).contains("got-y")
+    });
+    let r = a.call(json!({"id": 53, "type": "proc_signal", "session": session, "pid": bg, "signal": 15}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = a.call(json!({"id": 54, "type": "proc_wait", "session": session, "pid": bg}));
+    assert_eq!(r["type"], "exit", "{r}");
+    assert_eq!(r["signal"], 15, "{r}");
+}
