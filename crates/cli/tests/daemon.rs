@@ -5,83 +5,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
-use common::{nook, qemu_of, ready, text};
-
-/// A daemon under test: its process, socket and log.
-#[derive(Debug)]
-pub struct Daemon {
-    pub child: Child,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    pub fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory nook creates itself (0700).
-        let socket = dir.path().join("run").join("nook.sock");
-        let log = dir.path().join("daemon.log");
-        let child = nook()
-            .args(["serve", "--engine", "qemu", "--socket"])
-            .arg(&socket)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start nook serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Daemon {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for the daemon to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.wait();
-        }
-    }
-}
+use common::daemon::{pid_alive, wait_until, Daemon};
+use common::{qemu_of, ready, text};
 
 /// A protocol client.
 #[derive(Debug)]
@@ -180,22 +112,6 @@ fn host_pid(c: &mut Client, session: &str) -> u32 {
     let st = c.call(json!({"id": "inspect", "type": "session_inspect", "session": session}));
     assert_eq!(st["type"], "session", "{st}");
     st["session"]["pid"].as_u64().unwrap() as u32
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn create(c: &mut Client, id: &str, name: &str, keep: bool) -> Value {
@@ -329,21 +245,27 @@ fn daemon_serves_clients_side_by_side_and_cleans_up() {
     assert!(line.contains("started"), "{line}");
     let guest_sleeps = |c: &mut Client| {
         let (ps, _) = c.exec(60, &name_a, &["ps"]);
-        ps.lines().filter(|l| l.trim_end().ends_with("sleep 1000")).count()
+        ps.lines()
+            .filter(|l| l.trim_end().ends_with("sleep 1000"))
+            .count()
     };
     assert_eq!(guest_sleeps(&mut a), 1, "the command did not start");
     killed.kill().unwrap();
     killed.wait().unwrap();
-    wait_until("the killed client's command is gone from the guest", Duration::from_secs(20), || {
-        guest_sleeps(&mut a) == 0
-    });
+    wait_until(
+        "the killed client's command is gone from the guest",
+        Duration::from_secs(20),
+        || guest_sleeps(&mut a) == 0,
+    );
     assert_eq!(qemu_of(host_a).len(), qemu_before, "VM processes changed");
 
     // The session A created without `keep` ends when A disconnects.
     drop(a);
-    wait_until("A's session is stopped and removed", Duration::from_secs(60), || {
-        !pid_alive(host_a)
-    });
+    wait_until(
+        "A's session is stopped and removed",
+        Duration::from_secs(60),
+        || !pid_alive(host_a),
+    );
     assert!(qemu_of(host_a).is_empty(), "a VM outlived its owner");
     let list = b.call(json!({"id": 70, "type": "session_list"}));
     let names: Vec<&str> = list["sessions"]
@@ -374,7 +296,8 @@ fn files_and_processes(a: &mut Client, session: &str) {
     assert_eq!(r["type"], "ok", "{r}");
     let r = a.next_for(&json!(30));
     assert_eq!(r["type"], "ok", "{r}");
-    let st = a.call(json!({"id": 32, "type": "file_stat", "session": session, "path": "/tmp/f.bin"}));
+    let st =
+        a.call(json!({"id": 32, "type": "file_stat", "session": session, "path": "/tmp/f.bin"}));
     assert_eq!(st["stat"]["size"], 11, "{st}");
     assert_eq!(st["stat"]["mode"].as_u64().unwrap() & 0o777, 0o600, "{st}");
     a.send(json!({"id": 33, "type": "file_read", "session": session, "path": "/tmp/f.bin", "max_bytes": 8}));
@@ -392,8 +315,16 @@ fn files_and_processes(a: &mut Client, session: &str) {
     assert_eq!(done["size"], 11);
     assert_eq!(done["truncated"], true);
     let l = a.call(json!({"id": 34, "type": "file_list", "session": session, "path": "/tmp"}));
-    assert!(l["entries"].as_array().unwrap().iter().any(|e| e["name"] == "f.bin"), "{l}");
-    let r = a.call(json!({"id": 35, "type": "file_mkdir", "session": session, "path": "/tmp/x/y/z"}));
+    assert!(
+        l["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "f.bin"),
+        "{l}"
+    );
+    let r =
+        a.call(json!({"id": 35, "type": "file_mkdir", "session": session, "path": "/tmp/x/y/z"}));
     assert_eq!(r["type"], "ok", "{r}");
     let r = a.call(json!({"id": 36, "type": "file_remove", "session": session, "path": "/tmp/x", "recursive": true}));
     assert_eq!(r["type"], "ok", "{r}");
@@ -421,20 +352,30 @@ fn files_and_processes(a: &mut Client, session: &str) {
     assert_eq!(text(&out), "hello");
 
     // A background process: stdin, output polling, signal, wait.
-    let r = a.call(json!({"id": 50, "type": "exec", "session": session, "detach": true,
-        "stdin": true, "argv": ["sh", "-c", "read x; echo got-$x; exec sleep 1000"]}));
+    let r = a.call(
+        json!({"id": 50, "type": "exec", "session": session, "detach": true,
+        "stdin": true, "argv": ["sh", "-c", "read x; echo got-$x; exec sleep 1000"]}),
+    );
     assert_eq!(r["type"], "started", "{r}");
     let bg = r["pid"].as_u64().unwrap();
-    let r = a.call(json!({"id": 51, "type": "proc_stdin", "session": session, "pid": bg,
-        "data": enc(b"y\n"), "close": true}));
+    let r = a.call(
+        json!({"id": 51, "type": "proc_stdin", "session": session, "pid": bg,
+        "data": enc(b"y\n"), "close": true}),
+    );
     assert_eq!(r["type"], "ok", "{r}");
     let mut seen = Vec::new();
-    wait_until("the background process prints", Duration::from_secs(20), || {
-        let r = a.call(json!({"id": 52, "type": "proc_read", "session": session, "pid": bg}));
-        seen = b64(&r["data"]);
-        text(&seen).contains("got-y")
-    });
-    let r = a.call(json!({"id": 53, "type": "proc_signal", "session": session, "pid": bg, "signal": 15}));
+    wait_until(
+        "the background process prints",
+        Duration::from_secs(20),
+        || {
+            let r = a.call(json!({"id": 52, "type": "proc_read", "session": session, "pid": bg}));
+            seen = b64(&r["data"]);
+            text(&seen).contains("got-y")
+        },
+    );
+    let r = a.call(
+        json!({"id": 53, "type": "proc_signal", "session": session, "pid": bg, "signal": 15}),
+    );
     assert_eq!(r["type"], "ok", "{r}");
     let r = a.call(json!({"id": 54, "type": "proc_wait", "session": session, "pid": bg}));
     assert_eq!(r["type"], "exit", "{r}");

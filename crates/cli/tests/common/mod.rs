@@ -4,6 +4,8 @@
 
 use std::process::{Command, Stdio};
 
+pub mod daemon;
+
 /// The `nook` binary under test, with stdin closed and logging at default.
 pub fn nook() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nook"));
