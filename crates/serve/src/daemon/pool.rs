@@ -30,10 +30,9 @@ impl Pool {
             .drain()
             .flat_map(|(_, v)| v)
             .collect();
-        all.extend(
-            std::mem::take(&mut *self.acquired.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter(),
-        );
+        all.extend(std::mem::take(
+            &mut *self.acquired.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
         all
     }
 }
