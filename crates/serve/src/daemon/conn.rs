@@ -72,7 +72,7 @@ pub(crate) fn error_of(e: &SessionError) -> (ErrorCode, String) {
         SessionError::Exists(_) => ErrorCode::SessionExists,
         SessionError::Running(_) | SessionError::NotRunning(_) => ErrorCode::SessionState,
         SessionError::Io { .. } | SessionError::Corrupt { .. } => ErrorCode::Io,
-        SessionError::Image { .. } => ErrorCode::Unavailable,
+        SessionError::Image { .. } | SessionError::ImageBuild { .. } => ErrorCode::Unavailable,
         SessionError::Refused { code, .. } => match code {
             SessionErrorCode::BadRequest => ErrorCode::BadRequest,
             SessionErrorCode::NotFound => ErrorCode::NotFound,

@@ -38,7 +38,8 @@ pub enum BetaImage {
     Builtin,
     /// An image in the store.
     Image(String),
-    /// A Debian image with cargo and a C linker, built on first use.
+    /// A Debian image with cargo and a C linker, built on first use
+    /// ([`crate::toolchain::ensure_rust_image`]).
     RustToolchain,
 }
 

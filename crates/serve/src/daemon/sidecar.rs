@@ -269,11 +269,20 @@ fn beta_image(d: &Daemon) -> Result<Option<String>, SidecarReply> {
     match &d.cfg.beta_image {
         BetaImage::Builtin => Ok(None),
         BetaImage::Image(reference) => Ok(Some(reference.clone())),
-        BetaImage::RustToolchain => Err(error(
-            SidecarErrorCode::Vm,
-            "this nook cannot build its Rust toolchain image yet: start `nook serve` with \
-             --beta-image REF (an image with cargo and a C linker) or --beta-image builtin",
-        )),
+        BetaImage::RustToolchain => {
+            // Built once (minutes, progress on the daemon's stderr), cached after.
+            crate::toolchain::ensure_rust_image(&d.cfg.home, &mut std::io::stderr())
+                .map(Some)
+                .map_err(|e| {
+                    error(
+                        SidecarErrorCode::Vm,
+                        format!(
+                            "{}: or start `nook serve` with --beta-image REF",
+                            nook::error_chain(&e)
+                        ),
+                    )
+                })
+        }
     }
 }
 
