@@ -27,11 +27,17 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
     after_help = "Exit codes: the guest command's own code; 2 usage error; 124 timeout; 125 nook or VM failure; \
 126 command not executable; 127 command not found; 128+N killed by signal N; 130/143 nook interrupted.\n\
 Environment: NOOK_HOME (cache dir), NOOK_KERNEL (kernel image), NOOK_AGENT (guest agent), \
-NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug), NOOK_SOCKET (the daemon's socket, for clients)."
+NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug), NOOK_SOCKET (the daemon's socket, for clients), \
+NOOK_NO_SECCOMP=1 (debugging only: seccomp filters off)."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// For debugging only: run the kvm engine's vCPU and device threads and
+    /// the virtio-fs server without their seccomp filters (also
+    /// NOOK_NO_SECCOMP=1). Weakens isolation; see docs/security.md.
+    #[arg(long, global = true)]
+    no_seccomp: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +96,12 @@ fn main() {
         .init();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if cli.no_seccomp {
+        // Still one thread: the variable also reaches the processes nook
+        // starts (session hosts).
+        std::env::set_var("NOOK_NO_SECCOMP", "1");
+        nook::set_seccomp_enabled(false);
+    }
     match &cli.command {
         Command::Run(a) => a.vm.check_usage(),
         Command::Start(a) => a.vm.check_usage(),

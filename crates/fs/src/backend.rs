@@ -160,16 +160,21 @@ impl FsBackend {
         }
     }
 
-    fn name_thread_once(&self) {
-        thread_local!(static NAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-        NAMED.with(|named| {
-            if !named.get() {
-                named.set(true);
-                // The worker is spawned by vhost-user-backend with its own
-                // name; rename it so it is recognisable as nook's.
-                let _ = std::fs::write("/proc/thread-self/comm", &self.thread_name);
-            }
-        });
+    /// First event on a queue worker thread: names it as nook's and puts
+    /// it under the `fs` seccomp filter before it reads a guest request.
+    fn prepare_thread_once(&self) -> io::Result<()> {
+        thread_local!(static READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if READY.with(std::cell::Cell::get) {
+            return Ok(());
+        }
+        // The worker is spawned by vhost-user-backend with its own name;
+        // rename it so it is recognisable as nook's.
+        let _ = std::fs::write("/proc/thread-self/comm", &self.thread_name);
+        let applied =
+            nook_seccomp::apply(nook_seccomp::ThreadFilter::Fs).map_err(io::Error::other)?;
+        tracing::debug!("nook-fs: {}: seccomp filter: {applied:?}", self.thread_name);
+        READY.with(|r| r.set(true));
+        Ok(())
     }
 }
 
@@ -221,7 +226,7 @@ impl VhostUserBackend for FsBackend {
         vrings: &[Self::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        self.name_thread_once();
+        self.prepare_thread_once()?;
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }

@@ -55,6 +55,7 @@ pub use nook_net::{
     EgressRule, HostEntry, NetConfig, NetStats, PortMapping, Protocol, PublishedPort, RefusedFlow,
 };
 pub use nook_proto::{BootWords, Pipe, Winsize};
+pub use nook_seccomp::set_enabled as set_seccomp_enabled;
 pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuFd;
+use nook_seccomp::ThreadFilter;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -35,8 +36,8 @@ use crate::arch::x86_64::layout::{
     VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::regs::EntryMode;
-use crate::config::SerialSink;
-use crate::devices::bus::Bus;
+use crate::config::{MmioHook, SerialSink};
+use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::persist::{SerialArgs, SerialDeviceState};
 use crate::devices::legacy::power::AcpiPower;
@@ -51,7 +52,7 @@ use crate::snapshot::memory::MemoryBacking;
 use crate::snapshot::persist::Persist;
 use crate::snapshot::state::VirtioSlotState;
 use crate::snapshot::{KvmSnapshotError, SnapshotHandles};
-use crate::vstate::exit::{ExitState, Outcome};
+use crate::vstate::exit::{ExitReason, ExitState, Outcome};
 use crate::vstate::pause::PauseControl;
 use crate::vstate::shell::{VmShell, Wiring};
 use crate::vstate::vcpu::{configure_vcpu, Vcpu};
@@ -102,6 +103,8 @@ pub(crate) struct MachineParts {
     pub boot: BootSetup,
     /// The kernel command line (reported by [`KvmVm::cmdline`]).
     pub cmdline: String,
+    /// A test hook on the MMIO bus.
+    pub mmio_hook: Option<MmioHook>,
 }
 
 /// Durations of the steps of a boot or restore, for [`KvmVm::start_phases`].
@@ -155,6 +158,7 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
         vcpus,
         boot,
         cmdline,
+        mmio_hook,
     } = parts;
     let vcpu_count = match &vcpus {
         VcpuPart::Boot { count, .. } => usize::from(*count),
@@ -180,7 +184,12 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
     };
     let com1 = Arc::new(Mutex::new(com1));
     let pio = port_io_bus(&com1)?;
-    let virtio = wire_virtio(&shell.wiring, &mem, devices, &mut backends)?;
+    let mut virtio = wire_virtio(&shell.wiring, &mem, devices, &mut backends)?;
+    if let Some(hook) = mmio_hook {
+        virtio
+            .mmio
+            .insert(Arc::new(Mutex::new(HookDevice(hook.call))), hook.addr, 8)?;
+    }
     timer.mark("devices");
 
     let vcpu_fds = load_vcpus(&mut shell, vcpus)?;
@@ -367,6 +376,20 @@ pub(crate) fn open_serial_sink(
     })
 }
 
+/// The device of an [`MmioHook`]: guest writes call the hook.
+struct HookDevice(Arc<dyn Fn() + Send + Sync>);
+
+impl BusDevice for HookDevice {
+    fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, _: u64, _: u64, _: &[u8]) -> Option<ExitReason> {
+        (self.0)();
+        None
+    }
+}
+
 /// The port I/O bus every VM has: COM1, the i8042 (reset only) and the
 /// ACPI sleep/reset ports.
 fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmError> {
@@ -400,6 +423,14 @@ fn start_jobs(
     };
     let loop_exit = vm.exit.clone();
     let run = shell.events.run(move || {
+        if let Err(e) = nook_seccomp::apply(ThreadFilter::Vmm) {
+            tracing::error!("vmm: {e}");
+            loop_exit.finish(Outcome::Failed {
+                what: "seccomp filter of the device event loop".into(),
+                errno: libc::EPERM,
+            });
+            return;
+        }
         if let Err(e) = event_loop.run() {
             loop_exit.finish(Outcome::Failed {
                 what: "device event loop".into(),

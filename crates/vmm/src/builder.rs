@@ -51,6 +51,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         rng,
         shares,
         net,
+        mmio_hook,
         ..
     } = cfg;
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -130,6 +131,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         },
         boot,
         cmdline,
+        mmio_hook,
     };
     assemble(parts, timer)
 }

@@ -33,6 +33,26 @@ impl std::fmt::Debug for SerialSink {
     }
 }
 
+/// Test hook: host code the vCPU thread runs when the guest writes to
+/// `addr` (8 bytes claimed on the MMIO bus). For tests that need something
+/// to happen on a vCPU thread, such as the seccomp filter test; never set
+/// in real use.
+#[derive(Clone)]
+pub struct MmioHook {
+    /// Guest-physical address (outside RAM and the virtio windows).
+    pub addr: u64,
+    /// Called on every guest write there, on the writing vCPU's thread.
+    pub call: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for MmioHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioHook")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
 /// A virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone)]
 pub struct KvmDiskConfig {
@@ -94,6 +114,9 @@ pub struct KvmConfig {
     pub shares: Vec<KvmShareConfig>,
     /// A virtio-net NIC (after the other devices); none when `None`.
     pub net: Option<KvmNetConfig>,
+    /// Test hook on the MMIO bus (see [`MmioHook`]); `None` in real use.
+    #[doc(hidden)]
+    pub mmio_hook: Option<MmioHook>,
 }
 
 /// Most vCPUs supported (APIC ids fit the MADT and CPUID fields used).
@@ -134,6 +157,7 @@ impl KvmConfig {
             rng: false,
             shares: Vec::new(),
             net: None,
+            mmio_hook: None,
         }
     }
 

@@ -69,7 +69,7 @@ pub mod snapshot;
 pub mod vstate;
 
 pub use arch::x86_64::boot::{BootSetup, KernelFormat};
-pub use config::{KvmConfig, KvmDiskConfig, KvmNetConfig, KvmShareConfig, SerialSink};
+pub use config::{KvmConfig, KvmDiskConfig, KvmNetConfig, KvmShareConfig, MmioHook, SerialSink};
 pub use devices::virtio::fs::FsServer;
 pub use error::VmmError;
 pub use machine::{boot, KvmVm};

@@ -195,6 +195,7 @@ impl KvmRestorer {
             vcpus: VcpuPart::Saved(state.vcpus),
             boot: state.boot.restore(),
             cmdline: state.cmdline,
+            mmio_hook: None,
         };
         let mut vm = assemble(parts, timer)?;
         vm.recycle = Some(Arc::downgrade(&self.spares));

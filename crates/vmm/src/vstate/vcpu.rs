@@ -13,6 +13,7 @@ use std::sync::{Arc, Once};
 use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
+use nook_seccomp::ThreadFilter;
 use vm_memory::GuestMemoryMmap;
 
 use super::exit::{ExitReason, ExitState, Outcome};
@@ -133,6 +134,14 @@ impl std::fmt::Debug for Vcpu {
 impl Vcpu {
     /// The thread body: runs the guest until the VM ends.
     pub fn run(&mut self) {
+        if let Err(e) = nook_seccomp::apply(ThreadFilter::Vcpu) {
+            tracing::error!("vmm: vcpu{}: {e}", self.index);
+            self.exit.finish(Outcome::Failed {
+                what: format!("seccomp filter of vcpu {}", self.index),
+                errno: libc::EPERM,
+            });
+            return;
+        }
         let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
         // A kick aimed at this thread's previous VM may have left the flag set.
         self.fd.set_kvm_immediate_exit(0);
