@@ -10,6 +10,7 @@ mod args;
 mod boot;
 mod exit;
 mod image;
+mod mcp;
 mod run;
 mod serve;
 mod session;
@@ -83,6 +84,8 @@ enum Command {
     Boot(boot::BootArgs),
     /// Prepare the guest kernel and initramfs, probe the engines, and say which will be used.
     Setup(setup::SetupArgs),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout: microVM sandboxes as tools for AI agents (see docs/mcp.md).
+    Mcp(mcp::McpArgs),
 }
 
 fn main() {
@@ -106,6 +109,7 @@ fn main() {
         Command::Run(a) => a.vm.check_usage(),
         Command::Start(a) => a.vm.check_usage(),
         Command::Setup(a) => a.vm.check_usage(),
+        Command::Mcp(a) => a.vm.check_usage(),
         Command::Snapshot(snapshot::SnapshotCommand::Create(a)) => a.vm.check_usage(),
         _ => {}
     }
@@ -126,6 +130,7 @@ fn main() {
         Command::Image(cmd) => image::image(cmd),
         Command::Volume(cmd) => image::volume(cmd),
         Command::Setup(args) => setup::setup(args),
+        Command::Mcp(args) => mcp::mcp(args),
         Command::Boot(args) => boot::boot(args),
         Command::Snapshot(cmd) => snapshot::snapshot(cmd),
     };

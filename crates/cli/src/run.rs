@@ -103,11 +103,7 @@ impl VmArgs {
 
     /// The engine's name as `--engine` spells it.
     pub fn engine_name(&self) -> &'static str {
-        match self.engine {
-            EngineKind::Auto => "auto",
-            EngineKind::Qemu => "qemu",
-            EngineKind::Kvm => "kvm",
-        }
+        self.engine.name()
     }
 
     pub fn config(&self) -> VmConfig {

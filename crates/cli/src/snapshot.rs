@@ -9,7 +9,7 @@ use crate::run::VmArgs;
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Boot a VM, wait for its agent, run the warm-up command if given, and snapshot it.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List named snapshots.
     Ls {
         /// Print JSON.
@@ -32,6 +32,9 @@ pub struct CreateArgs {
     /// Replace an existing snapshot of that name.
     #[arg(long)]
     pub force: bool,
+    /// Snapshot this running session (`nook start`) as it is, instead of booting a VM; it runs on.
+    #[arg(long, value_name = "SESSION", conflicts_with = "warmup")]
+    pub session: Option<String>,
     /// Warm-up command run in the VM before the snapshot (its state is kept).
     #[arg(last = true, value_name = "WARMUP")]
     pub warmup: Vec<String>,
@@ -40,7 +43,7 @@ pub struct CreateArgs {
 pub fn snapshot(cmd: SnapshotCommand) -> i32 {
     let home = nook::default_home();
     match cmd {
-        SnapshotCommand::Create(args) => create(args),
+        SnapshotCommand::Create(args) => create(*args),
         SnapshotCommand::Ls { json } => {
             let snaps = list_snapshots(&home);
             if json {
@@ -111,6 +114,24 @@ fn create(args: CreateArgs) -> i32 {
             return exit::NOOK_FAILED;
         }
     }
+    if let Some(session) = &args.session {
+        let taken =
+            nook_serve::SessionClient::open(&cfg.home, session).and_then(|c| c.snapshot(&path));
+        return match taken.map(|()| nook::Snapshot::open(&path)) {
+            Ok(Ok(s)) => {
+                print_created(&s);
+                0
+            }
+            Ok(Err(e)) => {
+                report(&e);
+                exit::NOOK_FAILED
+            }
+            Err(e) => {
+                report(&e);
+                exit::NOOK_FAILED
+            }
+        };
+    }
     let vm = match Vm::start(cfg) {
         Ok(vm) => vm,
         Err(e) => {
@@ -137,12 +158,7 @@ fn create(args: CreateArgs) -> i32 {
     }
     match vm.snapshot(&path) {
         Ok(s) => {
-            println!(
-                "snapshot {} ({}, {:.1} MiB on disk)",
-                s.name,
-                s.manifest.engine,
-                s.disk_usage as f64 / (1024.0 * 1024.0)
-            );
+            print_created(&s);
             0
         }
         Err(e) => {
@@ -150,4 +166,13 @@ fn create(args: CreateArgs) -> i32 {
             exit::NOOK_FAILED
         }
     }
+}
+
+fn print_created(s: &nook::Snapshot) {
+    println!(
+        "snapshot {} ({}, {:.1} MiB on disk)",
+        s.name,
+        s.manifest.engine,
+        s.disk_usage as f64 / (1024.0 * 1024.0)
+    );
 }

@@ -20,6 +20,17 @@ pub enum EngineKind {
     Kvm,
 }
 
+impl EngineKind {
+    /// The engine's name as `--engine` spells it (and [`FromStr`] reads it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Qemu => "qemu",
+            EngineKind::Kvm => "kvm",
+        }
+    }
+}
+
 impl FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -334,6 +334,13 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
             host.stop.store(true, Ordering::Relaxed);
             send(&mut w, &SessionReply::Ok)
         }
+        SessionRequest::Snapshot { .. } if host.busy.load(Ordering::Relaxed) > 0 => send(
+            &mut w,
+            &error_reply(
+                SessionErrorCode::Vm,
+                "a command or file transfer is running in the session: snapshot it once they ended",
+            ),
+        ),
         SessionRequest::Snapshot { path } => {
             let result = host
                 .vm

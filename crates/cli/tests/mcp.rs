@@ -1,0 +1,469 @@
+//! End-to-end tests of `nook mcp`: the test is the MCP client, speaking
+//! JSON-RPC line by line to the server's stdin/stdout; sandboxes are real
+//! guests on the qemu engine.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::{nook, qemu_of, ready};
+
+/// The protocol versions current MCP clients send.
+const VERSIONS: [&str; 3] = ["2024-11-05", "2025-03-26", "2025-06-18"];
+
+/// A client of one `nook mcp` process.
+struct McpClient {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl McpClient {
+    /// Starts `nook mcp --engine qemu ARGS` (stderr goes to the test's).
+    fn start(args: &[&str]) -> McpClient {
+        let mut child = nook()
+            .args([&["mcp", "--engine", "qemu"], args].concat())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nook mcp");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        McpClient {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        }
+    }
+
+    /// Starts the server and completes the handshake at `version`; returns
+    /// the `initialize` result too.
+    fn connect(version: &str, args: &[&str]) -> (McpClient, Value) {
+        let mut c = McpClient::start(args);
+        let init = c.request(
+            "initialize",
+            json!({
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "nook-test", "version": "1"}
+            }),
+        );
+        c.notify("notifications/initialized");
+        let result = init.get("result").cloned().unwrap_or_else(|| {
+            panic!("initialize failed: {init}");
+        });
+        (c, result)
+    }
+
+    fn send(&mut self, msg: &Value) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{msg}").expect("write to nook mcp");
+        stdin.flush().expect("flush");
+    }
+
+    fn notify(&mut self, method: &str) {
+        self.send(&json!({"jsonrpc": "2.0", "method": method}));
+    }
+
+    /// The response to request `method` (notifications in between are skipped).
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        loop {
+            let mut line = String::new();
+            let n = self
+                .stdout
+                .read_line(&mut line)
+                .expect("read from nook mcp");
+            assert!(n > 0, "nook mcp closed stdout while {method} was pending");
+            let msg: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not JSON on stdout ({e}): {line}"));
+            assert_eq!(msg["jsonrpc"], "2.0", "{line}");
+            if msg.get("id") == Some(&json!(id)) {
+                return msg;
+            }
+        }
+    }
+
+    /// `tools/call`: the result (a protocol error fails the test).
+    fn call(&mut self, tool: &str, args: Value) -> Value {
+        let r = self.request("tools/call", json!({"name": tool, "arguments": args}));
+        r.get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("{tool}: protocol error instead of a result: {r}"))
+    }
+
+    /// A successful call's structured content.
+    fn ok(&mut self, tool: &str, args: Value) -> Value {
+        let r = self.call(tool, args.clone());
+        assert_eq!(r["isError"], false, "{tool} {args}: {r}");
+        let text = r["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(!text.is_empty(), "{tool}: no text rendering: {r}");
+        r["structuredContent"].clone()
+    }
+
+    /// `sandbox_create` with `args`: the new sandbox's id.
+    fn create(&mut self, args: Value) -> String {
+        let created = self.ok("sandbox_create", args);
+        created["sandbox_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sandbox_id: {created}"))
+            .to_string()
+    }
+
+    /// A tool error's message.
+    fn tool_error(&mut self, tool: &str, args: Value) -> String {
+        let r = self.call(tool, args.clone());
+        assert_eq!(r["isError"], true, "{tool} {args}: not a tool error: {r}");
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Closes stdin (the client disconnects) and waits for the server to end.
+    fn disconnect(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        wait_with_limit(&mut self.child, Duration::from_secs(90))
+    }
+}
+
+impl Drop for McpClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "nook mcp did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The session host process of sandbox `id` and its session directory.
+fn sandbox_host(id: &str) -> (u32, std::path::PathBuf) {
+    let sd = nook_serve::SessionDir::new(&nook::default_home(), id).expect("a session name");
+    let st = sd.read_state().expect("the sandbox's session state");
+    (st.pid, sd.0)
+}
+
+/// Asserts sandbox `id` left nothing: no VM process, no session directory.
+fn assert_gone(id: &str, host_pid: u32, dir: &std::path::Path) {
+    let vms = qemu_of(host_pid);
+    assert!(vms.is_empty(), "sandbox {id} left VM processes: {vms:?}");
+    assert!(
+        !dir.exists(),
+        "sandbox {id} left its session directory {}",
+        dir.display()
+    );
+    assert!(
+        !nook_serve::host_alive(host_pid),
+        "sandbox {id}'s session host is still running"
+    );
+}
+
+#[test]
+fn initialize_negotiates_each_protocol_version_clients_send() {
+    for version in VERSIONS {
+        let (mut c, init) = McpClient::connect(version, &[]);
+        assert_eq!(init["protocolVersion"], version, "{init}");
+        assert_eq!(init["serverInfo"]["name"], "nook");
+        assert!(init["serverInfo"]["version"].is_string());
+        assert!(init["capabilities"]["tools"].is_object(), "{init}");
+        let instructions = init["instructions"].as_str().unwrap_or_default();
+        assert!(instructions.contains("sandbox_create"), "{instructions}");
+        let list = c.request("tools/list", json!({}));
+        assert_eq!(
+            list["result"]["tools"].as_array().map(Vec::len),
+            Some(9),
+            "{version}: {list}"
+        );
+        assert!(c.disconnect().success(), "{version}");
+    }
+}
+
+#[test]
+fn tools_list_names_every_tool_with_its_schema() {
+    let (mut c, _) = McpClient::connect("2025-06-18", &[]);
+    let list = c.request("tools/list", json!({}));
+    let tools = list["result"]["tools"].as_array().expect("tools").clone();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, nook_mcp::tools::TOOL_NAMES);
+    let required = |name: &str| -> Vec<String> {
+        let t = tools.iter().find(|t| t["name"] == name).expect(name);
+        assert!(
+            t["description"].as_str().is_some_and(|d| d.len() > 40),
+            "{t}"
+        );
+        assert_eq!(t["inputSchema"]["type"], "object", "{t}");
+        assert_eq!(t["outputSchema"]["type"], "object", "{t}");
+        let mut r: Vec<String> = t["inputSchema"]["required"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        r.sort();
+        r
+    };
+    assert_eq!(required("run"), ["command"]);
+    assert_eq!(required("sandbox_create"), Vec::<String>::new());
+    assert_eq!(required("sandbox_exec"), ["command", "sandbox_id"]);
+    assert_eq!(required("file_write"), ["path", "sandbox_id"]);
+    assert_eq!(required("file_read"), ["path", "sandbox_id"]);
+    assert_eq!(required("file_list"), ["path", "sandbox_id"]);
+    assert_eq!(required("sandbox_snapshot"), ["name", "sandbox_id"]);
+    assert_eq!(required("sandbox_list"), Vec::<String>::new());
+    assert_eq!(required("sandbox_destroy"), ["sandbox_id"]);
+    let run = tools.iter().find(|t| t["name"] == "run").unwrap();
+    for field in ["command", "image", "timeout_s", "env", "workdir", "stdin"] {
+        assert!(
+            run["inputSchema"]["properties"][field].is_object(),
+            "run.{field}"
+        );
+    }
+    for field in ["stdout", "stderr", "exit_code", "truncated"] {
+        assert!(
+            run["outputSchema"]["properties"][field].is_object(),
+            "run output {field}"
+        );
+    }
+    // Arguments that do not fit a schema are tool errors, not protocol errors.
+    let msg = c.tool_error("run", json!({"cmd": "true"}));
+    assert!(msg.contains("unknown field `cmd`"), "{msg}");
+    let msg = c.tool_error(
+        "sandbox_exec",
+        json!({"sandbox_id": "no-such-sandbox", "command": "true"}),
+    );
+    assert!(msg.contains("unknown sandbox `no-such-sandbox`"), "{msg}");
+    assert!(c.disconnect().success());
+}
+
+#[test]
+fn a_sandbox_session_over_mcp() {
+    if !ready() {
+        return;
+    }
+    let (mut c, _) = McpClient::connect("2025-06-18", &[]);
+    let id = c.create(json!({}));
+    let (host_pid, dir) = sandbox_host(&id);
+    assert!(!qemu_of(host_pid).is_empty(), "no VM for sandbox {id}");
+
+    let w = c.ok(
+        "file_write",
+        json!({"sandbox_id": id, "path": "/work/in.txt", "content": "hello from the host\n"}),
+    );
+    assert_eq!(w["bytes"], 20);
+    let out = c.ok(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "cat /work/in.txt; wc -c < /work/in.txt >&2; exit 4"}),
+    );
+    assert_eq!(out["stdout"], "hello from the host\n");
+    assert_eq!(out["stderr"].as_str().map(str::trim), Some("20"));
+    assert_eq!(out["exit_code"], 4);
+    assert_eq!(out["truncated"], false);
+
+    c.ok(
+        "file_write",
+        json!({"sandbox_id": id, "path": "/work/bin.dat", "content_base64": "AP8B", "mode": "600"}),
+    );
+    let listed = c.ok("file_list", json!({"sandbox_id": id, "path": "/work"}));
+    let mut entries: Vec<(String, String, u64)> = listed["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_string(),
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["size"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            ("bin.dat".into(), "file".into(), 3),
+            ("in.txt".into(), "file".into(), 20)
+        ]
+    );
+    let text = c.ok(
+        "file_read",
+        json!({"sandbox_id": id, "path": "/work/in.txt"}),
+    );
+    assert_eq!(text["content"], "hello from the host\n");
+    assert_eq!(text["size"], 20);
+    assert_eq!(text["truncated"], false);
+    let binary = c.ok(
+        "file_read",
+        json!({"sandbox_id": id, "path": "/work/bin.dat"}),
+    );
+    assert_eq!(binary["content_base64"], "AP8B");
+    assert!(binary.get("content").is_none(), "{binary}");
+    let mode = c.ok(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "stat -c %a /work/bin.dat"}),
+    );
+    assert_eq!(mode["stdout"], "600\n");
+
+    // A snapshot of the sandbox starts new VMs with its files.
+    let snap = format!("mcp-test-{}", std::process::id());
+    let taken = c.ok("sandbox_snapshot", json!({"sandbox_id": id, "name": snap}));
+    assert_eq!(taken["name"], snap.as_str());
+    let restored = nook()
+        .args([
+            "run",
+            "--engine",
+            "qemu",
+            "--snapshot",
+            &snap,
+            "--",
+            "cat",
+            "/work/in.txt",
+        ])
+        .output()
+        .expect("nook run --snapshot");
+    let _ = nook().args(["snapshot", "rm", &snap]).output();
+    assert_eq!(common::ok(&restored), "hello from the host\n");
+
+    let msg = c.tool_error(
+        "file_read",
+        json!({"sandbox_id": id, "path": "/work/missing"}),
+    );
+    assert!(msg.contains("file_read"), "{msg}");
+    let list = c.ok("sandbox_list", json!({}));
+    let mine = list["sandboxes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["sandbox_id"] == id.as_str()).cloned())
+        .expect("the sandbox is listed");
+    assert_eq!(mine["owned"], true);
+    assert_eq!(mine["state"], "running");
+
+    c.ok("sandbox_destroy", json!({"sandbox_id": id}));
+    assert_gone(&id, host_pid, &dir);
+    let msg = c.tool_error("sandbox_exec", json!({"sandbox_id": id, "command": "true"}));
+    assert!(msg.contains("unknown sandbox"), "{msg}");
+    assert!(c.disconnect().success());
+}
+
+#[test]
+fn run_reports_exit_codes_timeouts_and_truncation_as_results() {
+    if !ready() {
+        return;
+    }
+    let (mut c, _) = McpClient::connect("2025-03-26", &["--max-output", "1000"]);
+    let out = c.ok("run", json!({"command": "echo hi; exit 3"}));
+    assert_eq!(out["stdout"], "hi\n");
+    assert_eq!(out["exit_code"], 3);
+    assert_eq!(out["timed_out"], false);
+    let out = c.ok(
+        "run",
+        json!({"command": "cd \"$D\" && pwd && cat", "env": {"D": "/tmp"}, "stdin": "piped in"}),
+    );
+    assert_eq!(out["stdout"], "/tmp\npiped in");
+    assert_eq!(out["exit_code"], 0);
+    let out = c.ok(
+        "run",
+        json!({"command": "head -c 5000 /dev/zero | tr '\\0' x"}),
+    );
+    assert_eq!(out["truncated"], true);
+    assert_eq!(out["stdout"].as_str().map(str::len), Some(1000));
+    assert_eq!(out["dropped_bytes"], 4000);
+    let started = Instant::now();
+    let out = c.ok(
+        "run",
+        json!({"command": "echo before; sleep 100", "timeout_s": 2}),
+    );
+    assert_eq!(out["exit_code"], 124);
+    assert_eq!(out["timed_out"], true);
+    assert_eq!(out["stdout"], "before\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the timeout did not stop it"
+    );
+    assert!(c.disconnect().success());
+}
+
+#[test]
+fn sandboxes_go_when_the_client_disconnects_or_the_server_is_terminated() {
+    if !ready() {
+        return;
+    }
+    // The client closes stdin with a sandbox still running.
+    let (mut c, _) = McpClient::connect("2024-11-05", &[]);
+    let id = c.create(json!({}));
+    let (pid, dir) = sandbox_host(&id);
+    let out = c.ok(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "sleep 1; echo slept", "timeout_s": 30}),
+    );
+    assert_eq!(out["stdout"], "slept\n");
+    assert!(c.disconnect().success());
+    assert_gone(&id, pid, &dir);
+
+    // SIGTERM to the server.
+    let (mut c, _) = McpClient::connect("2025-06-18", &[]);
+    let id = c.create(json!({"memory_mib": 192}));
+    let (pid, dir) = sandbox_host(&id);
+    let st = nook_serve::SessionDir::new(&nook::default_home(), &id)
+        .and_then(|sd| sd.read_state())
+        .expect("state");
+    assert_eq!(st.memory_mib, 192);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &c.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_with_limit(&mut c.child, Duration::from_secs(90));
+    assert_gone(&id, pid, &dir);
+}
+
+#[test]
+fn sandboxes_share_only_host_directories_the_user_allowed() {
+    if !ready() {
+        return;
+    }
+    let allowed = tempfile::tempdir().expect("tempdir");
+    let proj = allowed.path().join("proj");
+    std::fs::create_dir(&proj).expect("mkdir");
+    std::fs::write(proj.join("f.txt"), "shared\n").expect("write");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let allow = allowed.path().to_str().expect("utf-8 path");
+    let (mut c, _) = McpClient::connect("2025-06-18", &["--allow-share", allow]);
+    let msg = c.tool_error(
+        "sandbox_create",
+        json!({"share": [{"host_dir": elsewhere.path(), "guest_path": "/x"}]}),
+    );
+    assert!(
+        msg.contains("not under a directory the user allowed"),
+        "{msg}"
+    );
+    let id =
+        c.create(json!({"share": [{"host_dir": proj, "guest_path": "/proj", "read_only": true}]}));
+    let (pid, dir) = sandbox_host(&id);
+    let out = c.ok(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "cat /proj/f.txt; touch /proj/new"}),
+    );
+    assert_eq!(out["stdout"], "shared\n");
+    assert_ne!(out["exit_code"], 0, "a read-only share was writable: {out}");
+    assert!(!proj.join("new").exists());
+    assert!(c.disconnect().success());
+    assert_gone(&id, pid, &dir);
+}
