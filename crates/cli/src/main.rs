@@ -15,6 +15,7 @@ mod run;
 mod serve;
 mod session;
 mod setup;
+mod shell;
 mod snapshot;
 mod term;
 
@@ -64,6 +65,8 @@ enum Command {
     Logs(session::LogsArgs),
     /// Serve the JSON-lines daemon protocol and the devshell-vm sidecar protocol on a Unix socket (see docs/daemon.md).
     Serve(serve::ServeArgs),
+    /// A dev shell over a workspace: builtins act on it, every other program runs in a session VM that sees it.
+    Shell(shell::ShellArgs),
     /// Runs a session's host process (started by `nook start`).
     #[command(name = "__session-host", hide = true)]
     SessionHost(session::HostArgs),
@@ -133,6 +136,7 @@ fn main() {
         Command::Mcp(args) => mcp::mcp(args),
         Command::Boot(args) => boot::boot(args),
         Command::Snapshot(cmd) => snapshot::snapshot(cmd),
+        Command::Shell(args) => shell::shell(args),
     };
     std::process::exit(code);
 }

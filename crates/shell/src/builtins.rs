@@ -23,6 +23,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("set", "set [-e|+e] [-- ARGS]: exit on the first failure (-e), positional arguments"),
     ("source", "source FILE [ARGS]: run a script file in this shell"),
     (".", ". FILE [ARGS]: same as source"),
+    ("command", "command PROGRAM [ARGS]: run the program even when a builtin or function has its name"),
     ("help", "help: this list"),
     ("exit", "exit [N]: leave the shell (stops its VM)"),
     ("return", "return [N]: leave a function"),
@@ -148,7 +149,7 @@ impl Shell {
                     }
                 })
             }
-            "true" | ":" => Ok(Flow::Next),
+            "true" | ":" | "command" => Ok(Flow::Next),
             "false" => {
                 self.status = 1;
                 return Flow::Next;

@@ -388,6 +388,9 @@ impl Shell {
                 self.status = 0;
                 Flow::Next
             }
+            Some("command") if argv.len() > 1 => {
+                self.run_program(argv[1..].to_vec(), assigns, &io)
+            }
             Some(name) if self.funcs.contains_key(name) => {
                 self.vars.extend(assigns);
                 self.call_function(name, argv[1..].to_vec(), &io)

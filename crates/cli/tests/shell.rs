@@ -1,0 +1,268 @@
+//! `nook shell` end to end on real guests (the qemu engine under TCG
+//! here), driven through a pseudo-terminal the way a person types: the
+//! prompt while the VM boots, builtins and guest programs in one pipeline,
+//! the live workspace share (deletions included), Ctrl-C, `exit`, writes
+//! outside the workspace, `set -e` scripts and a Rust project.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{qemu_of, ready, text};
+
+/// A `nook shell` on a pseudo-terminal (its controlling terminal).
+struct PtyShell {
+    child: Child,
+    master: std::fs::File,
+    output: Arc<Mutex<Vec<u8>>>,
+    /// How much of `output` the last `expect` consumed.
+    seen: usize,
+}
+
+impl PtyShell {
+    fn start(workspace: &Path, extra: &[&str]) -> PtyShell {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        let master: OwnedFd = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().expect("pts name"))
+            .expect("open the pty's terminal side");
+        rustix::termios::tcsetwinsize(
+            &slave,
+            rustix::termios::Winsize {
+                ws_row: 40,
+                ws_col: 120,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .expect("window size");
+        // setsid -c: a session of its own with the pty as controlling
+        // terminal, so Ctrl-C reaches it as a person's would.
+        let child = Command::new("setsid")
+            .arg("-c")
+            .arg(env!("CARGO_BIN_EXE_nook"))
+            .arg("shell")
+            .arg(workspace)
+            .arg("--fresh")
+            .args(extra)
+            .env("TERM", "xterm")
+            .env_remove("NOOK_LOG")
+            .stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .expect("start nook shell");
+        let master = std::fs::File::from(master);
+        let output = Arc::new(Mutex::new(Vec::new()));
+        {
+            let output = output.clone();
+            let mut reader = master.try_clone().expect("dup master");
+            let mut answer = master.try_clone().expect("dup master");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    // Answer cursor position queries as a terminal would.
+                    if buf[..n].windows(4).any(|w| w == b"\x1b[6n") {
+                        let _ = answer.write_all(b"\x1b[1;1R");
+                    }
+                    output.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        PtyShell {
+            child,
+            master,
+            output,
+            seen: 0,
+        }
+    }
+
+    fn send(&mut self, s: &str) {
+        self.master.write_all(s.as_bytes()).expect("write to the pty");
+    }
+
+    /// Types `line` and Enter.
+    fn line(&mut self, line: &str) {
+        self.send(line);
+        self.send("\r");
+    }
+
+    /// Waits until `needle` appears in new output; returns the output up
+    /// to and including it.
+    fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = self.output.lock().unwrap();
+                let fresh = text(&out[self.seen..]);
+                if let Some(i) = fresh.find(needle) {
+                    let upto = fresh[..i + needle.len()].to_string();
+                    self.seen += upto.len();
+                    return upto;
+                }
+            }
+            if Instant::now() > deadline {
+                let out = self.output.lock().unwrap();
+                panic!(
+                    "`{needle}` did not appear in {timeout:?}; output since the last match:\n{}",
+                    text(&out[self.seen..])
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the shell to exit; its exit code.
+    fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("nook shell did not exit in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PtyShell {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The shell's session for `workspace` as `nook ps --json` shows it:
+/// (name, host pid).
+fn shell_session(pattern_dir: &Path) -> Option<(String, u32)> {
+    let out = common::nook().args(["ps", "-a", "--json"]).output().ok()?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let key = nook_shell::resume::workspace_key(&pattern_dir.canonicalize().ok()?);
+    list.as_array()?.iter().find_map(|s| {
+        let name = s["name"].as_str()?;
+        let pid = s["pid"].as_u64()? as u32;
+        (name == format!("shell-{}", &key[..12]) && s["state"] == "running")
+            .then(|| (name.to_string(), pid))
+    })
+}
+
+const BOOT: Duration = Duration::from_secs(120);
+
+#[test]
+fn shell_on_a_pty_runs_builtins_and_guest_programs_over_a_live_workspace() {
+    if !ready() {
+        return;
+    }
+    let ws = tempfile::tempdir().expect("workspace");
+    let unique = format!("nook-shelltest-{}", std::process::id());
+    let started = Instant::now();
+    let mut sh = PtyShell::start(ws.path(), &["--engine", "qemu"]);
+    sh.expect("nook:vm /$ ", Duration::from_secs(10));
+    let prompt_after = started.elapsed();
+    // The VM is still booting: the prompt does not wait for it.
+    assert!(
+        prompt_after < Duration::from_millis(500),
+        "the prompt took {prompt_after:?}"
+    );
+
+    // A builtin's output piped into a guest program (which waits for the boot).
+    sh.line("echo hi > a.txt && cat a.txt | tr a-z A-Z");
+    let out = sh.expect("nook:vm /$ ", BOOT);
+    assert!(out.contains("HI\r\n"), "{out}");
+    assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "hi\n");
+
+    // The guest's rm (not the builtin) removes the host's file.
+    sh.line("command rm a.txt; mkdir sub && cd sub && sh -c 'pwd; echo made > g.txt'");
+    let out = sh.expect("nook:vm /sub$ ", BOOT);
+    assert!(out.contains("/workspace/sub\r\n"), "{out}");
+    assert!(!ws.path().join("a.txt").exists());
+    assert_eq!(std::fs::read_to_string(ws.path().join("sub/g.txt")).unwrap(), "made\n");
+
+    // Writes outside the workspace stay in the guest.
+    sh.line(&format!(
+        "sh -c 'touch /etc/{unique} && echo x > /tmp/{unique} && ls /etc/{unique} /tmp/{unique}'; touch /etc/{unique}; echo x > /tmp/{unique}; cd /"
+    ));
+    let out = sh.expect("nook:vm /$ ", BOOT);
+    assert!(out.contains(&format!("/tmp/{unique}")), "the guest wrote its own files: {out}");
+    assert!(!Path::new(&format!("/etc/{unique}")).exists());
+    assert!(!Path::new(&format!("/tmp/{unique}")).exists());
+
+    // Ctrl-C stops the guest command and the session serves the next one.
+    sh.line("sleep 100");
+    std::thread::sleep(Duration::from_secs(2));
+    let pressed = Instant::now();
+    sh.send("\x03");
+    sh.expect("nook:vm /$ ", Duration::from_secs(10));
+    let back = pressed.elapsed();
+    assert!(back < Duration::from_secs(2), "back at the prompt after {back:?}");
+    sh.line("sh -c 'echo after-$((40+2))'");
+    let out = sh.expect("nook:vm /$ ", BOOT);
+    assert!(out.contains("after-42"), "{out}");
+
+    let (_, host_pid) = shell_session(ws.path()).expect("the shell's session runs");
+    sh.line("exit 3");
+    assert_eq!(sh.wait(Duration::from_secs(60)), 3);
+    assert!(!nook_serve::host_alive(host_pid), "the session host is still running");
+    let left = qemu_of(host_pid);
+    assert!(left.is_empty(), "VM processes left: {left:?}");
+    assert!(shell_session(ws.path()).is_none());
+}
+
+#[test]
+fn shell_script_with_set_e_stops_at_the_failing_guest_command() {
+    if !ready() {
+        return;
+    }
+    let ws = tempfile::tempdir().expect("workspace");
+    let script = ws.path().join("build.nsh");
+    std::fs::write(
+        &script,
+        "# stops at the first failure\nset -e\nGREETING=hello\n\
+         say() {\n  echo \"$GREETING $1\" >> log.txt\n}\n\
+         for n in one two; do\n  say $n\ndone\n\
+         sh -c 'cat log.txt; exit 7'\necho not reached >> log.txt\n",
+    )
+    .unwrap();
+    let out = common::nook()
+        .args(["shell", "--fresh", "--engine", "qemu", "-f"])
+        .arg(&script)
+        .arg(ws.path())
+        .output()
+        .expect("nook shell -f");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello one\nhello two\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "hello one\nhello two\n"
+    );
+
+    // A parse error names the line and runs nothing.
+    std::fs::write(&script, "echo ran > ran.txt\nif true; then\n  echo x\nfi fi\n").unwrap();
+    let out = common::nook()
+        .args(["shell", "--fresh", "--engine", "qemu", "-f"])
+        .arg(&script)
+        .arg(ws.path())
+        .output()
+        .expect("nook shell -f");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("line 4"), "{}", text(&out.stderr));
+    assert!(!ws.path().join("ran.txt").exists());
+}
