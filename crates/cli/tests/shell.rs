@@ -91,7 +91,9 @@ impl PtyShell {
     }
 
     fn send(&mut self, s: &str) {
-        self.master.write_all(s.as_bytes()).expect("write to the pty");
+        self.master
+            .write_all(s.as_bytes())
+            .expect("write to the pty");
     }
 
     /// Types `line` and Enter.
@@ -187,21 +189,30 @@ fn shell_on_a_pty_runs_builtins_and_guest_programs_over_a_live_workspace() {
     sh.line("echo hi > a.txt && cat a.txt | tr a-z A-Z");
     let out = sh.expect("nook:vm /$ ", BOOT);
     assert!(out.contains("HI\r\n"), "{out}");
-    assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
+        "hi\n"
+    );
 
     // The guest's rm (not the builtin) removes the host's file.
     sh.line("command rm a.txt; mkdir sub && cd sub && sh -c 'pwd; echo made > g.txt'");
     let out = sh.expect("nook:vm /sub$ ", BOOT);
     assert!(out.contains("/workspace/sub\r\n"), "{out}");
     assert!(!ws.path().join("a.txt").exists());
-    assert_eq!(std::fs::read_to_string(ws.path().join("sub/g.txt")).unwrap(), "made\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("sub/g.txt")).unwrap(),
+        "made\n"
+    );
 
     // Writes outside the workspace stay in the guest.
     sh.line(&format!(
         "sh -c 'touch /etc/{unique} && echo x > /tmp/{unique} && ls /etc/{unique} /tmp/{unique}'; touch /etc/{unique}; echo x > /tmp/{unique}; cd /"
     ));
     let out = sh.expect("nook:vm /$ ", BOOT);
-    assert!(out.contains(&format!("/tmp/{unique}")), "the guest wrote its own files: {out}");
+    assert!(
+        out.contains(&format!("/tmp/{unique}")),
+        "the guest wrote its own files: {out}"
+    );
     assert!(!Path::new(&format!("/etc/{unique}")).exists());
     assert!(!Path::new(&format!("/tmp/{unique}")).exists());
 
@@ -212,7 +223,10 @@ fn shell_on_a_pty_runs_builtins_and_guest_programs_over_a_live_workspace() {
     sh.send("\x03");
     sh.expect("nook:vm /$ ", Duration::from_secs(10));
     let back = pressed.elapsed();
-    assert!(back < Duration::from_secs(2), "back at the prompt after {back:?}");
+    assert!(
+        back < Duration::from_secs(2),
+        "back at the prompt after {back:?}"
+    );
     sh.line("sh -c 'echo after-$((40+2))'");
     let out = sh.expect("nook:vm /$ ", BOOT);
     assert!(out.contains("after-42"), "{out}");
@@ -220,7 +234,10 @@ fn shell_on_a_pty_runs_builtins_and_guest_programs_over_a_live_workspace() {
     let (_, host_pid) = shell_session(ws.path()).expect("the shell's session runs");
     sh.line("exit 3");
     assert_eq!(sh.wait(Duration::from_secs(60)), 3);
-    assert!(!nook_serve::host_alive(host_pid), "the session host is still running");
+    assert!(
+        !nook_serve::host_alive(host_pid),
+        "the session host is still running"
+    );
     let left = qemu_of(host_pid);
     assert!(left.is_empty(), "VM processes left: {left:?}");
     assert!(shell_session(ws.path()).is_none());
@@ -255,7 +272,11 @@ fn shell_script_with_set_e_stops_at_the_failing_guest_command() {
     );
 
     // A parse error names the line and runs nothing.
-    std::fs::write(&script, "echo ran > ran.txt\nif true; then\n  echo x\nfi fi\n").unwrap();
+    std::fs::write(
+        &script,
+        "echo ran > ran.txt\nif true; then\n  echo x\nfi fi\n",
+    )
+    .unwrap();
     let out = common::nook()
         .args(["shell", "--fresh", "--engine", "qemu", "-f"])
         .arg(&script)
@@ -263,6 +284,54 @@ fn shell_script_with_set_e_stops_at_the_failing_guest_command() {
         .output()
         .expect("nook shell -f");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("line 4"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 4"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!ws.path().join("ran.txt").exists());
+}
+
+#[test]
+fn shell_on_a_pty_builds_and_runs_a_cargo_project() {
+    // scripts/test (and so CI) sets NOOK_TEST_DEBIAN_IMAGE: the Rust
+    // toolchain image takes a couple of minutes to build the first time on
+    // a machine and is cached afterwards.
+    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
+        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
+    {
+        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes the first time, needs a Debian mirror)");
+        return;
+    }
+    if !ready() {
+        return;
+    }
+    let ws = tempfile::tempdir().expect("workspace");
+    let mut sh = PtyShell::start(ws.path(), &["--engine", "qemu"]);
+    sh.expect("nook:vm /$ ", Duration::from_secs(10));
+    sh.line("mkdir demo && cd demo");
+    sh.expect("nook:vm /demo$ ", Duration::from_secs(10));
+    // `cargo` with no image chosen moves the session to the Rust image.
+    let started = Instant::now();
+    sh.line("cargo new hello");
+    let out = sh.expect("nook:vm /demo$ ", Duration::from_secs(600));
+    assert!(
+        out.contains("binary (application) `hello` package"),
+        "{out}"
+    );
+    sh.line("cd hello");
+    sh.expect("nook:vm /demo/hello$ ", Duration::from_secs(10));
+    sh.line("cargo run");
+    let out = sh.expect("nook:vm /demo/hello$ ", Duration::from_secs(600));
+    eprintln!(
+        "cargo new + cargo run: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.contains("Hello, world!"), "{out}");
+    // Sync mode: what the guest built is in the host workspace.
+    assert!(ws.path().join("demo/hello/target/debug/hello").is_file());
+    assert!(ws.path().join("demo/hello/Cargo.lock").is_file());
+    sh.line("exit");
+    assert_eq!(sh.wait(Duration::from_secs(60)), 0);
+    assert!(shell_session(ws.path()).is_none());
 }

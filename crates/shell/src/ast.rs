@@ -82,7 +82,10 @@ pub enum Command {
     /// `{ ...; }`
     Group(List),
     /// `name() { ...; }` or `function name { ...; }`
-    Function { name: String, body: List },
+    Function {
+        name: String,
+        body: List,
+    },
 }
 
 /// `cmd | cmd | ...`, optionally negated with `!`.

@@ -36,7 +36,8 @@ pub const BUILTINS: &[(&str, &str)] = &[
 
 fn is_name(s: &str) -> bool {
     let mut c = s.chars();
-    c.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    c.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -67,7 +68,8 @@ impl Shell {
         let result: Result<Flow, String> = match name {
             "cd" => self.cd(args),
             "pwd" => {
-                io.stdout.put(format!("{}\n", self.cwd.display()).as_bytes());
+                io.stdout
+                    .put(format!("{}\n", self.cwd.display()).as_bytes());
                 Ok(Flow::Next)
             }
             "echo" => {
@@ -108,7 +110,9 @@ impl Shell {
             "set" => self.set(args),
             "source" | "." => self.source(args, io),
             "help" => {
-                let mut s = String::from("Builtins act on the workspace; every other command runs in the session.\n");
+                let mut s = String::from(
+                    "Builtins act on the workspace; every other command runs in the session.\n",
+                );
                 for (_, h) in BUILTINS {
                     s.push_str(&format!("  {h}\n"));
                 }

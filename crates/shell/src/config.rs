@@ -24,7 +24,9 @@ impl std::str::FromStr for BackendChoice {
             "vm" | "lima" | "gamma" => Ok(BackendChoice::Vm),
             "host" => Ok(BackendChoice::Host),
             "sidecar" | "beta" => Ok(BackendChoice::Sidecar),
-            _ => Err(format!("unknown backend `{s}`: use auto, vm, host or sidecar")),
+            _ => Err(format!(
+                "unknown backend `{s}`: use auto, vm, host or sidecar"
+            )),
         }
     }
 }
@@ -108,7 +110,8 @@ impl Settings {
                 .filter(|(_, v)| !v.is_empty())
         };
         let flag_bool = |name: &str, value: &str| {
-            truthy(value).ok_or_else(|| format!("{name}={value}: use 1/0, true/false, yes/no or on/off"))
+            truthy(value)
+                .ok_or_else(|| format!("{name}={value}: use 1/0, true/false, yes/no or on/off"))
         };
         let backend = match flags.backend {
             Some(b) => b,
@@ -123,7 +126,10 @@ impl Settings {
         };
         let mode = match flags.mode {
             Some(m) => m,
-            None => match get("NOOK_SHELL_WORKSPACE_MODE", Some("DEVSHELL_VM_WORKSPACE_MODE")) {
+            None => match get(
+                "NOOK_SHELL_WORKSPACE_MODE",
+                Some("DEVSHELL_VM_WORKSPACE_MODE"),
+            ) {
                 Some((name, v)) => v.parse().map_err(|e| format!("{name}: {e}"))?,
                 None => WorkspaceMode::Sync,
             },
@@ -131,7 +137,13 @@ impl Settings {
         let guest_workspace = flags
             .guest_workspace
             .clone()
-            .or_else(|| get("NOOK_SHELL_GUEST_WORKSPACE", Some("DEVSHELL_VM_GUEST_WORKSPACE")).map(|(_, v)| v))
+            .or_else(|| {
+                get(
+                    "NOOK_SHELL_GUEST_WORKSPACE",
+                    Some("DEVSHELL_VM_GUEST_WORKSPACE"),
+                )
+                .map(|(_, v)| v)
+            })
             .unwrap_or_else(|| DEFAULT_GUEST_WORKSPACE.to_string());
         if !guest_workspace.starts_with('/') || guest_workspace == "/" {
             return Err(format!(
@@ -196,10 +208,9 @@ impl Settings {
             memory_mib,
             vcpus,
             timeout_ms,
-            socket: flags
-                .socket
-                .clone()
-                .or_else(|| get("NOOK_SHELL_SOCKET", Some("DEVSHELL_VM_SOCKET")).map(|(_, v)| PathBuf::from(v))),
+            socket: flags.socket.clone().or_else(|| {
+                get("NOOK_SHELL_SOCKET", Some("DEVSHELL_VM_SOCKET")).map(|(_, v)| PathBuf::from(v))
+            }),
             stop_on_exit,
             eager,
         })
@@ -212,8 +223,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(flags: &ShellFlags, env: &[(&str, &str)]) -> Result<Settings, String> {
-        let env: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::resolve(flags, |k| env.get(k).cloned())
     }
 
@@ -279,9 +292,17 @@ mod tests {
     fn bad_values_are_named() {
         let e = settings(&ShellFlags::default(), &[("DEVSHELL_VM_BACKEND", "podman")]).unwrap_err();
         assert!(e.contains("DEVSHELL_VM_BACKEND"), "{e}");
-        let e = settings(&ShellFlags::default(), &[("DEVSHELL_VM_STOP_ON_EXIT", "maybe")]).unwrap_err();
+        let e = settings(
+            &ShellFlags::default(),
+            &[("DEVSHELL_VM_STOP_ON_EXIT", "maybe")],
+        )
+        .unwrap_err();
         assert!(e.contains("DEVSHELL_VM_STOP_ON_EXIT"), "{e}");
-        let e = settings(&ShellFlags::default(), &[("DEVSHELL_VM_GUEST_WORKSPACE", "rel")]).unwrap_err();
+        let e = settings(
+            &ShellFlags::default(),
+            &[("DEVSHELL_VM_GUEST_WORKSPACE", "rel")],
+        )
+        .unwrap_err();
         assert!(e.contains("absolute"), "{e}");
     }
 }

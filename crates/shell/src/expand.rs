@@ -104,7 +104,10 @@ pub fn expand_words(
     let mut out = Vec::new();
     for w in words {
         for field in fields(w, env) {
-            if field.iter().any(|&(c, live)| live && matches!(c, '*' | '?' | '[')) {
+            if field
+                .iter()
+                .any(|&(c, live)| live && matches!(c, '*' | '?' | '['))
+            {
                 let found = glob(&field, fs, cwd, guest_root);
                 if found.is_empty() {
                     out.push(plain(&field));
@@ -120,15 +123,28 @@ pub fn expand_words(
 }
 
 /// Paths matching `pattern`, sorted, written the way the pattern was.
-fn glob(pattern: &[Piece], fs: &mut dyn WorkspaceFs, cwd: &WsPath, guest_root: &str) -> Vec<String> {
+fn glob(
+    pattern: &[Piece],
+    fs: &mut dyn WorkspaceFs,
+    cwd: &WsPath,
+    guest_root: &str,
+) -> Vec<String> {
     let absolute = pattern.first().is_some_and(|&(c, _)| c == '/');
     let comps: Vec<&[Piece]> = pattern
         .split(|&(c, _)| c == '/')
         .filter(|c| !c.is_empty())
         .collect();
     // (text as written, where it is)
-    let start_text = if absolute { "/".to_string() } else { String::new() };
-    let start = if absolute { WsPath::root() } else { cwd.clone() };
+    let start_text = if absolute {
+        "/".to_string()
+    } else {
+        String::new()
+    };
+    let start = if absolute {
+        WsPath::root()
+    } else {
+        cwd.clone()
+    };
     let mut found = vec![(start_text, start)];
     for (i, comp) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
@@ -264,7 +280,10 @@ mod tests {
     fn variables_split_unless_quoted() {
         let dir = tempfile::tempdir().unwrap();
         let mut fs = crate::hostfs::HostFs::open(dir.path()).unwrap();
-        assert_eq!(expand("$A \"$A\" ${A}z $? $E \"$E\"", &mut fs), ["x", "y", "x y", "x", "yz", "3", ""]);
+        assert_eq!(
+            expand("$A \"$A\" ${A}z $? $E \"$E\"", &mut fs),
+            ["x", "y", "x y", "x", "yz", "3", ""]
+        );
         assert_eq!(expand("\"$@\"", &mut fs), ["p 1", "p2"]);
         assert_eq!(expand("$@", &mut fs), ["p", "1", "p2"]);
         assert_eq!(expand("'$A' \\$A", &mut fs), ["$A", "$A"]);
@@ -273,7 +292,14 @@ mod tests {
     #[test]
     fn globs_match_workspace_files() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["a.rs", "b.rs", "c.txt", ".hidden.rs", "src/m.rs", "src/n.txt"] {
+        for f in [
+            "a.rs",
+            "b.rs",
+            "c.txt",
+            ".hidden.rs",
+            "src/m.rs",
+            "src/n.txt",
+        ] {
             let p = dir.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "").unwrap();

@@ -119,7 +119,10 @@ pub fn run(inv: ShellInvocation) -> i32 {
         env: shell.exported_vars(),
     };
     if let Err(e) = state.save(&dir) {
-        eprintln!("nook shell: cannot save the shell state in {}: {e}", dir.display());
+        eprintln!(
+            "nook shell: cannot save the shell state in {}: {e}",
+            dir.display()
+        );
     }
     if let Err(e) = shell.backend().shutdown() {
         eprintln!("nook shell: {}", nook::error_chain(&e));
@@ -167,13 +170,18 @@ fn make_backend(
     let s = &inv.settings;
     let choice = match s.backend {
         BackendChoice::Auto => {
-            eprintln!("nook shell: backend vm (a nook session VM; --backend host runs without one)");
+            eprintln!(
+                "nook shell: backend vm (a nook session VM; --backend host runs without one)"
+            );
             BackendChoice::Vm
         }
         other => other,
     };
     if s.mode == WorkspaceMode::Guest {
-        return Err("the guest-primary workspace mode is not available yet: use --workspace-mode sync".into());
+        return Err(
+            "the guest-primary workspace mode is not available yet: use --workspace-mode sync"
+                .into(),
+        );
     }
     match choice {
         BackendChoice::Vm | BackendChoice::Auto => {
@@ -197,7 +205,11 @@ fn make_backend(
                 .map(|b| Box::new(b) as Box<dyn Backend>)
                 .map_err(|e| nook::error_chain(&e))
         }
-        BackendChoice::Host => Err("the host backend is not available yet: use --backend vm".into()),
-        BackendChoice::Sidecar => Err("the sidecar backend is not available yet: use --backend vm".into()),
+        BackendChoice::Host => {
+            Err("the host backend is not available yet: use --backend vm".into())
+        }
+        BackendChoice::Sidecar => {
+            Err("the sidecar backend is not available yet: use --backend vm".into())
+        }
     }
 }

@@ -185,7 +185,11 @@ impl WorkspaceFs for HostFs {
             return Ok(());
         }
         let (dir, name) = self.parent_of(p)?;
-        Ok(rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755))?)
+        Ok(rustix::fs::mkdirat(
+            &dir,
+            name.as_str(),
+            Mode::from_raw_mode(0o755),
+        )?)
     }
 
     fn remove(&mut self, p: &WsPath, recursive: bool) -> io::Result<()> {
@@ -207,7 +211,11 @@ impl WorkspaceFs for HostFs {
             Mode::empty(),
         )?;
         clear_dir(&sub)?;
-        Ok(rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::REMOVEDIR)?)
+        Ok(rustix::fs::unlinkat(
+            &dir,
+            name.as_str(),
+            AtFlags::REMOVEDIR,
+        )?)
     }
 
     fn rename(&mut self, from: &WsPath, to: &WsPath) -> io::Result<()> {
@@ -258,7 +266,12 @@ mod tests {
         assert_eq!(fs.kind(&ws("a")).unwrap(), Some(EntryKind::Dir));
         assert_eq!(fs.kind(&ws("nope")).unwrap(), None);
         fs.touch(&ws("a/t")).unwrap();
-        let names: Vec<String> = fs.list(&ws("a")).unwrap().into_iter().map(|e| e.name).collect();
+        let names: Vec<String> = fs
+            .list(&ws("a"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, ["b", "t"]);
         fs.rename(&ws("a/t"), &ws("u")).unwrap();
         assert!(dir.path().join("u").is_file());

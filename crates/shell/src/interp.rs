@@ -239,7 +239,11 @@ impl Shell {
         let mut flow = Flow::Next;
         for (i, stage) in stages.into_iter().enumerate() {
             let last = i + 1 == n;
-            let stdout = if last { io.stdout.clone() } else { Sink::buffer() };
+            let stdout = if last {
+                io.stdout.clone()
+            } else {
+                Sink::buffer()
+            };
             let stage_io = Io {
                 stdin: stdin.take(),
                 stdout: stdout.clone(),
@@ -388,9 +392,7 @@ impl Shell {
                 self.status = 0;
                 Flow::Next
             }
-            Some("command") if argv.len() > 1 => {
-                self.run_program(argv[1..].to_vec(), assigns, &io)
-            }
+            Some("command") if argv.len() > 1 => self.run_program(argv[1..].to_vec(), assigns, &io),
             Some(name) if self.funcs.contains_key(name) => {
                 self.vars.extend(assigns);
                 self.call_function(name, argv[1..].to_vec(), &io)
@@ -487,8 +489,10 @@ impl Shell {
         let mut env = self.exported_vars();
         env.extend(assigns);
         let guest_root = self.backend.guest_root().to_string();
-        let tty =
-            self.tty && io.stdin.is_none() && io.stdout.is_stdout() && matches!(io.stderr, Sink::Stderr);
+        let tty = self.tty
+            && io.stdin.is_none()
+            && io.stdout.is_stdout()
+            && matches!(io.stderr, Sink::Stderr);
         let cmd = GuestCommand {
             argv,
             env,
@@ -518,11 +522,18 @@ impl Shell {
     }
 
     /// Runs a script file's text with positional `args` (`source`).
-    pub(crate) fn source_text(&mut self, src: &str, name: &str, args: Vec<String>, io: &Io) -> Flow {
+    pub(crate) fn source_text(
+        &mut self,
+        src: &str,
+        name: &str,
+        args: Vec<String>,
+        io: &Io,
+    ) -> Flow {
         let list = match parse(src) {
             Ok(l) => l,
             Err(e) => {
-                io.stderr.put(format!("nook shell: {name}: {e}\n").as_bytes());
+                io.stderr
+                    .put(format!("nook shell: {name}: {e}\n").as_bytes());
                 self.status = 2;
                 return Flow::Next;
             }

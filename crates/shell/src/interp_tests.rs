@@ -143,7 +143,10 @@ fn and_or_lists_and_status() {
 #[test]
 fn variables_quotes_and_globs() {
     let mut f = fixture();
-    assert_eq!(f.out("X='a  b'; echo $X \"$X\" '$X' ${X}c"), "a b a  b $X a bc\n");
+    assert_eq!(
+        f.out("X='a  b'; echo $X \"$X\" '$X' ${X}c"),
+        "a b a  b $X a bc\n"
+    );
     f.out("touch one.rs two.rs three.txt");
     assert_eq!(f.out("echo *.rs"), "one.rs two.rs\n");
     assert_eq!(f.out("echo '*.rs' *.none"), "*.rs *.none\n");
@@ -157,14 +160,21 @@ fn variables_quotes_and_globs() {
 #[test]
 fn compound_commands_and_functions() {
     let mut f = fixture();
-    let src = "greet() {\n  echo \"hi $1\"\n  return 3\n}\nfor n in a b; do greet $n; done\necho $?\n\
+    let src =
+        "greet() {\n  echo \"hi $1\"\n  return 3\n}\nfor n in a b; do greet $n; done\necho $?\n\
                i=0\nwhile [ $i != 2 ]; do i=2; done\n\
                if false; then echo 1; elif true; then echo 2; else echo 3; fi\n";
     let (flow, out, err) = f.run(src);
     assert_eq!(flow, Flow::Next, "{err}");
     assert_eq!(out, "hi a\nhi b\n3\n2\n");
-    assert_eq!(f.out("for x in 1 2 3; do if [ $x = 2 ]; then break; fi; echo $x; done"), "1\n");
-    assert_eq!(f.out("for x in 1 2 3; do [ $x = 2 ] && continue; echo $x; done"), "1\n3\n");
+    assert_eq!(
+        f.out("for x in 1 2 3; do if [ $x = 2 ]; then break; fi; echo $x; done"),
+        "1\n"
+    );
+    assert_eq!(
+        f.out("for x in 1 2 3; do [ $x = 2 ] && continue; echo $x; done"),
+        "1\n3\n"
+    );
 }
 
 #[test]
@@ -196,14 +206,32 @@ fn builtins_act_on_the_workspace_only() {
     let (_, _, err) = f.run("echo x > ../y");
     assert!(err.contains("outside the workspace"), "{err}");
     // Programs run in the matching directory.
-    assert_eq!(f.out("cd demo2/x && pwd && sh -c pwd"), format!("/demo2/x\n{}\n", f.dir.path().join("demo2/x").canonicalize().unwrap().display()));
+    assert_eq!(
+        f.out("cd demo2/x && pwd && sh -c pwd"),
+        format!(
+            "/demo2/x\n{}\n",
+            f.dir
+                .path()
+                .join("demo2/x")
+                .canonicalize()
+                .unwrap()
+                .display()
+        )
+    );
 }
 
 #[test]
 fn source_runs_a_file_in_this_shell() {
     let mut f = fixture();
-    std::fs::write(f.dir.path().join("lib.nsh"), "LIBVAR=\"$1\"\nlibfn() { echo lib $LIBVAR; }\n").unwrap();
-    assert_eq!(f.out("source lib.nsh arg; libfn; . lib.nsh two; libfn"), "lib arg\nlib two\n");
+    std::fs::write(
+        f.dir.path().join("lib.nsh"),
+        "LIBVAR=\"$1\"\nlibfn() { echo lib $LIBVAR; }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        f.out("source lib.nsh arg; libfn; . lib.nsh two; libfn"),
+        "lib arg\nlib two\n"
+    );
     std::fs::write(f.dir.path().join("bad.nsh"), "echo a\nif true\n").unwrap();
     let (_, _, err) = f.run("source bad.nsh");
     assert!(err.contains("bad.nsh: line 2"), "{err}");

@@ -153,12 +153,11 @@ impl Parser {
             list.push(self.and_or()?);
             match self.peek() {
                 None | Some(Token::Op(Op::Semi | Op::Newline)) => {}
-                Some(Token::Op(Op::Amp)) => {
-                    return Err(self.error(
-                        "background jobs (`&`) are not supported: run the command in its own terminal".into(),
-                        false,
-                    ))
-                }
+                Some(Token::Op(Op::Amp)) => return Err(self.error(
+                    "background jobs (`&`) are not supported: run the command in its own terminal"
+                        .into(),
+                    false,
+                )),
                 Some(Token::Word(w)) if w.literal().is_some_and(|k| end.contains(&k)) => {}
                 Some(t) => {
                     let what = describe(t);
@@ -374,7 +373,10 @@ impl Parser {
                                 other => {
                                     let what = other.map(describe).unwrap_or("end of input".into());
                                     return Err(self.error(
-                                        format!("expected a file after `{}`, found {what}", op_text(op)),
+                                        format!(
+                                            "expected a file after `{}`, found {what}",
+                                            op_text(op)
+                                        ),
                                         false,
                                     ));
                                 }
@@ -464,7 +466,10 @@ mod tests {
             }]
         );
         assert_eq!(first.rest[0].1.commands.len(), 2);
-        assert_eq!(simple(&list[1].first.commands[0]).redirects, [Redirect::ErrToOut]);
+        assert_eq!(
+            simple(&list[1].first.commands[0]).redirects,
+            [Redirect::ErrToOut]
+        );
     }
 
     #[test]
@@ -482,7 +487,9 @@ mod tests {
         let src = "set -e\nNAME=x\nf() {\n  echo \"in $1\"\n}\nfor i in a b c; do\n  f $i\ndone\nif false; then echo 1; elif true; then echo 2; else echo 3; fi\nwhile false; do :; done\nfunction g { echo g; }\n";
         let list = parse(src).unwrap();
         assert_eq!(list.len(), 7);
-        assert!(matches!(&list[2].first.commands[0], Command::Function { name, .. } if name == "f"));
+        assert!(
+            matches!(&list[2].first.commands[0], Command::Function { name, .. } if name == "f")
+        );
         match &list[3].first.commands[0] {
             Command::For { var, items, body } => {
                 assert_eq!(var, "i");
@@ -501,8 +508,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&list[5].first.commands[0], Command::While { until: false, .. }));
-        assert!(matches!(&list[6].first.commands[0], Command::Function { name, .. } if name == "g"));
+        assert!(matches!(
+            &list[5].first.commands[0],
+            Command::While { until: false, .. }
+        ));
+        assert!(
+            matches!(&list[6].first.commands[0], Command::Function { name, .. } if name == "g")
+        );
     }
 
     #[test]
@@ -520,7 +532,13 @@ mod tests {
 
     #[test]
     fn unfinished_blocks_are_incomplete() {
-        for src in ["if true; then", "for i in a; do echo", "f() {", "echo a &&", "ls |"] {
+        for src in [
+            "if true; then",
+            "for i in a; do echo",
+            "f() {",
+            "echo a &&",
+            "ls |",
+        ] {
             let e = parse(src).unwrap_err();
             assert!(e.incomplete, "{src}: {e:?}");
         }

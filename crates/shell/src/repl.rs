@@ -82,7 +82,10 @@ impl Completer for ShellHelper {
         };
         let (Some(root), Ok(dir)) = (
             &known.workspace,
-            known.cwd.resolve(if dir_part.is_empty() { "." } else { dir_part }, &known.guest_root),
+            known.cwd.resolve(
+                if dir_part.is_empty() { "." } else { dir_part },
+                &known.guest_root,
+            ),
         ) else {
             return Ok((start, out));
         };
@@ -98,7 +101,9 @@ impl Completer for ShellHelper {
                     let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
                     (name, is_dir)
                 })
-                .filter(|(n, _)| n.starts_with(file_part) && (file_part.starts_with('.') || !n.starts_with('.')))
+                .filter(|(n, _)| {
+                    n.starts_with(file_part) && (file_part.starts_with('.') || !n.starts_with('.'))
+                })
                 .collect();
             names.sort();
             for (name, is_dir) in names {
@@ -137,8 +142,10 @@ pub fn run(shell: &mut Shell, history: Option<PathBuf>, workspace: Option<PathBu
             k.cwd = shell.cwd().clone();
             k.guest_root = shell.backend().guest_root().to_string();
             if k.commands.len() <= crate::builtins::BUILTINS.len() + shell.functions().len() {
-                let mut commands: Vec<String> =
-                    crate::builtins::BUILTINS.iter().map(|(b, _)| b.to_string()).collect();
+                let mut commands: Vec<String> = crate::builtins::BUILTINS
+                    .iter()
+                    .map(|(b, _)| b.to_string())
+                    .collect();
                 commands.extend(shell.functions());
                 commands.extend(shell.backend().commands());
                 commands.sort();

@@ -58,7 +58,10 @@ mod tests {
         };
         st.save(dir.path()).unwrap();
         assert_eq!(ResumeState::load(dir.path()), Some(st));
-        assert_ne!(workspace_key(Path::new("/a")), workspace_key(Path::new("/b")));
+        assert_ne!(
+            workspace_key(Path::new("/a")),
+            workspace_key(Path::new("/b"))
+        );
         assert_eq!(workspace_key(Path::new("/a")).len(), 16);
     }
 }

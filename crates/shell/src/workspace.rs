@@ -162,10 +162,19 @@ mod tests {
         assert_eq!(cwd.relative(), "demo/hello");
         assert_eq!(cwd.in_guest("/workspace"), "/workspace/demo/hello");
         assert_eq!(cwd.resolve("..", "/workspace").unwrap().display(), "/demo");
-        assert_eq!(cwd.resolve("./a/../b", "/workspace").unwrap().display(), "/demo/hello/b");
+        assert_eq!(
+            cwd.resolve("./a/../b", "/workspace").unwrap().display(),
+            "/demo/hello/b"
+        );
         assert_eq!(cwd.resolve("/x", "/workspace").unwrap().display(), "/x");
-        assert_eq!(cwd.resolve("/workspace/y", "/workspace").unwrap().display(), "/y");
-        assert_eq!(cwd.resolve("/workspace", "/workspace").unwrap(), WsPath::root());
+        assert_eq!(
+            cwd.resolve("/workspace/y", "/workspace").unwrap().display(),
+            "/y"
+        );
+        assert_eq!(
+            cwd.resolve("/workspace", "/workspace").unwrap(),
+            WsPath::root()
+        );
         // Only the whole component counts: /workspaces is a workspace path.
         assert_eq!(
             cwd.resolve("/workspaces", "/workspace").unwrap().display(),

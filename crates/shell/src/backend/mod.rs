@@ -64,8 +64,7 @@ pub fn sh_quote(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if !a.is_empty()
-                && a
-                    .bytes()
+                && a.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
             {
                 a.clone()
@@ -83,7 +82,10 @@ mod tests {
 
     #[test]
     fn quoting_for_sh() {
-        let argv: Vec<String> = ["tr", "a-z", "A Z", "it's", ""].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> = ["tr", "a-z", "A Z", "it's", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(sh_quote(&argv), r#"tr a-z 'A Z' 'it'\''s' ''"#);
     }
 }

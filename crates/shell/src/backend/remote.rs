@@ -37,7 +37,9 @@ pub fn run(
         argv: cmd.argv.clone(),
         env: cmd.env.clone(),
         cwd: Some(cmd.cwd.clone()),
-        tty: cmd.tty.then(|| term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 })),
+        tty: cmd
+            .tty
+            .then(|| term::size().unwrap_or(nook::Winsize { rows: 24, cols: 80 })),
         stdin: true,
         timeout_ms: cmd.timeout_ms,
         ..ExecSpec::default()
@@ -54,7 +56,10 @@ pub fn run(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut control = remote.input.try_clone().map_err(|e| ShellError::io("use", "the session socket", e))?;
+    let mut control = remote
+        .input
+        .try_clone()
+        .map_err(|e| ShellError::io("use", "the session socket", e))?;
     let (tx, rx) = channel::<Event>();
     std::thread::Builder::new()
         .name("nook-shell-exec".into())
@@ -62,7 +67,9 @@ pub fn run(
             let r = remote.next_reply();
             let last = !matches!(
                 r,
-                Ok(Some(SessionReply::Stdout { .. } | SessionReply::Stderr { .. }))
+                Ok(Some(
+                    SessionReply::Stdout { .. } | SessionReply::Stderr { .. }
+                ))
             );
             if tx.send(Event::Reply(r)).is_err() || last {
                 break;
@@ -72,7 +79,9 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let raw = match stdin {
         GuestStdin::Bytes(bytes) => {
-            let mut input = control.try_clone().map_err(|e| ShellError::io("use", "the session socket", e))?;
+            let mut input = control
+                .try_clone()
+                .map_err(|e| ShellError::io("use", "the session socket", e))?;
             let _ = std::thread::Builder::new()
                 .name("nook-shell-stdin".into())
                 .spawn(move || {
@@ -86,8 +95,14 @@ pub fn run(
             None
         }
         GuestStdin::Shell => {
-            let raw = if cmd.tty { term::RawMode::enable() } else { None };
-            let input = control.try_clone().map_err(|e| ShellError::io("use", "the session socket", e))?;
+            let raw = if cmd.tty {
+                term::RawMode::enable()
+            } else {
+                None
+            };
+            let input = control
+                .try_clone()
+                .map_err(|e| ShellError::io("use", "the session socket", e))?;
             forward_stdin(input, stop.clone(), !cmd.tty);
             raw
         }
@@ -109,7 +124,11 @@ pub fn run(
                     timed_out,
                 } => {
                     if timed_out {
-                        let _ = writeln!(stderr, "nook shell: {}: timed out and was killed", cmd.argv[0]);
+                        let _ = writeln!(
+                            stderr,
+                            "nook shell: {}: timed out and was killed",
+                            cmd.argv[0]
+                        );
                     }
                     break nook::ExitStatus {
                         code,
@@ -123,12 +142,18 @@ pub fn run(
                     break 126;
                 }
                 other => {
-                    let _ = writeln!(stderr, "nook shell: unexpected reply from the session: {other:?}");
+                    let _ = writeln!(
+                        stderr,
+                        "nook shell: unexpected reply from the session: {other:?}"
+                    );
                     break 126;
                 }
             },
             Ok(Event::Reply(Ok(None))) => {
-                let _ = writeln!(stderr, "nook shell: the session closed the command without an exit");
+                let _ = writeln!(
+                    stderr,
+                    "nook shell: the session closed the command without an exit"
+                );
                 break 126;
             }
             Ok(Event::Reply(Err(e))) => {
@@ -169,7 +194,10 @@ fn forward_stdin(mut sink: ExecInputSender, stop: Arc<AtomicBool>, close_at_end:
             let stdin = std::io::stdin();
             let mut buf = [0u8; 4096];
             while !stop.load(Ordering::Relaxed) {
-                let mut fds = [rustix::event::PollFd::new(&stdin, rustix::event::PollFlags::IN)];
+                let mut fds = [rustix::event::PollFd::new(
+                    &stdin,
+                    rustix::event::PollFlags::IN,
+                )];
                 let timeout = rustix::event::Timespec {
                     tv_sec: 0,
                     tv_nsec: TICK.as_nanos() as i64,

@@ -133,7 +133,9 @@ impl VmBackend {
 fn boot(opts: &VmOptions, rust: bool, progress: &mut dyn Write) -> BootResult {
     let image = match (&opts.image, rust) {
         (Some(i), _) => Some(i.clone()),
-        (None, true) => Some(nook_serve::toolchain::ensure_rust_image(&opts.home, progress)?),
+        (None, true) => Some(nook_serve::toolchain::ensure_rust_image(
+            &opts.home, progress,
+        )?),
         (None, false) => None,
     };
     // A session this workspace left running (DEVSHELL_VM_STOP_ON_EXIT=0).
@@ -213,7 +215,10 @@ impl Backend for VmBackend {
             tracing::debug!("shell: waited {:?} for the boot", started.elapsed());
         }
         let wants_rust = self.opts.image.is_none()
-            && cmd.argv.first().is_some_and(|p| RUST_TOOLS.contains(&p.as_str()));
+            && cmd
+                .argv
+                .first()
+                .is_some_and(|p| RUST_TOOLS.contains(&p.as_str()));
         let rust_now = self.ready()?.rust;
         if wants_rust && !rust_now {
             self.switch_to_rust()?;
