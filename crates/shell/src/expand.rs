@@ -52,7 +52,7 @@ fn fields(word: &Word, env: &dyn Lookup) -> Vec<Vec<Piece>> {
                     cur.extend(value.chars().map(|c| (c, false)));
                     continue;
                 }
-                let mut words = value.split(|c: char| c == ' ' || c == '\t' || c == '\n');
+                let mut words = value.split([' ', '\t', '\n']);
                 if let Some(first) = words.next() {
                     cur.extend(first.chars().map(|c| (c, false)));
                 }
