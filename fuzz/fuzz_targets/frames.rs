@@ -7,7 +7,11 @@ use libfuzzer_sys::fuzz_target;
 use nook_proto::{Decoder, GuestMsg, HostMsg, MAX_PAYLOAD};
 
 fuzz_target!(|data: &[u8]| {
-    let split = data.first().map(|b| *b as usize).unwrap_or(0).min(data.len());
+    let split = data
+        .first()
+        .map(|b| *b as usize)
+        .unwrap_or(0)
+        .min(data.len());
     let mut dec = Decoder::new();
     dec.push(&data[..split]);
     dec.push(&data[split..]);

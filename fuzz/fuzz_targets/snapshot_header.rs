@@ -1,7 +1,7 @@
 //! Snapshot header + state parser: whatever the bytes, `parse_snapshot`
 //! returns an error or a state, never panics or over-allocates.
 //!
-//! `cargo +nightly fuzz run snapshot_header` (from the repository root).
+//! `scripts/fuzz 60 snapshot_header` (from the repository root).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
