@@ -383,3 +383,106 @@ fn files_and_processes(a: &mut Client, session: &str) {
     assert_eq!(r["type"], "exit", "{r}");
     assert_eq!(r["signal"], 15, "{r}");
 }
+
+/// Removes a named snapshot even when the test fails half-way.
+struct SnapshotCleanup(String);
+impl Drop for SnapshotCleanup {
+    fn drop(&mut self) {
+        let _ = common::nook().args(["snapshot", "rm", &self.0]).output();
+    }
+}
+
+fn session_names(c: &mut Client) -> Vec<(String, u32, String)> {
+    let list = c.call(json!({"id": "list", "type": "session_list"}));
+    list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["pid"].as_u64().unwrap() as u32,
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn daemon_snapshot_restore_and_pool() {
+    if !ready() {
+        return;
+    }
+    let mut d = Daemon::start(&["--pool-size", "1"]);
+    let pid = std::process::id();
+    let snap = format!("t{pid}-dsnap");
+    let _snap = SnapshotCleanup(snap.clone());
+    let mut c = Client::connect(&d);
+
+    // Snapshot a session with a file in it; a new session restored from it has the file.
+    let origin = format!("t{pid}-dorig");
+    create(&mut c, "c1", &origin, false);
+    let (_, exit) = c.exec(
+        2,
+        &origin,
+        &["sh", "-c", "echo from-the-snapshot > /tmp/marker"],
+    );
+    assert_eq!(exit["code"], 0, "{exit}");
+    let r = c.call(json!({"id": 3, "type": "snapshot", "session": origin, "name": snap}));
+    assert_eq!(r["type"], "snapshot", "{r}");
+    assert!(Path::new(r["path"].as_str().unwrap()).is_dir(), "{r}");
+    let clone = format!("t{pid}-dclone");
+    let r = c.call(json!({"id": 4, "type": "session_create", "name": clone, "snapshot": snap}));
+    assert_eq!(r["type"], "session", "{r}");
+    let (out, _) = c.exec(5, &clone, &["cat", "/tmp/marker"]);
+    assert_eq!(out, "from-the-snapshot\n");
+    let r = c.call(json!({"id": 6, "type": "session_create", "snapshot": "no-such-snapshot"}));
+    assert_eq!(r["type"], "error", "{r}");
+
+    // The pool: the first acquire boots; a warm one is then started ahead
+    // and the next acquire hands out exactly that one.
+    let prefix = format!("p{}-", d.child.id());
+    let r = c.call(json!({"id": 10, "type": "pool_acquire", "spec": {}}));
+    assert_eq!(r["type"], "session", "{r}");
+    let first = r["session"]["name"].as_str().unwrap().to_string();
+    assert!(first.starts_with(&prefix), "{first}");
+    let mut warm = String::new();
+    wait_until(
+        "the pool has a warm session",
+        Duration::from_secs(120),
+        || {
+            warm = session_names(&mut c)
+                .into_iter()
+                .find(|(n, _, st)| n.starts_with(&prefix) && *n != first && st == "running")
+                .map(|(n, _, _)| n)
+                .unwrap_or_default();
+            !warm.is_empty()
+        },
+    );
+    let r = c.call(json!({"id": 11, "type": "pool_acquire", "spec": {}}));
+    assert_eq!(r["session"]["name"].as_str().unwrap(), warm, "{r}");
+    let (out, _) = c.exec(12, &warm, &["echo", "pooled"]);
+    assert_eq!(out, "pooled\n");
+    let r = c.call(json!({"id": 13, "type": "pool_release", "session": first}));
+    assert_eq!(r["type"], "ok", "{r}");
+    assert!(
+        !session_names(&mut c).iter().any(|(n, _, _)| *n == first),
+        "released session still listed"
+    );
+    let r = c.call(json!({"id": 14, "type": "pool_release", "session": origin}));
+    assert_eq!(r["code"], "no_session", "{r}");
+
+    // SIGTERM: nothing of the pool, the clone or the origin stays.
+    let hosts: Vec<u32> = session_names(&mut c)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with(&prefix) || *n == origin || *n == clone)
+        .map(|(_, p, _)| p)
+        .collect();
+    assert!(hosts.len() >= 3, "{hosts:?}");
+    let status = d.terminate();
+    assert!(status.success(), "{}", d.log_text());
+    for h in hosts {
+        assert!(!pid_alive(h), "session host {h} outlived the daemon");
+        assert!(qemu_of(h).is_empty(), "a VM of {h} outlived the daemon");
+    }
+}

@@ -530,7 +530,6 @@ fn session_spec(d: &Daemon, c: &CreateSpec, name: String) -> Result<SessionSpec,
             .map_err(|e| bad(format!("snapshot `{snap}`: {}", nook::error_chain(&e))))?;
         spec.memory_mib = s.manifest.memory_mib;
         spec.vcpus = s.manifest.vcpus;
-        spec.engine = s.manifest.engine.label().to_string();
         spec.template = false;
         spec.snapshot = Some(s.path.clone());
     }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::conn::create_session;
 use super::proto::CreateSpec;
@@ -18,7 +19,12 @@ pub(crate) struct Pool {
     warm: Mutex<HashMap<String, Vec<String>>>,
     /// Sessions handed out and not released yet.
     acquired: Mutex<BTreeSet<String>>,
+    /// Warm sessions booting, by configuration.
+    booting: Mutex<HashMap<String, usize>>,
 }
+
+/// How long an acquire waits for a warm session that is booting.
+const BOOTING_WAIT: Duration = Duration::from_secs(120);
 
 impl Pool {
     /// Every session the pool holds or handed out (at daemon shutdown).
@@ -69,15 +75,25 @@ fn refill(d: &Arc<Daemon>, spec: &CreateSpec) {
                 return;
             }
             let name = d.new_name("p");
-            match create_session(&d, &spec, Some(name.clone())) {
-                Ok(_) => d
-                    .pool
-                    .warm
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(k)
-                    .or_default()
-                    .push(name),
+            *d.pool
+                .booting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(k.clone())
+                .or_default() += 1;
+            let created = create_session(&d, &spec, Some(name.clone()));
+            let mut warm = d.pool.warm.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = d
+                .pool
+                .booting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&k)
+            {
+                *n = n.saturating_sub(1);
+            }
+            match created {
+                Ok(_) => warm.entry(k).or_default().push(name),
                 Err(e) => {
                     tracing::warn!("nook serve: the pool cannot boot a session: {e}");
                     return;
@@ -89,13 +105,27 @@ fn refill(d: &Arc<Daemon>, spec: &CreateSpec) {
 /// A warm session of configuration `spec`, or a new one.
 pub(crate) fn acquire(d: &Arc<Daemon>, spec: &CreateSpec) -> Result<SessionState, SessionError> {
     let k = key(spec);
-    let warm = d
-        .pool
-        .warm
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_mut(&k)
-        .and_then(Vec::pop);
+    let deadline = Instant::now() + BOOTING_WAIT;
+    // A warm session, or one about to be: wait for a boot in flight.
+    let warm = loop {
+        let mut warm = d.pool.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = warm.get_mut(&k).and_then(Vec::pop) {
+            break Some(name);
+        }
+        let booting = d
+            .pool
+            .booting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+            .copied()
+            .unwrap_or(0);
+        drop(warm);
+        if booting == 0 || Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let st = match warm {
         Some(name) => {
             let st = crate::state::SessionDir::new(&d.cfg.home, &name)?.read_state()?;
