@@ -424,7 +424,7 @@ fn exec(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, id: RequestId, req: Exec
     }
     let (out, owned) = (out.clone(), owned.clone());
     spawn(move || {
-        loop {
+        let last = loop {
             let body = match remote.next_reply() {
                 Ok(Some(SessionReply::Stdout { data })) => ReplyBody::Stdout { data },
                 Ok(Some(SessionReply::Stderr { data })) => ReplyBody::Stderr { data },
@@ -433,44 +433,42 @@ fn exec(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, id: RequestId, req: Exec
                     signal,
                     timed_out,
                 })) => {
-                    out.send(
-                        &id,
-                        ReplyBody::Exit {
-                            code,
-                            signal,
-                            timed_out,
-                        },
-                    );
-                    break;
+                    break ReplyBody::Exit {
+                        code,
+                        signal,
+                        timed_out,
+                    }
                 }
                 Ok(Some(SessionReply::Error { code, message })) => {
                     let (code, _) = error_of(&SessionError::Refused {
                         code,
                         message: String::new(),
                     });
-                    out.error(&id, code, message);
-                    break;
+                    break ReplyBody::Error { code, message };
                 }
                 Ok(other) => {
-                    out.error(
-                        &id,
-                        ErrorCode::Vm,
-                        format!("the session ended the command without an exit: {other:?}"),
-                    );
-                    break;
+                    break ReplyBody::Error {
+                        code: ErrorCode::Vm,
+                        message: format!(
+                            "the session ended the command without an exit: {other:?}"
+                        ),
+                    }
                 }
                 Err(e) => {
-                    out.session_error(&id, &e);
-                    break;
+                    let (code, message) = error_of(&e);
+                    break ReplyBody::Error { code, message };
                 }
             };
             if !out.send(&id, body) {
                 // The client is gone: hanging up kills the command.
                 remote.input.hang_up();
-                break;
+                lock(&owned.execs).remove(&id);
+                return;
             }
-        }
+        };
+        // Forget the exec before its last event: the client may reuse the id.
         lock(&owned.execs).remove(&id);
+        out.send(&id, last);
     });
 }
 
