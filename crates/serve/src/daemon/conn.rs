@@ -4,19 +4,18 @@
 //! disconnects.
 
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
-use super::lines::{read_bounded_line, LineRead};
+use super::lines::LineRead;
 use super::proto::{
     parse_request, salvage_id, CreateSpec, ErrorCode, ExecRequest, Reply, ReplyBody, Request,
     RequestBody, RequestId, DAEMON_PROTOCOL_VERSION, MAX_LINE,
 };
-use super::server::{write_line, Daemon};
+use super::server::{destroy_all, write_line, Daemon, Lines};
 use crate::error::SessionError;
-use crate::wire::{decode_bytes, encode_bytes, to_line, ExecSpec, SessionErrorCode, SessionReply};
+use crate::wire::{decode_bytes, encode_bytes, to_line, SessionErrorCode, SessionReply};
 use crate::{ExecInputSender, SessionClient, SessionSpec, SpecMount};
 
 /// A connection's replies: one writer shared by the threads answering it.
@@ -94,18 +93,10 @@ pub(crate) fn error_of(e: &SessionError) -> (ErrorCode, String) {
 }
 
 /// Serves a client whose first line is `first`, until it disconnects.
-pub(crate) fn serve(d: &Arc<Daemon>, first: LineRead, mut r: BufReader<UnixStream>, w: UnixStream) {
+pub(crate) fn serve(d: &Arc<Daemon>, mut lines: Lines, w: UnixStream) {
     let out = Out(Arc::new(Mutex::new(w)));
     let owned = Arc::new(Owned::default());
-    let mut next = Some(first);
-    loop {
-        let read = match next.take() {
-            Some(l) => l,
-            None => match read_bounded_line(&mut r, MAX_LINE) {
-                Ok(l) => l,
-                Err(_) => break,
-            },
-        };
+    while let Some(read) = lines.next_line() {
         match read {
             LineRead::Eof => break,
             LineRead::TooLong(n) => out.error(
@@ -134,16 +125,7 @@ fn disconnect(d: &Arc<Daemon>, owned: &Owned) {
     }
     lock(&owned.uploads).clear();
     let sessions: Vec<String> = lock(&owned.sessions).drain(..).collect();
-    let threads: Vec<_> = sessions
-        .into_iter()
-        .map(|name| {
-            let d = d.clone();
-            std::thread::spawn(move || d.destroy(&name))
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
+    destroy_all(d, sessions);
 }
 
 /// Runs `f` on its own thread (requests that wait on a guest or a boot).
@@ -398,22 +380,13 @@ fn exec(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, id: RequestId, req: Exec
             "an exec with this id is running",
         );
     }
-    let spec = ExecSpec {
-        argv: req.argv,
-        env: req.env,
-        cwd: req.cwd,
-        user: req.user,
-        tty: req.tty,
-        stdin: req.stdin,
-        detach: req.detach,
-        timeout_ms: req.timeout_ms,
-    };
-    let mut remote = match client(d, &req.session).and_then(|c| c.exec(spec)) {
+    let detach = req.spec.detach;
+    let mut remote = match client(d, &req.session).and_then(|c| c.exec(req.spec)) {
         Ok(r) => r,
         Err(e) => return out.session_error(&id, &e),
     };
     out.send(&id, ReplyBody::Started { pid: remote.pid });
-    if req.detach {
+    if detach {
         return;
     }
     match remote.input.try_clone() {

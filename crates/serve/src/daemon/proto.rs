@@ -12,11 +12,11 @@
 
 use std::path::PathBuf;
 
-use nook::{FileStat, Winsize};
+use nook::FileStat;
 use serde::{Deserialize, Serialize};
 
 use crate::state::SessionState;
-use crate::wire::ProcExit;
+use crate::wire::{ExecSpec, ProcExit};
 
 /// Version of this protocol, stated in `hello`.
 pub const DAEMON_PROTOCOL_VERSION: u32 = 1;
@@ -96,30 +96,13 @@ pub struct CreateSpec {
     pub snapshot: Option<String>,
 }
 
-/// What a command runs with.
+/// A command in a session: the session's [`ExecSpec`] fields (argv, env,
+/// cwd, user, tty, stdin, detach, timeout_ms) beside the session's name.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ExecRequest {
     pub session: String,
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    #[serde(default)]
-    pub cwd: Option<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Run on a terminal of this size.
-    #[serde(default)]
-    pub tty: Option<Winsize>,
-    /// The client sends stdin with `exec_stdin` (else stdin is empty).
-    #[serde(default)]
-    pub stdin: bool,
-    /// Kill the command's process group after this many milliseconds.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    /// Run in the background: answered by `started`; the process outlives
-    /// the connection; read it with `proc_read`.
-    #[serde(default)]
-    pub detach: bool,
+    #[serde(flatten)]
+    pub spec: ExecSpec,
 }
 
 /// The requests, by `type`.
@@ -471,6 +454,7 @@ pub fn salvage_id(line: &[u8]) -> Option<RequestId> {
 mod tests {
     use super::*;
     use crate::wire::to_line;
+    use nook::Winsize;
 
     fn req(id: u64, body: RequestBody) -> Request {
         Request {
@@ -520,13 +504,15 @@ mod tests {
                     3,
                     RequestBody::Exec(ExecRequest {
                         session: "s".into(),
-                        argv: vec!["cat".into()],
-                        stdin: true,
-                        tty: Some(Winsize { rows: 24, cols: 80 }),
-                        ..Default::default()
+                        spec: ExecSpec {
+                            argv: vec!["cat".into()],
+                            stdin: true,
+                            tty: Some(Winsize { rows: 24, cols: 80 }),
+                            ..Default::default()
+                        },
                     }),
                 ),
-                r#"{"id":3,"type":"exec","session":"s","argv":["cat"],"env":[],"cwd":null,"user":null,"tty":{"rows":24,"cols":80},"stdin":true,"timeout_ms":null,"detach":false}"#,
+                r#"{"id":3,"type":"exec","session":"s","argv":["cat"],"env":[],"cwd":null,"user":null,"tty":{"rows":24,"cols":80},"stdin":true,"detach":false,"timeout_ms":null}"#,
             ),
             (
                 Request {

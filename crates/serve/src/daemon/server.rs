@@ -197,6 +197,11 @@ fn shutdown_sessions(d: &Arc<Daemon>) {
     names.extend(d.pool.drain());
     names.sort();
     names.dedup();
+    destroy_all(d, names);
+}
+
+/// Stops and removes sessions `names` in parallel; returns when all are gone.
+pub(crate) fn destroy_all(d: &Arc<Daemon>, names: Vec<String>) {
     let threads: Vec<_> = names
         .into_iter()
         .map(|name| {
@@ -225,9 +230,36 @@ fn serve_connection(d: &Arc<Daemon>, conn: UnixStream) {
         Ok(LineRead::Eof) | Err(_) => return,
         Ok(first) => first,
     };
-    match &first {
-        LineRead::Line(l) if is_sidecar_line(l) => super::sidecar::serve(d, first, r, w),
-        _ => super::conn::serve(d, first, r, w),
+    let sidecar = matches!(&first, LineRead::Line(l) if is_sidecar_line(l));
+    let lines = Lines::new(first, r);
+    if sidecar {
+        super::sidecar::serve(d, lines, w);
+    } else {
+        super::conn::serve(d, lines, w);
+    }
+}
+
+/// A connection's lines, its already-read first line first.
+pub(crate) struct Lines {
+    first: Option<LineRead>,
+    r: BufReader<UnixStream>,
+}
+
+impl Lines {
+    pub(crate) fn new(first: LineRead, r: BufReader<UnixStream>) -> Lines {
+        Lines {
+            first: Some(first),
+            r,
+        }
+    }
+
+    /// The next line, or `None` at the end of the stream or on an error.
+    pub(crate) fn next_line(&mut self) -> Option<LineRead> {
+        let read = match self.first.take() {
+            Some(l) => l,
+            None => read_bounded_line(&mut self.r, MAX_LINE).ok()?,
+        };
+        (read != LineRead::Eof).then_some(read)
     }
 }
 

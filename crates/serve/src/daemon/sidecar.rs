@@ -4,7 +4,7 @@
 //! daemon's stderr, each line prefixed with the session id.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use super::conn::create_session;
-use super::lines::{read_bounded_line, LineRead};
+use super::lines::LineRead;
 use super::proto::{CreateSpec, MAX_LINE};
-use super::server::{BetaImage, Daemon};
+use super::server::{BetaImage, Daemon, Lines};
 use super::sidecar_proto::{
     parse_sidecar_request, resolve_in_workspace, GuestFsCode, GuestFsOperation, SidecarErrorCode,
     SidecarReply, SidecarRequest, SyncDirection, SIDECAR_PROTOCOL_VERSION,
@@ -46,21 +46,8 @@ fn error(code: SidecarErrorCode, message: impl Into<String>) -> SidecarReply {
 }
 
 /// Serves one sidecar connection, `first` being its first line.
-pub(crate) fn serve(
-    d: &Arc<Daemon>,
-    first: LineRead,
-    mut r: BufReader<UnixStream>,
-    mut w: UnixStream,
-) {
-    let mut next = Some(first);
-    loop {
-        let read = match next.take() {
-            Some(l) => l,
-            None => match read_bounded_line(&mut r, MAX_LINE) {
-                Ok(l) => l,
-                Err(_) => return,
-            },
-        };
+pub(crate) fn serve(d: &Arc<Daemon>, mut lines: Lines, mut w: UnixStream) {
+    while let Some(read) = lines.next_line() {
         let reply = match read {
             LineRead::Eof => return,
             LineRead::TooLong(n) => error(
