@@ -21,6 +21,8 @@ use crate::wire::{
 
 /// How long a clean stop waits for the guest to power off.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a snapshot request waits for running commands to end.
+const SNAPSHOT_QUIET_WAIT: Duration = Duration::from_secs(2);
 /// How often the host checks its VM, limits and stop requests.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -299,6 +301,18 @@ fn error_reply(code: SessionErrorCode, message: impl Into<String>) -> SessionRep
     }
 }
 
+/// Whether no command or transfer runs, waiting up to `limit` for that.
+fn wait_quiet(host: &Host, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while host.busy.load(Ordering::Relaxed) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
     host.touch();
     let mut w = conn.try_clone()?;
@@ -334,7 +348,8 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
             host.stop.store(true, Ordering::Relaxed);
             send(&mut w, &SessionReply::Ok)
         }
-        SessionRequest::Snapshot { .. } if host.busy.load(Ordering::Relaxed) > 0 => send(
+        // A command that just ended may still count for a moment.
+        SessionRequest::Snapshot { .. } if !wait_quiet(host, SNAPSHOT_QUIET_WAIT) => send(
             &mut w,
             &error_reply(
                 SessionErrorCode::Vm,
