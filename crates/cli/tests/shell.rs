@@ -335,3 +335,104 @@ fn shell_on_a_pty_builds_and_runs_a_cargo_project() {
     assert_eq!(sh.wait(Duration::from_secs(60)), 0);
     assert!(shell_session(ws.path()).is_none());
 }
+
+/// `nook shell --backend host ARGS` in `ws`: (exit code, stdout, stderr).
+fn host_shell(ws: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = common::nook()
+        .args(["shell", "--backend", "host"])
+        .arg(ws)
+        .args(args)
+        .output()
+        .expect("nook shell");
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+fn bwrap_missing() -> bool {
+    let missing = Command::new("bwrap").arg("--version").output().is_err();
+    if missing {
+        eprintln!("skipping: bubblewrap is not installed (run scripts/setup)");
+    }
+    missing
+}
+
+#[test]
+fn host_backend_confines_programs() {
+    if bwrap_missing() {
+        return;
+    }
+    let ws = tempfile::tempdir().expect("workspace");
+    // Something in the host's /home the sandbox must not show.
+    let marker = Path::new("/home").join(format!("nook-shelltest-{}", std::process::id()));
+    let made = std::fs::create_dir_all(&marker).is_ok();
+    let (code, out, err) = host_shell(
+        ws.path(),
+        &[
+            "--fresh",
+            "-c",
+            "sh -c 'echo $$; ls /home; id -u'; sh -c 'cat /proc/net/dev' > net.txt; \
+             sh -c 'touch /etc/nook-shelltest; echo x > /tmp/y; echo made > in-ws.txt'",
+        ],
+    );
+    if made {
+        let _ = std::fs::remove_dir(&marker);
+    }
+    assert!(
+        err.contains("weaker isolation"),
+        "it says so plainly: {err}"
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let pid: u32 = lines.next().and_then(|l| l.parse().ok()).expect("a pid");
+    assert!(pid < 10, "a pid of a fresh pid namespace, got {pid}");
+    // /home is empty: the next line is the uid.
+    assert!(
+        lines.next().is_some_and(|l| l.parse::<u32>().is_ok()),
+        "{out}"
+    );
+    assert_eq!(lines.next(), None, "{out}");
+    // No network but loopback.
+    let net = std::fs::read_to_string(ws.path().join("net.txt")).unwrap();
+    let ifaces: Vec<&str> = net
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{net}");
+    // Only the workspace is writable.
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!Path::new("/etc/nook-shelltest").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("in-ws.txt")).unwrap(),
+        "made\n"
+    );
+}
+
+#[test]
+fn the_shell_resumes_where_it_left_off() {
+    if bwrap_missing() {
+        return;
+    }
+    let ws = tempfile::tempdir().expect("workspace");
+    let (code, _, err) = host_shell(
+        ws.path(),
+        &[
+            "--fresh",
+            "-c",
+            "mkdir -p a/b && cd a/b && export GREETING=hi",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = host_shell(
+        ws.path(),
+        &["-c", "pwd; echo $GREETING; sh -c 'pwd; echo $GREETING'"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "/a/b\nhi\n/workspace/a/b\nhi\n");
+    let (_, out, _) = host_shell(ws.path(), &["--fresh", "-c", "pwd; echo x$GREETING"]);
+    assert_eq!(out, "/\nx\n");
+}

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::backend::host::HostBackend;
 use crate::backend::vm::{VmBackend, VmOptions};
 use crate::backend::Backend;
 use crate::config::{BackendChoice, Settings, WorkspaceMode};
@@ -170,10 +171,16 @@ fn make_backend(
     let s = &inv.settings;
     let choice = match s.backend {
         BackendChoice::Auto => {
-            eprintln!(
-                "nook shell: backend vm (a nook session VM; --backend host runs without one)"
-            );
-            BackendChoice::Vm
+            match vm_engine_missing() {
+                None => {
+                    eprintln!("nook shell: backend vm (a nook session VM; --backend host runs without one)");
+                    BackendChoice::Vm
+                }
+                Some(why) => {
+                    eprintln!("nook shell: backend host: {why}");
+                    BackendChoice::Host
+                }
+            }
         }
         other => other,
     };
@@ -206,10 +213,35 @@ fn make_backend(
                 .map_err(|e| nook::error_chain(&e))
         }
         BackendChoice::Host => {
-            Err("the host backend is not available yet: use --backend vm".into())
+            eprintln!("nook shell: {}", crate::backend::host::WEAKER_ISOLATION);
+            HostBackend::new(
+                workspace.to_path_buf(),
+                s.guest_workspace.clone(),
+                signals.clone(),
+            )
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| nook::error_chain(&e))
         }
         BackendChoice::Sidecar => {
             Err("the sidecar backend is not available yet: use --backend vm".into())
         }
     }
+}
+
+/// Why no VM engine can run here, if none can: neither a usable
+/// `/dev/kvm` nor QEMU.
+fn vm_engine_missing() -> Option<String> {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!kvm && !qemu)
+        .then(|| "no VM engine here (no usable /dev/kvm, no qemu-system-x86_64)".to_string())
 }

@@ -2,6 +2,7 @@
 //! ([`vm`]), the host inside a namespace sandbox, or a `devshell-vm`
 //! sidecar. Each also says where the workspace's files are for builtins.
 
+pub mod host;
 mod remote;
 pub mod vm;
 
