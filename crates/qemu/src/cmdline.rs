@@ -229,7 +229,7 @@ mod tests {
                 "virtio-serial-device",
                 "virtserialport,chardev=agent,name=nook.agent",
                 "virtio-rng-device",
-                "virtio-blk-device,drive=disk0"
+                "virtio-blk-device,drive=disk0,werror=report,rerror=report"
             ]
         );
         assert_eq!(value_of(&args, "-sandbox"), [SANDBOX]);

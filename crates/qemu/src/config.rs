@@ -330,7 +330,10 @@ impl QemuConfig {
             drive.push(disk.cache.as_qemu_arg());
             args.push("-drive".into());
             args.push(drive);
-            let mut device = format!("virtio-blk-device,drive=disk{i}");
+            // A host write or read error (a full disk) is reported to the
+            // guest as an I/O error; QEMU's default stops the VM on ENOSPC,
+            // which would hang the guest until a timeout.
+            let mut device = format!("virtio-blk-device,drive=disk{i},werror=report,rerror=report");
             if let Some(serial) = &disk.serial {
                 device.push_str(",serial=");
                 device.push_str(serial);
@@ -528,11 +531,11 @@ mod tests {
                 "-drive",
                 "if=none,id=disk0,format=raw,file=/img/root,,1.raw,readonly=on,cache=writeback",
                 "-device",
-                "virtio-blk-device,drive=disk0",
+                "virtio-blk-device,drive=disk0,werror=report,rerror=report",
                 "-drive",
                 "if=none,id=disk1,format=raw,file=/img/scratch.raw,readonly=off,cache=unsafe",
                 "-device",
-                "virtio-blk-device,drive=disk1,serial=nook-scratch",
+                "virtio-blk-device,drive=disk1,werror=report,rerror=report,serial=nook-scratch",
             ]
         );
     }
