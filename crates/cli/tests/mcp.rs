@@ -2,156 +2,16 @@
 //! JSON-RPC line by line to the server's stdin/stdout; sandboxes are real
 //! guests on the qemu engine.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 mod common;
+use common::mcp::{wait_with_limit, McpClient};
 use common::{nook, qemu_of, ready};
 
 /// The protocol versions current MCP clients send.
 const VERSIONS: [&str; 3] = ["2024-11-05", "2025-03-26", "2025-06-18"];
-
-/// A client of one `nook mcp` process.
-struct McpClient {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    next_id: u64,
-}
-
-impl McpClient {
-    /// Starts `nook mcp --engine qemu ARGS` (stderr goes to the test's).
-    fn start(args: &[&str]) -> McpClient {
-        let mut child = nook()
-            .args([&["mcp", "--engine", "qemu"], args].concat())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nook mcp");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        McpClient {
-            child,
-            stdin,
-            stdout,
-            next_id: 1,
-        }
-    }
-
-    /// Starts the server and completes the handshake at `version`; returns
-    /// the `initialize` result too.
-    fn connect(version: &str, args: &[&str]) -> (McpClient, Value) {
-        let mut c = McpClient::start(args);
-        let init = c.request(
-            "initialize",
-            json!({
-                "protocolVersion": version,
-                "capabilities": {},
-                "clientInfo": {"name": "nook-test", "version": "1"}
-            }),
-        );
-        c.notify("notifications/initialized");
-        let result = init.get("result").cloned().unwrap_or_else(|| {
-            panic!("initialize failed: {init}");
-        });
-        (c, result)
-    }
-
-    fn send(&mut self, msg: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{msg}").expect("write to nook mcp");
-        stdin.flush().expect("flush");
-    }
-
-    fn notify(&mut self, method: &str) {
-        self.send(&json!({"jsonrpc": "2.0", "method": method}));
-    }
-
-    /// The response to request `method` (notifications in between are skipped).
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        loop {
-            let mut line = String::new();
-            let n = self
-                .stdout
-                .read_line(&mut line)
-                .expect("read from nook mcp");
-            assert!(n > 0, "nook mcp closed stdout while {method} was pending");
-            let msg: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not JSON on stdout ({e}): {line}"));
-            assert_eq!(msg["jsonrpc"], "2.0", "{line}");
-            if msg.get("id") == Some(&json!(id)) {
-                return msg;
-            }
-        }
-    }
-
-    /// `tools/call`: the result (a protocol error fails the test).
-    fn call(&mut self, tool: &str, args: Value) -> Value {
-        let r = self.request("tools/call", json!({"name": tool, "arguments": args}));
-        r.get("result")
-            .cloned()
-            .unwrap_or_else(|| panic!("{tool}: protocol error instead of a result: {r}"))
-    }
-
-    /// A successful call's structured content.
-    fn ok(&mut self, tool: &str, args: Value) -> Value {
-        let r = self.call(tool, args.clone());
-        assert_eq!(r["isError"], false, "{tool} {args}: {r}");
-        let text = r["content"][0]["text"].as_str().unwrap_or_default();
-        assert!(!text.is_empty(), "{tool}: no text rendering: {r}");
-        r["structuredContent"].clone()
-    }
-
-    /// `sandbox_create` with `args`: the new sandbox's id.
-    fn create(&mut self, args: Value) -> String {
-        let created = self.ok("sandbox_create", args);
-        created["sandbox_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no sandbox_id: {created}"))
-            .to_string()
-    }
-
-    /// A tool error's message.
-    fn tool_error(&mut self, tool: &str, args: Value) -> String {
-        let r = self.call(tool, args.clone());
-        assert_eq!(r["isError"], true, "{tool} {args}: not a tool error: {r}");
-        r["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// Closes stdin (the client disconnects) and waits for the server to end.
-    fn disconnect(mut self) -> std::process::ExitStatus {
-        drop(self.stdin.take());
-        wait_with_limit(&mut self.child, Duration::from_secs(90))
-    }
-}
-
-impl Drop for McpClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "nook mcp did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The session host process of sandbox `id` and its session directory.
 fn sandbox_host(id: &str) -> (u32, std::path::PathBuf) {
@@ -465,5 +325,67 @@ fn sandboxes_share_only_host_directories_the_user_allowed() {
     assert_ne!(out["exit_code"], 0, "a read-only share was writable: {out}");
     assert!(!proj.join("new").exists());
     assert!(c.disconnect().success());
+    assert_gone(&id, pid, &dir);
+}
+
+/// Whether a process whose command line contains `needle` runs in sandbox `id`.
+fn guest_runs(c: &mut McpClient, id: &str, needle: &str) -> bool {
+    let ps = c.ok(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "ps -o args"}),
+    );
+    ps["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(needle) && !l.contains("ps -o args"))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_cancelled_call_kills_its_command_and_a_disconnect_mid_call_ends_everything() {
+    if !ready() {
+        return;
+    }
+    let (mut c, _) = McpClient::connect("2025-06-18", &[]);
+    let id = c.create(json!({}));
+    let (pid, dir) = sandbox_host(&id);
+    let call = c.start_call(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "sleep 301; echo finished"}),
+    );
+    wait_for("the command to start", || {
+        guest_runs(&mut c, &id, "sleep 301")
+    });
+    c.send(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": call, "reason": "test"}}),
+    );
+    wait_for("the cancelled command to end", || {
+        !guest_runs(&mut c, &id, "sleep 301")
+    });
+
+    // A client that leaves while a command runs: the server ends at once
+    // and takes the sandbox with it.
+    c.start_call(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "command": "sleep 302"}),
+    );
+    wait_for("the second command to start", || {
+        guest_runs(&mut c, &id, "sleep 302")
+    });
+    let started = Instant::now();
+    assert!(c.disconnect().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the server waited for the command"
+    );
     assert_gone(&id, pid, &dir);
 }

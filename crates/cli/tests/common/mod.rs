@@ -2,6 +2,8 @@
 //! the skip check, and output helpers.
 #![allow(dead_code)]
 
+pub mod mcp;
+
 use std::process::{Command, Stdio};
 
 pub mod daemon;
