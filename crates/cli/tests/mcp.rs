@@ -11,7 +11,7 @@ use common::mcp::{wait_with_limit, McpClient};
 use common::{nook, qemu_of, ready};
 
 /// The protocol versions current MCP clients send.
-const VERSIONS: [&str; 3] = ["2024-11-05", "2025-03-26", "2025-06-18"];
+const VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
 /// The session host process of sandbox `id` and its session directory.
 fn sandbox_host(id: &str) -> (u32, std::path::PathBuf) {
@@ -387,5 +387,40 @@ fn a_cancelled_call_kills_its_command_and_a_disconnect_mid_call_ends_everything(
         started.elapsed() < Duration::from_secs(60),
         "the server waited for the command"
     );
+    assert_gone(&id, pid, &dir);
+}
+
+#[test]
+fn an_idle_sandbox_expires_by_itself() {
+    if !ready() {
+        return;
+    }
+    let (mut c, _) = McpClient::connect("2025-06-18", &[]);
+    let id = c.create(json!({"idle_timeout_s": 2}));
+    let (pid, dir) = sandbox_host(&id);
+    let st = nook_serve::SessionDir(dir.clone())
+        .read_state()
+        .expect("state");
+    assert_eq!(st.state, nook_serve::SessionPhase::Running);
+    wait_for("the idle sandbox to stop", || {
+        nook_serve::SessionDir(dir.clone())
+            .read_state()
+            .map(|s| s.state == nook_serve::SessionPhase::Exited)
+            .unwrap_or(false)
+    });
+    let st = nook_serve::SessionDir(dir.clone())
+        .read_state()
+        .expect("state");
+    assert!(
+        st.exit_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("idle"),
+        "{st:?}"
+    );
+    assert!(qemu_of(pid).is_empty(), "an expired sandbox kept its VM");
+    let msg = c.tool_error("sandbox_exec", json!({"sandbox_id": id, "command": "true"}));
+    assert!(msg.contains("not running any more"), "{msg}");
+    assert!(c.disconnect().success());
     assert_gone(&id, pid, &dir);
 }
