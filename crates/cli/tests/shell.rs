@@ -436,3 +436,55 @@ fn the_shell_resumes_where_it_left_off() {
     let (_, out, _) = host_shell(ws.path(), &["--fresh", "-c", "pwd; echo x$GREETING"]);
     assert_eq!(out, "/\nx\n");
 }
+
+#[test]
+fn sidecar_backend_runs_cargo_against_nook_serve() {
+    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
+        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
+    {
+        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes the first time, needs a Debian mirror)");
+        return;
+    }
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("serve.sock");
+    let ws = dir.path().join("project");
+    std::fs::create_dir(&ws).unwrap();
+    let mut serve = common::nook()
+        .args(["serve", "--engine", "qemu", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nook serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = common::nook()
+        .args(["shell", "--fresh", "--backend", "sidecar", "--socket"])
+        .arg(&socket)
+        .arg(&ws)
+        .args([
+            "-c",
+            "mkdir demo && cd demo && cargo new hello && cd hello && cargo run",
+        ])
+        .output()
+        .expect("nook shell");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&serve),
+        rustix::process::Signal::TERM,
+    );
+    let _ = serve.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Hello, world!"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Pulled back after each program.
+    assert!(ws.join("demo/hello/Cargo.toml").is_file());
+    assert!(ws.join("demo/hello/target/debug/hello").is_file());
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::backend::host::HostBackend;
+use crate::backend::sidecar::SidecarBackend;
 use crate::backend::vm::{VmBackend, VmOptions};
 use crate::backend::Backend;
 use crate::config::{BackendChoice, Settings, WorkspaceMode};
@@ -223,7 +224,17 @@ fn make_backend(
             .map_err(|e| nook::error_chain(&e))
         }
         BackendChoice::Sidecar => {
-            Err("the sidecar backend is not available yet: use --backend vm".into())
+            let socket = s.socket.clone().ok_or_else(|| {
+                "the sidecar backend needs a socket: --socket PATH or DEVSHELL_VM_SOCKET (e.g. `nook serve`'s)".to_string()
+            })?;
+            SidecarBackend::start(
+                socket,
+                format!("shell-{}", &workspace_key(workspace)[..12]),
+                workspace.to_path_buf(),
+                s.guest_workspace.clone(),
+            )
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| nook::error_chain(&e))
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod host;
 mod remote;
+pub mod sidecar;
 pub mod vm;
 
 use std::io::Write;
