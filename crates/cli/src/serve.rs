@@ -8,8 +8,8 @@ use crate::exit::{self, report};
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The Unix socket to serve (created 0600; its directory 0700 when nook creates it).
-    /// Default: $NOOK_HOME/serve.sock. Clients find it through NOOK_SOCKET.
-    #[arg(long, value_name = "PATH")]
+    /// Default: $NOOK_SOCKET, else $NOOK_HOME/serve.sock. Clients find it through NOOK_SOCKET.
+    #[arg(long, value_name = "PATH", env = "NOOK_SOCKET")]
     pub socket: Option<std::path::PathBuf>,
     /// Engine of the sessions the daemon creates: auto, qemu or kvm.
     #[arg(long, default_value = "auto", value_name = "ENGINE")]

@@ -353,6 +353,49 @@ fn files_and_processes(a: &mut Client, session: &str) {
     }
     assert_eq!(text(&out), "hello");
 
+    // A terminal (with a resize), a signal and a timeout.
+    a.send(json!({"id": 43, "type": "exec", "session": session,
+        "tty": {"rows": 24, "cols": 80}, "stdin": true,
+        "argv": ["sh", "-c", "stty size; read x; stty size"]}));
+    assert_eq!(a.next_for(&json!(43))["type"], "started");
+    let mut out = Vec::new();
+    while !text(&out).contains("24 80") {
+        let ev = a.next_for(&json!(43));
+        assert_eq!(ev["type"], "stdout", "{ev}");
+        out.extend(b64(&ev["data"]));
+    }
+    let r = a.call(json!({"id": 44, "type": "exec_resize", "exec": 43, "rows": 30, "cols": 100}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = a.call(json!({"id": 45, "type": "exec_stdin", "exec": 43, "data": enc(b"go\r")}));
+    assert_eq!(r["type"], "ok", "{r}");
+    loop {
+        let ev = a.next_for(&json!(43));
+        match ev["type"].as_str() {
+            Some("stdout") => out.extend(b64(&ev["data"])),
+            _ => {
+                assert_eq!(ev["code"], 0, "{ev}");
+                break;
+            }
+        }
+    }
+    assert!(text(&out).contains("30 100"), "{}", text(&out));
+    a.send(json!({"id": 46, "type": "exec", "session": session, "argv": ["sleep", "100"]}));
+    assert_eq!(a.next_for(&json!(46))["type"], "started");
+    let r = a.call(json!({"id": 47, "type": "exec_signal", "exec": 46, "signal": 15}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let ev = a.next_for(&json!(46));
+    assert_eq!(
+        (ev["type"].as_str(), ev["signal"].as_i64()),
+        (Some("exit"), Some(15)),
+        "{ev}"
+    );
+    let r = a.call(json!({"id": 48, "type": "exec_signal", "exec": 46, "signal": 15}));
+    assert_eq!(r["code"], "no_exec", "{r}");
+    a.send(json!({"id": 49, "type": "exec", "session": session, "argv": ["sleep", "100"], "timeout_ms": 500}));
+    assert_eq!(a.next_for(&json!(49))["type"], "started");
+    let ev = a.next_for(&json!(49));
+    assert_eq!(ev["timed_out"], true, "{ev}");
+
     // A background process: stdin, output polling, signal, wait.
     let r = a.call(
         json!({"id": 50, "type": "exec", "session": session, "detach": true,
