@@ -264,6 +264,70 @@ fn sidecar_protocol_against_nook_serve() {
     assert_eq!(r["code"], "no_session", "{r}");
 }
 
+/// With no --beta-image, sidecar sessions boot the Rust toolchain image
+/// (built on first use): the dev shell's `cargo run` works in the guest,
+/// and its build output comes back with a pull. Runs where scripts/test
+/// sets NOOK_TEST_DEBIAN_IMAGE (the image build takes minutes once).
+#[test]
+fn sidecar_sessions_run_cargo_in_the_default_image() {
+    if !ready() {
+        return;
+    }
+    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
+        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
+    {
+        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes to build once)");
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let staging = tempfile::tempdir().unwrap();
+    let proj = staging.path().join("hello");
+    std::fs::create_dir_all(proj.join("src")).unwrap();
+    std::fs::write(
+        proj.join("Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("src/main.rs"),
+        "fn main() { println!(\"hello from cargo in nook\"); }\n",
+    )
+    .unwrap();
+    let sid = format!("cargo-{}", std::process::id());
+    let mut c = Conn::open(&d);
+    assert_eq!(
+        c.call(json!({"op": "handshake", "version": 1}))["op"],
+        "handshake_ok"
+    );
+    let r = c.call(json!({"op": "session_start", "session_id": sid,
+        "staging_dir": staging.path(), "guest_workspace": "/workspace"}));
+    assert_eq!(r["op"], "session_ok", "{r}: {}", d.log_text());
+    let r = c.call(json!({"op": "sync_request", "session_id": sid,
+        "direction": "push_to_guest", "vfs_cwd_leaf": "hello"}));
+    assert_eq!(r["op"], "sync_ok", "{r}");
+    let r = c.call(
+        json!({"op": "exec", "session_id": sid, "guest_cwd": "/workspace/hello",
+        "argv": ["cargo", "run", "--offline"], "env": {}}),
+    );
+    assert_eq!(r["op"], "exec_result", "{r}");
+    assert_eq!(r["exit_code"], 0, "{r}: {}", d.log_text());
+    assert!(
+        d.log_text()
+            .contains(&format!("[{sid}] hello from cargo in nook")),
+        "{}",
+        d.log_text()
+    );
+    let r = c.call(json!({"op": "sync_request", "session_id": sid,
+        "direction": "pull_from_guest", "vfs_cwd_leaf": "hello"}));
+    assert_eq!(r["op"], "sync_ok", "{r}");
+    assert!(
+        proj.join("target/debug/hello").is_file(),
+        "the build did not come back"
+    );
+    let r = c.call(json!({"op": "session_shutdown", "session_id": sid}));
+    assert_eq!(r["op"], "shutdown_ok", "{r}");
+}
+
 fn dirs_sessions() -> std::path::PathBuf {
     std::env::var_os("NOOK_HOME")
         .map(std::path::PathBuf::from)
