@@ -424,3 +424,61 @@ fn an_idle_sandbox_expires_by_itself() {
     assert!(c.disconnect().success());
     assert_gone(&id, pid, &dir);
 }
+
+#[test]
+fn run_and_sandboxes_boot_an_image_with_its_config() {
+    if !ready() || !std::path::Path::new("/bin/busybox").is_file() {
+        return;
+    }
+    use nook_image::testing::{LayerBuilder, TestImage, TestLayer};
+    let busybox = std::fs::read("/bin/busybox").expect("read busybox");
+    let mut layer = LayerBuilder::new();
+    layer
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755)
+        .dir("etc", 0o755)
+        .file("etc/marker", b"from the image\n", 0o644)
+        .dir("work", 0o755);
+    for applet in ["sh", "cat", "echo", "pwd", "sleep", "ps"] {
+        layer.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let image = TestImage::with_config(
+        vec![TestLayer::gzip(layer.tar())],
+        "amd64",
+        json!({"Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/work"}),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let archive = dir.path().join("image.tar");
+    let name = format!("nooktest-mcp-{}:1", std::process::id());
+    image.write_docker_archive(&archive, &[&name]);
+    let archive = archive.to_str().expect("utf-8 path");
+    let _rmi = RemoveImage(name.clone());
+    common::ok(
+        &nook()
+            .args(["image", "import", archive])
+            .output()
+            .expect("import"),
+    );
+    let (mut c, _) = McpClient::connect("2025-06-18", &[]);
+    let script = "echo $GREETING; pwd; cat /etc/marker";
+    let out = c.ok("run", json!({"image": name, "command": script}));
+    assert_eq!(out["stdout"], "hello\n/work\nfrom the image\n");
+    let id = c.create(json!({"image": name}));
+    let out = c.ok("sandbox_exec", json!({"sandbox_id": id, "command": script}));
+    assert_eq!(out["stdout"], "hello\n/work\nfrom the image\n");
+    let msg = c.tool_error(
+        "run",
+        json!({"image": "nooktest-no-such-image:1", "command": "true"}),
+    );
+    assert!(msg.contains("nooktest-no-such-image"), "{msg}");
+    assert!(c.disconnect().success());
+}
+
+/// Removes an image name from the store when dropped.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = nook().args(["rmi", &self.0]).output();
+    }
+}
