@@ -168,6 +168,19 @@ fn shell_session(pattern_dir: &Path) -> Option<(String, u32)> {
 
 const BOOT: Duration = Duration::from_secs(120);
 
+/// Whether the tests that need the Rust toolchain image run: scripts/test
+/// (and so CI) sets NOOK_TEST_DEBIAN_IMAGE; the image takes a couple of
+/// minutes to build the first time on a machine and is cached afterwards.
+fn rust_image_ready() -> bool {
+    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
+        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
+    {
+        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes the first time, needs a Debian mirror)");
+        return false;
+    }
+    ready()
+}
+
 #[test]
 fn shell_on_a_pty_runs_builtins_and_guest_programs_over_a_live_workspace() {
     if !ready() {
@@ -294,16 +307,7 @@ fn shell_script_with_set_e_stops_at_the_failing_guest_command() {
 
 #[test]
 fn shell_on_a_pty_builds_and_runs_a_cargo_project() {
-    // scripts/test (and so CI) sets NOOK_TEST_DEBIAN_IMAGE: the Rust
-    // toolchain image takes a couple of minutes to build the first time on
-    // a machine and is cached afterwards.
-    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
-        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
-    {
-        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes the first time, needs a Debian mirror)");
-        return;
-    }
-    if !ready() {
+    if !rust_image_ready() {
         return;
     }
     let ws = tempfile::tempdir().expect("workspace");
@@ -439,13 +443,7 @@ fn the_shell_resumes_where_it_left_off() {
 
 #[test]
 fn sidecar_backend_runs_cargo_against_nook_serve() {
-    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
-        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
-    {
-        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes the first time, needs a Debian mirror)");
-        return;
-    }
-    if !ready() {
+    if !rust_image_ready() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

@@ -415,20 +415,29 @@ impl Shell {
     }
 
     fn call_function(&mut self, name: &str, args: Vec<String>, io: &Io) -> Flow {
-        let Some(body) = self.funcs.get(name).cloned() else {
-            return Flow::Next;
-        };
+        match self.funcs.get(name).cloned() {
+            Some(body) => self.nested(&body, name, Some(args), io),
+            None => Flow::Next,
+        }
+    }
+
+    /// Runs a function body or a sourced file: nested at most
+    /// [`MAX_DEPTH`] deep, with its own positional arguments when given,
+    /// `return N` ending it with status N.
+    fn nested(&mut self, list: &List, name: &str, args: Option<Vec<String>>, io: &Io) -> Flow {
         if self.depth >= MAX_DEPTH {
             io.stderr
-                .put(format!("nook shell: {name}: too many nested calls\n").as_bytes());
+                .put(format!("nook shell: {name}: nested too deep\n").as_bytes());
             self.status = 1;
             return Flow::Next;
         }
-        let saved = std::mem::replace(&mut self.args, args);
+        let saved = args.map(|a| std::mem::replace(&mut self.args, a));
         self.depth += 1;
-        let flow = self.run_list(&body, io, false);
+        let flow = self.run_list(list, io, false);
         self.depth -= 1;
-        self.args = saved;
+        if let Some(saved) = saved {
+            self.args = saved;
+        }
         match flow {
             Flow::Return(n) => {
                 self.status = n;
@@ -538,26 +547,7 @@ impl Shell {
                 return Flow::Next;
             }
         };
-        if self.depth >= MAX_DEPTH {
-            io.stderr
-                .put(format!("nook shell: {name}: too many nested sources\n").as_bytes());
-            self.status = 1;
-            return Flow::Next;
-        }
-        let saved = (!args.is_empty()).then(|| std::mem::replace(&mut self.args, args));
-        self.depth += 1;
-        let flow = self.run_list(&list, io, false);
-        self.depth -= 1;
-        if let Some(saved) = saved {
-            self.args = saved;
-        }
-        match flow {
-            Flow::Return(n) => {
-                self.status = n;
-                Flow::Next
-            }
-            other => other,
-        }
+        self.nested(&list, name, (!args.is_empty()).then_some(args), io)
     }
 }
 

@@ -22,7 +22,7 @@ pub mod parse;
 mod repl;
 pub mod resume;
 pub mod signals;
-mod term;
+pub mod term;
 pub mod workspace;
 
 pub use error::{ParseError, ShellError};
