@@ -19,7 +19,7 @@ pub struct McpArgs {
     /// Most output one tool call returns (stdout and stderr together, or a file's content): bytes, or with K or M; more is dropped and reported as truncated.
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_output_size)]
     pub max_output: u64,
-    /// Destroy a sandbox after this many seconds with no command running (sandbox_create's idle_timeout_s overrides it).
+    /// Stop a sandbox after this many seconds with no command running (sandbox_create's idle_timeout_s overrides it).
     #[arg(long, value_name = "SECS", default_value_t = nook_mcp::DEFAULT_IDLE_TIMEOUT_S, value_parser = args::parse_whole_seconds)]
     pub idle_timeout: u64,
     /// Let sandbox_create share host directories under DIR into sandboxes (repeatable); without it agents cannot share host directories.

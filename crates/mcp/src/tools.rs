@@ -50,7 +50,7 @@ pub fn register(r: &mut ToolRegistry<ToolContext>) {
         "sandbox_create",
         "Create a sandbox: a Linux microVM that stays up so that files and processes persist across sandbox_exec, \
          file_write, file_read and file_list calls. Returns its sandbox_id. Destroy it with sandbox_destroy when done; \
-         it is also destroyed when this client disconnects, and after idle_timeout_s (default 900) without a running command.",
+         it is also destroyed when this client disconnects, and stops after idle_timeout_s (default 900) without a running command.",
         |ctx, a: SandboxCreateArgs, _| ctx.sandboxes.create(&ctx.cfg, a),
     );
     r.add(

@@ -65,7 +65,7 @@ pub struct SandboxCreateArgs {
     /// Host directories to share into the sandbox (only under directories the user allowed).
     #[serde(default)]
     pub share: Option<Vec<ShareArg>>,
-    /// Destroy the sandbox after this many seconds with no command running (default 900).
+    /// Stop the sandbox after this many seconds with no command running (default 900).
     #[serde(default)]
     pub idle_timeout_s: Option<u64>,
 }
