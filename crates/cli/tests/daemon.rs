@@ -529,3 +529,62 @@ fn daemon_snapshot_restore_and_pool() {
         assert!(qemu_of(h).is_empty(), "a VM of {h} outlived the daemon");
     }
 }
+
+/// Removes a named volume even when the test fails half-way.
+struct VolumeCleanup(String);
+impl Drop for VolumeCleanup {
+    fn drop(&mut self) {
+        let _ = common::nook().args(["volume", "rm", &self.0]).output();
+    }
+}
+
+#[test]
+fn daemon_sessions_take_env_shares_and_volumes() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let pid = std::process::id();
+    let volume = format!("t{pid}-dvol");
+    let _v = VolumeCleanup(volume.clone());
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("from-host.txt"), "shared\n").unwrap();
+    let mut c = Client::connect(&d);
+    let name = format!("t{pid}-denv");
+    let r = c.call(json!({"id": 1, "type": "session_create", "name": name,
+        "env": [["GREETING", "session"], ["OTHER", "kept"]],
+        "shares": [{"source": share.path(), "guest_path": "/mnt/share", "read_only": true}],
+        "volumes": [{"source": volume, "guest_path": "/data"}]}));
+    assert_eq!(r["type"], "session", "{r}");
+    let (out, _) = c.exec(2, &name, &["sh", "-c", "echo $GREETING $OTHER"]);
+    assert_eq!(out, "session kept\n");
+    c.send(json!({"id": 3, "type": "exec", "session": name,
+        "argv": ["sh", "-c", "echo $GREETING"], "env": [["GREETING", "exec"]]}));
+    let mut out = Vec::new();
+    loop {
+        let ev = c.next_for(&json!(3));
+        match ev["type"].as_str() {
+            Some("started") => {}
+            Some("stdout") => out.extend(b64(&ev["data"])),
+            _ => break,
+        }
+    }
+    assert_eq!(text(&out), "exec\n", "an exec's own variable wins");
+    let (out, _) = c.exec(4, &name, &["cat", "/mnt/share/from-host.txt"]);
+    assert_eq!(out, "shared\n");
+    let (_, exit) = c.exec(5, &name, &["sh", "-c", "echo x > /mnt/share/nope"]);
+    assert_ne!(exit["code"], 0, "a read-only share took a write");
+    let (out, _) = c.exec(
+        6,
+        &name,
+        &[
+            "sh",
+            "-c",
+            "echo kept > /data/f && cat /data/f && grep -c ' /data ' /proc/mounts",
+        ],
+    );
+    assert_eq!(out, "kept\n1\n");
+    let r = c.call(json!({"id": 7, "type": "session_create", "image": "no-such-image:never"}));
+    assert_eq!(r["type"], "error", "{r}");
+    assert_eq!(r["code"], "unavailable", "{r}");
+}

@@ -41,6 +41,8 @@ pub enum SessionError {
     Connection(#[source] std::io::Error),
     #[error("cannot start the VM")]
     Vm(#[source] Box<nook::VmError>),
+    #[error("image `{0}` is not in the store: pull it first (`nook pull {0}`)")]
+    NoImage(String),
     #[error("cannot find image `{reference}`")]
     Image {
         reference: String,

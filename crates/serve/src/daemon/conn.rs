@@ -71,7 +71,9 @@ pub(crate) fn error_of(e: &SessionError) -> (ErrorCode, String) {
         SessionError::Exists(_) => ErrorCode::SessionExists,
         SessionError::Running(_) | SessionError::NotRunning(_) => ErrorCode::SessionState,
         SessionError::Io { .. } | SessionError::Corrupt { .. } => ErrorCode::Io,
-        SessionError::Image { .. } | SessionError::ImageBuild { .. } => ErrorCode::Unavailable,
+        SessionError::Image { .. } | SessionError::ImageBuild { .. } | SessionError::NoImage(_) => {
+            ErrorCode::Unavailable
+        }
         SessionError::Refused { code, .. } => match code {
             SessionErrorCode::BadRequest => ErrorCode::BadRequest,
             SessionErrorCode::NotFound => ErrorCode::NotFound,
@@ -478,6 +480,21 @@ fn session_spec(d: &Daemon, c: &CreateSpec, name: String) -> Result<SessionSpec,
         volumes: Vec::new(),
         snapshot: None,
     };
+    if let Some(reference) = &c.image {
+        let store = nook::ImageStore::open(&d.cfg.home.join("images")).map_err(|source| {
+            SessionError::Image {
+                reference: reference.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        let found = store.get(reference).map_err(|source| SessionError::Image {
+            reference: reference.clone(),
+            source: Box::new(source),
+        })?;
+        if found.is_none() {
+            return Err(SessionError::NoImage(reference.clone()));
+        }
+    }
     for v in &c.volumes {
         let disk = if v.source.contains('/') {
             v.source.clone().into()
