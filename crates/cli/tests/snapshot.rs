@@ -144,3 +144,52 @@ fn options_a_restore_cannot_honour_are_refused_and_the_others_apply() {
     let out = nook().args(["snapshot", "rm", &name]).output().unwrap();
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
 }
+
+#[test]
+fn a_running_session_snapshots_as_it_is() {
+    if !ready() {
+        return;
+    }
+    let session = format!("snap-src-{}", std::process::id());
+    let name = format!("from-session-{}", std::process::id());
+    let ok = |args: &[&str]| {
+        let out = nook().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    ok(&["start", "--name", &session]);
+    let result = std::panic::catch_unwind(|| {
+        ok(&[
+            "exec",
+            &session,
+            "--",
+            "sh",
+            "-c",
+            "echo live-state > /root/s",
+        ]);
+        let created = ok(&["snapshot", "create", &name, "--session", &session]);
+        assert!(created.contains(&name), "{created}");
+        // The session runs on, and the snapshot starts VMs with its state.
+        assert_eq!(
+            ok(&["exec", &session, "--", "cat", "/root/s"]),
+            "live-state\n"
+        );
+        let restored = run_snapshot(&name, &["--", "cat", "/root/s"]);
+        assert_eq!(
+            text(&restored.stdout),
+            "live-state\n",
+            "{}",
+            text(&restored.stderr)
+        );
+        let out = nook()
+            .args(["snapshot", "create", &name, "--session", &session])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "an existing snapshot was replaced");
+    });
+    let _ = nook().args(["rm", "-f", &session]).output();
+    let _ = nook().args(["snapshot", "rm", &name]).output();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
