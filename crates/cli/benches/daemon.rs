@@ -121,7 +121,19 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn start_daemon(dir: &Path, engine: &str) -> (Child, PathBuf) {
+/// The daemon under measurement: SIGTERM when the bench ends, panics included.
+struct DaemonGuard(Child);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(dir: &Path, engine: &str) -> (DaemonGuard, PathBuf) {
     let socket = dir.join("run/nook.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_nook"))
         .args(["serve", "--engine", engine, "--socket"])
@@ -130,6 +142,7 @@ fn start_daemon(dir: &Path, engine: &str) -> (Child, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .expect("nook serve");
+    let child = DaemonGuard(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline, "the daemon did not listen");
@@ -143,7 +156,7 @@ fn main() {
     let sessions = env_usize("NOOK_BENCH_SESSIONS", 10);
     let execs = env_usize("NOOK_BENCH_EXECS", 20);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut daemon, socket) = start_daemon(dir.path(), &engine);
+    let (daemon, socket) = start_daemon(dir.path(), &engine);
     println!("engine: {engine}  sessions: {sessions}  execs per session under load: {execs}\n");
 
     // One session: daemon round trip, guest fork+exec, whole CLI process.
@@ -267,8 +280,5 @@ fn main() {
 
     // Disconnecting stops the sessions; SIGTERM stops the daemon.
     drop(keep);
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let _ = daemon.wait();
+    drop(daemon);
 }
