@@ -436,3 +436,65 @@ fn route(routes: &Mutex<Routes>, stream: u32, msg: GuestMsg) {
     };
     let _ = r.events.send(event);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A test double of the guest: says hello on `guest`, then the host's
+    /// side is established and an exec stream opened.
+    fn established(guest: &mut UnixStream, host: UnixStream) -> (Arc<Conn>, u32, Receiver<Event>) {
+        let hello = GuestHello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "double".into(),
+            kernel_release: String::new(),
+        };
+        let frame = GuestMsg::Hello(hello).to_frame(CONTROL_STREAM);
+        guest.write_all(&frame.encode().unwrap()).unwrap();
+        let Greeting::Hello(h, source) =
+            await_hello(&host, Duration::from_secs(5), || None).expect("hello from the double")
+        else {
+            panic!("no hello");
+        };
+        let conn = Conn::establish(host, h, source).unwrap();
+        let (id, events, _flow) = conn.open_stream().unwrap();
+        (conn, id, events)
+    }
+
+    #[test]
+    fn garbage_frames_from_the_guest_are_ignored_and_an_oversize_one_ends_the_channel() {
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let (_conn, id, events) = established(&mut guest, host);
+        // Garbage: unknown kinds and payloads that are not the message
+        // their kind says, on known and unknown streams.
+        for (stream, kind, payload) in [
+            (id, 0xee_u8, &b"??"[..]),
+            (id, nook_proto::Kind::Exit as u8, &b"{not json"[..]),
+            (9999, 6, &b"stdout for nobody"[..]),
+        ] {
+            write_frame(&mut guest, stream, kind, payload).unwrap();
+        }
+        // Still serving: a well-formed frame after the garbage arrives.
+        let ok = GuestMsg::Stdout(b"after garbage".to_vec()).to_frame(id);
+        guest.write_all(&ok.encode().unwrap()).unwrap();
+        match events.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Event::Stdout(b) => assert_eq!(b, b"after garbage"),
+            other => panic!("expected the output, got {other:?}"),
+        }
+        // A header claiming a 4 GiB payload: the channel is failed, nothing
+        // is allocated, the exec learns it lost the guest.
+        let mut header = Vec::new();
+        header.extend_from_slice(&u32::MAX.to_le_bytes());
+        header.extend_from_slice(&id.to_le_bytes());
+        header.push(6);
+        guest.write_all(&header).unwrap();
+        match events.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Event::Lost(ChannelLoss::Io(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}")
+            }
+            other => panic!("expected a lost channel, got {other:?}"),
+        }
+    }
+}
