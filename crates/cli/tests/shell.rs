@@ -486,3 +486,49 @@ fn sidecar_backend_runs_cargo_against_nook_serve() {
     assert!(ws.join("demo/hello/Cargo.toml").is_file());
     assert!(ws.join("demo/hello/target/debug/hello").is_file());
 }
+
+#[test]
+fn guest_primary_workspace_reaches_the_host_only_by_export() {
+    if !rust_image_ready() {
+        return;
+    }
+    let ws = tempfile::tempdir().expect("workspace");
+    let out_dir = tempfile::tempdir().expect("export target");
+    let mut sh = PtyShell::start(
+        ws.path(),
+        &["--engine", "qemu", "--workspace-mode", "guest"],
+    );
+    sh.expect("nook:vm /$ ", Duration::from_secs(10));
+    sh.line("mkdir demo && cd demo");
+    sh.expect("nook:vm /demo$ ", BOOT);
+    sh.line("cargo new hello");
+    let out = sh.expect("nook:vm /demo$ ", Duration::from_secs(600));
+    assert!(
+        out.contains("binary (application) `hello` package"),
+        "{out}"
+    );
+    sh.line("cd hello");
+    sh.expect("nook:vm /demo/hello$ ", Duration::from_secs(10));
+    sh.line("cargo run");
+    let out = sh.expect("nook:vm /demo/hello$ ", Duration::from_secs(600));
+    assert!(out.contains("Hello, world!"), "{out}");
+    // The workspace lives in the session: nothing on the host yet.
+    assert!(!ws.path().join("demo").exists());
+    sh.line(&format!("export {}", out_dir.path().display()));
+    let out = sh.expect("nook:vm /demo/hello$ ", BOOT);
+    assert!(out.contains("exported the workspace"), "{out}");
+    assert!(out_dir
+        .path()
+        .join("demo/hello/target/debug/hello")
+        .is_file());
+    assert!(out_dir.path().join("demo/hello/src/main.rs").is_file());
+    sh.line("exit");
+    assert_eq!(sh.wait(Duration::from_secs(60)), 0);
+    // The workspace volume outlives the shell; this test's goes.
+    let key = nook_shell::resume::workspace_key(&ws.path().canonicalize().unwrap());
+    let rm = common::nook()
+        .args(["volume", "rm", &format!("shell-{}", &key[..12])])
+        .output()
+        .expect("nook volume rm");
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+}

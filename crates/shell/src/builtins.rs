@@ -385,6 +385,20 @@ impl Shell {
     }
 
     fn export_builtin(&mut self, args: &[String], io: &Io) -> Result<Flow, String> {
+        // Guest-primary mode: `export [DIR]` copies the workspace to the host.
+        let dest = match args {
+            [] => Some(None),
+            [a] if !a.contains('=') && !is_name(a) => Some(Some(std::path::PathBuf::from(a))),
+            _ => None,
+        };
+        if let Some(dest) = dest {
+            if let Some(done) = self.backend.export(dest.as_deref()) {
+                let to = done.map_err(|e| nook::error_chain(&e))?;
+                io.stdout
+                    .put(format!("exported the workspace to {}\n", to.display()).as_bytes());
+                return Ok(Flow::Next);
+            }
+        }
         if args.is_empty() {
             let mut s = String::new();
             for (k, v) in self.exported_vars() {

@@ -31,6 +31,8 @@ pub enum ShellError {
     Session(#[source] Box<nook_serve::SessionError>),
     #[error("the VM did not start")]
     Boot(#[source] Box<nook_serve::SessionError>),
+    #[error("cannot prepare the workspace volume")]
+    Volume(#[source] nook::VolumeError),
     #[error("the VM's boot thread panicked")]
     BootPanicked,
     #[error("the sidecar at {socket} failed: {message}")]

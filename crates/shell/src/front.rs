@@ -185,11 +185,8 @@ fn make_backend(
         }
         other => other,
     };
-    if s.mode == WorkspaceMode::Guest {
-        return Err(
-            "the guest-primary workspace mode is not available yet: use --workspace-mode sync"
-                .into(),
-        );
+    if s.mode == WorkspaceMode::Guest && choice != BackendChoice::Vm {
+        return Err("the guest-primary workspace mode needs the vm backend".into());
     }
     match choice {
         BackendChoice::Vm | BackendChoice::Auto => {
@@ -208,6 +205,8 @@ fn make_backend(
                 workspace: workspace.to_path_buf(),
                 guest_root: s.guest_workspace.clone(),
                 stop_on_exit: s.stop_on_exit,
+                volume: (s.mode == WorkspaceMode::Guest)
+                    .then(|| format!("shell-{}", &workspace_key(workspace)[..12])),
             };
             VmBackend::start(opts, signals.clone(), s.eager)
                 .map(|b| Box::new(b) as Box<dyn Backend>)

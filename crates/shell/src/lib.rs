@@ -14,6 +14,7 @@ pub mod config;
 mod error;
 mod expand;
 pub mod front;
+mod guestfs;
 mod hostfs;
 pub mod interp;
 mod io;

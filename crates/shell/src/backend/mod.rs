@@ -57,6 +57,15 @@ pub trait Backend {
     fn commands(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// Guest-primary mode: copies a snapshot of the workspace to host
+    /// directory `dest` (default: the workspace directory the shell was
+    /// started on) and returns where; `None` in sync mode.
+    fn export(
+        &mut self,
+        _dest: Option<&std::path::Path>,
+    ) -> Option<Result<std::path::PathBuf, ShellError>> {
+        None
+    }
     /// Ends the back end (stops the VM).
     fn shutdown(&mut self) -> Result<(), ShellError>;
 }

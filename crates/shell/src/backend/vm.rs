@@ -5,7 +5,7 @@
 //! left of the boot.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use nook_serve::{SessionClient, SessionSpec, SpecMount};
 
 use crate::backend::{remote, Backend, GuestCommand, GuestStdin};
 use crate::error::ShellError;
+use crate::guestfs::GuestFs;
 use crate::hostfs::HostFs;
 use crate::signals::Signals;
 use crate::workspace::WorkspaceFs;
@@ -44,6 +45,9 @@ pub struct VmOptions {
     pub workspace: PathBuf,
     /// Where the guest sees it.
     pub guest_root: String,
+    /// Guest-primary mode: the workspace lives in this named volume,
+    /// mounted at `guest_root` (no share).
+    pub volume: Option<String>,
     /// Stop the session when the shell ends (else the next shell in this
     /// workspace reattaches to it).
     pub stop_on_exit: bool,
@@ -64,6 +68,8 @@ type BootResult = Result<Booted, ShellError>;
 pub struct VmBackend {
     opts: VmOptions,
     fs: HostFs,
+    /// Guest-primary mode's file operations.
+    guest_fs: Option<GuestFs>,
     signals: Signals,
     booting: Option<JoinHandle<BootResult>>,
     session: Option<Booted>,
@@ -87,9 +93,14 @@ impl VmBackend {
         } else {
             None
         };
+        let guest_fs = opts
+            .volume
+            .as_ref()
+            .map(|_| GuestFs::new(opts.guest_root.clone()));
         Ok(VmBackend {
             opts,
             fs,
+            guest_fs,
             signals,
             booting,
             session: None,
@@ -165,17 +176,58 @@ fn boot(opts: &VmOptions, rust: bool, progress: &mut dyn Write) -> BootResult {
         max_duration_s: None,
         net: None,
         env: Vec::new(),
-        shares: vec![SpecMount {
-            host_path: opts.workspace.clone(),
-            guest_path: opts.guest_root.clone(),
-            read_only: false,
-        }],
+        shares: Vec::new(),
         volumes: Vec::new(),
         snapshot: None,
     };
+    let mut spec = spec;
+    match &opts.volume {
+        // Guest-primary: the workspace is a named volume in the session.
+        Some(name) => {
+            let volume = nook::VolumeStore::in_home(&opts.home)
+                .and_then(|store| store.ensure(name, nook::DEFAULT_VOLUME_SIZE))
+                .map_err(ShellError::Volume)?;
+            spec.volumes.push(SpecMount {
+                host_path: volume.path,
+                guest_path: opts.guest_root.clone(),
+                read_only: false,
+            });
+        }
+        // Sync: the host directory, shared live.
+        None => spec.shares.push(SpecMount {
+            host_path: opts.workspace.clone(),
+            guest_path: opts.guest_root.clone(),
+            read_only: false,
+        }),
+    }
     nook_serve::start(&opts.home, &spec, &opts.exe).map_err(|e| ShellError::Boot(Box::new(e)))?;
     let client = SessionClient::open(&opts.home, &opts.session)?;
     Ok(Booted { client, rust })
+}
+
+/// Copies every top-level entry of the guest workspace over `dest`'s.
+fn export_to(b: &mut VmBackend, dest: &Path) -> Result<(), ShellError> {
+    b.ready()?;
+    let client = SessionClient::open(&b.opts.home, &b.opts.session)?;
+    std::fs::create_dir_all(dest).map_err(|e| ShellError::io("create", dest, e))?;
+    let root = b.opts.guest_root.trim_end_matches('/').to_string();
+    let (entries, _) = client.list(&root)?;
+    for e in entries {
+        if e.name.is_empty()
+            || e.name == "."
+            || e.name == ".."
+            || e.name.contains('/')
+            || e.name == "lost+found"
+        {
+            continue;
+        }
+        let to = dest.join(&e.name);
+        if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&to).map_err(|err| ShellError::io("replace", &to, err))?;
+        }
+        nook_serve::copy_out(&client, &format!("{root}/{}", e.name), &to)?;
+    }
+    Ok(())
 }
 
 /// Stops and removes the session, waiting until its VM is gone.
@@ -197,7 +249,29 @@ impl Backend for VmBackend {
     }
 
     fn fs(&mut self) -> &mut dyn WorkspaceFs {
+        if self.guest_fs.is_some() {
+            // Builtins on guest files wait for the boot.
+            let client = match self.ready() {
+                Ok(_) => SessionClient::open(&self.opts.home, &self.opts.session).ok(),
+                Err(e) => {
+                    eprintln!("nook shell: {}", nook::error_chain(&e));
+                    None
+                }
+            };
+            if let Some(g) = self.guest_fs.as_mut() {
+                g.client = client;
+                return g;
+            }
+        }
         &mut self.fs
+    }
+
+    fn export(&mut self, dest: Option<&std::path::Path>) -> Option<Result<PathBuf, ShellError>> {
+        self.guest_fs.as_ref()?;
+        let dest = dest
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.opts.workspace.clone());
+        Some(export_to(self, &dest).map(|_| dest))
     }
 
     fn exec(
