@@ -224,6 +224,50 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
         RequestBody::ExecResize { exec, rows, cols } => {
             exec_input(out, owned, &id, &exec, |s| s.resize(rows, cols));
         }
+        body @ (RequestBody::ProcRead { .. }
+        | RequestBody::ProcStdin { .. }
+        | RequestBody::ProcSignal { .. }
+        | RequestBody::ProcWait { .. }) => proc_request(d, out, id, body),
+        RequestBody::Snapshot { session, name } => {
+            let (d, out) = (d.clone(), out.clone());
+            spawn(move || snapshot(&d, &out, &id, &session, &name));
+        }
+        RequestBody::PoolAcquire { spec } => {
+            let (d, out) = (d.clone(), out.clone());
+            spawn(move || match super::pool::acquire(&d, &spec) {
+                Ok(st) => {
+                    out.send(&id, ReplyBody::Session { session: st });
+                }
+                Err(e) => out.session_error(&id, &e),
+            });
+        }
+        RequestBody::PoolRelease { session } => {
+            let (d, out) = (d.clone(), out.clone());
+            spawn(move || {
+                if super::pool::release(&d, &session) {
+                    out.send(&id, ReplyBody::Ok);
+                } else {
+                    out.error(
+                        &id,
+                        ErrorCode::NoSession,
+                        format!("session `{session}` was not acquired from the pool"),
+                    );
+                }
+            });
+        }
+        body @ (RequestBody::FileWrite { .. }
+        | RequestBody::FileWriteChunk { .. }
+        | RequestBody::FileRead { .. }
+        | RequestBody::FileList { .. }
+        | RequestBody::FileStat { .. }
+        | RequestBody::FileMkdir { .. }
+        | RequestBody::FileRemove { .. }) => super::files::serve(d, out, owned, id, body),
+    }
+}
+
+/// Answers a request about a background process.
+fn proc_request(d: &Arc<Daemon>, out: &Out, id: RequestId, body: RequestBody) {
+    match body {
         RequestBody::ProcRead {
             session,
             pid,
@@ -290,40 +334,11 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
                 },
             );
         }
-        RequestBody::Snapshot { session, name } => {
-            let (d, out) = (d.clone(), out.clone());
-            spawn(move || snapshot(&d, &out, &id, &session, &name));
-        }
-        RequestBody::PoolAcquire { spec } => {
-            let (d, out) = (d.clone(), out.clone());
-            spawn(move || match super::pool::acquire(&d, &spec) {
-                Ok(st) => {
-                    out.send(&id, ReplyBody::Session { session: st });
-                }
-                Err(e) => out.session_error(&id, &e),
-            });
-        }
-        RequestBody::PoolRelease { session } => {
-            let (d, out) = (d.clone(), out.clone());
-            spawn(move || {
-                if super::pool::release(&d, &session) {
-                    out.send(&id, ReplyBody::Ok);
-                } else {
-                    out.error(
-                        &id,
-                        ErrorCode::NoSession,
-                        format!("session `{session}` was not acquired from the pool"),
-                    );
-                }
-            });
-        }
-        body @ (RequestBody::FileWrite { .. }
-        | RequestBody::FileWriteChunk { .. }
-        | RequestBody::FileRead { .. }
-        | RequestBody::FileList { .. }
-        | RequestBody::FileStat { .. }
-        | RequestBody::FileMkdir { .. }
-        | RequestBody::FileRemove { .. }) => super::files::serve(d, out, owned, id, body),
+        other => out.error(
+            &id,
+            ErrorCode::BadRequest,
+            format!("not a process request: {other:?}"),
+        ),
     }
 }
 
