@@ -8,6 +8,7 @@
 
 mod args;
 mod boot;
+mod e2b;
 mod exit;
 mod image;
 mod mcp;
@@ -63,7 +64,7 @@ enum Command {
     Rm(session::RmArgs),
     /// Print a session's guest console.
     Logs(session::LogsArgs),
-    /// Serve the JSON-lines daemon protocol and the devshell-vm sidecar protocol on a Unix socket (see docs/daemon.md).
+    /// Serve the JSON-lines daemon protocol and the devshell-vm sidecar protocol on a Unix socket (see docs/daemon.md); with --e2b, the E2B-compatible API over HTTP instead (docs/e2b.md).
     Serve(serve::ServeArgs),
     /// A dev shell over a workspace: builtins act on it, every other program runs in a session VM that sees it.
     Shell(shell::ShellArgs),

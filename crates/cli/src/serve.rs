@@ -22,12 +22,17 @@ pub struct ServeArgs {
     /// Warm sessions the pool keeps per configuration (pool_acquire).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub pool_size: usize,
+    #[command(flatten)]
+    pub e2b: crate::e2b::E2bArgs,
 }
 
 pub fn serve(args: ServeArgs) -> i32 {
     if let Err(e) = args.engine.parse::<nook::EngineKind>() {
         eprintln!("nook: --engine: {e}");
         return exit::USAGE;
+    }
+    if args.e2b.e2b {
+        return crate::e2b::serve(&args.e2b, &args.engine);
     }
     let home = nook::default_home();
     let exe = match std::env::current_exe() {
