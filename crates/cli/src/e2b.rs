@@ -72,15 +72,20 @@ pub fn serve(args: &E2bArgs, engine: &str) -> i32 {
             return exit::NOOK_FAILED;
         }
     };
-    let prepared = cfg.ensure_base_image(std::io::IsTerminal::is_terminal(&std::io::stderr())).and_then(|()| {
-        if args.no_warm {
-            Ok(())
-        } else {
-            nook_e2b::warm_template(&cfg).map(|t| {
-                eprintln!("nook serve: base template ready in {:.1} s", t.as_secs_f64());
-            })
-        }
-    });
+    let prepared = cfg
+        .ensure_base_image(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .and_then(|()| {
+            if args.no_warm {
+                Ok(())
+            } else {
+                nook_e2b::warm_template(&cfg).map(|t| {
+                    eprintln!(
+                        "nook serve: base template ready in {:.1} s",
+                        t.as_secs_f64()
+                    );
+                })
+            }
+        });
     if let Err(e) = prepared {
         report(&e);
         return exit::NOOK_FAILED;
@@ -100,7 +105,9 @@ pub fn serve(args: &E2bArgs, engine: &str) -> i32 {
     );
     let _ = out.flush();
     drop(out);
-    eprintln!("nook serve: E2B-compatible API on http://{addr} (Ctrl-C stops it and kills its sandboxes)");
+    eprintln!(
+        "nook serve: E2B-compatible API on http://{addr} (Ctrl-C stops it and kills its sandboxes)"
+    );
     match nook_e2b::serve(server) {
         Ok(()) => 0,
         Err(e) => {

@@ -32,7 +32,21 @@ pub fn api_error(status: StatusCode, message: impl Into<String>) -> Resp {
     )
 }
 
-fn from_error(e: &E2bError) -> Resp {
+/// A failed control-plane call: its status and message.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
+    }
+
+    fn into_resp(self) -> Resp {
+        api_error(self.0, self.1)
+    }
+}
+
+fn from_error(e: &E2bError) -> ApiError {
     let status = match e {
         E2bError::NoSandbox(_) => StatusCode::NOT_FOUND,
         E2bError::NoTemplate { .. } => StatusCode::NOT_FOUND,
@@ -40,7 +54,7 @@ fn from_error(e: &E2bError) -> Resp {
         E2bError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    api_error(status, nook::error_chain(e))
+    ApiError::new(status, nook::error_chain(e))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,9 +73,9 @@ struct TimeoutBody {
     timeout: Option<u64>,
 }
 
-fn check_timeout(t: u64) -> Result<u64, Resp> {
+fn check_timeout(t: u64) -> Result<u64, ApiError> {
     if t == 0 || t > MAX_TIMEOUT_S {
-        Err(api_error(
+        Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("timeout must be 1 to {MAX_TIMEOUT_S} seconds, not {t}"),
         ))
@@ -102,27 +116,32 @@ fn detail(sb: &Sandbox) -> Value {
     })
 }
 
-async fn body_json<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, Resp> {
+async fn body_json<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
     let bytes = Limited::new(req.into_body(), 1024 * 1024)
         .collect()
         .await
-        .map_err(|e| api_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?
         .to_bytes();
     if bytes.is_empty() {
         return Ok(T::default());
     }
     serde_json::from_slice(&bytes)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
 /// Runs blocking sandbox work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, E2bError> + Send + 'static,
-) -> Result<T, Resp> {
+) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(from_error(&e)),
-        Err(e) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
     }
 }
 
@@ -131,27 +150,35 @@ pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let r = match (req.method().clone(), segs.as_slice()) {
-        (Method::POST, ["v2", "sandboxes"]) | (Method::POST, ["sandboxes"]) => create(ctx, req).await,
+        (Method::POST, ["v2", "sandboxes"]) | (Method::POST, ["sandboxes"]) => {
+            create(ctx, req).await
+        }
         (Method::GET, ["v2", "sandboxes"]) | (Method::GET, ["sandboxes"]) => Ok(list(&ctx, &req)),
         (Method::GET, ["sandboxes", id]) => get(&ctx, id),
         (Method::DELETE, ["sandboxes", id]) => kill(ctx.clone(), id.to_string()).await,
-        (Method::POST, ["sandboxes", id, "timeout"]) => set_timeout(ctx.clone(), id.to_string(), req).await,
+        (Method::POST, ["sandboxes", id, "timeout"]) => {
+            set_timeout(ctx.clone(), id.to_string(), req).await
+        }
         (Method::POST, ["sandboxes", id, "pause"]) => pause(ctx.clone(), id.to_string()).await,
-        (Method::POST, ["v2", "sandboxes", id, "connect"]) | (Method::POST, ["sandboxes", id, "resume"]) => {
+        (Method::POST, ["v2", "sandboxes", id, "connect"])
+        | (Method::POST, ["sandboxes", id, "resume"]) => {
             connect(ctx.clone(), id.to_string(), req).await
         }
-        _ => Err(api_error(
+        _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{} {path} is not a route nook serves", req.method()),
         )),
     };
-    r.unwrap_or_else(|e| e)
+    r.unwrap_or_else(ApiError::into_resp)
 }
 
-async fn create(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, Resp> {
+async fn create(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let body: NewSandbox = body_json(req).await?;
     if body.template_id.is_empty() {
-        return Err(api_error(StatusCode::BAD_REQUEST, "templateID is required"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "templateID is required",
+        ));
     }
     let timeout_s = check_timeout(body.timeout.unwrap_or(DEFAULT_TIMEOUT_S))?;
     let cr = CreateRequest {
@@ -212,7 +239,12 @@ fn list(ctx: &Ctx, req: &Request<Incoming>) -> Resp {
         .get("nextToken")
         .and_then(|t| all.iter().position(|s| &s.id == t))
         .unwrap_or(0);
-    let page: Vec<Value> = all.iter().skip(start).take(limit).map(|s| detail(s)).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|s| detail(s))
+        .collect();
     let mut r = json_resp(StatusCode::OK, &page);
     if let Some(next) = all.get(start + limit) {
         if let Ok(v) = hyper::header::HeaderValue::from_str(&next.id) {
@@ -222,23 +254,23 @@ fn list(ctx: &Ctx, req: &Request<Incoming>) -> Resp {
     r
 }
 
-fn find(ctx: &Ctx, id: &str) -> Result<Arc<Sandbox>, Resp> {
+fn find(ctx: &Ctx, id: &str) -> Result<Arc<Sandbox>, ApiError> {
     ctx.sandboxes
         .get(id)
-        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("sandbox {id} not found")))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found")))
 }
 
-fn get(ctx: &Ctx, id: &str) -> Result<Resp, Resp> {
+fn get(ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
     Ok(json_resp(StatusCode::OK, &detail(find(ctx, id)?.as_ref())))
 }
 
-async fn kill(ctx: Arc<Ctx>, id: String) -> Result<Resp, Resp> {
+async fn kill(ctx: Arc<Ctx>, id: String) -> Result<Resp, ApiError> {
     find(&ctx, &id)?;
     blocking(move || ctx.sandboxes.kill(&ctx.cfg, &id)).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-async fn set_timeout(ctx: Arc<Ctx>, id: String, req: Request<Incoming>) -> Result<Resp, Resp> {
+async fn set_timeout(ctx: Arc<Ctx>, id: String, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let sb = find(&ctx, &id)?;
     let body: TimeoutBody = body_json(req).await?;
     let t = check_timeout(body.timeout.unwrap_or(DEFAULT_TIMEOUT_S))?;
@@ -249,13 +281,13 @@ async fn set_timeout(ctx: Arc<Ctx>, id: String, req: Request<Incoming>) -> Resul
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-async fn pause(ctx: Arc<Ctx>, id: String) -> Result<Resp, Resp> {
+async fn pause(ctx: Arc<Ctx>, id: String) -> Result<Resp, ApiError> {
     find(&ctx, &id)?;
     blocking(move || ctx.sandboxes.pause(&ctx.cfg, &id)).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-async fn connect(ctx: Arc<Ctx>, id: String, req: Request<Incoming>) -> Result<Resp, Resp> {
+async fn connect(ctx: Arc<Ctx>, id: String, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let sb = find(&ctx, &id)?;
     let body: TimeoutBody = body_json(req).await?;
     let t = check_timeout(body.timeout.unwrap_or(DEFAULT_TIMEOUT_S))?;
@@ -269,7 +301,11 @@ async fn connect(ctx: Arc<Ctx>, id: String, req: Request<Incoming>) -> Result<Re
         let mut life = sb.life();
         life.end_unix = life.end_unix.max(now() + t as i64);
     }
-    let status = if was_paused { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if was_paused {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(json_resp(status, &created(&sb)))
 }
 

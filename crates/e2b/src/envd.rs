@@ -190,7 +190,12 @@ async fn unary<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, RpcErro
     decode(&body_bytes(req.into_body(), MAX_UNARY).await?)
 }
 
-async fn process_rpc(ctx: Arc<Ctx>, sb: Arc<Sandbox>, method: &str, req: Request<Incoming>) -> Resp {
+async fn process_rpc(
+    ctx: Arc<Ctx>,
+    sb: Arc<Sandbox>,
+    method: &str,
+    req: Request<Incoming>,
+) -> Resp {
     let home = ctx.cfg.home.clone();
     match method {
         "Start" => server_stream(req, move |c, m| process::start(c, home, sb, m)).await,
@@ -232,7 +237,9 @@ async fn stream_input(sb: Arc<Sandbox>, req: Request<Incoming>) -> Resp {
         let mut r = EnvelopeReader::default();
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
-            let Some(data) = frame.data_ref() else { continue };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             r.push(data);
             loop {
                 let m = match r.next() {
@@ -267,9 +274,7 @@ async fn filesystem_rpc(
 ) -> Resp {
     let home = ctx.cfg.home.clone();
     match method {
-        "WatchDir" => {
-            server_stream(req, move |c, m| filesystem::watch_dir(c, home, sb, m)).await
-        }
+        "WatchDir" => server_stream(req, move |c, m| filesystem::watch_dir(c, home, sb, m)).await,
         "Stat" | "MakeDir" | "Move" | "ListDir" | "Remove" | "CreateWatcher"
         | "GetWatcherEvents" | "RemoveWatcher" => {
             let body = match body_bytes(req.into_body(), MAX_UNARY).await {

@@ -107,15 +107,29 @@ struct FsRequest {
 }
 
 /// The unary filesystem RPCs.
-pub async fn rpc(ctx: Arc<Ctx>, sb: Arc<Sandbox>, method: &str, body: Bytes) -> Result<Value, RpcError> {
-    let body = if body.is_empty() { Bytes::from_static(b"{}") } else { body };
+pub async fn rpc(
+    ctx: Arc<Ctx>,
+    sb: Arc<Sandbox>,
+    method: &str,
+    body: Bytes,
+) -> Result<Value, RpcError> {
+    let body = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
     let req: FsRequest = serde_json::from_slice(&body)
         .map_err(|e| RpcError::new(Code::InvalidArgument, format!("bad request message: {e}")))?;
     match method {
         "CreateWatcher" => {
             return sb
                 .watchers
-                .create(ctx.cfg.home.clone(), sb.clone(), guest_path(&req.path), req.recursive)
+                .create(
+                    ctx.cfg.home.clone(),
+                    sb.clone(),
+                    guest_path(&req.path),
+                    req.recursive,
+                )
                 .await
         }
         "GetWatcherEvents" => return sb.watchers.events(&req.watcher_id),
@@ -165,19 +179,34 @@ fn blocking_rpc(c: &SessionClient, method: &str, req: FsRequest) -> Result<Value
             move_path(c, &src, &dst)?;
             Ok(json!({ "entry": stat(c, &dst)? }))
         }
-        _ => Err(RpcError::new(Code::Unimplemented, format!("{method} is not implemented"))),
+        _ => Err(RpcError::new(
+            Code::Unimplemented,
+            format!("{method} is not implemented"),
+        )),
     }
 }
 
 /// Entries of `dir`, `depth` levels down.
-fn list_into(c: &SessionClient, dir: &str, depth: u32, out: &mut Vec<Value>) -> Result<(), RpcError> {
+fn list_into(
+    c: &SessionClient,
+    dir: &str,
+    depth: u32,
+    out: &mut Vec<Value>,
+) -> Result<(), RpcError> {
     let st = c.stat(dir).map_err(session_error)?;
     if st.kind != FileKind::Dir {
-        return Err(RpcError::new(Code::InvalidArgument, format!("{dir} is not a directory")));
+        return Err(RpcError::new(
+            Code::InvalidArgument,
+            format!("{dir} is not a directory"),
+        ));
     }
     let (entries, _) = c.list(dir).map_err(session_error)?;
     for e in entries {
-        let path = if dir == "/" { format!("/{}", e.name) } else { format!("{dir}/{}", e.name) };
+        let path = if dir == "/" {
+            format!("/{}", e.name)
+        } else {
+            format!("{dir}/{}", e.name)
+        };
         out.push(entry_info(&path, &e));
         if depth > 1 && e.kind == FileKind::Dir {
             list_into(c, &path, depth - 1, out)?;
@@ -190,7 +219,13 @@ fn list_into(c: &SessionClient, dir: &str, depth: u32, out: &mut Vec<Value>) -> 
 fn move_path(c: &SessionClient, src: &str, dst: &str) -> Result<(), RpcError> {
     c.stat(src).map_err(session_error)?;
     let spec = nook_serve::wire::ExecSpec {
-        argv: vec!["mv".into(), "-f".into(), "--".into(), src.into(), dst.into()],
+        argv: vec![
+            "mv".into(),
+            "-f".into(),
+            "--".into(),
+            src.into(),
+            dst.into(),
+        ],
         ..Default::default()
     };
     let mut r = c.exec(spec).map_err(session_error)?;
@@ -204,7 +239,10 @@ fn move_path(c: &SessionClient, src: &str, dst: &str) -> Result<(), RpcError> {
             Some(nook_serve::wire::SessionReply::Exit { .. }) | None => {
                 return Err(RpcError::new(
                     Code::Internal,
-                    format!("cannot move {src} to {dst}: {}", String::from_utf8_lossy(&err).trim()),
+                    format!(
+                        "cannot move {src} to {dst}: {}",
+                        String::from_utf8_lossy(&err).trim()
+                    ),
                 ))
             }
             Some(_) => {}
@@ -351,7 +389,10 @@ async fn upload(c: Arc<SessionClient>, path: Option<String>, req: Request<Incomi
     };
     let (tx, rx) = mpsc::channel(TRANSFER_DEPTH);
     let writer = tokio::task::spawn_blocking(move || {
-        let mut reader = ChannelReader { rx, cur: Bytes::new() };
+        let mut reader = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        };
         if gzip {
             write_file(&c, &path, &mut flate2::read::GzDecoder::new(reader)).map(|v| vec![v])
         } else {
@@ -395,9 +436,16 @@ pub fn snapshot_tree(
     while let Some((abs, rel)) = todo.pop() {
         let (entries, _) = c.list(&abs).map_err(session_error)?;
         for e in entries {
-            let r = if rel.is_empty() { e.name.clone() } else { format!("{rel}/{}", e.name) };
+            let r = if rel.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{rel}/{}", e.name)
+            };
             if recursive && e.kind == FileKind::Dir && out.len() < 10_000 {
-                todo.push((Path::new(&abs).join(&e.name).to_string_lossy().into_owned(), r.clone()));
+                todo.push((
+                    Path::new(&abs).join(&e.name).to_string_lossy().into_owned(),
+                    r.clone(),
+                ));
             }
             out.push((r, e));
         }

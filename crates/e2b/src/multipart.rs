@@ -57,8 +57,8 @@ fn filename(headers: &str) -> Option<String> {
 pub fn parse(body: &[u8], boundary: &str) -> Result<Vec<Part>, String> {
     let delim = format!("--{boundary}");
     let next_delim = format!("\r\n--{boundary}");
-    let mut pos = find(body, delim.as_bytes(), 0).ok_or("no multipart boundary in the body")?
-        + delim.len();
+    let mut pos =
+        find(body, delim.as_bytes(), 0).ok_or("no multipart boundary in the body")? + delim.len();
     let mut parts = Vec::new();
     loop {
         if body.get(pos..pos + 2) == Some(b"--") {
@@ -108,6 +108,10 @@ mod tests {
     fn malformed_bodies_are_refused() {
         assert!(boundary("application/octet-stream").is_none());
         assert!(parse(b"nothing here", "xyz").is_err());
-        assert!(parse(b"--xyz\r\nContent-Disposition: form-data\r\n\r\nno end", "xyz").is_err());
+        assert!(parse(
+            b"--xyz\r\nContent-Disposition: form-data\r\n\r\nno end",
+            "xyz"
+        )
+        .is_err());
     }
 }

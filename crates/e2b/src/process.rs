@@ -227,12 +227,7 @@ fn signal_name(s: i32) -> String {
 }
 
 /// Relays `rexec`'s output into `events` until it ends; then forgets it.
-fn relay(
-    mut rexec: RemoteExec,
-    pty: bool,
-    events: broadcast::Sender<ProcEvent>,
-    table: ProcTable,
-) {
+fn relay(mut rexec: RemoteExec, pty: bool, events: broadcast::Sender<ProcEvent>, table: ProcTable) {
     let pid = rexec.pid;
     let decode = |d: &str| Bytes::from(unb64(d).unwrap_or_default());
     loop {
@@ -276,7 +271,8 @@ fn exec_spec(sb: &Sandbox, req: &StartRequest, timeout_ms: Option<u64>) -> ExecS
         }
     });
     if tty.is_some() {
-        env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
+        env.entry("TERM".into())
+            .or_insert_with(|| "xterm-256color".into());
     }
     let mut argv = vec![cfg.cmd.clone()];
     argv.extend(cfg.args.iter().cloned());
@@ -300,7 +296,9 @@ pub async fn start(
     req: StartRequest,
 ) {
     if req.process.as_ref().is_none_or(|p| p.cmd.is_empty()) {
-        return call.fail(RpcError::new(Code::InvalidArgument, "no command")).await;
+        return call
+            .fail(RpcError::new(Code::InvalidArgument, "no command"))
+            .await;
     }
     let spec = exec_spec(&sb, &req, call.timeout_ms);
     let pty = spec.tty.is_some();
@@ -313,12 +311,20 @@ pub async fn start(
     let rexec = match started {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return call.fail(e).await,
-        Err(e) => return call.fail(RpcError::new(Code::Internal, e.to_string())).await,
+        Err(e) => {
+            return call
+                .fail(RpcError::new(Code::Internal, e.to_string()))
+                .await
+        }
     };
     let (events, rx) = broadcast::channel(EVENT_BACKLOG);
     let input = match rexec.input.try_clone() {
         Ok(i) => i,
-        Err(e) => return call.fail(RpcError::new(Code::Internal, e.to_string())).await,
+        Err(e) => {
+            return call
+                .fail(RpcError::new(Code::Internal, e.to_string()))
+                .await
+        }
     };
     let entry = Arc::new(ProcEntry {
         pid: rexec.pid,
@@ -335,7 +341,9 @@ pub async fn start(
         .spawn(move || relay(rexec, pty, events, table));
     if let Err(e) = spawned {
         sb.procs.lock().remove(&entry.pid);
-        return call.fail(RpcError::new(Code::Internal, e.to_string())).await;
+        return call
+            .fail(RpcError::new(Code::Internal, e.to_string()))
+            .await;
     }
     watch(call, entry.pid, rx).await;
 }
@@ -453,10 +461,9 @@ async fn with_input(
 /// The bytes of a `ProcessInput` (stdin or pty).
 fn input_bytes(input: Option<&ProcessInput>) -> Result<Vec<u8>, RpcError> {
     match input {
-        Some(ProcessInput {
-            stdin: Some(d), ..
-        })
-        | Some(ProcessInput { pty: Some(d), .. }) => unb64(d),
+        Some(ProcessInput { stdin: Some(d), .. }) | Some(ProcessInput { pty: Some(d), .. }) => {
+            unb64(d)
+        }
         _ => Ok(Vec::new()),
     }
 }
@@ -471,7 +478,9 @@ pub async fn send_input(sb: &Sandbox, req: SendInputRequest) -> Result<Value, Rp
 pub async fn close_stdin(sb: &Sandbox, req: SelectorRequest) -> Result<Value, RpcError> {
     with_input(sb, req.process.as_ref(), |i, p| {
         if p.pty {
-            return Err(std::io::Error::other("a PTY's stdin cannot be closed: send Ctrl-D"));
+            return Err(std::io::Error::other(
+                "a PTY's stdin cannot be closed: send Ctrl-D",
+            ));
         }
         i.close_stdin()
     })
@@ -546,7 +555,10 @@ mod tests {
                 exit_code,
                 exited,
                 status,
-            } => assert_eq!((exit_code, exited, status.as_str()), (3, true, "exit status 3")),
+            } => assert_eq!(
+                (exit_code, exited, status.as_str()),
+                (3, true, "exit status 3")
+            ),
             other => panic!("{other:?}"),
         }
         match end_event(None, Some(9), false) {
@@ -563,7 +575,9 @@ mod tests {
 
     #[test]
     fn events_serialise_as_protobuf_json() {
-        let v = ProcEvent::Stdout(Bytes::from_static(b"hi\n")).to_json().unwrap();
+        let v = ProcEvent::Stdout(Bytes::from_static(b"hi\n"))
+            .to_json()
+            .unwrap();
         assert_eq!(v, json!({"data": {"stdout": "aGkK"}}));
         let v = ProcEvent::End {
             exit_code: 1,
@@ -580,7 +594,9 @@ mod tests {
         assert_eq!(signal_number(&json!("SIGNAL_SIGKILL")).unwrap(), 9);
         assert_eq!(signal_number(&json!(15)).unwrap(), 15);
         assert_eq!(
-            signal_number(&json!("SIGNAL_UNSPECIFIED")).unwrap_err().code,
+            signal_number(&json!("SIGNAL_UNSPECIFIED"))
+                .unwrap_err()
+                .code,
             Code::InvalidArgument
         );
     }

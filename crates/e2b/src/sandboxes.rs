@@ -38,7 +38,6 @@ pub struct SandboxLife {
     pub end_unix: i64,
     /// Its session's current name (a resume starts a new session).
     pub session: String,
-    pub resumes: u32,
 }
 
 /// One sandbox.
@@ -47,8 +46,6 @@ pub struct Sandbox {
     pub id: String,
     /// The templateID it was created from.
     pub template: String,
-    /// The nook image behind the template.
-    pub image: String,
     pub access_token: String,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
@@ -137,7 +134,6 @@ impl Sandboxes {
         let sb = Arc::new(Sandbox {
             id: id.clone(),
             template: req.template,
-            image,
             access_token: random_hex(16),
             metadata: req.metadata,
             env_vars: req.env_vars,
@@ -148,7 +144,6 @@ impl Sandboxes {
                 phase: SandboxPhase::Running,
                 end_unix: now + req.timeout_s as i64,
                 session,
-                resumes: 0,
             }),
             procs: ProcTable::default(),
             watchers: Default::default(),
@@ -173,7 +168,9 @@ impl Sandboxes {
 
     /// Pauses sandbox `id`: snapshots its VM and stops it.
     pub fn pause(&self, _cfg: &E2bConfig, id: &str) -> Result<(), E2bError> {
-        let sb = self.get(id).ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
+        let sb = self
+            .get(id)
+            .ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
         if sb.life().phase == SandboxPhase::Paused {
             return Err(E2bError::AlreadyPaused(id.to_string()));
         }
@@ -182,7 +179,8 @@ impl Sandboxes {
 
     /// Resumes paused sandbox `id` from its snapshot.
     pub fn resume(&self, _cfg: &E2bConfig, id: &str) -> Result<(), E2bError> {
-        self.get(id).ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
+        self.get(id)
+            .ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
         Err(E2bError::Unsupported("resume"))
     }
 

@@ -37,19 +37,22 @@ pub struct Server {
 impl Server {
     /// Binds `cfg.listen`.
     pub fn bind(cfg: E2bConfig) -> Result<Server, E2bError> {
-        let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| E2bError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+        let listener =
+            std::net::TcpListener::bind(cfg.listen).map_err(|source| E2bError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
         Ok(Server { listener, cfg })
     }
 
     /// The address it listens on (the port chosen when `listen` had 0).
     pub fn local_addr(&self) -> Result<SocketAddr, E2bError> {
-        self.listener.local_addr().map_err(|source| E2bError::Listen {
-            addr: self.cfg.listen,
-            source,
-        })
+        self.listener
+            .local_addr()
+            .map_err(|source| E2bError::Listen {
+                addr: self.cfg.listen,
+                source,
+            })
     }
 }
 
@@ -114,7 +117,10 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Resp {
     }
     let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
     if key != Some(ctx.cfg.api_key.as_str()) {
-        return crate::api::api_error(StatusCode::UNAUTHORIZED, "invalid or missing API key (X-API-Key)");
+        return crate::api::api_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing API key (X-API-Key)",
+        );
     }
     crate::api::handle(ctx, req).await
 }

@@ -44,12 +44,20 @@ fn diff(old: &Tree, new: &Tree) -> Vec<Value> {
 }
 
 /// One listing of the watched directory, off the async threads.
-async fn list(home: PathBuf, sb: Arc<Sandbox>, dir: String, recursive: bool) -> Result<Tree, RpcError> {
+async fn list(
+    home: PathBuf,
+    sb: Arc<Sandbox>,
+    dir: String,
+    recursive: bool,
+) -> Result<Tree, RpcError> {
     tokio::task::spawn_blocking(move || {
         let c = sb.client(&home).map_err(session_error)?;
         let st = c.stat(&dir).map_err(session_error)?;
         if st.kind != nook::FileKind::Dir {
-            return Err(RpcError::new(Code::InvalidArgument, format!("{dir} is not a directory")));
+            return Err(RpcError::new(
+                Code::InvalidArgument,
+                format!("{dir} is not a directory"),
+            ));
         }
         Ok(snapshot_tree(&c, &dir, recursive)?.into_iter().collect())
     })
@@ -72,7 +80,12 @@ pub async fn watch_dir(call: StreamCall, home: PathBuf, sb: Arc<Sandbox>, req: W
         Ok(t) => t,
         Err(e) => return call.fail(e).await,
     };
-    if call.tx.send(envelope(&json!({ "start": {} }))).await.is_err() {
+    if call
+        .tx
+        .send(envelope(&json!({ "start": {} })))
+        .await
+        .is_err()
+    {
         return;
     }
     let deadline = call
@@ -89,7 +102,12 @@ pub async fn watch_dir(call: StreamCall, home: PathBuf, sb: Arc<Sandbox>, req: W
             Err(e) => return call.fail(e).await,
         };
         for ev in diff(&tree, &new) {
-            if call.tx.send(envelope(&json!({ "filesystem": ev }))).await.is_err() {
+            if call
+                .tx
+                .send(envelope(&json!({ "filesystem": ev })))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -125,7 +143,11 @@ impl Watchers {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(POLL).await;
-                if !map.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&wid) {
+                if !map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&wid)
+                {
                     return;
                 }
                 let Ok(new) = list(home.clone(), sb.clone(), dir.clone(), recursive).await else {
@@ -186,16 +208,29 @@ mod tests {
 
     #[test]
     fn diff_reports_creates_writes_chmods_and_removes() {
-        let old: Tree = [("a".into(), st(1, 1, 0o644)), ("b".into(), st(1, 1, 0o644)), ("c".into(), st(1, 1, 0o644))]
-            .into_iter()
-            .collect();
-        let new: Tree = [("a".into(), st(2, 1, 0o644)), ("b".into(), st(1, 1, 0o600)), ("d".into(), st(0, 1, 0o644))]
-            .into_iter()
-            .collect();
+        let old: Tree = [
+            ("a".into(), st(1, 1, 0o644)),
+            ("b".into(), st(1, 1, 0o644)),
+            ("c".into(), st(1, 1, 0o644)),
+        ]
+        .into_iter()
+        .collect();
+        let new: Tree = [
+            ("a".into(), st(2, 1, 0o644)),
+            ("b".into(), st(1, 1, 0o600)),
+            ("d".into(), st(0, 1, 0o644)),
+        ]
+        .into_iter()
+        .collect();
         let evs = diff(&old, &new);
         let got: Vec<(String, String)> = evs
             .iter()
-            .map(|e| (e["name"].as_str().unwrap().into(), e["type"].as_str().unwrap().into()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["type"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
