@@ -304,10 +304,12 @@ impl Conn {
 
     /// Reconnects to the agent of a restored VM: it already said hello
     /// (recorded in the snapshot) and is waiting for requests.
+    /// Stream ids from `next_stream` on are free in the guest.
     pub fn resume(
         stream: UnixStream,
         hello: GuestHello,
         reader: FrameSource,
+        next_stream: u32,
     ) -> Result<Arc<Conn>, VmError> {
         if hello.protocol != PROTOCOL_VERSION {
             return Err(VmError::VersionMismatch {
@@ -315,7 +317,15 @@ impl Conn {
                 host: PROTOCOL_VERSION,
             });
         }
-        Conn::new(stream, hello).start_reader(reader)
+        let conn = Conn::new(stream, hello);
+        conn.next_stream
+            .store(next_stream.max(1), Ordering::Relaxed);
+        conn.start_reader(reader)
+    }
+
+    /// The next stream id this host would open.
+    pub fn next_stream(&self) -> u32 {
+        self.next_stream.load(Ordering::Relaxed)
     }
 
     /// Opens a new stream and returns its id, event queue and flow control.

@@ -51,6 +51,15 @@ pub struct SnapshotManifest {
     /// must be given shares for the same places.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<SharedPath>,
+    /// The first agent stream id the host had not used: streams below it
+    /// may still be open in the guest (a command running when the
+    /// snapshot was taken), so a restored VM's host opens new ones from here.
+    #[serde(default = "first_stream")]
+    pub next_stream: u32,
+}
+
+fn first_stream() -> u32 {
+    1
 }
 
 /// A share as a snapshot records it: where the guest mounted it and how.
@@ -281,6 +290,7 @@ impl Vm {
                 created: now_ns() / 1_000_000_000,
                 net: self.cfg.net.clone(),
                 shares: shared_paths(&self.cfg.shares),
+                next_stream: self.conn.next_stream(),
             };
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             std::fs::write(tmp.join(MANIFEST), json).map_err(io)?;
@@ -363,7 +373,7 @@ impl Vm {
             kernel_release: m.kernel_release.clone(),
         };
         let source = FrameSource::new(stream.try_clone().map_err(VmError::Channel)?);
-        let conn = match Conn::resume(stream, hello, source) {
+        let conn = match Conn::resume(stream, hello, source, m.next_stream) {
             Ok(c) => c,
             Err(e) => {
                 machine.kill();
@@ -413,6 +423,7 @@ mod tests {
             created: 0,
             net: None,
             shares,
+            next_stream: 1,
         }
     }
 

@@ -79,6 +79,7 @@ pub fn idle_kvm_snapshot(dir: &Path, memory_mib: u32) -> Option<()> {
         created: 0,
         net: None,
         shares: Vec::new(),
+        next_stream: 1,
     };
     std::fs::write(
         dir.join("nook.json"),
