@@ -51,7 +51,6 @@ fn from_error(e: &E2bError) -> ApiError {
         E2bError::NoSandbox(_) => StatusCode::NOT_FOUND,
         E2bError::NoTemplate { .. } => StatusCode::NOT_FOUND,
         E2bError::AlreadyPaused(_) => StatusCode::CONFLICT,
-        E2bError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, nook::error_chain(e))

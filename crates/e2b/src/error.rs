@@ -39,8 +39,6 @@ pub enum E2bError {
     },
     #[error("sandbox {0} is already paused")]
     AlreadyPaused(String),
-    #[error("{0} is not supported by this nook yet")]
-    Unsupported(&'static str),
     #[error("cannot start the server's runtime")]
     Runtime(#[source] std::io::Error),
 }

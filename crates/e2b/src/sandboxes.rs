@@ -46,6 +46,8 @@ pub struct Sandbox {
     pub id: String,
     /// The templateID it was created from.
     pub template: String,
+    /// The nook image behind the template.
+    pub image: String,
     pub access_token: String,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
@@ -53,6 +55,8 @@ pub struct Sandbox {
     pub memory_mib: u32,
     pub vcpus: u8,
     pub life: Mutex<SandboxLife>,
+    /// Held while it pauses or resumes (`life` is only held briefly).
+    pub transition: Mutex<()>,
     pub procs: ProcTable,
     pub watchers: crate::watch::Watchers,
 }
@@ -134,6 +138,7 @@ impl Sandboxes {
         let sb = Arc::new(Sandbox {
             id: id.clone(),
             template: req.template,
+            image,
             access_token: random_hex(16),
             metadata: req.metadata,
             env_vars: req.env_vars,
@@ -145,6 +150,7 @@ impl Sandboxes {
                 end_unix: now + req.timeout_s as i64,
                 session,
             }),
+            transition: Mutex::new(()),
             procs: ProcTable::default(),
             watchers: Default::default(),
         });
@@ -166,22 +172,70 @@ impl Sandboxes {
         Ok(())
     }
 
-    /// Pauses sandbox `id`: snapshots its VM and stops it.
-    pub fn pause(&self, _cfg: &E2bConfig, id: &str) -> Result<(), E2bError> {
+    /// Pauses sandbox `id`: snapshots its VM (memory, running processes)
+    /// and stops it. Its envd process handles end (the processes do not).
+    pub fn pause(&self, cfg: &E2bConfig, id: &str) -> Result<(), E2bError> {
         let sb = self
             .get(id)
             .ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
-        if sb.life().phase == SandboxPhase::Paused {
+        let _op = sb.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let (phase, session) = {
+            let l = sb.life();
+            (l.phase, l.session.clone())
+        };
+        if phase == SandboxPhase::Paused {
             return Err(E2bError::AlreadyPaused(id.to_string()));
         }
-        Err(E2bError::Unsupported("pause"))
+        let dir = sb.snapshot_dir(cfg);
+        let io = |op| {
+            let path = dir.clone();
+            move |source| E2bError::Io { op, path, source }
+        };
+        // A snapshot of an earlier pause: its VM has been resumed from it.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io("remove"))?;
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create"))?;
+        }
+        let session_err = |source| E2bError::Session {
+            op: "pause",
+            id: id.to_string(),
+            source,
+        };
+        SessionClient::open(&cfg.home, &session)
+            .and_then(|c| c.snapshot(&dir))
+            .map_err(session_err)?;
+        sb.life().phase = SandboxPhase::Paused;
+        remove_session(cfg, &session);
+        sb.procs.clear();
+        sb.watchers.clear();
+        Ok(())
     }
 
-    /// Resumes paused sandbox `id` from its snapshot.
-    pub fn resume(&self, _cfg: &E2bConfig, id: &str) -> Result<(), E2bError> {
-        self.get(id)
+    /// Resumes paused sandbox `id` from its snapshot, in a new session.
+    pub fn resume(&self, cfg: &E2bConfig, id: &str) -> Result<(), E2bError> {
+        let sb = self
+            .get(id)
             .ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
-        Err(E2bError::Unsupported("resume"))
+        let _op = sb.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let (phase, session) = {
+            let l = sb.life();
+            (l.phase, l.session.clone())
+        };
+        if phase != SandboxPhase::Paused {
+            return Ok(());
+        }
+        let mut spec = session_spec(cfg, &session, &sb.image);
+        spec.snapshot = Some(sb.snapshot_dir(cfg));
+        spec.template = false;
+        nook_serve::start(&cfg.home, &spec, &cfg.exe).map_err(|source| E2bError::Session {
+            op: "resume",
+            id: id.to_string(),
+            source,
+        })?;
+        sb.life().phase = SandboxPhase::Running;
+        Ok(())
     }
 
     /// Running sandboxes whose time is up.

@@ -138,6 +138,35 @@ def main():
     assert sessions_of(sb.sandbox_id) == [], sessions_of(sb.sandbox_id)
     check("kill: no VM remains")
 
+    pausing = Sandbox.create()
+    pausing.files.write("/tmp/keep.txt", "kept across pause")
+    # The count lives in the shell's memory; the file only shows it.
+    counter = pausing.commands.run(
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+        background=True,
+    )
+    for _ in range(300):
+        if pausing.files.exists("/tmp/count") and int(pausing.files.read("/tmp/count") or 0) >= 3:
+            break
+        time.sleep(0.1)
+    before = int(pausing.commands.run("cat /tmp/count").stdout)
+    assert before >= 3, before
+    pausing.pause()
+    paused = Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED])).next_items()
+    assert pausing.sandbox_id in [s.sandbox_id for s in paused], paused
+    assert sessions_of(pausing.sandbox_id) == [], sessions_of(pausing.sandbox_id)
+    resumed = Sandbox.connect(pausing.sandbox_id)
+    assert resumed.files.read("/tmp/keep.txt") == "kept across pause"
+    time.sleep(1)
+    after = int(resumed.commands.run("cat /tmp/count").stdout)
+    # The same process counts on from where it was: a restarted one would
+    # have started again from 1.
+    assert after > before, (before, after)
+    resumed.commands.run(f"kill -0 {counter.pid}")
+    resumed.kill()
+    assert sessions_of(pausing.sandbox_id) == [], sessions_of(pausing.sandbox_id)
+    check("pause() then connect(): a file and a running process's state survive")
+
     short = Sandbox.create(timeout=2)
     sid = short.sandbox_id
     time.sleep(5)
