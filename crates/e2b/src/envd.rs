@@ -196,30 +196,30 @@ async fn process_rpc(
     method: &str,
     req: Request<Incoming>,
 ) -> Resp {
+    process_call(ctx, sb, method, req)
+        .await
+        .unwrap_or_else(|e| unary_reply::<()>(Err(e)))
+}
+
+/// A process RPC; `Err` is a request that could not be decoded.
+async fn process_call(
+    ctx: Arc<Ctx>,
+    sb: Arc<Sandbox>,
+    method: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, RpcError> {
     let home = ctx.cfg.home.clone();
-    match method {
+    Ok(match method {
         "Start" => server_stream(req, move |c, m| process::start(c, home, sb, m)).await,
         "Connect" => server_stream(req, move |c, m| process::connect(c, sb, m)).await,
         "List" => unary_reply(Ok(process::list(&sb))),
-        "SendInput" => match unary(req).await {
-            Ok(m) => unary_reply(process::send_input(&sb, m).await),
-            Err(e) => unary_reply::<()>(Err(e)),
-        },
-        "CloseStdin" => match unary(req).await {
-            Ok(m) => unary_reply(process::close_stdin(&sb, m).await),
-            Err(e) => unary_reply::<()>(Err(e)),
-        },
-        "SendSignal" => match unary(req).await {
-            Ok(m) => unary_reply(process::send_signal(&sb, m).await),
-            Err(e) => unary_reply::<()>(Err(e)),
-        },
-        "Update" => match unary(req).await {
-            Ok(m) => unary_reply(process::update(&sb, m).await),
-            Err(e) => unary_reply::<()>(Err(e)),
-        },
+        "SendInput" => unary_reply(process::send_input(&sb, unary(req).await?).await),
+        "CloseStdin" => unary_reply(process::close_stdin(&sb, unary(req).await?).await),
+        "SendSignal" => unary_reply(process::send_signal(&sb, unary(req).await?).await),
+        "Update" => unary_reply(process::update(&sb, unary(req).await?).await),
         "StreamInput" => stream_input(sb, req).await,
         _ => unimplemented(method),
-    }
+    })
 }
 
 fn unimplemented(method: &str) -> Resp {

@@ -68,6 +68,11 @@ impl Sandbox {
         SessionClient::open(home, &name)
     }
 
+    fn phase_and_session(&self) -> (SandboxPhase, String) {
+        let l = self.life();
+        (l.phase, l.session.clone())
+    }
+
     pub fn life(&self) -> std::sync::MutexGuard<'_, SandboxLife> {
         self.life.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -179,10 +184,7 @@ impl Sandboxes {
             .get(id)
             .ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
         let _op = sb.transition.lock().unwrap_or_else(|p| p.into_inner());
-        let (phase, session) = {
-            let l = sb.life();
-            (l.phase, l.session.clone())
-        };
+        let (phase, session) = sb.phase_and_session();
         if phase == SandboxPhase::Paused {
             return Err(E2bError::AlreadyPaused(id.to_string()));
         }
@@ -219,10 +221,7 @@ impl Sandboxes {
             .get(id)
             .ok_or_else(|| E2bError::NoSandbox(id.to_string()))?;
         let _op = sb.transition.lock().unwrap_or_else(|p| p.into_inner());
-        let (phase, session) = {
-            let l = sb.life();
-            (l.phase, l.session.clone())
-        };
+        let (phase, session) = sb.phase_and_session();
         if phase != SandboxPhase::Paused {
             return Ok(());
         }
