@@ -235,6 +235,19 @@ impl SessionClient {
     pub fn snapshot(&self, path: &Path) -> Result<(), SessionError> {
         self.call(&SessionRequest::Snapshot {
             path: path.to_path_buf(),
+            running: false,
+        })
+        .map(|_| ())
+    }
+
+    /// [`SessionClient::snapshot`] while commands may run: they go on in
+    /// the snapshot's guest (a session restored from it has them, without
+    /// their output streams). Their streams should be quiet: output in
+    /// flight at that moment is lost.
+    pub fn snapshot_running(&self, path: &Path) -> Result<(), SessionError> {
+        self.call(&SessionRequest::Snapshot {
+            path: path.to_path_buf(),
+            running: true,
         })
         .map(|_| ())
     }

@@ -349,14 +349,18 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
             send(&mut w, &SessionReply::Ok)
         }
         // A command that just ended may still count for a moment.
-        SessionRequest::Snapshot { .. } if !wait_quiet(host, SNAPSHOT_QUIET_WAIT) => send(
+        SessionRequest::Snapshot { running: false, .. }
+            if !wait_quiet(host, SNAPSHOT_QUIET_WAIT) =>
+        {
+            send(
             &mut w,
             &error_reply(
                 SessionErrorCode::Vm,
                 "a command or file transfer is running in the session: snapshot it once they ended",
             ),
-        ),
-        SessionRequest::Snapshot { path } => {
+        )
+        }
+        SessionRequest::Snapshot { path, .. } => {
             let result = host
                 .vm
                 .read()

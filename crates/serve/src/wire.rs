@@ -84,9 +84,13 @@ pub enum SessionRequest {
     /// Shut the guest down cleanly (volumes synced) and end the session.
     Stop,
     /// Snapshot the VM into the new directory `path` (no command may be
-    /// running); the session runs on.
+    /// running, unless `running`); the session runs on.
     Snapshot {
         path: std::path::PathBuf,
+        /// Snapshot even while commands run: they go on in the snapshot's
+        /// guest, but their output and stdin stay with this session.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        running: bool,
     },
     /// Replace guest file `path` with the `chunk` lines that follow, up to
     /// an `end` line ([`FileInput`]); atomic in the guest.
@@ -299,8 +303,16 @@ mod tests {
             (
                 to_line(&SessionRequest::Snapshot {
                     path: "/s/snap".into(),
+                    running: false,
                 }),
                 r#"{"op":"snapshot","path":"/s/snap"}"#,
+            ),
+            (
+                to_line(&SessionRequest::Snapshot {
+                    path: "/s/snap".into(),
+                    running: true,
+                }),
+                r#"{"op":"snapshot","path":"/s/snap","running":true}"#,
             ),
             (
                 to_line(&ExecInput::Stdin {
