@@ -206,7 +206,7 @@ impl Sandboxes {
             source,
         };
         SessionClient::open(&cfg.home, &session)
-            .and_then(|c| c.snapshot(&dir))
+            .and_then(|c| c.snapshot_running(&dir))
             .map_err(session_err)?;
         sb.life().phase = SandboxPhase::Paused;
         remove_session(cfg, &session);
