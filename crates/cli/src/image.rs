@@ -182,7 +182,7 @@ pub enum ImageCommand {
     Pull(PullArgs),
     /// Remove an image name (same as `nook rmi`).
     Rm(RmiArgs),
-    /// Remove unnamed images, unused blobs and leftovers of interrupted work.
+    /// Remove unnamed images, unused blobs, stale templates and leftovers of killed runs (same as `nook gc`).
     Gc,
     /// Build an image from Debian packages with mmdebstrap (as root).
     Build(BuildArgs),
@@ -227,30 +227,7 @@ pub fn image(cmd: ImageCommand) -> i32 {
         ImageCommand::Ls(a) => images(a),
         ImageCommand::Pull(a) => pull(a),
         ImageCommand::Rm(a) => rmi(a),
-        ImageCommand::Gc => match store.gc() {
-            Ok(r) => {
-                println!(
-                    "removed {} images, {} blobs, {} temporary entries; freed {}",
-                    r.images_removed,
-                    r.blobs_removed,
-                    r.temp_removed,
-                    human(r.bytes_freed)
-                );
-                // Templates of images (or kernels, agents) that are gone.
-                match nook::gc_templates(&nook::default_home(), false) {
-                    Ok(t) => {
-                        println!(
-                            "removed {} stale templates; freed {}",
-                            t.removed,
-                            human(t.freed_bytes)
-                        );
-                        0
-                    }
-                    Err(e) => fail(&e),
-                }
-            }
-            Err(e) => fail(&e),
-        },
+        ImageCommand::Gc => gc_store(&store),
         ImageCommand::Build(a) => {
             let packages: Vec<String> = a.packages.into_iter().filter(|p| !p.is_empty()).collect();
             done(store.build_debian(&a.name, &a.debian, &packages, progress()))
@@ -269,13 +246,59 @@ pub fn image(cmd: ImageCommand) -> i32 {
     }
 }
 
+/// `nook gc` (and `nook image gc`): leftovers of killed nook processes
+/// (run directories, scratch disks, half-made snapshots and volumes), then
+/// unnamed images, unused blobs and stale templates.
+pub fn gc() -> i32 {
+    match open_store() {
+        Ok(store) => gc_store(&store),
+        Err(e) => fail(&e),
+    }
+}
+
+fn gc_store(store: &ImageStore) -> i32 {
+    let home = nook::default_home();
+    let left = nook::gc_leftovers(&home);
+    for path in &left.removed {
+        println!("removed {}", path.display());
+    }
+    println!(
+        "removed {} leftovers of killed nook processes; freed {}",
+        left.removed.len(),
+        human(left.freed_bytes)
+    );
+    let r = match store.gc() {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    println!(
+        "removed {} images, {} blobs, {} temporary entries; freed {}",
+        r.images_removed,
+        r.blobs_removed,
+        r.temp_removed,
+        human(r.bytes_freed)
+    );
+    // Templates of images (or kernels, agents) that are gone.
+    match nook::gc_templates(&home, false) {
+        Ok(t) => {
+            println!(
+                "removed {} stale templates; freed {}",
+                t.removed,
+                human(t.freed_bytes)
+            );
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
     /// List named volumes.
     Ls(ImagesArgs),
     /// Create a named volume (`nook run --volume` creates them on first use too).
     Create(VolumeCreateArgs),
-    /// Delete a named volume and its data.
+    /// Delete a named volume and its data (refused while a VM uses it).
     Rm(VolumeRmArgs),
 }
 

@@ -80,6 +80,8 @@ enum Command {
     /// Manage images: ls, pull, rm, gc, build (Debian), import (OCI layout, docker archive).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Remove leftovers of killed runs (run dirs, scratch disks, half-made snapshots), unnamed images, unused blobs and stale templates.
+    Gc,
     /// Manage named volumes: ls, create, rm.
     #[command(subcommand)]
     Volume(image::VolumeCommand),
@@ -133,6 +135,7 @@ fn main() {
         Command::Rmi(args) => image::rmi(args),
         Command::Image(cmd) => image::image(cmd),
         Command::Volume(cmd) => image::volume(cmd),
+        Command::Gc => image::gc(),
         Command::Setup(args) => setup::setup(args),
         Command::Mcp(args) => mcp::mcp(args),
         Command::Boot(args) => boot::boot(args),

@@ -372,7 +372,7 @@ fn plan(args: &RunArgs) -> Result<Plan, i32> {
 
 /// Passes SIGINT, SIGTERM and SIGHUP to the command (and cancels a boot in
 /// progress); SIGWINCH resizes its terminal.
-fn handle_signals(
+pub(crate) fn handle_signals(
     controller: Controller,
     cancel: Arc<AtomicBool>,
     tty: bool,
@@ -409,6 +409,7 @@ pub(crate) fn print_published(vm: &Vm) {
 fn boot(args: &RunArgs, plan: &Plan, cancel: Arc<AtomicBool>) -> Result<Vm, nook::VmError> {
     let mut cfg = args.vm.config();
     cfg.cancel = Some(cancel);
+    cfg.holder = "nook run".into();
     cfg.image = plan.image.as_ref().map(|info| {
         let mut root = nook::ImageRoot::new(info);
         root.scratch_size = args.disk_size;

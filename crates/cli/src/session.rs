@@ -2,16 +2,17 @@
 //! in nook-serve; this parses arguments and prints).
 
 use std::io::Write;
-use std::sync::mpsc::channel;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use nook_serve::wire::{decode_bytes, ExecSpec, SessionErrorCode, SessionReply};
+use nook::stdio::{self, StdioStreams};
+use nook_serve::wire::{ExecSpec, SessionErrorCode};
 use nook_serve::{SessionClient, SessionPhase, SessionSpec, SessionState};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 
 use crate::exit::{self, report};
-use crate::run::{parse_env, VmArgs};
+use crate::run::{self, parse_env, VmArgs};
 use crate::{args, image, term};
 
 #[derive(Args, Debug)]
@@ -183,13 +184,6 @@ pub fn start(args: StartArgs) -> i32 {
     }
 }
 
-/// What the exec loop reacts to.
-enum Input {
-    Reply(Option<SessionReply>),
-    Failed(nook_serve::SessionError),
-    Signal(i32),
-}
-
 pub fn exec(args: ExecArgs) -> i32 {
     let env = match parse_env(&args.env) {
         Ok(env) => env,
@@ -216,7 +210,14 @@ pub fn exec(args: ExecArgs) -> i32 {
             .timeout
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
     };
-    let mut remote = match client.exec(spec) {
+    let (controller, controls) = stdio::controls();
+    if !args.detach {
+        if let Err(e) = run::handle_signals(controller, Arc::new(AtomicBool::new(false)), tty) {
+            report(&e);
+            return exit::NOOK_FAILED;
+        }
+    }
+    let remote = match client.exec(spec) {
         Ok(r) => r,
         Err(e) => return exec_failed(&e),
     };
@@ -224,121 +225,22 @@ pub fn exec(args: ExecArgs) -> i32 {
         println!("{}", remote.pid);
         return 0;
     }
-    let (tx, rx) = channel::<Input>();
-    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH]);
-    if let Ok(mut signals) = signals {
-        let tx = tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("nook-signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    if tx.send(Input::Signal(sig)).is_err() {
-                        break;
-                    }
-                }
-            });
-    }
-    let raw = if tty { term::RawMode::enable() } else { None };
-    if forward_stdin {
-        if let Ok(input) = remote.input.try_clone() {
-            term::forward_stdin(input, |mut s| {
-                let _ = s.close_stdin();
-            });
-        }
-    }
-    let mut control = remote.input.try_clone().ok();
-    {
-        let tx = tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("nook-events".into())
-            .spawn(move || loop {
-                let (ev, last) = match remote.next_reply() {
-                    Ok(Some(r)) => {
-                        let last =
-                            !matches!(r, SessionReply::Stdout { .. } | SessionReply::Stderr { .. });
-                        (Input::Reply(Some(r)), last)
-                    }
-                    Ok(None) => (Input::Reply(None), true),
-                    Err(e) => (Input::Failed(e), true),
-                };
-                if tx.send(ev).is_err() || last {
-                    break;
-                }
-            });
-    }
-    let code = pump(&rx, &mut control, tty);
-    drop(raw);
-    code
-}
-
-/// Copies output until the exit; passes signals on. Returns the exit code.
-fn pump(
-    rx: &std::sync::mpsc::Receiver<Input>,
-    control: &mut Option<nook_serve::ExecInputSender>,
-    tty: bool,
-) -> i32 {
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr();
-    let mut interrupted = false;
-    loop {
-        let Ok(input) = rx.recv() else {
+    let command = match remote.into_pumped(forward_stdin) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
             return exit::NOOK_FAILED;
-        };
-        match input {
-            Input::Reply(Some(SessionReply::Stdout { data })) => {
-                let _ = out
-                    .write_all(&decode_bytes(&data).unwrap_or_default())
-                    .and_then(|_| out.flush());
-            }
-            Input::Reply(Some(SessionReply::Stderr { data })) => {
-                let _ = err.write_all(&decode_bytes(&data).unwrap_or_default());
-            }
-            Input::Reply(Some(SessionReply::Exit {
-                code,
-                signal,
-                timed_out,
-            })) => {
-                let _ = out.flush();
-                if timed_out {
-                    eprintln!("nook: the command timed out and was killed");
-                }
-                let status = nook::ExitStatus {
-                    code,
-                    signal,
-                    timed_out,
-                };
-                return status.shell_code();
-            }
-            Input::Reply(Some(SessionReply::Error { code, message })) => {
-                eprintln!("nook: {message}");
-                return error_code(code);
-            }
-            Input::Reply(other) => {
-                eprintln!("nook: the session ended the command without an exit: {other:?}");
-                return exit::NOOK_FAILED;
-            }
-            Input::Failed(e) => {
-                report(&e);
-                return exit::NOOK_FAILED;
-            }
-            Input::Signal(SIGWINCH) => {
-                if let (true, Some(c), Some(ws)) = (tty, control.as_mut(), term::size()) {
-                    let _ = c.resize(ws.rows, ws.cols);
-                }
-            }
-            Input::Signal(sig) => {
-                if interrupted {
-                    // A second signal: leave; the session kills the command
-                    // when this connection closes.
-                    return exit::killed_by(sig);
-                }
-                interrupted = true;
-                if let Some(c) = control.as_mut() {
-                    let _ = c.signal(sig);
-                }
-            }
         }
+    };
+    let raw = if tty { term::RawMode::enable() } else { None };
+    // The same pump as `nook run`: closed stdout, write errors, signals
+    // and the exit code follow one policy.
+    let ending = stdio::pump(command, StdioStreams::inherit(forward_stdin), controls);
+    drop(raw);
+    if let Some(msg) = ending.message() {
+        eprintln!("nook: {msg}");
     }
+    ending.exit_code()
 }
 
 fn error_code(code: SessionErrorCode) -> i32 {

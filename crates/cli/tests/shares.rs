@@ -4,7 +4,7 @@
 //! They need the guest agent and kernel assets that `scripts/setup`
 //! prepares; without them each test prints why and skips.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
@@ -150,4 +150,50 @@ fn symlinks_and_dot_dot_do_not_reach_host_files_outside_the_share() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), marker);
+}
+
+#[test]
+fn a_share_given_through_a_symlink_is_the_directory_it_points_to() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("in.txt"), "through the link\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    // `--share link:/work` (relative to the current directory), and
+    // `--share "$PWD:/work"` where the shell's $PWD was reached through
+    // the link.
+    for (cwd, host) in [(dir.path(), PathBuf::from("link")), (link.as_path(), link.clone())] {
+        let out = nook()
+            .current_dir(cwd)
+            .env("PWD", cwd)
+            .args(["run", "--engine", "qemu", "--share"])
+            .arg(format!("{}:/work", host.display()))
+            .args(["--", "sh", "-c", "cat /work/in.txt && echo out > /work/out.txt"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            "through the link\n",
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(std::fs::read_to_string(real.join("out.txt")).unwrap(), "out\n");
+        std::fs::remove_file(real.join("out.txt")).unwrap();
+    }
+    // A symlink to a file is refused, saying a share must be a directory.
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let file_link = dir.path().join("file-link");
+    std::os::unix::fs::symlink(dir.path().join("file"), &file_link).unwrap();
+    let out = run_with_share(&share_arg(&file_link, "/work", false), "true");
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("file-link") && stderr.contains("a share must be a directory"),
+        "{stderr}"
+    );
 }

@@ -42,9 +42,17 @@ const SYNC_PROBE: &str = "/";
 /// How often the console is checked for a dead end while waiting.
 const CONSOLE_CHECK: Duration = Duration::from_millis(250);
 
-pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
+pub(crate) fn start(mut cfg: VmConfig) -> Result<Vm, VmError> {
+    cfg.resolve_shares()?;
     cfg.validate()?;
     let t0 = Instant::now();
+    let leftovers = crate::gc_leftovers(&cfg.home);
+    if !leftovers.removed.is_empty() {
+        tracing::info!(
+            "nook: removed {} leftovers of killed nook processes",
+            leftovers.removed.len()
+        );
+    }
     let assets = nook_assets::prepare(&assets_config(&cfg)?).map_err(VmError::Assets)?;
     tracing::debug!(
         "nook: assets ready in {:.2} ms (downloaded={}, built_initramfs={})",
@@ -60,8 +68,13 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
     {
         tracing::warn!("nook: the kvm engine was {reason}");
     }
-    let plan = storage::plan(cfg.image.as_ref(), &cfg.volumes, &cfg.home.join("tmp"))
-        .map_err(VmError::Storage)?;
+    let plan = storage::plan(
+        cfg.image.as_ref(),
+        &cfg.volumes,
+        &cfg.home.join("tmp"),
+        &cfg.holder,
+    )
+    .map_err(VmError::Storage)?;
     let cmdline = cmdline(&cfg, &plan, choice.id());
     let mut spec = MachineSpec {
         kernel: assets.kernel.clone(),
@@ -123,6 +136,7 @@ pub(crate) fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         choice,
         boot_time,
         _scratch: plan.scratch,
+        _locks: plan.locks,
         net: net.map(|n| n.backend),
         cfg,
         origin: VmOrigin::Booted,
@@ -223,7 +237,7 @@ fn make_template(vm: &mut Vm, t: &Template) {
             return;
         }
     }
-    match vm.snapshot_with(&t.path, &[(INPUTS_FILE, t.inputs_json())]) {
+    match vm.snapshot_with(&t.path, &[(INPUTS_FILE, t.inputs_json())], false) {
         Ok(_) => {
             vm.origin = VmOrigin::BootedMadeTemplate;
             let trimmed = trim_templates(&vm.cfg.home, MAX_TEMPLATES);

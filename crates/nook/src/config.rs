@@ -84,6 +84,10 @@ pub struct VmConfig {
     /// user-mode NAT with the config's published ports, egress rules and
     /// static host entries (plain data: `Eq + Hash + Serialize`).
     pub net: Option<crate::NetConfig>,
+    /// Who runs this VM, in words (`nook run`, `session dev`): named, with
+    /// this process's id, when another VM or `nook volume rm` finds a
+    /// volume of this one locked.
+    pub holder: String,
 }
 
 impl Default for VmConfig {
@@ -105,11 +109,21 @@ impl Default for VmConfig {
             shares: Vec::new(),
             template: std::env::var_os("NOOK_NO_TEMPLATE").is_none_or(|v| v.is_empty() || v == "0"),
             net: None,
+            holder: "nook".to_string(),
         }
     }
 }
 
 impl VmConfig {
+    /// Resolves each share's host directory once (symlinks followed; see
+    /// [`crate::ShareConfig::resolved`]).
+    pub(crate) fn resolve_shares(&mut self) -> Result<(), crate::VmError> {
+        for share in &mut self.shares {
+            *share = share.resolved()?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::VmError> {
         check_memory(self.memory_mib).map_err(crate::VmError::Resources)?;
         check_vcpus(self.vcpus, self.engine).map_err(crate::VmError::Resources)?;

@@ -30,6 +30,8 @@ pub enum VmError {
     Storage(#[source] crate::VolumeError),
     #[error("cannot start the VM's network")]
     Net(#[source] nook_net::NetError),
+    #[error("cannot share {path}: {reason}")]
+    ShareHost { path: PathBuf, reason: String },
     #[error("cannot serve a host directory share")]
     Share(#[source] nook_fs::FsError),
     #[error("cannot create the VM's runtime directory {path}")]
@@ -69,6 +71,10 @@ pub enum VmError {
     },
     #[error("the guest agent speaks protocol {agent}, this nook speaks {host}: rebuild the guest assets with `nook setup`")]
     VersionMismatch { agent: u32, host: u32 },
+    /// The caller's cancel flag ([`crate::VmConfig::cancel`]) was set; what
+    /// was under way was undone.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// What a failed boot left to read: the engine's own output (QEMU's
@@ -192,6 +198,9 @@ pub enum ExecError {
     Finished,
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The command runs elsewhere (a session) and reaching it failed.
+    #[error("the session failed")]
+    Remote(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ExecError {

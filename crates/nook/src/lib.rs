@@ -23,6 +23,8 @@ mod error;
 mod exec;
 pub mod exit_code;
 mod files;
+mod leftovers;
+mod lock;
 mod net;
 mod pool;
 mod share;
@@ -46,6 +48,8 @@ pub use error::{
     BootFailure, BootReport, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError,
 };
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
+pub use leftovers::{gc_leftovers, LeftoverGc};
+pub use lock::{LockError, LockHolder, VolumeLock};
 pub use files::{FileError, FileErrorKind, FileKind, FileStat, GuestFiles, ReadSummary};
 pub use net::NicSpec;
 pub use nook_assets::{default_home, Assets};
@@ -60,8 +64,8 @@ pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
 pub use share::ShareConfig;
 pub use snapshot::{
-    list_snapshots, named_snapshot, remove_snapshot, snapshots_dir, SharedPath, Snapshot,
-    SnapshotManifest,
+    list_snapshots, named_snapshot, remove_snapshot, scan_snapshots, snapshots_dir, SharedPath,
+    Snapshot, SnapshotManifest, SnapshotScan,
 };
 pub use storage::{
     make_ext4, ImageRoot, Volume, VolumeError, VolumeMount, VolumeStore, DEFAULT_VOLUME_SIZE,

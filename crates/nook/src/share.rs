@@ -49,6 +49,31 @@ impl FromStr for ShareConfig {
 }
 
 impl ShareConfig {
+    /// This share with its host directory resolved once, symlinks
+    /// followed, to the directory the VM will serve: a share given through
+    /// a symlink (`$PWD` reached through one, `--share link:/work`) shares
+    /// the directory it points to. Anything but a directory is refused.
+    pub fn resolved(&self) -> Result<ShareConfig, crate::VmError> {
+        let refuse = |reason: String| crate::VmError::ShareHost {
+            path: self.host_dir.clone(),
+            reason,
+        };
+        let dir = std::fs::canonicalize(&self.host_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => refuse("it does not exist".into()),
+            _ => refuse(e.to_string()),
+        })?;
+        if !dir.is_dir() {
+            return Err(refuse(format!(
+                "{} is not a directory (a share must be a directory)",
+                dir.display()
+            )));
+        }
+        Ok(ShareConfig {
+            host_dir: dir,
+            ..self.clone()
+        })
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::VmError> {
         let bad = |reason| Err(crate::VmError::Config(reason));
         if !self.host_dir.is_dir() {
@@ -129,6 +154,27 @@ mod tests {
             s.guest_path = bad.into();
             assert!(s.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shares_resolve_through_symlinks_and_must_be_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("file"), dir.path().join("flink")).unwrap();
+        let share = |host: &str| ShareConfig {
+            host_dir: dir.path().join(host),
+            guest_path: "/work".into(),
+            read_only: false,
+        };
+        let r = share("link").resolved().unwrap();
+        assert_eq!(r.host_dir, real.canonicalize().unwrap());
+        let e = share("flink").resolved().unwrap_err().to_string();
+        assert!(e.contains("flink") && e.contains("must be a directory"), "{e}");
+        let e = share("nothing").resolved().unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]

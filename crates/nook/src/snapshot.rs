@@ -14,6 +14,7 @@
 //! snapshots live in `$NOOK_HOME/snapshots/NAME`.
 
 use std::io::Read;
+use std::sync::atomic::Ordering;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -152,6 +153,9 @@ impl Snapshot {
                 nook_proto::PROTOCOL_VERSION
             )));
         }
+        if !path.join(ENGINE_DIR).is_dir() {
+            return Err(bad(format!("its {ENGINE_DIR}/ directory is missing")));
+        }
         Ok(Snapshot {
             name: path
                 .file_name()
@@ -199,26 +203,95 @@ pub fn named_snapshot(home: &Path, name: &str) -> Result<PathBuf, VmError> {
     Ok(snapshots_dir(home).join(name))
 }
 
-/// Every named snapshot (unreadable ones are skipped).
-pub fn list_snapshots(home: &Path) -> Vec<Snapshot> {
-    let mut out: Vec<Snapshot> = std::fs::read_dir(snapshots_dir(home))
+/// A named snapshot as `nook snapshot ls` sees it: usable, or damaged
+/// (still listed, removable and replaceable).
+#[derive(Debug, Clone)]
+pub enum SnapshotScan {
+    Usable(Snapshot),
+    Damaged {
+        name: String,
+        path: PathBuf,
+        /// Why it cannot be restored.
+        reason: String,
+    },
+}
+
+impl SnapshotScan {
+    pub fn name(&self) -> &str {
+        match self {
+            SnapshotScan::Usable(s) => &s.name,
+            SnapshotScan::Damaged { name, .. } => name,
+        }
+    }
+}
+
+/// Every named snapshot, usable or damaged, by name. Snapshots being made
+/// or removed (hidden temporary names) are not listed.
+pub fn scan_snapshots(home: &Path) -> Vec<SnapshotScan> {
+    let mut out: Vec<SnapshotScan> = std::fs::read_dir(snapshots_dir(home))
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| Snapshot::open(&e.path()).ok())
+        .map(|e| match Snapshot::open(&e.path()) {
+            Ok(s) => SnapshotScan::Usable(s),
+            Err(err) => SnapshotScan::Damaged {
+                name: e.file_name().to_string_lossy().into_owned(),
+                path: e.path(),
+                reason: match err {
+                    VmError::BadSnapshot { reason, .. } => reason,
+                    other => crate::error::chain(&other),
+                },
+            },
+        })
         .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.name().cmp(b.name()));
     out
 }
 
-/// Removes a snapshot directory and everything in it.
+/// Every usable named snapshot (damaged ones are left out: see
+/// [`scan_snapshots`]).
+pub fn list_snapshots(home: &Path) -> Vec<Snapshot> {
+    scan_snapshots(home)
+        .into_iter()
+        .filter_map(|s| match s {
+            SnapshotScan::Usable(s) => Some(s),
+            SnapshotScan::Damaged { .. } => None,
+        })
+        .collect()
+}
+
+/// A hidden name next to `path` for work in progress of this process
+/// (`.NAME.KIND-PID-N`; `gc_leftovers` removes those of dead processes).
+fn temp_sibling(path: &Path, kind: &str) -> PathBuf {
+    // Unique per process and call: threads of one process may snapshot
+    // into the same place at once (two starts making one template).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{kind}-{}-{seq}", std::process::id()))
+}
+
+/// Removes a snapshot directory and everything in it, damaged or not. It
+/// is first renamed out of the way, so an interrupted removal leaves no
+/// half-removed snapshot under its name.
 pub fn remove_snapshot(path: &Path) -> Result<(), VmError> {
-    Snapshot::open(path)?;
-    std::fs::remove_dir_all(path).map_err(|source| VmError::SnapshotIo {
+    if !path.is_dir() {
+        return Err(VmError::BadSnapshot {
+            path: path.to_path_buf(),
+            reason: "there is no such snapshot".into(),
+        });
+    }
+    let io = |source| VmError::SnapshotIo {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let old = temp_sibling(path, "old");
+    std::fs::rename(path, &old).map_err(io)?;
+    std::fs::remove_dir_all(&old).map_err(io)
 }
 
 fn now_ns() -> u64 {
@@ -240,17 +313,27 @@ impl Vm {
     /// Snapshots this VM into the new directory `path` and lets it run on.
     /// No command may be running in it (the channel must be quiet).
     pub fn snapshot(&self, path: &Path) -> Result<Snapshot, VmError> {
-        self.snapshot_with(path, &[])
+        self.snapshot_with(path, &[], false)
+    }
+
+    /// [`Vm::snapshot`] into `path`, replacing what is there (a snapshot,
+    /// damaged or not) only once the new one is complete.
+    pub fn snapshot_replacing(&self, path: &Path) -> Result<Snapshot, VmError> {
+        self.snapshot_with(path, &[], true)
     }
 
     /// [`Vm::snapshot`], with `extra` files (name, contents) written into
-    /// the snapshot directory before it is renamed into place.
+    /// the snapshot directory before it is renamed into place; `replace`
+    /// swaps out what `path` holds at the end. The snapshot is made under a
+    /// hidden temporary name, removed again on failure or when the VM's
+    /// cancel flag is set by then ([`VmError::Cancelled`]).
     pub(crate) fn snapshot_with(
         &self,
         path: &Path,
         extra: &[(&str, Vec<u8>)],
+        replace: bool,
     ) -> Result<Snapshot, VmError> {
-        if path.exists() {
+        if path.exists() && !replace {
             return Err(VmError::BadSnapshot {
                 path: path.to_path_buf(),
                 reason: "it already exists: remove it first".into(),
@@ -262,15 +345,7 @@ impl Vm {
         };
         let parent = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // Unique per process and call: threads of one process may snapshot
-        // into the same place at once (two starts making one template).
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = parent.join(format!(".{name}.partial-{}-{seq}", std::process::id()));
+        let tmp = temp_sibling(path, "partial");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(io)?;
         let result = (|| {
@@ -300,6 +375,19 @@ impl Vm {
             for (name, bytes) in extra {
                 std::fs::write(tmp.join(name), bytes).map_err(io)?;
             }
+            if self.cfg.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(VmError::Cancelled);
+            }
+            if replace && path.exists() {
+                let old = temp_sibling(path, "old");
+                std::fs::rename(path, &old).map_err(io)?;
+                if let Err(e) = std::fs::rename(&tmp, path) {
+                    let _ = std::fs::rename(&old, path);
+                    return Err(io(e));
+                }
+                let _ = std::fs::remove_dir_all(&old);
+                return Ok(());
+            }
             std::fs::rename(&tmp, path).map_err(io)
         })();
         if result.is_err() {
@@ -323,6 +411,9 @@ impl Vm {
         kvm: Option<&nook_vmm::KvmRestorer>,
     ) -> Result<Vm, VmError> {
         let t0 = Instant::now();
+        let mut resolved = cfg.clone();
+        resolved.resolve_shares()?;
+        let cfg = &resolved;
         let snap = Snapshot::open(path)?;
         let m = &snap.manifest;
         check_restorable(path, cfg, m)?;
@@ -401,6 +492,7 @@ impl Vm {
             boot_time: t0.elapsed(),
             cfg: vm_cfg,
             _scratch: None,
+            _locks: Vec::new(),
             origin: VmOrigin::Snapshot,
             net: net.map(|n| n.backend),
         })

@@ -30,6 +30,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nook_proto::{Pipe, Winsize, STDIO_CHUNK};
@@ -37,6 +38,71 @@ use nook_proto::{Pipe, Winsize, STDIO_CHUNK};
 use crate::error::ExecError;
 use crate::exec::{Child, ChildHandle, ChildStdin, ExecEvent, ExitStatus};
 use crate::exit_code;
+
+/// A running command as [`pump`] drives it, wherever it runs: a [`Child`]
+/// of a [`crate::Vm`] this process owns, or a command in a session reached
+/// through its host (`nook_serve::RemoteExec`). Every front end streams
+/// stdio through [`pump`], so they share one policy for closed pipes,
+/// write errors, signals and exit codes.
+pub trait PumpedCommand: Send + 'static {
+    /// The next piece of output, or the exit (always last). Blocks. Taking
+    /// output is what lets the command produce more (back-pressure).
+    fn next_event(&mut self) -> Result<ExecEvent, ExecError>;
+    /// The command's stdin, when it was started with stdin piped (taken
+    /// once).
+    fn take_stdin(&mut self) -> Option<Box<dyn StdinSink>>;
+    /// Signals, resizes and closes the output of the command, from any
+    /// thread.
+    fn control(&self) -> Arc<dyn CommandControl>;
+}
+
+/// Where a command's stdin goes: writes block while the command is not
+/// reading, and fail with `BrokenPipe` once it closed its stdin or ended.
+pub trait StdinSink: Write + Send {
+    /// Sends end of input.
+    fn close(&mut self) -> io::Result<()>;
+}
+
+/// Requests to a running command other than its stdin.
+pub trait CommandControl: Send + Sync {
+    /// Sends `signal` to the command's process group.
+    fn signal(&self, signal: i32) -> Result<(), ExecError>;
+    /// Tells the command's terminal its new size.
+    fn resize(&self, size: Winsize) -> Result<(), ExecError>;
+    /// The reader of `pipe` is gone: close it at the command's end, so the
+    /// command gets `EPIPE`/`SIGPIPE` on its next write there.
+    fn close_output(&self, pipe: Pipe) -> Result<(), ExecError>;
+}
+
+impl PumpedCommand for Child {
+    fn next_event(&mut self) -> Result<ExecEvent, ExecError> {
+        Child::next_event(self)
+    }
+    fn take_stdin(&mut self) -> Option<Box<dyn StdinSink>> {
+        Child::take_stdin(self).map(|s| Box::new(s) as Box<dyn StdinSink>)
+    }
+    fn control(&self) -> Arc<dyn CommandControl> {
+        Arc::new(self.handle())
+    }
+}
+
+impl StdinSink for ChildStdin {
+    fn close(&mut self) -> io::Result<()> {
+        ChildStdin::close(self)
+    }
+}
+
+impl CommandControl for ChildHandle {
+    fn signal(&self, signal: i32) -> Result<(), ExecError> {
+        ChildHandle::signal(self, signal)
+    }
+    fn resize(&self, size: Winsize) -> Result<(), ExecError> {
+        ChildHandle::resize(self, size)
+    }
+    fn close_output(&self, pipe: Pipe) -> Result<(), ExecError> {
+        ChildHandle::close_output(self, pipe)
+    }
+}
 
 /// How long a command may run on after the first signal before the pump
 /// gives up on it.
@@ -211,8 +277,8 @@ impl OutputEnd {
 /// `controls`; returns how it ended. Threads it starts for stdin and
 /// output end with the command (a stdin reader blocked in `read` ends at
 /// its next read).
-pub fn pump(mut child: Child, streams: StdioStreams, controls: Controls) -> Ending {
-    let handle = child.handle();
+pub fn pump(mut child: impl PumpedCommand, streams: StdioStreams, controls: Controls) -> Ending {
+    let handle = child.control();
     if let (Some(from), Some(to)) = (streams.stdin, child.take_stdin()) {
         let spawned = std::thread::Builder::new()
             .name("nook-stdin".into())
@@ -251,7 +317,13 @@ pub fn pump(mut child: Child, streams: StdioStreams, controls: Controls) -> Endi
             }
             Input::Signal(signal) => {
                 interrupted = Some(signal);
-                let _ = handle.signal(signal);
+                // On a thread of its own: a request may wait behind stdin
+                // the command is not reading, and the grace period must
+                // run regardless.
+                let control = handle.clone();
+                let _ = std::thread::Builder::new()
+                    .name("nook-signal".into())
+                    .spawn(move || control.signal(signal));
                 let tx = controls.tx.clone();
                 let grace = controls.grace;
                 let _ = std::thread::Builder::new()
@@ -271,7 +343,7 @@ pub fn pump(mut child: Child, streams: StdioStreams, controls: Controls) -> Endi
 }
 
 /// Copies the host's stdin to the command until either side ends.
-fn forward_stdin(mut from: Box<dyn Read + Send>, mut to: ChildStdin) {
+fn forward_stdin(mut from: Box<dyn Read + Send>, mut to: Box<dyn StdinSink>) {
     let mut buf = vec![0u8; STDIO_CHUNK];
     loop {
         match from.read(&mut buf) {
@@ -293,8 +365,8 @@ fn forward_stdin(mut from: Box<dyn Read + Send>, mut to: ChildStdin) {
 /// writer fails is closed in the guest; the first failure other than a
 /// closed pipe is kept for the exit decision.
 fn write_output(
-    mut child: Child,
-    handle: &ChildHandle,
+    mut child: impl PumpedCommand,
+    handle: &Arc<dyn CommandControl>,
     mut stdout: Box<dyn Write + Send>,
     mut stderr: Box<dyn Write + Send>,
 ) -> OutputEnd {

@@ -17,6 +17,7 @@ use nook_image::{ImageConfig, ImageInfo};
 use nook_proto::{BootWords, DiskMount};
 
 use crate::engine::DiskSpec;
+use crate::lock::VolumeLock;
 
 /// Serial of the image root disk.
 pub(crate) const ROOT_SERIAL: &str = "nook-root";
@@ -77,6 +78,8 @@ pub enum VolumeError {
     MkfsMissing,
     #[error("mkfs.ext4 failed on {path}: {stderr}")]
     Mkfs { path: PathBuf, stderr: String },
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
 }
 
 /// A named volume.
@@ -181,16 +184,25 @@ impl VolumeStore {
         Ok(out)
     }
 
-    /// Deletes the volume `name` and its data.
+    /// Deletes the volume `name` and its data; refused while a VM uses it
+    /// ([`VolumeError::Locked`] names the holder).
     pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
         let path = self.path_of(name)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(VolumeError::NotFound(name.to_string()))
-            }
-            Err(e) => Err(io_err("remove", &path)(e).into()),
+        if !path.exists() {
+            return Err(VolumeError::NotFound(name.to_string()));
         }
+        VolumeLock::with_exclusive(&path, "nook volume rm", || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(crate::lock::lock_path(&path));
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(VolumeError::NotFound(name.to_string()))
+                }
+                Err(e) => Err(io_err("remove", &path)(e).into()),
+            }
+        })?
     }
 }
 
@@ -254,16 +266,26 @@ pub(crate) struct StoragePlan {
     pub disks: Vec<DiskSpec>,
     pub words: BootWords,
     pub scratch: Option<TempFile>,
+    /// The volumes' locks, held for the VM's life.
+    pub locks: Vec<VolumeLock>,
 }
 
-/// Plans the disks of `image` and `volumes`; a scratch disk is created in
-/// `scratch_dir`.
+/// Plans the disks of `image` and `volumes`, locking each volume for
+/// `holder` (see `lock.rs`); a scratch disk is created in `scratch_dir`.
 pub(crate) fn plan(
     image: Option<&ImageRoot>,
     volumes: &[VolumeMount],
     scratch_dir: &Path,
+    holder: &str,
 ) -> Result<StoragePlan, VolumeError> {
     let mut plan = StoragePlan::default();
+    if let Some(v) = volumes.iter().find(|v| !v.guest_path.starts_with('/')) {
+        return Err(VolumeError::InvalidMountPoint(v.guest_path.clone()));
+    }
+    for v in volumes {
+        plan.locks
+            .push(VolumeLock::acquire(&v.disk, holder, v.read_only)?);
+    }
     if let Some(img) = image {
         plan.disks.push(DiskSpec {
             path: img.rootfs.clone(),
@@ -285,9 +307,6 @@ pub(crate) fn plan(
         }
     }
     for (i, v) in volumes.iter().enumerate() {
-        if !v.guest_path.starts_with('/') {
-            return Err(VolumeError::InvalidMountPoint(v.guest_path.clone()));
-        }
         let serial = format!("nook-vol{i}");
         plan.words.mounts.push(DiskMount {
             serial: serial.clone(),
@@ -317,17 +336,17 @@ mod tests {
         };
         let vols = [
             VolumeMount {
-                disk: "/v/a.ext4".into(),
+                disk: dir.path().join("a.ext4"),
                 guest_path: "/data".into(),
                 read_only: false,
             },
             VolumeMount {
-                disk: "/v/b.ext4".into(),
+                disk: dir.path().join("b.ext4"),
                 guest_path: "/in put".into(),
                 read_only: true,
             },
         ];
-        let p = plan(Some(&image), &vols, dir.path()).unwrap();
+        let p = plan(Some(&image), &vols, dir.path(), "test").unwrap();
         assert_eq!(
             p.words.to_words(),
             [
@@ -346,7 +365,7 @@ mod tests {
             read_only: false,
         }];
         assert!(matches!(
-            plan(None, &bad, dir.path()),
+            plan(None, &bad, dir.path(), "test"),
             Err(VolumeError::InvalidMountPoint(_))
         ));
     }
@@ -363,6 +382,12 @@ mod tests {
         let v = store.ensure("data", 64 << 20).unwrap();
         assert_eq!(v.size, 64 << 20);
         assert!(v.allocated < v.size, "the volume file is not sparse");
+        // A volume in use cannot be removed.
+        let held = VolumeLock::acquire(&v.path, "nook run", false).unwrap();
+        let e = store.remove("data").unwrap_err();
+        assert!(matches!(e, VolumeError::Locked(_)), "{e}");
+        assert!(e.to_string().contains("in use by nook run"), "{e}");
+        drop(held);
         // A second ensure keeps the existing file (and its size).
         assert_eq!(store.ensure("data", 128 << 20).unwrap().size, 64 << 20);
         assert_eq!(
@@ -399,7 +424,7 @@ mod tests {
             config: ImageConfig::default(),
             scratch_size: Some(32 << 20),
         };
-        let p = plan(Some(&image), &[], dir.path()).unwrap();
+        let p = plan(Some(&image), &[], dir.path(), "test").unwrap();
         assert_eq!(
             p.words.to_words(),
             ["nook.root=nook-root", "nook.scratch=nook-scratch"]

@@ -52,6 +52,8 @@ pub struct Vm {
     pub(crate) cfg: VmConfig,
     /// The scratch disk of an image root, deleted after the VM.
     pub(crate) _scratch: Option<TempFile>,
+    /// Locks on its volumes, released after the machine is gone.
+    pub(crate) _locks: Vec<crate::lock::VolumeLock>,
     /// The network back end (dropped after the machine: its published
     /// ports close with the VM).
     pub(crate) net: Option<nook_net::NetBackend>,

@@ -299,6 +299,11 @@ impl ExecInputSender {
     pub fn hang_up(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
+    /// The reader of the command's `pipe` is gone (see
+    /// [`ExecInput::CloseOutput`]).
+    pub fn close_output(&mut self, pipe: nook::Pipe) -> std::io::Result<()> {
+        self.send(&ExecInput::CloseOutput { pipe })
+    }
 }
 
 /// Writes are stdin chunks; [`ExecInputSender::close_stdin`] ends the input.
@@ -318,7 +323,7 @@ pub struct RemoteExec {
     /// Its pid in the guest.
     pub pid: u32,
     pub input: ExecInputSender,
-    r: BufReader<UnixStream>,
+    pub(crate) r: BufReader<UnixStream>,
 }
 
 impl RemoteExec {

@@ -110,6 +110,9 @@ pub(crate) fn serve_attached(
                 Ok(ExecInput::Resize(size)) => {
                     let _ = handle.resize(size);
                 }
+                Ok(ExecInput::CloseOutput { pipe }) => {
+                    let _ = handle.close_output(pipe);
+                }
                 Err(e) => tracing::debug!("nook session: ignoring an input line: {e}"),
             }
         });

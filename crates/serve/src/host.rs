@@ -105,6 +105,7 @@ fn vm_config(spec: &SessionSpec, home: &Path) -> Result<VmConfig, SessionError> 
         ..VmConfig::default()
     };
     cfg.home = home.to_path_buf();
+    cfg.holder = format!("session {}", spec.name);
     if spec.kernel.is_some() {
         cfg.kernel = spec.kernel.clone();
     }

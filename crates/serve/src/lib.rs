@@ -16,6 +16,7 @@ mod exec;
 mod files;
 mod host;
 mod procs;
+mod remote;
 mod state;
 pub mod toolchain;
 pub mod wire;

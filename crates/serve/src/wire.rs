@@ -151,6 +151,11 @@ pub enum ExecInput {
         signal: i32,
     },
     Resize(Winsize),
+    /// The client's reader of this output pipe is gone: the command's pipe
+    /// is closed in the guest (it gets SIGPIPE on its next write there).
+    CloseOutput {
+        pipe: nook::Pipe,
+    },
 }
 
 /// Stable error codes.
@@ -321,6 +326,12 @@ mod tests {
                 r#"{"op":"stdin","data":"aGk="}"#,
             ),
             (to_line(&ExecInput::StdinClose), r#"{"op":"stdin_close"}"#),
+            (
+                to_line(&ExecInput::CloseOutput {
+                    pipe: nook::Pipe::Stdout,
+                }),
+                r#"{"op":"close_output","pipe":"stdout"}"#,
+            ),
             (
                 to_line(&ExecInput::Signal { signal: 2 }),
                 r#"{"op":"signal","signal":2}"#,
