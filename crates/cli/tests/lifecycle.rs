@@ -78,10 +78,7 @@ fn a_volume_in_use_is_locked_against_writers_readers_and_rm() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "ready\n");
-    let held_by = format!(
-        "volume {name} is in use by nook run (pid {})",
-        holder.id()
-    );
+    let held_by = format!("volume {name} is in use by nook run (pid {})", holder.id());
 
     // A second writer, a reader and `volume rm` are refused, naming it.
     for args in [
@@ -204,7 +201,11 @@ fn sigint_during_snapshot_create_leaves_nothing_behind() {
             }
             assert!(child.try_wait().unwrap().is_none(), "{case}: ended first");
             assert!(Instant::now() < deadline, "{case}: never got there");
-            std::thread::sleep(Duration::from_millis(if case == "warmup" { 100 } else { 2 }));
+            std::thread::sleep(Duration::from_millis(if case == "warmup" {
+                100
+            } else {
+                2
+            }));
         }
         if case == "warmup" {
             // Give the warm-up command time to start.
@@ -214,7 +215,10 @@ fn sigint_during_snapshot_create_leaves_nothing_behind() {
         let status = wait_within(&mut child, Duration::from_secs(30), "snapshot create");
         let stderr = text(&child.wait_with_output().unwrap().stderr);
         assert_eq!(status.code(), Some(130), "{case}: {stderr}");
-        assert!(!snapshots.join(&name).exists(), "{case}: a snapshot was made");
+        assert!(
+            !snapshots.join(&name).exists(),
+            "{case}: a snapshot was made"
+        );
         assert_eq!(entries_with(&snapshots, &partial), Vec::<String>::new());
         assert_eq!(
             entries_with(runtime.path(), &format!("nook-{pid}-")),
@@ -334,5 +338,8 @@ fn the_run_dir_of_a_killed_nook_is_removed_by_gc() {
         .output()
         .unwrap();
     assert!(out.status.success(), "gc: {}", text(&out.stderr));
-    assert!(!runtime.path().join(&left[0]).exists(), "the run dir is left");
+    assert!(
+        !runtime.path().join(&left[0]).exists(),
+        "the run dir is left"
+    );
 }

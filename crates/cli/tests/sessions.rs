@@ -260,6 +260,57 @@ fn sigint_to_exec_ends_the_guest_command() {
     );
 }
 
+#[test]
+fn exec_stdio_behaves_like_a_shell_pipeline() {
+    if !ready() {
+        return;
+    }
+    let name = unique("pipes");
+    let _c = Cleanup(name.clone());
+    start(&name, &[]);
+    // `nook exec S -- yes | head -n 1`: the closed stdout ends the command
+    // as SIGPIPE would, and nook with it.
+    let mut child = nook()
+        .args(["exec", &name, "--", "yes"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "y\n");
+    let t0 = Instant::now();
+    drop(out);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "nook exec did not end within 5 s of its reader going away"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(141));
+    // `nook exec S -- echo hi > /dev/full`: reported, non-zero.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = nook()
+        .args(["exec", &name, "--", "echo", "hi"])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot write the command's stdout") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+}
+
 /// `sha256sum` of a host file.
 fn host_sha256(path: &std::path::Path) -> String {
     let out = std::process::Command::new("sha256sum")

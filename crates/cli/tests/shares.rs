@@ -166,13 +166,21 @@ fn a_share_given_through_a_symlink_is_the_directory_it_points_to() {
     // `--share link:/work` (relative to the current directory), and
     // `--share "$PWD:/work"` where the shell's $PWD was reached through
     // the link.
-    for (cwd, host) in [(dir.path(), PathBuf::from("link")), (link.as_path(), link.clone())] {
+    for (cwd, host) in [
+        (dir.path(), PathBuf::from("link")),
+        (link.as_path(), link.clone()),
+    ] {
         let out = nook()
             .current_dir(cwd)
             .env("PWD", cwd)
             .args(["run", "--engine", "qemu", "--share"])
             .arg(format!("{}:/work", host.display()))
-            .args(["--", "sh", "-c", "cat /work/in.txt && echo out > /work/out.txt"])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "cat /work/in.txt && echo out > /work/out.txt",
+            ])
             .output()
             .unwrap();
         assert_eq!(
@@ -182,7 +190,10 @@ fn a_share_given_through_a_symlink_is_the_directory_it_points_to() {
             text(&out.stderr)
         );
         assert_eq!(out.status.code(), Some(0));
-        assert_eq!(std::fs::read_to_string(real.join("out.txt")).unwrap(), "out\n");
+        assert_eq!(
+            std::fs::read_to_string(real.join("out.txt")).unwrap(),
+            "out\n"
+        );
         std::fs::remove_file(real.join("out.txt")).unwrap();
     }
     // A symlink to a file is refused, saying a share must be a directory.

@@ -121,7 +121,10 @@ fn sweep(dir: &Path, owner: fn(&str) -> Option<u32>, gc: &mut LeftoverGc) {
             std::fs::remove_file(&path)
         };
         if removed.is_ok() {
-            tracing::debug!("nook: removed {} (its process {pid} is gone)", path.display());
+            tracing::debug!(
+                "nook: removed {} (its process {pid} is gone)",
+                path.display()
+            );
             gc.freed_bytes += bytes;
             gc.removed.push(path);
         }

@@ -48,9 +48,9 @@ pub use error::{
     BootFailure, BootReport, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError,
 };
 pub use exec::{Child, ChildHandle, ChildStdin, ExecBuilder, ExecEvent, ExitStatus, Output};
+pub use files::{FileError, FileErrorKind, FileKind, FileStat, GuestFiles, ReadSummary};
 pub use leftovers::{gc_leftovers, LeftoverGc};
 pub use lock::{LockError, LockHolder, VolumeLock};
-pub use files::{FileError, FileErrorKind, FileKind, FileStat, GuestFiles, ReadSummary};
 pub use net::NicSpec;
 pub use nook_assets::{default_home, Assets};
 pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};

@@ -15,10 +15,11 @@
 //! place), the disk file itself is locked, and a refusal cannot name the
 //! holder.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 /// Who holds a volume lock: written into the lock file by its holder.
@@ -116,20 +117,20 @@ impl VolumeLock {
             }
             Err(e) => return Err(io(e)),
         };
-        let locked = if read_only {
-            file.try_lock_shared()
+        let op = if read_only {
+            FlockOperation::NonBlockingLockShared
         } else {
-            file.try_lock()
+            FlockOperation::NonBlockingLockExclusive
         };
-        match locked {
+        match rustix::fs::flock(&file, op) {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+            Err(rustix::io::Errno::WOULDBLOCK) => {
                 return Err(LockError::InUse {
                     volume: volume_label(disk),
                     holder: recorded.then(|| read_holder(&mut file)).flatten(),
                 })
             }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
+            Err(e) => return Err(io(e.into())),
         }
         if recorded {
             let record = LockHolder {

@@ -172,7 +172,10 @@ mod tests {
         let r = share("link").resolved().unwrap();
         assert_eq!(r.host_dir, real.canonicalize().unwrap());
         let e = share("flink").resolved().unwrap_err().to_string();
-        assert!(e.contains("flink") && e.contains("must be a directory"), "{e}");
+        assert!(
+            e.contains("flink") && e.contains("must be a directory"),
+            "{e}"
+        );
         let e = share("nothing").resolved().unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
     }

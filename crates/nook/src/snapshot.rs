@@ -14,8 +14,8 @@
 //! snapshots live in `$NOOK_HOME/snapshots/NAME`.
 
 use std::io::Read;
-use std::sync::atomic::Ordering;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{GuestHello, HostMsg, Resync, CONTROL_STREAM};
@@ -375,7 +375,12 @@ impl Vm {
             for (name, bytes) in extra {
                 std::fs::write(tmp.join(name), bytes).map_err(io)?;
             }
-            if self.cfg.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if self
+                .cfg
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
                 return Err(VmError::Cancelled);
             }
             if replace && path.exists() {
