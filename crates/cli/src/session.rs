@@ -22,6 +22,12 @@ pub struct StartArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub vm: VmArgs,
+    /// Attach a volume for the session's life: NAME:/path[:ro] (a named volume, created on first use) or /host/file.img:/path[:ro]. Repeatable; locked while the session runs.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:/PATH[:ro]")]
+    pub volumes: Vec<String>,
+    /// Size of the named volumes --volume creates.
+    #[arg(long, default_value = "1G", value_parser = image::parse_size, value_name = "SIZE")]
+    pub volume_size: u64,
     /// Stop the session after this many seconds with no command running and no client.
     #[arg(long, value_name = "SECS", value_parser = args::parse_whole_seconds)]
     pub idle_timeout: Option<u64>,
@@ -138,6 +144,20 @@ pub fn start(args: StartArgs) -> i32 {
             return exit::NOOK_FAILED;
         }
     }
+    let mut volumes = Vec::new();
+    for v in &args.volumes {
+        match image::parse_volume(v, args.volume_size) {
+            Ok(m) => volumes.push(nook_serve::SpecMount {
+                host_path: m.disk,
+                guest_path: m.guest_path,
+                read_only: m.read_only,
+            }),
+            Err(msg) => {
+                eprintln!("nook: {msg}");
+                return exit::NOOK_FAILED;
+            }
+        }
+    }
     let cfg = args.vm.config();
     let spec = SessionSpec {
         name: name.clone(),
@@ -162,7 +182,7 @@ pub fn start(args: StartArgs) -> i32 {
                 read_only: s.read_only,
             })
             .collect(),
-        volumes: Vec::new(),
+        volumes,
         snapshot: None,
     };
     let exe = match std::env::current_exe() {

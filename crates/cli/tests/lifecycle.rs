@@ -48,6 +48,15 @@ fn wait_within(child: &mut Child, limit: Duration, what: &str) -> std::process::
     }
 }
 
+/// The first line `child` writes to its (piped) stdout.
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
 /// Deletes a named volume when dropped.
 struct VolumeName(String);
 impl Drop for VolumeName {
@@ -69,15 +78,11 @@ fn a_volume_in_use_is_locked_against_writers_readers_and_rm() {
         .args(["run", "-v", &mount, "--", "sh", "-c"])
         .arg("echo held > /data/f && echo ready && read x")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    assert_eq!(first_line(&mut holder), "ready\n");
     let held_by = format!("volume {name} is in use by nook run (pid {})", holder.id());
 
     // A second writer, a reader and `volume rm` are refused, naming it.
@@ -321,11 +326,7 @@ fn the_run_dir_of_a_killed_nook_is_removed_by_gc() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "up\n");
+    assert_eq!(first_line(&mut child), "up\n");
     let pid = child.id();
     let left = entries_with(runtime.path(), &format!("nook-{pid}-"));
     assert_eq!(left.len(), 1, "{left:?}");
@@ -342,4 +343,74 @@ fn the_run_dir_of_a_killed_nook_is_removed_by_gc() {
         !runtime.path().join(&left[0]).exists(),
         "the run dir is left"
     );
+}
+
+/// Removes a session even when a test fails half-way.
+struct SessionName(String);
+impl Drop for SessionName {
+    fn drop(&mut self) {
+        let _ = nook_out(&["rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn a_session_holds_its_volumes_for_its_life_and_serves_its_shares() {
+    if !ready() {
+        return;
+    }
+    let volume = unique("sessvol");
+    let _v = VolumeName(volume.clone());
+    let session = unique("holder");
+    let _s = SessionName(session.clone());
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("in.txt"), "shared\n").unwrap();
+    let mount = format!("{volume}:/data");
+    let out = nook_out(&[
+        "start",
+        "--engine",
+        "qemu",
+        "--name",
+        &session,
+        "-v",
+        &mount,
+        "--share",
+        &format!("{}:/host", shared.path().display()),
+    ]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    let out = nook_out(&[
+        "exec",
+        &session,
+        "--",
+        "sh",
+        "-c",
+        "cat /host/in.txt && echo kept > /data/f",
+    ]);
+    assert_eq!(text(&out.stdout), "shared\n", "{}", text(&out.stderr));
+
+    let states: Vec<nook_serve::SessionState> =
+        serde_json::from_slice(&nook_out(&["ps", "--json"]).stdout).unwrap();
+    let host_pid = states
+        .iter()
+        .find(|s| s.name == session)
+        .expect("listed")
+        .pid;
+    let held_by = format!("volume {volume} is in use by session {session} (pid {host_pid})");
+    for args in [
+        vec!["run", "-v", &mount, "--", "true"],
+        vec!["volume", "rm", &volume],
+    ] {
+        let out = nook_out(&args);
+        assert_eq!(out.status.code(), Some(125), "{args:?} was not refused");
+        assert!(
+            text(&out.stderr).contains(&held_by),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Stopped, the session lets go; its data is in the volume.
+    assert!(nook_out(&["stop", &session]).status.success());
+    let out = nook_out(&["run", "-v", &format!("{mount}:ro"), "--", "cat", "/data/f"]);
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+    let out = nook_out(&["volume", "rm", &volume]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -9,9 +9,13 @@
 //!               kvm: one snapshot file, memory mapped copy-on-write on restore)
 //! ```
 //!
-//! It is written under a temporary name and renamed into place, so a
-//! crash mid-way never leaves something that looks complete. Named
-//! snapshots live in `$NOOK_HOME/snapshots/NAME`.
+//! It is written under a hidden temporary name (`.NAME.partial-PID-N`) and
+//! renamed into place, so a crash mid-way never leaves something that
+//! looks complete; a replaced or removed one is first renamed away
+//! (`.NAME.old-PID-N`). Those of dead processes are removed by
+//! `gc_leftovers`. Named snapshots live in `$NOOK_HOME/snapshots/NAME`; one
+//! that cannot be opened is listed as damaged ([`SnapshotScan`]), and can
+//! be removed or replaced.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
