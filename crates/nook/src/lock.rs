@@ -112,7 +112,12 @@ impl VolumeLock {
         let (mut file, recorded) = match opened {
             Ok(f) => (f, true),
             // A directory we cannot write: lock the disk itself.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
                 (File::open(disk).map_err(io)?, false)
             }
             Err(e) => return Err(io(e)),
