@@ -18,6 +18,8 @@ use common::{qemu_of, ready, text};
 /// A `nook shell` on a pseudo-terminal (its controlling terminal).
 struct PtyShell {
     child: Child,
+    /// Its workspace (to remove its session if a test fails midway).
+    workspace: std::path::PathBuf,
     master: std::fs::File,
     output: Arc<Mutex<Vec<u8>>>,
     /// How much of `output` the last `expect` consumed.
@@ -84,6 +86,7 @@ impl PtyShell {
         }
         PtyShell {
             child,
+            workspace: workspace.to_path_buf(),
             master,
             output,
             seen: 0,
@@ -148,6 +151,10 @@ impl Drop for PtyShell {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            // A killed shell leaves its (detached) session running.
+            if let Some((name, _)) = shell_session(&self.workspace) {
+                let _ = common::nook().args(["rm", "-f", &name]).output();
+            }
         }
     }
 }

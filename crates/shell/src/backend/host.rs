@@ -81,6 +81,11 @@ impl HostBackend {
     /// The sandboxed command for `cmd`.
     fn command(&self, cmd: &GuestCommand) -> Command {
         let mut c = Command::new("bwrap");
+        if !cmd.tty {
+            // A session of its own: no pushing input into the shell's
+            // terminal (TIOCSTI).
+            c.arg("--new-session");
+        }
         c.args([
             "--unshare-all",
             "--die-with-parent",
@@ -173,7 +178,9 @@ impl Backend for HostBackend {
                 .stdout(Stdio::inherit())
                 .stderr(Stdio::inherit());
         } else {
-            // A group of its own, signalled as a whole.
+            // A group of its own, signalled as a whole; a session of its
+            // own inside, so it cannot push input into the shell's
+            // terminal (TIOCSTI).
             c.process_group(0)
                 .stdin(match stdin {
                     GuestStdin::Shell => Stdio::inherit(),
