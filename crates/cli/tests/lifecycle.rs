@@ -57,13 +57,16 @@ fn first_line(child: &mut Child) -> String {
     line
 }
 
-/// Deletes a named volume when dropped.
-struct VolumeName(String);
-impl Drop for VolumeName {
+/// Runs `nook ARGS` when dropped: removes what a test made (a volume, a
+/// session) even when it fails half-way.
+struct Cleanup(&'static [&'static str], String);
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = nook_out(&["volume", "rm", &self.0]);
+        let _ = nook_out(&[self.0, &[self.1.as_str()]].concat());
     }
 }
+const VOLUME_RM: &[&str] = &["volume", "rm"];
+const SESSION_RM: &[&str] = &["rm", "-f"];
 
 #[test]
 fn a_volume_in_use_is_locked_against_writers_readers_and_rm() {
@@ -71,7 +74,7 @@ fn a_volume_in_use_is_locked_against_writers_readers_and_rm() {
         return;
     }
     let name = unique("locked");
-    let _cleanup = VolumeName(name.clone());
+    let _cleanup = Cleanup(VOLUME_RM, name.clone());
     let mount = format!("{name}:/data");
     // The holder: writes, says so, then waits for a line on stdin.
     let mut holder = nook()
@@ -350,23 +353,15 @@ fn the_run_dir_of_a_killed_nook_is_removed_by_gc() {
     );
 }
 
-/// Removes a session even when a test fails half-way.
-struct SessionName(String);
-impl Drop for SessionName {
-    fn drop(&mut self) {
-        let _ = nook_out(&["rm", "-f", &self.0]);
-    }
-}
-
 #[test]
 fn a_session_holds_its_volumes_for_its_life_and_serves_its_shares() {
     if !ready() {
         return;
     }
     let volume = unique("sessvol");
-    let _v = VolumeName(volume.clone());
+    let _v = Cleanup(VOLUME_RM, volume.clone());
     let session = unique("holder");
-    let _s = SessionName(session.clone());
+    let _s = Cleanup(SESSION_RM, session.clone());
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("in.txt"), "shared\n").unwrap();
     let mount = format!("{volume}:/data");
