@@ -102,8 +102,6 @@ pub(crate) fn make_run_dir() -> Result<RunDir, VmError> {
         .filter(|p| p.is_dir())
         .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| is_world_writable(p)))
         .unwrap_or_else(std::env::temp_dir);
-    static SWEEP: std::sync::Once = std::sync::Once::new();
-    SWEEP.call_once(|| sweep_run_dirs_of_dead_processes(&base));
     let path = base.join(format!(
         "nook-{}-{}",
         std::process::id(),
@@ -114,38 +112,6 @@ pub(crate) fn make_run_dir() -> Result<RunDir, VmError> {
         source,
     })?;
     Ok(RunDir(path))
-}
-
-/// Removes the run directories (`nook-PID-N`, with a VM's sockets and
-/// perhaps its RAM file) of nook processes that ended without removing
-/// them (killed by SIGKILL, or by a seccomp violation). Only this user's,
-/// and only where no process PID exists.
-fn sweep_run_dirs_of_dead_processes(base: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    // The owner of /proc/self is this process's effective uid.
-    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("nook-"))
-            .and_then(|rest| rest.split_once('-'))
-            .filter(|(_, seq)| seq.bytes().all(|b| b.is_ascii_digit()) && !seq.is_empty())
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let mine = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if mine && !Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::debug!("removing {} (its nook process is gone)", e.path().display());
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 /// A directory anyone may create entries in, like `/dev/shm` (mode 1777).
