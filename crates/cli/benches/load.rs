@@ -147,13 +147,18 @@ fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
+/// QEMU processes of this process's VMs (their command line names a run
+/// directory `nook-PID-N`); others' QEMUs on a shared machine do not count.
 fn qemu_count() -> usize {
+    let mine = format!("nook-{}-", std::process::id());
     std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
                 .filter(|e| {
-                    std::fs::read(e.path().join("cmdline"))
-                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+                    std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains("qemu-system") && c.contains(&mine)
+                    })
                 })
                 .count()
         })
