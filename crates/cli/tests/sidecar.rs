@@ -146,6 +146,14 @@ fn sidecar_protocol_against_nook_serve() {
         "new\n"
     );
 
+    // The leaf `.` syncs the workspace itself, not a copy inside it.
+    let r = c.call(json!({"op": "sync_request", "session_id": sid,
+        "direction": "push_to_guest", "vfs_cwd_leaf": "."}));
+    assert_eq!(r["op"], "sync_ok", "{r}");
+    let r = c.call(json!({"op": "guest_fs", "session_id": sid,
+        "operation": "list_dir", "guest_path": ws}));
+    assert_eq!(r["names"], json!(["proj"]), "{r}");
+
     // guest_fs.
     let fs = |c: &mut Conn, op: &str, path: &str, content: Option<&str>| {
         let mut req =

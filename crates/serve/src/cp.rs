@@ -195,6 +195,12 @@ pub fn copy_in(c: &SessionClient, src: &Path, dst: &str) -> Result<u64, SessionE
     copy_in_entry(c, src, &target)
 }
 
+/// Copies the host's `src` to exactly the guest's `dst` (into nothing
+/// else, even when `dst` is an existing directory); returns the bytes copied.
+pub(crate) fn copy_in_as(c: &SessionClient, src: &Path, dst: &str) -> Result<u64, SessionError> {
+    copy_in_entry(c, src, dst)
+}
+
 fn copy_in_entry(c: &SessionClient, src: &Path, dst: &str) -> Result<u64, SessionError> {
     let meta = std::fs::symlink_metadata(src).map_err(|e| SessionError::io("stat", src, e))?;
     let mode = meta.permissions().mode() & 0o7777;

@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::cp::copy_in_as;
 use crate::error::SessionError;
 use crate::wire::SessionErrorCode;
-use crate::{copy_in, copy_out, SessionClient};
+use crate::{copy_out, SessionClient};
 
 /// Whether `leaf` names one directory level (`.` for the workspace itself).
 fn check_leaf(leaf: &str) -> Result<(), SessionError> {
@@ -65,7 +66,9 @@ pub(crate) fn push(
     }
     c.mkdir_all(workspace, 0o755)?;
     if src.is_dir() {
-        copy_in(c, &src, &dst)?;
+        // Exactly onto `dst`: with the leaf `.` it is the workspace itself,
+        // which exists again by now, and `copy_in` would copy into it.
+        copy_in_as(c, &src, &dst)?;
     } else {
         c.mkdir_all(&dst, 0o755)?;
     }
