@@ -173,15 +173,7 @@ pub fn start(args: StartArgs) -> i32 {
         max_duration_s: args.max_duration,
         net: cfg.net.clone(),
         env: Vec::new(),
-        shares: cfg
-            .shares
-            .iter()
-            .map(|s| nook_serve::SpecMount {
-                host_path: s.host_dir.clone(),
-                guest_path: s.guest_path.clone(),
-                read_only: s.read_only,
-            })
-            .collect(),
+        shares: cfg.shares.iter().map(nook_serve::SpecMount::from).collect(),
         volumes,
         snapshot: None,
     };

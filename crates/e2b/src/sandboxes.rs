@@ -261,22 +261,16 @@ pub fn remove_session(cfg: &E2bConfig, session: &str) {
 /// The session a sandbox of `image` runs as.
 pub fn session_spec(cfg: &E2bConfig, name: &str, image: &str) -> SessionSpec {
     SessionSpec {
-        name: name.to_string(),
         image: Some(image.to_string()),
-        engine: cfg.engine.clone(),
-        memory_mib: cfg.memory_mib,
-        vcpus: cfg.vcpus,
         kernel: cfg.kernel.clone(),
         agent: cfg.agent.clone(),
-        boot_timeout_s: cfg.boot_timeout_s,
-        template: true,
-        idle_timeout_s: None,
-        max_duration_s: None,
-        net: None,
-        env: Vec::new(),
-        shares: Vec::new(),
-        volumes: Vec::new(),
-        snapshot: None,
+        ..SessionSpec::new(
+            name,
+            cfg.engine.clone(),
+            cfg.memory_mib,
+            cfg.vcpus,
+            cfg.boot_timeout_s,
+        )
     }
 }
 

@@ -195,16 +195,7 @@ fn sandbox_spec(cfg: &McpConfig, args: &SandboxCreateArgs) -> Result<SessionSpec
             reason: "give a number of seconds from 1".into(),
         });
     }
-    let mut shares: Vec<SpecMount> = cfg
-        .vm
-        .shares
-        .iter()
-        .map(|s| SpecMount {
-            host_path: s.host_dir.clone(),
-            guest_path: s.guest_path.clone(),
-            read_only: s.read_only,
-        })
-        .collect();
+    let mut shares: Vec<SpecMount> = cfg.vm.shares.iter().map(SpecMount::from).collect();
     for s in args.share.iter().flatten() {
         shares.push(check_share(s, &cfg.allow_share)?);
     }

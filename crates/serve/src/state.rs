@@ -60,6 +60,39 @@ pub struct SessionSpec {
     pub snapshot: Option<PathBuf>,
 }
 
+impl SessionSpec {
+    /// A session of nook's built-in root with these resources, restored from
+    /// its template when there is one, and nothing else: no image, no
+    /// kernel or agent override, no limits, network, env, mounts or
+    /// snapshot. Callers set the rest with struct update syntax.
+    pub fn new(
+        name: impl Into<String>,
+        engine: impl Into<String>,
+        memory_mib: u32,
+        vcpus: u8,
+        boot_timeout_s: u64,
+    ) -> SessionSpec {
+        SessionSpec {
+            name: name.into(),
+            image: None,
+            engine: engine.into(),
+            memory_mib,
+            vcpus,
+            kernel: None,
+            agent: None,
+            boot_timeout_s,
+            template: true,
+            idle_timeout_s: None,
+            max_duration_s: None,
+            net: None,
+            env: Vec::new(),
+            shares: Vec::new(),
+            volumes: Vec::new(),
+            snapshot: None,
+        }
+    }
+}
+
 /// A host path mounted in the guest: a shared directory or a disk image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecMount {
@@ -67,6 +100,16 @@ pub struct SpecMount {
     pub guest_path: String,
     #[serde(default)]
     pub read_only: bool,
+}
+
+impl From<&nook::ShareConfig> for SpecMount {
+    fn from(s: &nook::ShareConfig) -> SpecMount {
+        SpecMount {
+            host_path: s.host_dir.clone(),
+            guest_path: s.guest_path.clone(),
+            read_only: s.read_only,
+        }
+    }
 }
 
 /// Where a session is in its life.

@@ -162,25 +162,18 @@ fn boot(opts: &VmOptions, rust: bool, progress: &mut dyn Write) -> BootResult {
     }
     // An exited session's directory under the same name.
     let _ = nook_serve::remove(&opts.home, &opts.session, false);
-    let spec = SessionSpec {
-        name: opts.session.clone(),
+    let mut spec = SessionSpec {
         image,
-        engine: opts.engine.clone(),
-        memory_mib: opts.memory_mib,
-        vcpus: opts.vcpus,
         kernel: opts.kernel.clone(),
         agent: opts.agent.clone(),
-        boot_timeout_s: opts.boot_timeout_s,
-        template: true,
-        idle_timeout_s: None,
-        max_duration_s: None,
-        net: None,
-        env: Vec::new(),
-        shares: Vec::new(),
-        volumes: Vec::new(),
-        snapshot: None,
+        ..SessionSpec::new(
+            opts.session.clone(),
+            opts.engine.clone(),
+            opts.memory_mib,
+            opts.vcpus,
+            opts.boot_timeout_s,
+        )
     };
-    let mut spec = spec;
     match &opts.volume {
         // Guest-primary: the workspace is a named volume in the session.
         Some(name) => {
