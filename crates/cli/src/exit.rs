@@ -7,13 +7,8 @@ pub fn report(err: &dyn std::error::Error) {
     eprintln!("nook: {}", chain(err));
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line (with what to do when the disk
+/// is full).
 pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
+    nook::error_chain(err)
 }

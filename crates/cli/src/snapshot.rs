@@ -130,7 +130,10 @@ fn create(args: CreateArgs) -> i32 {
             return exit::NOOK_FAILED;
         }
     };
-    if path.exists() {
+    // Replace only what is there now: a snapshot another nook makes
+    // meanwhile is refused at the end (`--force`: the later one stays).
+    let replace = path.exists();
+    if replace {
         match nook::Snapshot::open(&path) {
             Ok(_) if !args.force => {
                 eprintln!(
@@ -198,7 +201,12 @@ fn create(args: CreateArgs) -> i32 {
         None
     };
     // Replaces the old snapshot only once the new one is complete.
-    match vm.snapshot_replacing(&path) {
+    let taken = if replace || args.force {
+        vm.snapshot_replacing(&path)
+    } else {
+        vm.snapshot(&path)
+    };
+    match taken {
         Ok(s) => {
             print_created(&s);
             0

@@ -210,3 +210,253 @@ fn a_full_host_disk_fails_a_volume_write_in_the_guest_and_keeps_earlier_data() {
         .unwrap();
     assert_eq!(text(&out.stdout), "keep\n", "stderr: {}", text(&out.stderr));
 }
+
+// ---- The image store and snapshots: a full disk, a SIGKILLed nook, and
+// two nook processes at once.
+
+/// `nook` with its own `$NOOK_HOME` and runtime directory, booting the
+/// test kernel (so nothing is downloaded into that home) without
+/// templates.
+fn nook_in(home: &Path, runtime: &Path) -> Command {
+    let mut c = nook();
+    c.env("NOOK_HOME", home)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("NOOK_NO_TEMPLATE", "1");
+    for (from, to) in [
+        ("NOOK_TEST_KERNEL", "NOOK_KERNEL"),
+        ("NOOK_TEST_MODULES", "NOOK_KERNEL_MODULES"),
+    ] {
+        if let Some(v) = std::env::var_os(from) {
+            c.env(to, v);
+        }
+    }
+    c
+}
+
+/// Whether guests can boot from a home of their own (the test kernel is
+/// given); prints why not.
+fn kernel_ready() -> bool {
+    if !ready() {
+        return false;
+    }
+    let ok = ["NOOK_TEST_KERNEL", "NOOK_TEST_MODULES"]
+        .iter()
+        .all(|v| std::env::var_os(v).is_some());
+    if !ok {
+        eprintln!(
+            "skipping: NOOK_TEST_KERNEL and NOOK_TEST_MODULES are not set (see scripts/test)"
+        );
+    }
+    ok
+}
+
+/// Names in `dir` that contain `needle`.
+fn names_with(dir: &Path, needle: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(needle))
+        .collect()
+}
+
+/// Everything in the image store's `tmp/`.
+fn store_tmp(home: &Path) -> Vec<String> {
+    names_with(&home.join("images/tmp"), "")
+}
+
+/// Fills the file system at `dir` until only `leave` bytes are free.
+fn fill_until_free(dir: &Path, leave: u64) {
+    let st = rustix::fs::statvfs(dir).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    assert!(free > leave, "only {free} bytes free");
+    let filler = std::fs::File::create(dir.join("filler")).unwrap();
+    rustix::fs::fallocate(
+        &filler,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        free - leave,
+    )
+    .unwrap();
+}
+
+/// The snapshot `name` restores and runs a command.
+fn assert_restores(home: &Path, runtime: &Path, name: &str) {
+    let out = nook_in(home, runtime)
+        .args(["run", "--snapshot", name, "--", "echo", "restored"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "restored\n",
+        "snapshot {name} does not restore: {}",
+        text(&out.stderr)
+    );
+}
+
+/// No QEMU of `pid` and no run directory of it in `runtime`.
+fn assert_no_vm_left(pid: u32, runtime: &Path) {
+    wait_until("qemu goes with nook", Duration::from_secs(10), || {
+        qemu_of(pid).is_empty()
+    });
+    assert_eq!(
+        names_with(runtime, &format!("nook-{pid}-")),
+        Vec::<String>::new(),
+        "run dir left behind"
+    );
+}
+
+#[test]
+fn a_full_disk_fails_snapshot_create_with_a_hint_and_keeps_the_previous_snapshot() {
+    if !kernel_ready() {
+        return;
+    }
+    let Some(disk) = SmallDisk::mount(400) else {
+        return;
+    };
+    let home = disk.path();
+    let runtime = tempfile::tempdir().unwrap();
+    let out = nook_in(home, runtime.path())
+        .args(["snapshot", "create", "keep"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "first create: {}", text(&out.stderr));
+    let snaps = home.join("snapshots");
+    let used = nook::Snapshot::open(&snaps.join("keep"))
+        .expect("the first snapshot")
+        .disk_usage;
+    // Room for half of another one.
+    fill_until_free(home, used / 2);
+
+    let child = nook_in(home, runtime.path())
+        .args(["snapshot", "create", "keep", "--force"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(nook::exit_code::NOOK_FAILED),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains(nook::DISK_FULL_HINT),
+        "unclear error: {stderr}"
+    );
+    assert_eq!(names_with(&snaps, ".keep."), Vec::<String>::new());
+    assert_no_vm_left(pid, runtime.path());
+    // The previous snapshot is whole.
+    assert_restores(home, runtime.path(), "keep");
+}
+
+#[test]
+fn a_sigkilled_snapshot_create_keeps_the_previous_snapshot_and_gc_removes_its_work() {
+    if !kernel_ready() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let runtime = tempfile::tempdir().unwrap();
+    let snaps = home.join("snapshots");
+    let out = nook_in(home, runtime.path())
+        .args(["snapshot", "create", "keep"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "first create: {}", text(&out.stderr));
+    let before = std::fs::read(snaps.join("keep/nook.json")).unwrap();
+
+    // Killed while it writes the replacement.
+    let mut child = nook_in(home, runtime.path())
+        .args(["snapshot", "create", "keep", "--force"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let partial = format!(".keep.partial-{pid}-");
+    wait_until(
+        "the new snapshot is being written",
+        Duration::from_secs(120),
+        || {
+            assert!(child.try_wait().unwrap().is_none(), "create ended first");
+            !names_with(&snaps, &partial).is_empty()
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("qemu goes with nook", Duration::from_secs(10), || {
+        qemu_of(pid).is_empty()
+    });
+
+    // The old snapshot is there, whole.
+    assert_eq!(std::fs::read(snaps.join("keep/nook.json")).unwrap(), before);
+    assert_restores(home, runtime.path(), "keep");
+    let out = nook_in(home, runtime.path()).arg("gc").output().unwrap();
+    assert!(out.status.success(), "gc: {}", text(&out.stderr));
+    assert_eq!(names_with(&snaps, ".keep."), Vec::<String>::new());
+    assert_no_vm_left(pid, runtime.path());
+}
+
+#[test]
+fn two_snapshot_creates_of_one_name_end_cleanly_with_one_whole_snapshot() {
+    if !kernel_ready() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let runtime = tempfile::tempdir().unwrap();
+    let snaps = home.join("snapshots");
+    // Without --force one wins and the other is refused; with it both
+    // succeed and the later one stays.
+    for force in [false, true] {
+        let args: &[&str] = if force {
+            &["snapshot", "create", "same", "--force"]
+        } else {
+            &["snapshot", "create", "same"]
+        };
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                nook_in(home, runtime.path())
+                    .args(args)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        let stderrs: Vec<String> = outs.iter().map(|o| text(&o.stderr)).collect();
+        if force {
+            assert_eq!(won, 2, "{stderrs:?}");
+        } else {
+            assert_eq!(won, 1, "{stderrs:?}");
+            let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+            let msg = text(&lost.stderr);
+            assert_eq!(
+                lost.status.code(),
+                Some(nook::exit_code::NOOK_FAILED),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("already exists") || msg.contains("exists: remove it"),
+                "unclear refusal: {msg}"
+            );
+            assert!(msg.contains("--force"), "no way forward: {msg}");
+        }
+        assert_eq!(names_with(&snaps, ".same."), Vec::<String>::new());
+        assert_eq!(names_with(&snaps, ""), ["same"]);
+        for pid in pids {
+            assert_no_vm_left(pid, runtime.path());
+        }
+        assert_restores(home, runtime.path(), "same");
+    }
+}

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use futures_util::{StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::{Client, Reference};
 use tokio::io::AsyncWrite;
 
@@ -242,7 +243,9 @@ impl ImageStore {
                 missing.push((digest, size, desc.media_type));
             }
         }
-        let fetched: Vec<(Digest, u64, PathBuf)> = futures_util::stream::iter(missing)
+        // A download that fails, or is dropped because another failed,
+        // takes its temporary file with it.
+        let fetched: Vec<(Digest, u64, TempFile)> = futures_util::stream::iter(missing)
             .map(|(digest, size, media_type)| {
                 let bar = bars.as_ref().map(|m| {
                     let bar = m.add(ProgressBar::new(size));
@@ -254,12 +257,12 @@ impl ImageStore {
                     bar.set_prefix(digest.hex()[..12].to_owned());
                     bar
                 });
-                let tmp = self.temp_path();
+                let tmp = TempFile(self.temp_path());
                 async move {
                     tracing::info!(blob = %digest, size, media_type, "image: downloading");
-                    let file = tokio::fs::File::create(&tmp)
+                    let file = tokio::fs::File::create(&tmp.0)
                         .await
-                        .map_err(crate::error::io_err("create", &tmp))?;
+                        .map_err(crate::error::io_err("create", &tmp.0))?;
                     let out = CountingWriter {
                         file,
                         bar: bar.clone(),
@@ -269,15 +272,19 @@ impl ImageStore {
                     if let Some(bar) = bar {
                         bar.finish();
                     }
-                    if let Err(source) = pulled {
-                        let _ = remove_path(&tmp);
-                        return Err(ImageError::Registry {
+                    match pulled {
+                        Ok(()) => Ok((digest, size, tmp)),
+                        // Writing the file failed (a full disk), not the
+                        // registry.
+                        Err(OciDistributionError::IoError(e)) => {
+                            Err(crate::error::io_err("write", &tmp.0)(e).into())
+                        }
+                        Err(source) => Err(ImageError::Registry {
                             op: "download a blob",
                             reference: format!("{}@{digest}", image.repository()),
                             source,
-                        });
+                        }),
                     }
-                    Ok((digest, size, tmp))
                 }
             })
             .buffer_unordered(DOWNLOADS)
@@ -285,12 +292,22 @@ impl ImageStore {
             .await?;
         for (digest, size, tmp) in fetched {
             self.adopt_blob_file(
-                &tmp,
+                &tmp.0,
                 &format!("blob {digest} of {}", image.whole()),
                 Some((&digest, size)),
             )?;
         }
         Ok(())
+    }
+}
+
+/// A download's file under `tmp/`: removed when dropped, unless it was
+/// moved into the blobs by then.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = remove_path(&self.0);
     }
 }
 

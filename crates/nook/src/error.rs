@@ -63,6 +63,10 @@ pub enum VmError {
     },
     #[error("snapshot {path} is unusable: {reason}")]
     BadSnapshot { path: PathBuf, reason: String },
+    /// A snapshot is where a new one was to go (made meanwhile by another
+    /// process, when it was not there at the start).
+    #[error("snapshot {path} already exists: remove it first, or replace it (`nook snapshot create --force`)")]
+    SnapshotExists { path: PathBuf },
     #[error("cannot write snapshot {path}")]
     SnapshotIo {
         path: PathBuf,
@@ -215,7 +219,12 @@ impl ExecError {
     }
 }
 
-/// `e` and its sources, joined with ": ", for log lines.
+/// What to do when a host disk is full, appended by [`chain`].
+pub const DISK_FULL_HINT: &str = "the disk is full: free space on it (`nook gc` removes unused images, templates and leftovers of killed runs) or set NOOK_HOME to a larger disk, then try again";
+
+/// `e` and its sources, joined with ": ", for log lines and the messages
+/// every front end shows; ends with [`DISK_FULL_HINT`] when the cause is
+/// a full disk.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -224,5 +233,60 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         out.push_str(&s.to_string());
         source = s.source();
     }
+    if is_disk_full(e) {
+        out.push_str(": ");
+        out.push_str(DISK_FULL_HINT);
+    }
     out
+}
+
+/// Whether `e` or one of its sources is a full disk or exhausted quota
+/// (`ENOSPC`, `EDQUOT`), as an `io::Error` or as the text of one that
+/// crossed a process boundary (QEMU reports a failed save as text).
+pub fn is_disk_full(e: &dyn std::error::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    let says_so = |err: &dyn std::error::Error| {
+        let text = err.to_string();
+        text.contains("No space left on device") || text.contains("Disk quota exceeded")
+    };
+    let mut next = e.source();
+    while let Some(err) = next {
+        let raw = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error);
+        if matches!(raw, Some(ENOSPC | EDQUOT)) || says_so(err) {
+            return true;
+        }
+        next = err.source();
+    }
+    says_so(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_anywhere_in_the_chain_gets_the_hint_and_nothing_else_does() {
+        let full = VmError::SnapshotIo {
+            path: "/h/snapshots/s".into(),
+            source: io::Error::from_raw_os_error(28),
+        };
+        let msg = chain(&full);
+        assert!(
+            msg.starts_with("cannot write snapshot /h/snapshots/s: No space left on device"),
+            "{msg}"
+        );
+        assert!(msg.ends_with(DISK_FULL_HINT), "{msg}");
+        // As text from another process (QEMU's failed save).
+        let text = io::Error::other("Unable to write to file: No space left on device");
+        assert!(is_disk_full(&text));
+        let other = VmError::SnapshotIo {
+            path: "/h/snapshots/s".into(),
+            source: io::Error::from_raw_os_error(13),
+        };
+        assert!(!is_disk_full(&other));
+        assert!(!chain(&other).contains(DISK_FULL_HINT));
+    }
 }

@@ -44,6 +44,7 @@ pub use ending::{GuestEnded, GuestEnding};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE};
 pub use engine::EngineId;
 pub use error::chain as error_chain;
+pub use error::{is_disk_full, DISK_FULL_HINT};
 pub use error::{
     BootFailure, BootReport, ChannelLoss, ExecError, MachineExit, ProtocolViolation, VmError,
 };

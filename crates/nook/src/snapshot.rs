@@ -11,8 +11,9 @@
 //!
 //! It is written under a hidden temporary name (`.NAME.partial-PID-N`) and
 //! renamed into place, so a crash mid-way never leaves something that
-//! looks complete; a replaced or removed one is first renamed away
-//! (`.NAME.old-PID-N`). Those of dead processes are removed by
+//! looks complete; a replaced one is swapped with the new one in one
+//! atomic exchange (`renameat2`), so the name always holds a whole
+//! snapshot, and a removed one is first renamed away (`.NAME.old-PID-N`). Those of dead processes are removed by
 //! `gc_leftovers`. Named snapshots live in `$NOOK_HOME/snapshots/NAME`; one
 //! that cannot be opened is listed as damaged ([`SnapshotScan`]), and can
 //! be removed or replaced.
@@ -279,6 +280,43 @@ fn temp_sibling(path: &Path, kind: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{kind}-{}-{seq}", std::process::id()))
 }
 
+/// Moves the finished snapshot `tmp` to `path` in one atomic step: a
+/// rename that refuses to replace anything, or with `replace` an exchange
+/// with what is there (whose remains, now under `tmp`, are then removed).
+/// Readers, and a nook killed at any instant, see the old snapshot or the
+/// new one whole, never neither. Two processes finishing at once: without
+/// `replace` the second is refused ([`VmError::SnapshotExists`]); with it
+/// both succeed and the later one's snapshot stays.
+fn put_in_place(tmp: &Path, path: &Path, replace: bool) -> Result<(), VmError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let io = |e: rustix::io::Errno| VmError::SnapshotIo {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    // Another process may create or remove `path` between the attempts.
+    for _ in 0..8 {
+        match renameat_with(CWD, tmp, CWD, path, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) if replace => {}
+            Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
+                return Err(VmError::SnapshotExists {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        }
+        match renameat_with(CWD, tmp, CWD, path, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(tmp);
+                return Ok(());
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Err(io(rustix::io::Errno::BUSY))
+}
+
 /// Removes a snapshot directory and everything in it, damaged or not. It
 /// is first renamed out of the way, so an interrupted removal leaves no
 /// half-removed snapshot under its name.
@@ -338,9 +376,8 @@ impl Vm {
         replace: bool,
     ) -> Result<Snapshot, VmError> {
         if path.exists() && !replace {
-            return Err(VmError::BadSnapshot {
+            return Err(VmError::SnapshotExists {
                 path: path.to_path_buf(),
-                reason: "it already exists: remove it first".into(),
             });
         }
         let io = |source| VmError::SnapshotIo {
@@ -387,17 +424,7 @@ impl Vm {
             {
                 return Err(VmError::Cancelled);
             }
-            if replace && path.exists() {
-                let old = temp_sibling(path, "old");
-                std::fs::rename(path, &old).map_err(io)?;
-                if let Err(e) = std::fs::rename(&tmp, path) {
-                    let _ = std::fs::rename(&old, path);
-                    return Err(io(e));
-                }
-                let _ = std::fs::remove_dir_all(&old);
-                return Ok(());
-            }
-            std::fs::rename(&tmp, path).map_err(io)
+            put_in_place(&tmp, path, replace)
         })();
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
