@@ -7,9 +7,12 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nook_image::testing::{LayerBuilder, Registry, TestImage, TestLayer};
 
 /// The run directories (`nook-PID-N`) nook process `pid` made.
 fn run_dirs_of(pid: u32) -> Vec<PathBuf> {
@@ -459,4 +462,247 @@ fn two_snapshot_creates_of_one_name_end_cleanly_with_one_whole_snapshot() {
         }
         assert_restores(home, runtime.path(), "same");
     }
+}
+
+/// `n` bytes no compressor shrinks (xorshift; the same for a `seed`).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An image of one uncompressed layer holding `mib` MiB of noise.
+fn noise_image(mib: usize, seed: u64) -> TestImage {
+    let layer = LayerBuilder::new()
+        .file("noise", &noise(mib << 20, seed), 0o644)
+        .tar();
+    TestImage::new(vec![TestLayer::plain(layer)], "amd64")
+}
+
+/// The references `nook images --json` lists in `home`.
+fn listed_images(home: &Path) -> Vec<String> {
+    let out = nook()
+        .env("NOOK_HOME", home)
+        .args(["images", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("images --json");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["references"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn pull_in(home: &Path, reference: &str) -> std::process::Output {
+    nook()
+        .env("NOOK_HOME", home)
+        .args(["pull", reference])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_fails_pull_with_a_hint_leaves_no_temp_files_and_keeps_other_images() {
+    let Some(registry) = Registry::start(None) else {
+        return;
+    };
+    let anon = oci_client::secrets::RegistryAuth::Anonymous;
+    registry.push("small:1", &noise_image(1, 1), &anon);
+    registry.push("big:1", &noise_image(12, 2), &anon);
+    let small = format!("{}/small:1", registry.host);
+    let big = format!("{}/big:1", registry.host);
+    // Full while the layer downloads (8 MiB), and while its tree unpacks
+    // (20 MiB: the 12 MiB blob fits, its files do not).
+    for mib in [8, 20] {
+        let Some(disk) = SmallDisk::mount(mib) else {
+            return;
+        };
+        let home = disk.path();
+        let out = pull_in(home, &small);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+
+        let out = pull_in(home, &big);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(nook::exit_code::NOOK_FAILED),
+            "{mib} MiB: {stderr}"
+        );
+        assert!(
+            stderr.contains("No space left on device") && stderr.contains(nook::DISK_FULL_HINT),
+            "{mib} MiB: unclear error: {stderr}"
+        );
+        assert!(
+            !stderr.contains("check the image name, the network"),
+            "{mib} MiB: blames the registry: {stderr}"
+        );
+        assert_eq!(store_tmp(home), Vec::<String>::new(), "{mib} MiB");
+        assert_eq!(listed_images(home), [small.clone()], "{mib} MiB");
+        let kept = nook_image::ImageStore::open(&home.join("images"))
+            .and_then(|s| s.get(&small))
+            .unwrap()
+            .expect("the earlier image");
+        assert_eq!(std::fs::metadata(&kept.rootfs).unwrap().len(), kept.size);
+
+        // With room again the pull succeeds.
+        let grown = Command::new("mount")
+            .args(["-o", "remount,size=96m"])
+            .arg(home)
+            .status()
+            .unwrap();
+        assert!(grown.success());
+        let out = pull_in(home, &big);
+        assert!(out.status.success(), "{mib} MiB: {}", text(&out.stderr));
+        assert_eq!(store_tmp(home), Vec::<String>::new());
+    }
+}
+
+/// A TCP proxy on loopback in front of `upstream` that, while `slow` is
+/// set, passes replies on at about 1 MiB/s.
+fn throttled_proxy(upstream: String, slow: Arc<AtomicBool>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c_in, &mut s_out));
+            let (mut s_in, mut c_out) = (server, client);
+            let slow = slow.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                loop {
+                    let n = match std::io::Read::read(&mut s_in, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if std::io::Write::write_all(&mut c_out, &buf[..n]).is_err() {
+                        break;
+                    }
+                    if slow.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(16));
+                    }
+                }
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// The largest file in the image store's `tmp/`.
+fn largest_tmp_file(home: &Path) -> u64 {
+    std::fs::read_dir(home.join("images/tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_sigkilled_pull_leaves_nothing_that_looks_complete_and_the_next_pull_and_gc_clean_up() {
+    let Some(registry) = Registry::start(None) else {
+        return;
+    };
+    let image = noise_image(16, 3);
+    registry.push(
+        "slow:1",
+        &image,
+        &oci_client::secrets::RegistryAuth::Anonymous,
+    );
+    let slow = Arc::new(AtomicBool::new(true));
+    let proxy = throttled_proxy(registry.host.clone(), slow.clone());
+    let reference = format!("{proxy}/slow:1");
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+
+    let mut child = nook()
+        .env("NOOK_HOME", home)
+        .args(["pull", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the layer is being written", Duration::from_secs(60), || {
+        assert!(child.try_wait().unwrap().is_none(), "pull ended first");
+        largest_tmp_file(home) > 1 << 20
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(store_tmp(home), Vec::<String>::new(), "killed after the end");
+    assert_eq!(listed_images(home), Vec::<String>::new());
+
+    slow.store(false, Ordering::Relaxed);
+    let out = pull_in(home, &reference);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&image.digest().to_string()),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(listed_images(home), [reference.clone()]);
+    let runtime = tempfile::tempdir().unwrap();
+    let out = nook()
+        .env("NOOK_HOME", home)
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .args(["image", "gc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gc: {}", text(&out.stderr));
+    assert_eq!(store_tmp(home), Vec::<String>::new());
+    assert_eq!(listed_images(home), [reference]);
+}
+
+/// Removes a session when dropped, even when a test fails half-way.
+struct SessionCleanup(String);
+
+impl Drop for SessionCleanup {
+    fn drop(&mut self) {
+        let _ = nook().args(["rm", "-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn the_agent_shrugs_off_signals_from_root_in_the_guest_and_serves_the_next_exec() {
+    if !ready() {
+        return;
+    }
+    let name = format!("t{}-agent-kill", std::process::id());
+    let _cleanup = SessionCleanup(name.clone());
+    let out = nook()
+        .args(["start", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    // PID 1's start time (field 22 of its stat): the same process after.
+    let started = || {
+        let out = nook()
+            .args(["exec", &name, "--", "sh", "-c", "cut -d' ' -f22 /proc/1/stat"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "exec: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let before = started();
+    // As root, every signal the agent could get, SIGKILL last.
+    let out = nook()
+        .args(["exec", &name, "--", "sh", "-c"])
+        .arg("id -u; for s in TERM INT HUP QUIT USR1 PIPE KILL; do kill -$s 1; done; sleep 1; echo sent")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "0\nsent\n", "{}", text(&out.stderr));
+    assert_eq!(started(), before, "PID 1 is another process");
 }
