@@ -636,13 +636,21 @@ fn a_sigkilled_pull_leaves_nothing_that_looks_complete_and_the_next_pull_and_gc_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the layer is being written", Duration::from_secs(60), || {
-        assert!(child.try_wait().unwrap().is_none(), "pull ended first");
-        largest_tmp_file(home) > 1 << 20
-    });
+    wait_until(
+        "the layer is being written",
+        Duration::from_secs(60),
+        || {
+            assert!(child.try_wait().unwrap().is_none(), "pull ended first");
+            largest_tmp_file(home) > 1 << 20
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_ne!(store_tmp(home), Vec::<String>::new(), "killed after the end");
+    assert_ne!(
+        store_tmp(home),
+        Vec::<String>::new(),
+        "killed after the end"
+    );
     assert_eq!(listed_images(home), Vec::<String>::new());
 
     slow.store(false, Ordering::Relaxed);
@@ -682,15 +690,19 @@ fn the_agent_shrugs_off_signals_from_root_in_the_guest_and_serves_the_next_exec(
     }
     let name = format!("t{}-agent-kill", std::process::id());
     let _cleanup = SessionCleanup(name.clone());
-    let out = nook()
-        .args(["start", "--name", &name])
-        .output()
-        .unwrap();
+    let out = nook().args(["start", "--name", &name]).output().unwrap();
     assert!(out.status.success(), "start: {}", text(&out.stderr));
     // PID 1's start time (field 22 of its stat): the same process after.
     let started = || {
         let out = nook()
-            .args(["exec", &name, "--", "sh", "-c", "cut -d' ' -f22 /proc/1/stat"])
+            .args([
+                "exec",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "cut -d' ' -f22 /proc/1/stat",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "exec: {}", text(&out.stderr));
