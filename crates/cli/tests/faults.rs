@@ -545,7 +545,11 @@ fn a_full_disk_fails_pull_with_a_hint_leaves_no_temp_files_and_keeps_other_image
             "{mib} MiB: blames the registry: {stderr}"
         );
         assert_eq!(store_tmp(home), Vec::<String>::new(), "{mib} MiB");
-        assert_eq!(listed_images(home), [small.clone()], "{mib} MiB");
+        assert_eq!(
+            listed_images(home),
+            std::slice::from_ref(&small),
+            "{mib} MiB"
+        );
         let kept = nook_image::ImageStore::open(&home.join("images"))
             .and_then(|s| s.get(&small))
             .unwrap()
@@ -661,7 +665,7 @@ fn a_sigkilled_pull_leaves_nothing_that_looks_complete_and_the_next_pull_and_gc_
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(listed_images(home), [reference.clone()]);
+    assert_eq!(listed_images(home), std::slice::from_ref(&reference));
     let runtime = tempfile::tempdir().unwrap();
     let out = nook()
         .env("NOOK_HOME", home)

@@ -277,7 +277,7 @@ impl ImageStore {
                         // Writing the file failed (a full disk), not the
                         // registry.
                         Err(OciDistributionError::IoError(e)) => {
-                            Err(crate::error::io_err("write", &tmp.0)(e).into())
+                            Err(crate::error::io_err("write", &tmp.0)(e))
                         }
                         Err(source) => Err(ImageError::Registry {
                             op: "download a blob",
