@@ -6,6 +6,7 @@
 //! so the initramfs needs no libc.
 
 mod channel;
+mod desktop;
 mod entropy;
 mod exec;
 mod files;

@@ -11,6 +11,7 @@ use nook_proto::{
 };
 
 use crate::channel::Sender;
+use crate::desktop::Desktop;
 use crate::exec::{self, Running};
 use crate::files::Files;
 use crate::reaper::Reaper;
@@ -32,6 +33,7 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
             protocol: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: release,
+            features: vec![nook_proto::FEATURE_DESKTOP.to_string()],
         }),
     )?;
     handshake(&mut input, &out, pid1)?;
@@ -39,6 +41,7 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
     let reaper = Reaper::start()?;
     let table: Table = Arc::new(Mutex::new(HashMap::new()));
     let mut files = Files::default();
+    let mut desktop = Desktop::default();
     loop {
         let frame = match read_frame(&mut input) {
             Ok(Some(f)) => f,
@@ -56,7 +59,11 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
             Ok(m) => m,
             Err(e) => {
                 log(&format!("ignoring frame: {e}"));
-                if stream != CONTROL_STREAM && frame.kind == nook_proto::Kind::Exec as u8 {
+                let answered = [
+                    nook_proto::Kind::Exec as u8,
+                    nook_proto::Kind::Desktop as u8,
+                ];
+                if stream != CONTROL_STREAM && answered.contains(&frame.kind) {
                     let _ = out.send(stream, &error(ErrorCode::BadRequest, e.to_string()));
                 }
                 continue;
@@ -100,6 +107,7 @@ pub fn serve(port: File, pid1: bool) -> io::Result<()> {
             }
             HostMsg::File(req) => files.request(stream, req, &out),
             HostMsg::FileChunk(data) => files.chunk(stream, &data, &out),
+            HostMsg::Desktop(req) => desktop.request(stream, req, &out),
             HostMsg::Shutdown => {
                 files.clear();
                 return Ok(());

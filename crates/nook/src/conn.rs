@@ -460,6 +460,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             agent_version: "double".into(),
             kernel_release: String::new(),
+            features: Vec::new(),
         };
         let frame = GuestMsg::Hello(hello).to_frame(CONTROL_STREAM);
         guest.write_all(&frame.encode().unwrap()).unwrap();

@@ -48,6 +48,9 @@ pub struct SnapshotManifest {
     pub kernel_release: String,
     pub agent_protocol: u32,
     pub agent_version: String,
+    /// The optional services the agent announced (`desktop`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_features: Vec<String>,
     /// Seconds since the Unix epoch.
     pub created: u64,
     /// The network the VM had (its guest has a NIC when set).
@@ -403,6 +406,7 @@ impl Vm {
                 kernel_release: hello.kernel_release.clone(),
                 agent_protocol: hello.protocol,
                 agent_version: hello.agent_version.clone(),
+                agent_features: hello.features.clone(),
                 created: now_ns() / 1_000_000_000,
                 net: self.cfg.net.clone(),
                 shares: shared_paths(&self.cfg.shares),
@@ -498,6 +502,7 @@ impl Vm {
             protocol: m.agent_protocol,
             agent_version: m.agent_version.clone(),
             kernel_release: m.kernel_release.clone(),
+            features: m.agent_features.clone(),
         };
         let source = FrameSource::new(stream.try_clone().map_err(VmError::Channel)?);
         let conn = match Conn::resume(stream, hello, source, m.next_stream) {
@@ -548,6 +553,7 @@ mod tests {
             kernel_release: String::new(),
             agent_protocol: nook_proto::PROTOCOL_VERSION,
             agent_version: String::new(),
+            agent_features: Vec::new(),
             created: 0,
             net: None,
             shares,

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod boot;
+pub mod desktop;
 mod file;
 mod flow;
 mod frame;
@@ -36,6 +37,10 @@ mod net;
 pub use boot::{
     percent_decode, percent_encode, BootWordError, BootWords, DiskMount, ShareMount, WORD_PREFIX,
 };
+pub use desktop::{
+    fit_within, scale_edge, scale_point, Coordinate, DesktopAction, DesktopReply, DesktopRequest,
+    DesktopResult, ScrollDirection,
+};
 pub use file::{FileKind, FileReply, FileRequest, FileStat, MAX_LIST, MAX_READ};
 pub use flow::{
     Credit, CreditGate, Pipe, PipeClosed, RecvWindow, SendCredit, WindowOverrun, CREDIT_BATCH,
@@ -44,7 +49,7 @@ pub use flow::{
 pub use frame::{read_frame, write_frame, Decoder, Frame, FrameError, HEADER_LEN, MAX_PAYLOAD};
 pub use msg::{
     ErrorCode, ErrorReply, ExecRequest, Exited, GuestHello, GuestMsg, HostHello, HostMsg, Kind,
-    MsgError, Resync, Started, Winsize,
+    MsgError, Resync, Started, Winsize, FEATURE_DESKTOP,
 };
 pub use net::{format_mac, parse_mac, NetBoot, NetBootError};
 

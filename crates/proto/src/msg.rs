@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::desktop::{DesktopReply, DesktopRequest};
 use crate::file::{FileReply, FileRequest};
 use crate::flow::{Credit, PipeClosed};
 use crate::frame::Frame;
@@ -53,6 +54,13 @@ pub enum Kind {
     FileContent = 34,
     /// guest -> host: a file operation succeeded ([`FileReply`]); last frame.
     FileDone = 35,
+    /// host -> guest: a desktop action on this stream ([`DesktopRequest`]).
+    Desktop = 40,
+    /// guest -> host: bytes of the PNG a desktop action produced.
+    DesktopImage = 41,
+    /// guest -> host: a desktop action succeeded ([`DesktopReply`]); last
+    /// frame.
+    DesktopDone = 42,
 }
 
 impl Kind {
@@ -78,6 +86,9 @@ impl Kind {
             33 => FileChunk,
             34 => FileContent,
             35 => FileDone,
+            40 => Desktop,
+            41 => DesktopImage,
+            42 => DesktopDone,
             _ => return None,
         })
     }
@@ -105,7 +116,14 @@ pub struct GuestHello {
     pub agent_version: String,
     #[serde(default)]
     pub kernel_release: String,
+    /// Optional services this agent offers beyond the protocol version's
+    /// core ([`FEATURE_DESKTOP`]); omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
+
+/// The agent serves `Desktop` requests (an agent without it ignores them).
+pub const FEATURE_DESKTOP: &str = "desktop";
 
 /// The host's answer to [`GuestHello`]. The agent serves nothing before it
 /// has seen a `HostHello` with its own protocol version.
@@ -244,10 +262,13 @@ pub enum GuestMsg {
     PipeClosed(PipeClosed),
     FileContent(Vec<u8>),
     FileDone(FileReply),
+    /// PNG bytes of a desktop action's image.
+    DesktopImage(Vec<u8>),
+    DesktopDone(DesktopReply),
 }
 
 /// Messages the host sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HostMsg {
     Hello(HostHello),
     Exec(ExecRequest),
@@ -264,6 +285,7 @@ pub enum HostMsg {
     File(FileRequest),
     /// Bytes of a file being written; empty ends it.
     FileChunk(Vec<u8>),
+    Desktop(DesktopRequest),
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -296,6 +318,8 @@ impl GuestMsg {
             GuestMsg::PipeClosed(_) => Kind::PipeClosed,
             GuestMsg::FileContent(_) => Kind::FileContent,
             GuestMsg::FileDone(_) => Kind::FileDone,
+            GuestMsg::DesktopImage(_) => Kind::DesktopImage,
+            GuestMsg::DesktopDone(_) => Kind::DesktopDone,
         }
     }
 
@@ -303,7 +327,11 @@ impl GuestMsg {
         let payload = match self {
             GuestMsg::Hello(m) => json(m),
             GuestMsg::Started(m) => json(m),
-            GuestMsg::Stdout(b) | GuestMsg::Stderr(b) | GuestMsg::FileContent(b) => b.clone(),
+            GuestMsg::Stdout(b)
+            | GuestMsg::Stderr(b)
+            | GuestMsg::FileContent(b)
+            | GuestMsg::DesktopImage(b) => b.clone(),
+            GuestMsg::DesktopDone(m) => json(m),
             GuestMsg::FileDone(m) => json(m),
             GuestMsg::Exit(m) => json(m),
             GuestMsg::Error(m) => json(m),
@@ -327,6 +355,8 @@ impl GuestMsg {
             Kind::PipeClosed => GuestMsg::PipeClosed(parse(kind, p)?),
             Kind::FileContent => GuestMsg::FileContent(p.clone()),
             Kind::FileDone => GuestMsg::FileDone(parse(kind, p)?),
+            Kind::DesktopImage => GuestMsg::DesktopImage(p.clone()),
+            Kind::DesktopDone => GuestMsg::DesktopDone(parse(kind, p)?),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -346,6 +376,7 @@ impl HostMsg {
             HostMsg::PipeClosed(_) => Kind::PipeClosed,
             HostMsg::File(_) => Kind::File,
             HostMsg::FileChunk(_) => Kind::FileChunk,
+            HostMsg::Desktop(_) => Kind::Desktop,
         }
     }
 
@@ -362,6 +393,7 @@ impl HostMsg {
             HostMsg::PipeClosed(m) => json(m),
             HostMsg::File(m) => json(m),
             HostMsg::FileChunk(b) => b.clone(),
+            HostMsg::Desktop(m) => json(m),
         };
         Frame::new(stream, self.kind() as u8, payload)
     }
@@ -381,6 +413,7 @@ impl HostMsg {
             Kind::PipeClosed => HostMsg::PipeClosed(parse(kind, p)?),
             Kind::File => HostMsg::File(parse(kind, p)?),
             Kind::FileChunk => HostMsg::FileChunk(p.clone()),
+            Kind::Desktop => HostMsg::Desktop(parse(kind, p)?),
             other => return Err(MsgError::WrongDirection { kind: other }),
         })
     }
@@ -402,6 +435,7 @@ mod tests {
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(16), None);
         assert_eq!(Kind::from_u8(36), None);
+        assert_eq!(Kind::from_u8(43), None);
     }
 
     #[test]

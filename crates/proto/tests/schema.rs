@@ -10,7 +10,84 @@ use nook_proto::*;
 fn samples() -> Vec<(&'static str, Frame)> {
     let mut all = stream_samples();
     all.extend(file_samples());
+    all.extend(desktop_samples());
     all
+}
+
+/// Samples of the desktop messages.
+fn desktop_samples() -> Vec<(&'static str, Frame)> {
+    vec![
+        (
+            "guest_hello_features",
+            GuestMsg::Hello(GuestHello {
+                protocol: PROTOCOL_VERSION,
+                agent_version: "0.1.0".into(),
+                kernel_release: "6.1.0".into(),
+                features: vec![FEATURE_DESKTOP.into()],
+            })
+            .to_frame(CONTROL_STREAM),
+        ),
+        (
+            "desktop_screenshot",
+            HostMsg::Desktop(DesktopRequest {
+                action: DesktopAction::Screenshot,
+                display: Some(":0".into()),
+                max_image_size: Some([1024, 768]),
+                settle_ms: Some(500),
+            })
+            .to_frame(6),
+        ),
+        (
+            "desktop_scroll",
+            HostMsg::Desktop(DesktopRequest::new(DesktopAction::Scroll {
+                coordinate: Some([10, 20]),
+                scroll_direction: ScrollDirection::Down,
+                scroll_amount: 3,
+                text: Some("shift".into()),
+            }))
+            .to_frame(6),
+        ),
+        (
+            "desktop_hold_key",
+            HostMsg::Desktop(DesktopRequest::new(DesktopAction::HoldKey {
+                text: "ctrl".into(),
+                duration: 0.5,
+            }))
+            .to_frame(6),
+        ),
+        (
+            "desktop_image",
+            GuestMsg::DesktopImage(vec![0x89, b'P', b'N', b'G']).to_frame(6),
+        ),
+        (
+            "desktop_done_image",
+            GuestMsg::DesktopDone(DesktopReply {
+                screen: [1280, 800],
+                result: DesktopResult::Image {
+                    width: 1024,
+                    height: 640,
+                    bytes: 4,
+                },
+            })
+            .to_frame(6),
+        ),
+        (
+            "desktop_done_position",
+            GuestMsg::DesktopDone(DesktopReply {
+                screen: [1280, 800],
+                result: DesktopResult::Position { x: 5, y: 6 },
+            })
+            .to_frame(6),
+        ),
+        (
+            "desktop_done",
+            GuestMsg::DesktopDone(DesktopReply {
+                screen: [1280, 800],
+                result: DesktopResult::Done,
+            })
+            .to_frame(6),
+        ),
+    ]
 }
 
 /// Samples of the handshake, exec, stdio and control messages.
@@ -22,6 +99,7 @@ fn stream_samples() -> Vec<(&'static str, Frame)> {
                 protocol: PROTOCOL_VERSION,
                 agent_version: "0.1.0".into(),
                 kernel_release: "6.1.0".into(),
+                features: Vec::new(),
             })
             .to_frame(CONTROL_STREAM),
         ),

@@ -76,6 +76,7 @@ pub fn idle_kvm_snapshot(dir: &Path, memory_mib: u32) -> Option<()> {
         kernel_release: "synthetic".into(),
         agent_protocol: nook_proto::PROTOCOL_VERSION,
         agent_version: "none".into(),
+        agent_features: Vec::new(),
         created: 0,
         net: None,
         shares: Vec::new(),
