@@ -8,6 +8,8 @@
 
 mod args;
 mod boot;
+mod desktop;
+mod desktop_act;
 mod e2b;
 mod exit;
 mod image;
@@ -90,6 +92,9 @@ enum Command {
     Boot(boot::BootArgs),
     /// Prepare the guest kernel and initramfs, probe the engines, and say which will be used.
     Setup(setup::SetupArgs),
+    /// Desktop sandboxes for computer-use agents: screenshot, do (see docs/desktop.md).
+    #[command(subcommand)]
+    Desktop(desktop::DesktopCommand),
     /// Serve MCP (Model Context Protocol) on stdin/stdout: microVM sandboxes as tools for AI agents (see docs/mcp.md).
     Mcp(mcp::McpArgs),
 }
@@ -138,6 +143,7 @@ fn main() {
         Command::Gc => image::gc(),
         Command::Setup(args) => setup::setup(args),
         Command::Mcp(args) => mcp::mcp(args),
+        Command::Desktop(cmd) => desktop::desktop(cmd, matches.subcommand_matches("desktop")),
         Command::Boot(args) => boot::boot(args),
         Command::Snapshot(cmd) => snapshot::snapshot(cmd),
         Command::Shell(args) => shell::shell(args),

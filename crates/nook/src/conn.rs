@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nook_proto::{
-    write_frame, Credit, CreditGate, Decoder, ErrorReply, Exited, FileReply, Frame, GuestHello,
-    GuestMsg, HostHello, HostMsg, Pipe, RecvWindow, WindowOverrun, CONTROL_STREAM,
+    write_frame, Credit, CreditGate, Decoder, DesktopReply, ErrorReply, Exited, FileReply, Frame,
+    GuestHello, GuestMsg, HostHello, HostMsg, Pipe, RecvWindow, WindowOverrun, CONTROL_STREAM,
     PROTOCOL_VERSION,
 };
 
@@ -30,6 +30,10 @@ pub enum Event {
     FileContent(Vec<u8>),
     /// A file operation succeeded.
     FileDone(FileReply),
+    /// Bytes of the PNG a desktop action produced.
+    DesktopImage(Vec<u8>),
+    /// A desktop action succeeded.
+    DesktopDone(DesktopReply),
     /// The channel to the agent broke (the VM died or misbehaved).
     Lost(ChannelLoss),
     /// The agent overran a window on this stream: its data is dropped.
@@ -440,6 +444,9 @@ fn route(routes: &Mutex<Routes>, stream: u32, msg: GuestMsg) {
         // A file read asks for one window at a time: its size is bounded.
         GuestMsg::FileContent(b) => Event::FileContent(b),
         GuestMsg::FileDone(reply) => Event::FileDone(reply),
+        // One image per request, of a size the screen bounds.
+        GuestMsg::DesktopImage(b) => Event::DesktopImage(b),
+        GuestMsg::DesktopDone(reply) => Event::DesktopDone(reply),
         GuestMsg::Credit(c) if c.pipe == Pipe::Stdin => return r.flow.stdin.grant(c.bytes),
         GuestMsg::PipeClosed(c) if c.pipe == Pipe::Stdin => return r.flow.stdin.close(),
         GuestMsg::Credit(_) | GuestMsg::PipeClosed(_) | GuestMsg::Hello(_) => return,

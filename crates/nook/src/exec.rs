@@ -321,6 +321,8 @@ impl Child {
             Event::Exit(_) => unexpected(Kind::Exit),
             Event::FileContent(_) => unexpected(Kind::FileContent),
             Event::FileDone(_) => unexpected(Kind::FileDone),
+            Event::DesktopImage(_) => unexpected(Kind::DesktopImage),
+            Event::DesktopDone(_) => unexpected(Kind::DesktopDone),
         }
     }
 

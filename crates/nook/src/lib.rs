@@ -17,6 +17,7 @@ mod bare;
 mod boot;
 mod config;
 mod conn;
+mod desktop;
 mod ending;
 mod engine;
 mod error;
@@ -40,6 +41,7 @@ pub use config::{
     check_memory, check_vcpus, memory_limit_mib, vcpu_limit, EngineKind, ResourceLimit, VmConfig,
     MIN_MEMORY_MIB,
 };
+pub use desktop::{DesktopError, DesktopErrorKind, GuestDesktop, MAX_DESKTOP_IMAGE};
 pub use ending::{GuestEnded, GuestEnding};
 pub use engine::select::{probe_kvm, select_engine, EngineChoice, KvmVerdict, FAULT_KVM_HARDWARE};
 pub use engine::EngineId;
@@ -59,7 +61,11 @@ pub use nook_net::ParseError as NetParseError;
 pub use nook_net::{
     EgressRule, HostEntry, NetConfig, NetStats, PortMapping, Protocol, PublishedPort, RefusedFlow,
 };
-pub use nook_proto::{BootWords, Pipe, Winsize};
+pub use nook_proto::desktop as desktop_proto;
+pub use nook_proto::{
+    fit_within, scale_edge, scale_point, BootWords, Coordinate, DesktopAction, DesktopReply,
+    DesktopRequest, DesktopResult, Pipe, ScrollDirection, Winsize,
+};
 pub use nook_seccomp::set_enabled as set_seccomp_enabled;
 pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};

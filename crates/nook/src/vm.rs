@@ -209,6 +209,14 @@ impl Vm {
         }
     }
 
+    /// Desktop actions on the guest's X display (screenshots, mouse,
+    /// keyboard), usable from any thread while the VM runs.
+    pub fn desktop(&self) -> crate::GuestDesktop {
+        crate::GuestDesktop {
+            conn: self.conn.clone(),
+        }
+    }
+
     pub(crate) fn conn(&self) -> &Arc<Conn> {
         &self.conn
     }

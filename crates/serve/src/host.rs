@@ -403,6 +403,7 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
             host.touch();
             result
         }
+        SessionRequest::Desktop(req) => crate::desktop::serve_desktop(host, &req, &mut w),
         SessionRequest::Exec(spec) => {
             let child = spawn_child(host, &spec);
             let child = match child {

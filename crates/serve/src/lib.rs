@@ -11,6 +11,7 @@
 mod client;
 mod cp;
 pub mod daemon;
+pub mod desktop;
 mod error;
 mod exec;
 mod files;

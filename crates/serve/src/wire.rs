@@ -8,7 +8,7 @@
 //! binary output passes untouched. Lines longer than [`MAX_LINE`] are refused.
 
 use base64::Engine as _;
-use nook::{FileStat, Winsize};
+use nook::{DesktopReply, DesktopRequest, FileStat, Winsize};
 use serde::{Deserialize, Serialize};
 
 /// Longest line either side accepts, in bytes.
@@ -43,7 +43,7 @@ pub struct ExecSpec {
 }
 
 /// The first line of a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum SessionRequest {
     /// Protocol version and session name.
@@ -125,6 +125,10 @@ pub enum SessionRequest {
         target: String,
         path: String,
     },
+    /// A desktop action on the guest's X display (coordinates in screen
+    /// pixels); answered by `data` lines with the PNG of an image, then
+    /// `desktop`.
+    Desktop(DesktopRequest),
 }
 
 /// Lines a client sends after `file_write`.
@@ -181,6 +185,10 @@ pub enum SessionErrorCode {
     NotEmpty,
     /// Another I/O failure in the guest.
     Io,
+    /// No X display runs in the guest (start a desktop first).
+    NoDisplay,
+    /// The X server or the guest agent failed a desktop action.
+    DesktopFailed,
     #[serde(other)]
     Other,
 }
@@ -250,6 +258,9 @@ pub enum SessionReply {
         truncated: bool,
     },
     Ok,
+    /// The end of a desktop action: the screen size and the result (an
+    /// image's PNG came in the `data` lines before).
+    Desktop(DesktopReply),
     Error {
         code: SessionErrorCode,
         message: String,
@@ -452,6 +463,36 @@ mod tests {
                     truncated: false,
                 }),
                 r#"{"op":"list","entries":[{"name":"l","kind":"symlink","size":1,"mode":511,"mtime":2,"link_target":"t"}],"truncated":false}"#,
+            ),
+            (
+                to_line(&SessionRequest::Desktop(nook::DesktopRequest {
+                    action: nook::DesktopAction::LeftClick {
+                        coordinate: Some([10, 20]),
+                        text: None,
+                    },
+                    display: None,
+                    max_image_size: Some([1024, 768]),
+                    settle_ms: None,
+                })),
+                r#"{"op":"desktop","action":{"action":"left_click","coordinate":[10,20]},"max_image_size":[1024,768]}"#,
+            ),
+            (
+                to_line(&SessionReply::Desktop(nook::DesktopReply {
+                    screen: [1280, 800],
+                    result: nook::DesktopResult::Image {
+                        width: 1024,
+                        height: 640,
+                        bytes: 9,
+                    },
+                })),
+                r#"{"op":"desktop","screen":[1280,800],"result":{"kind":"image","width":1024,"height":640,"bytes":9}}"#,
+            ),
+            (
+                to_line(&SessionReply::Error {
+                    code: SessionErrorCode::NoDisplay,
+                    message: "m".into(),
+                }),
+                r#"{"op":"error","code":"no_display","message":"m"}"#,
             ),
             (
                 to_line(&SessionReply::Error {

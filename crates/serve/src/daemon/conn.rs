@@ -84,7 +84,11 @@ pub(crate) fn error_of(e: &SessionError) -> (ErrorCode, String) {
             SessionErrorCode::PermissionDenied => ErrorCode::PermissionDenied,
             SessionErrorCode::NotEmpty => ErrorCode::NotEmpty,
             SessionErrorCode::Io => ErrorCode::Io,
-            SessionErrorCode::Vm | SessionErrorCode::Other => ErrorCode::Vm,
+            // A desktop session without its display: nothing to act on.
+            SessionErrorCode::NoDisplay => ErrorCode::Unavailable,
+            SessionErrorCode::Vm | SessionErrorCode::DesktopFailed | SessionErrorCode::Other => {
+                ErrorCode::Vm
+            }
         },
         SessionError::StartFailed { .. }
         | SessionError::Protocol(_)
