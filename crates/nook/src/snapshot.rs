@@ -213,6 +213,9 @@ pub fn named_snapshot(home: &Path, name: &str) -> Result<PathBuf, VmError> {
 
 /// A named snapshot as `nook snapshot ls` sees it: usable, or damaged
 /// (still listed, removable and replaceable).
+// Scans are few and short-lived (one per listed snapshot): boxing the
+// usable one would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SnapshotScan {
     Usable(Snapshot),

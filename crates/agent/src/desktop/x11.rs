@@ -32,10 +32,10 @@ fn x_failure(what: &str, e: impl std::fmt::Display) -> DesktopFailure {
     DesktopFailure::X(format!("{what}: {e}"))
 }
 
-/// How the server lays out a pixel of a Z-format image of the root's depth.
+/// How the server lays out a 32-bit pixel of a Z-format image of the
+/// root's depth.
 #[derive(Debug, Clone, Copy)]
 struct PixelFormat {
-    bytes_per_pixel: usize,
     lsb_first: bool,
     /// Right shifts of the red, green and blue 8-bit channels.
     shifts: [u32; 3],
@@ -168,21 +168,29 @@ impl Display {
         let f = self.format;
         let n = width as usize * height as usize;
         // Z-format rows of 32-bit pixels carry no padding.
-        if raw.len() < n * f.bytes_per_pixel {
+        if raw.len() < n * 4 {
             return Err(DesktopFailure::X(format!(
                 "the X server sent {} bytes for a {width}x{height} image",
                 raw.len()
             )));
         }
-        let mut pixels = Vec::with_capacity(n * 3);
-        for px in raw.chunks_exact(f.bytes_per_pixel).take(n) {
-            let b: [u8; 4] = [px[0], px[1], px[2], px[3]];
-            let v = if f.lsb_first {
-                u32::from_le_bytes(b)
-            } else {
-                u32::from_be_bytes(b)
-            };
-            pixels.extend(f.shifts.map(|s| (v >> s) as u8));
+        let mut pixels = vec![0u8; n * 3];
+        let src = raw[..n * 4].chunks_exact(4);
+        if f.lsb_first && f.shifts == [16, 8, 0] {
+            // The usual layout (B, G, R, X in memory): a byte shuffle.
+            for (px, out) in src.zip(pixels.chunks_exact_mut(3)) {
+                out.copy_from_slice(&[px[2], px[1], px[0]]);
+            }
+        } else {
+            for (px, out) in src.zip(pixels.chunks_exact_mut(3)) {
+                let b = [px[0], px[1], px[2], px[3]];
+                let v = if f.lsb_first {
+                    u32::from_le_bytes(b)
+                } else {
+                    u32::from_be_bytes(b)
+                };
+                out.copy_from_slice(&f.shifts.map(|s| (v >> s) as u8));
+            }
         }
         Ok(Rgb {
             width,
@@ -317,7 +325,6 @@ fn pixel_format(
     // The shift that brings a channel's top 8 bits down to bits 0..8.
     let shift = |mask: u32| (32 - mask.leading_zeros()).saturating_sub(8);
     Ok(PixelFormat {
-        bytes_per_pixel: 4,
         lsb_first: setup.image_byte_order == ImageOrder::LSB_FIRST,
         shifts: [shift(v.red_mask), shift(v.green_mask), shift(v.blue_mask)],
     })

@@ -145,7 +145,7 @@ impl Desktop {
 
     /// Carries out `action`, its coordinates in screenshot pixels.
     pub fn act(&mut self, action: Action) -> Result<ActionResult, SessionError> {
-        let action = self.to_screen(action)?;
+        let action = self.screen_action(action)?;
         let req = self.request(action);
         let (reply, png) = self.client.desktop(&req)?;
         self.screen = Some(reply.screen);
@@ -154,7 +154,7 @@ impl Desktop {
                 ActionResult::Image { png, width, height }
             }
             DesktopResult::Position { x, y } => {
-                let [x, y] = self.from_screen([x, y], reply.screen);
+                let [x, y] = self.shot_point([x, y], reply.screen);
                 ActionResult::Position { x, y }
             }
             DesktopResult::Done => ActionResult::Done,
@@ -173,7 +173,7 @@ impl Desktop {
     /// `action` with its coordinates scaled from screenshot to screen
     /// pixels (unchanged without a maximum size); a coordinate outside the
     /// screenshot is refused.
-    fn to_screen(&mut self, action: Action) -> Result<Action, SessionError> {
+    fn screen_action(&mut self, action: Action) -> Result<Action, SessionError> {
         let Some(max) = self.options.max_size else {
             return Ok(action);
         };
@@ -211,7 +211,7 @@ impl Desktop {
     }
 
     /// A screen point in screenshot pixels.
-    fn from_screen(&self, p: Coordinate, screen: [u32; 2]) -> Coordinate {
+    fn shot_point(&self, p: Coordinate, screen: [u32; 2]) -> Coordinate {
         match self.options.max_size {
             Some(max) => scale_point(p, screen, fit_within(screen, max)),
             None => p,

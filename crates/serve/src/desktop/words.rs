@@ -154,14 +154,14 @@ pub fn action_from_words(
                 text,
             }
         }
-        "hold_key" => match &args[..] {
+        "hold_key" => match args {
             [keys, secs] => Action::HoldKey {
                 text: keys.clone(),
                 duration: seconds(secs)?,
             },
             _ => return Err(usage()),
         },
-        "wait" => match &args[..] {
+        "wait" => match args {
             [secs] => Action::Wait {
                 duration: seconds(secs)?,
             },
