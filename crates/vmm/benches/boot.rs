@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::SharedBuf;
 use nook_vmm::{ExitReason, KvmConfig, KvmVm, SerialSink};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
 
 const MEM_MIB: u32 = 128;
 const LOAD: u64 = 0x10_0000;

@@ -15,7 +15,7 @@
 
 use std::os::fd::RawFd;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Closes every descriptor of this process but those in `keep` (sorted).
 /// Async-signal-safe: only `close_range` system calls.

@@ -113,7 +113,7 @@ impl KvmVm {
             // The memory layout is known before the memory is written:
             // the regions back to back, page aligned.
             let mut offset = 0;
-            for r in vm_memory::GuestMemoryBackend::iter(&self.mem) {
+            for r in vm_memory::GuestMemory::iter(&self.mem) {
                 use vm_memory::GuestMemoryRegion;
                 state.memory.push(super::state::MemoryRegionState {
                     guest_addr: r.start_addr().0,

@@ -226,7 +226,7 @@ pub fn load_guest(mem: &GuestMemoryMmap, img: &GuestImage<'_>) -> Result<BootSet
                 params.e820_table[i] = boot_e820_entry {
                     addr: *addr,
                     size: *size,
-                    r#type: *kind as u32,
+                    type_: *kind as u32,
                 };
             }
             params.e820_entries = map.len() as u8;
