@@ -106,17 +106,23 @@ impl Run<'_> {
 
     /// Waits until two looks at the screen `SETTLE_POLL` apart match, at
     /// most `ms`; the last look's raw pixels.
-    fn settle(&self, screen: [u32; 2], ms: u64) -> Result<Vec<u8>, DesktopFailure> {
+    fn settle(&mut self, screen: [u32; 2], ms: u64) -> Result<Vec<u8>, DesktopFailure> {
         let full = [0, 0, screen[0], screen[1]];
         let deadline = Instant::now() + Duration::from_millis(ms);
         let mut last = self.d.capture_raw(full)?;
         while Instant::now() < deadline {
             std::thread::sleep(SETTLE_POLL.min(deadline.saturating_duration_since(Instant::now())));
-            let now = self.d.capture_raw(full)?;
-            if now == last {
-                return Ok(now);
+            let same = self.d.with_raw(full, |now| {
+                if now == &last[..] {
+                    return true;
+                }
+                last.clear();
+                last.extend_from_slice(now);
+                false
+            })?;
+            if same {
+                break;
             }
-            last = now;
         }
         Ok(last)
     }

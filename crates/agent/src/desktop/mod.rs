@@ -7,6 +7,7 @@
 mod actions;
 mod image;
 mod keys;
+mod shm;
 mod x11;
 
 #[cfg(test)]

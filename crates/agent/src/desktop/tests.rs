@@ -157,6 +157,41 @@ fn screenshots_show_the_screen_full_and_scaled() {
 }
 
 #[test]
+fn frames_come_through_shared_memory_and_match_the_socket_path() {
+    let Some(x) = xvfb() else { return };
+    let (c, n) = RustConnection::connect(Some(&x.display)).unwrap();
+    let root = c.setup().roots[n].root;
+    c.change_window_attributes(
+        root,
+        &ChangeWindowAttributesAux::new().background_pixel(0x123456),
+    )
+    .unwrap();
+    c.clear_area(false, root, 0, 0, 0, 0).unwrap();
+    c.sync().unwrap();
+    let mut d = super::x11::Display::connect(&x.display).unwrap();
+    let region = [10, 20, 110, 70];
+    let shared = d.capture(region).unwrap();
+    assert!(d.shares_memory(), "Xvfb offers MIT-SHM with fd passing");
+    assert_eq!((shared.width, shared.height), (100, 50));
+    assert!(shared.pixels.chunks(3).all(|p| p == [0x12, 0x34, 0x56]));
+    // The socket path (GetImage) gives the same pixels.
+    let reply = c
+        .get_image(
+            x11rb::protocol::xproto::ImageFormat::Z_PIXMAP,
+            root,
+            10,
+            20,
+            100,
+            50,
+            !0,
+        )
+        .unwrap()
+        .reply()
+        .unwrap();
+    assert_eq!(d.to_rgb(region, &reply.data).unwrap(), shared);
+}
+
+#[test]
 fn the_pointer_goes_where_it_is_sent() {
     let Some(x) = xvfb() else { return };
     let mut s = Session::default();

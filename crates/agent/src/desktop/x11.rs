@@ -14,6 +14,7 @@ use x11rb::wrapper::ConnectionExt as _;
 
 use super::image::Rgb;
 use super::keys::SHIFT_L;
+use super::shm::ShmSegment;
 use super::DesktopFailure;
 
 /// XTEST event types (the core event codes).
@@ -39,6 +40,45 @@ struct PixelFormat {
     lsb_first: bool,
     /// Right shifts of the red, green and blue 8-bit channels.
     shifts: [u32; 3],
+}
+
+impl PixelFormat {
+    /// Converts raw pixels of `region` to RGB.
+    fn to_rgb(self, region: [u32; 4], raw: &[u8]) -> Result<Rgb, DesktopFailure> {
+        let (width, height) = (region[2] - region[0], region[3] - region[1]);
+        let f = self;
+        let n = width as usize * height as usize;
+        // Z-format rows of 32-bit pixels carry no padding.
+        if raw.len() < n * 4 {
+            return Err(DesktopFailure::X(format!(
+                "the X server sent {} bytes for a {width}x{height} image",
+                raw.len()
+            )));
+        }
+        let mut pixels = vec![0u8; n * 3];
+        let src = raw[..n * 4].chunks_exact(4);
+        if f.lsb_first && f.shifts == [16, 8, 0] {
+            // The usual layout (B, G, R, X in memory): a byte shuffle.
+            for (px, out) in src.zip(pixels.chunks_exact_mut(3)) {
+                out.copy_from_slice(&[px[2], px[1], px[0]]);
+            }
+        } else {
+            for (px, out) in src.zip(pixels.chunks_exact_mut(3)) {
+                let b = [px[0], px[1], px[2], px[3]];
+                let v = if f.lsb_first {
+                    u32::from_le_bytes(b)
+                } else {
+                    u32::from_be_bytes(b)
+                };
+                out.copy_from_slice(&f.shifts.map(|s| (v >> s) as u8));
+            }
+        }
+        Ok(Rgb {
+            width,
+            height,
+            pixels,
+        })
+    }
 }
 
 /// The core keyboard mapping: `per` keysyms for each keycode from `min`.
@@ -89,6 +129,9 @@ pub struct Display {
     /// Keycodes this agent gave a keysym, oldest first: reused when no
     /// spare one is left.
     remapped: VecDeque<u8>,
+    /// The MIT-SHM segment frames come through, once made; `Some(None)`
+    /// when the server cannot share memory (frames come through the socket).
+    shm: Option<Option<ShmSegment>>,
 }
 
 impl Display {
@@ -121,6 +164,7 @@ impl Display {
             min_keycode: setup.min_keycode,
             max_keycode: setup.max_keycode,
             remapped: VecDeque::new(),
+            shm: None,
             conn,
         })
     }
@@ -136,9 +180,28 @@ impl Display {
         Ok([u32::from(g.width), u32::from(g.height)])
     }
 
-    /// The raw pixels of a screen region, as the server sends them.
-    pub fn capture_raw(&self, region: [u32; 4]) -> Result<Vec<u8>, DesktopFailure> {
+    /// Calls `f` with the raw pixels of a screen region (`[x0, y0, x1,
+    /// y1]`, inside the screen), through shared memory when the server
+    /// offers it.
+    pub fn with_raw<T>(
+        &mut self,
+        region: [u32; 4],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, DesktopFailure> {
         let [x0, y0, x1, y1] = region;
+        let need = (x1 - x0) as usize * (y1 - y0) as usize * 4;
+        let stale = matches!(&self.shm, Some(Some(s)) if s.len() < need);
+        if self.shm.is_none() || stale {
+            // Room for the whole screen, so every later region fits.
+            let [w, h] = self.screen_size()?;
+            let len = (w as usize * h as usize * 4).max(need);
+            self.shm = Some(ShmSegment::new(&self.conn, len));
+        }
+        if let Some(Some(seg)) = &mut self.shm {
+            if let Some(raw) = seg.get_image(&self.conn, self.root, region) {
+                return Ok(f(raw));
+            }
+        }
         let reply = self
             .conn
             .get_image(
@@ -153,50 +216,29 @@ impl Display {
             .map_err(|e| x_failure("get image", e))?
             .reply()
             .map_err(|e| x_failure("get image", e))?;
-        Ok(reply.data)
+        Ok(f(&reply.data))
+    }
+
+    /// Whether frames come through shared memory.
+    #[cfg(test)]
+    pub fn shares_memory(&self) -> bool {
+        matches!(self.shm, Some(Some(_)))
+    }
+
+    /// The raw pixels of a screen region, as the server lays them out.
+    pub fn capture_raw(&mut self, region: [u32; 4]) -> Result<Vec<u8>, DesktopFailure> {
+        self.with_raw(region, <[u8]>::to_vec)
     }
 
     /// A screen region (`[x0, y0, x1, y1]`, inside the screen) as RGB.
-    pub fn capture(&self, region: [u32; 4]) -> Result<Rgb, DesktopFailure> {
-        let raw = self.capture_raw(region)?;
-        self.to_rgb(region, &raw)
+    pub fn capture(&mut self, region: [u32; 4]) -> Result<Rgb, DesktopFailure> {
+        let format = self.format;
+        self.with_raw(region, |raw| format.to_rgb(region, raw))?
     }
 
     /// Converts raw pixels of `region` to RGB.
     pub fn to_rgb(&self, region: [u32; 4], raw: &[u8]) -> Result<Rgb, DesktopFailure> {
-        let (width, height) = (region[2] - region[0], region[3] - region[1]);
-        let f = self.format;
-        let n = width as usize * height as usize;
-        // Z-format rows of 32-bit pixels carry no padding.
-        if raw.len() < n * 4 {
-            return Err(DesktopFailure::X(format!(
-                "the X server sent {} bytes for a {width}x{height} image",
-                raw.len()
-            )));
-        }
-        let mut pixels = vec![0u8; n * 3];
-        let src = raw[..n * 4].chunks_exact(4);
-        if f.lsb_first && f.shifts == [16, 8, 0] {
-            // The usual layout (B, G, R, X in memory): a byte shuffle.
-            for (px, out) in src.zip(pixels.chunks_exact_mut(3)) {
-                out.copy_from_slice(&[px[2], px[1], px[0]]);
-            }
-        } else {
-            for (px, out) in src.zip(pixels.chunks_exact_mut(3)) {
-                let b = [px[0], px[1], px[2], px[3]];
-                let v = if f.lsb_first {
-                    u32::from_le_bytes(b)
-                } else {
-                    u32::from_be_bytes(b)
-                };
-                out.copy_from_slice(&f.shifts.map(|s| (v >> s) as u8));
-            }
-        }
-        Ok(Rgb {
-            width,
-            height,
-            pixels,
-        })
+        self.format.to_rgb(region, raw)
     }
 
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> Result<(), DesktopFailure> {
