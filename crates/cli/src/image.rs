@@ -20,11 +20,7 @@ fn progress() -> bool {
 
 /// Finds `reference` in the store, pulling it when it is not there.
 pub fn resolve_image(reference: &str, insecure: bool) -> Result<ImageInfo, nook::ImageError> {
-    let store = open_store()?;
-    if let Some(info) = store.get(reference)? {
-        return Ok(info);
-    }
-    store.pull(reference, &pull_options(reference, insecure))
+    open_store()?.get_or_pull(reference, &pull_options(reference, insecure))
 }
 
 fn pull_options(reference: &str, insecure: bool) -> PullOptions {

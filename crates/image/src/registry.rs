@@ -94,6 +94,19 @@ fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
 }
 
 impl ImageStore {
+    /// The stored image `reference`, pulled first when the store has none
+    /// (what `nook run IMAGE` and every front end that boots an image do).
+    pub fn get_or_pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+    ) -> Result<ImageInfo, ImageError> {
+        if let Some(info) = self.get(reference)? {
+            return Ok(info);
+        }
+        self.pull(reference, opts)
+    }
+
     /// Pulls `reference` (`alpine`, `ghcr.io/o/x:1`, `127.0.0.1:5000/test:1`,
     /// `NAME@sha256:…`) for linux/amd64, stores its blobs, builds its
     /// rootfs and names it. A reference by digest that is already stored

@@ -54,12 +54,8 @@ pub fn resolve_image(home: &Path, reference: &str) -> Result<nook::ImageInfo, To
         reference: reference.to_string(),
         source: Box::new(source),
     };
-    let store = nook::ImageStore::open(&home.join("images")).map_err(err)?;
-    if let Some(info) = store.get(reference).map_err(err)? {
-        return Ok(info);
-    }
-    store
-        .pull(reference, &nook::PullOptions::default())
+    nook::ImageStore::open(&home.join("images"))
+        .and_then(|store| store.get_or_pull(reference, &nook::PullOptions::default()))
         .map_err(err)
 }
 

@@ -91,6 +91,18 @@ impl SessionSpec {
             snapshot: None,
         }
     }
+
+    /// This spec restoring `snapshot` instead of booting: the VM has the
+    /// snapshot's memory and vCPUs, and no template applies.
+    pub fn restoring(self, snapshot: &nook::Snapshot) -> SessionSpec {
+        SessionSpec {
+            memory_mib: snapshot.manifest.memory_mib,
+            vcpus: snapshot.manifest.vcpus,
+            template: false,
+            snapshot: Some(snapshot.path.clone()),
+            ..self
+        }
+    }
 }
 
 /// A host path mounted in the guest: a shared directory or a disk image.

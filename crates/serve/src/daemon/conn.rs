@@ -535,10 +535,7 @@ fn session_spec(d: &Daemon, c: &CreateSpec, name: String) -> Result<SessionSpec,
         let s = nook::named_snapshot(&d.cfg.home, snap)
             .and_then(|p| nook::Snapshot::open(&p))
             .map_err(|e| bad(format!("snapshot `{snap}`: {}", nook::error_chain(&e))))?;
-        spec.memory_mib = s.manifest.memory_mib;
-        spec.vcpus = s.manifest.vcpus;
-        spec.template = false;
-        spec.snapshot = Some(s.path.clone());
+        spec = spec.restoring(&s);
     }
     Ok(spec)
 }
