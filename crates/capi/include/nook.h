@@ -382,6 +382,13 @@ nook_status nook_session_stop(const nook_session *session);
 nook_status nook_session_remove(const char *name,
                                 bool force);
 
+// Removes the named snapshot `snapshot_name` (`nook_session_snapshot`),
+// as `nook snapshot rm` does; `NOOK_ERR_NOT_FOUND` when there is none.
+//
+// # Safety
+// `snapshot_name` is a NUL-terminated string.
+nook_status nook_snapshot_remove(const char *snapshot_name);
+
 // Releases the handle (the session itself runs on). NULL does nothing.
 // No other call may use the handle during or after this one.
 //

@@ -116,7 +116,7 @@ fn resolve_image(home: &Path, reference: &str) -> Result<ImageInfo, CapiError> {
         .and_then(|store| store.get_or_pull(reference, &PullOptions::default()))
         .map_err(|source| CapiError::Image {
             reference: reference.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 

@@ -112,3 +112,12 @@ impl nook_session {
 pub fn remove(home: &Path, name: &str, force: bool) -> Result<(), CapiError> {
     Ok(nook_serve::remove(home, name, force)?)
 }
+
+/// Removes the named snapshot `name`, as `nook snapshot rm` does.
+pub fn remove_snapshot(home: &Path, name: &str) -> Result<(), CapiError> {
+    let path = nook_lib::named_snapshot(home, name)?;
+    if !path.is_dir() {
+        return Err(CapiError::NoSnapshot(name.to_string()));
+    }
+    Ok(nook_lib::remove_snapshot(&path)?)
+}

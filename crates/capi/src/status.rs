@@ -107,7 +107,7 @@ pub enum CapiError {
     Image {
         reference: String,
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     #[error(transparent)]
     Session(#[from] SessionError),

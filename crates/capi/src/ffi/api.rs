@@ -109,7 +109,7 @@ pub(crate) unsafe fn command_args(
     argv: *const *const c_char,
     exec: *const nook_exec_options,
 ) -> Result<(VmOptions, Vec<String>, ExecOptions), CapiError> {
-    // SAFETY (for the reads below): the caller's promise.
+    // SAFETY: for the reads below, the caller's promise.
     unsafe {
         let vm = opt_ref(vm).copied().unwrap_or(nook_vm_options::defaults());
         let exec = opt_ref(exec)
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn null_arguments_are_refused_with_their_names() {
-        // SAFETY (for the calls below): every pointer is null or valid.
+        // SAFETY: for the calls below, every pointer is null or valid.
         unsafe {
             let argv = [c"true".as_ptr(), ptr::null()];
             let st = nook_run(ptr::null(), argv.as_ptr(), ptr::null(), ptr::null_mut());

@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn strings_are_checked_for_null_and_utf8() {
-        // SAFETY (for the calls below): every pointer is null or points at
+        // SAFETY: for the calls below, every pointer is null or points at
         // a NUL-terminated literal.
         unsafe {
             assert_eq!(str_arg(c"hi".as_ptr(), "s").unwrap(), "hi");

@@ -13,7 +13,7 @@ use super::types::{
     nook_callbacks, nook_exec_options, nook_exit, nook_output, nook_vm_options, run_captured,
     run_streamed,
 };
-use crate::session::{nook_session, remove};
+use crate::session::{nook_session, remove, remove_snapshot};
 use crate::status::nook_status;
 
 /// Starts a session, as `nook start` does: a VM (`vm`; NULL: the defaults)
@@ -269,6 +269,20 @@ pub unsafe extern "C" fn nook_session_remove(name: *const c_char, force: bool) -
     })
 }
 
+/// Removes the named snapshot `snapshot_name` (`nook_session_snapshot`),
+/// as `nook snapshot rm` does; `NOOK_ERR_NOT_FOUND` when there is none.
+///
+/// # Safety
+/// `snapshot_name` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn nook_snapshot_remove(snapshot_name: *const c_char) -> nook_status {
+    guard(|| {
+        // SAFETY: the caller's promise on `snapshot_name`.
+        let name = unsafe { str_arg(snapshot_name, "snapshot_name")? };
+        remove_snapshot(&default_home(), name)
+    })
+}
+
 /// Releases the handle (the session itself runs on). NULL does nothing.
 /// No other call may use the handle during or after this one.
 ///
@@ -303,7 +317,7 @@ mod tests {
     fn unknown_and_invalid_session_names() {
         let mut s: *mut nook_session = ptr::NonNull::dangling().as_ptr();
         let name = format!("capi-unknown-{}\0", std::process::id());
-        // SAFETY (for the calls below): NUL-terminated names, a writable
+        // SAFETY: for the calls below, NUL-terminated names, a writable
         // handle pointer.
         unsafe {
             let st = nook_session_open(name.as_ptr().cast(), &mut s);
@@ -333,7 +347,7 @@ mod tests {
     fn null_handles_are_refused() {
         let argv = [c"true".as_ptr(), ptr::null()];
         let mut out = nook_output::empty();
-        // SAFETY (for the calls below): every pointer is null or valid.
+        // SAFETY: for the calls below, every pointer is null or valid.
         unsafe {
             let st = nook_session_exec(ptr::null(), argv.as_ptr(), ptr::null(), &mut out);
             assert_eq!(st, nook_status::NOOK_ERR_INVALID_ARGUMENT);
@@ -378,7 +392,7 @@ mod tests {
         let argv = [c"true".as_ptr(), ptr::null()];
         let mut out = nook_output::empty();
         let mut bytes = 0u64;
-        // SAFETY (for the calls below): a live handle and valid arguments;
+        // SAFETY: for the calls below, a live handle and valid arguments;
         // the handle is freed last.
         unsafe {
             let st = nook_session_exec(handle, argv.as_ptr(), ptr::null(), &mut out);

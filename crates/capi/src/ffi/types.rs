@@ -260,7 +260,7 @@ impl nook_vm_options {
     /// # Safety
     /// The string fields are null or valid NUL-terminated strings.
     pub(crate) unsafe fn checked(&self) -> Result<VmOptions, CapiError> {
-        // SAFETY (for the reads below): the caller's promise.
+        // SAFETY: for the reads below, the caller's promise.
         let (image, engine, snapshot) = unsafe {
             (
                 opt_str_arg(self.image, "vm.image")?,
@@ -309,7 +309,7 @@ impl nook_exec_options {
     /// # Safety
     /// The pointer fields are null or valid as their docs say.
     pub(crate) unsafe fn checked(&self) -> Result<ExecOptions, CapiError> {
-        // SAFETY (for the reads below): the caller's promise.
+        // SAFETY: for the reads below, the caller's promise.
         let (env, cwd, user, stdin) = unsafe {
             (
                 str_list(self.env, "exec.env")?,
