@@ -6,9 +6,8 @@
 
 use std::io::{Cursor, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use nook_lib::stdio::{self, Ending, PumpedCommand, StdioStreams};
+use nook_lib::stdio::{self, Ending, PumpedCommand, SharedBuffer, StdioStreams};
 use nook_lib::{ExitStatus, Pipe, Vm};
 
 use crate::options::{ExecOptions, VmOptions};
@@ -23,30 +22,6 @@ pub struct OutputStreams {
 impl std::fmt::Debug for OutputStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutputStreams").finish_non_exhaustive()
-    }
-}
-
-/// A growing buffer several writers share: the captured output.
-#[derive(Debug, Clone, Default)]
-pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuffer {
-    /// What was written so far, leaving the buffer empty.
-    pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! `nook snapshot create|ls|rm`: named snapshots of booted, warmed VMs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use nook::stdio::{self, StdioStreams};
@@ -240,7 +240,7 @@ fn warm_up(
         eprintln!("nook: {e}");
         e.exit_code()
     })?;
-    let stderr = SharedBuf::default();
+    let stderr = stdio::SharedBuffer::default();
     let streams = StdioStreams {
         stdin: None,
         stdout: Box::new(std::io::sink()),
@@ -262,28 +262,5 @@ fn warm_up(
             );
             Err(exit::NOOK_FAILED)
         }
-    }
-}
-
-/// A byte buffer several owners write to.
-#[derive(Debug, Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuf {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-impl std::io::Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

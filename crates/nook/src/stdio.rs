@@ -136,6 +136,32 @@ impl StdioStreams {
     }
 }
 
+/// A byte buffer several writers share: a command's captured output when
+/// it is pumped (clone it into [`StdioStreams`], [`SharedBuffer::take`]
+/// after the pump).
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// What was written so far, leaving the buffer empty.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 enum Input {
     Signal(i32),
     Resize(Winsize),
