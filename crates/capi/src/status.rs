@@ -214,7 +214,10 @@ fn refused_status(code: SessionErrorCode) -> nook_status {
         | SessionErrorCode::IsADirectory
         | SessionErrorCode::NotEmpty
         | SessionErrorCode::Io => NOOK_ERR_IO,
-        SessionErrorCode::Vm | SessionErrorCode::Other => NOOK_ERR_VM,
+        SessionErrorCode::Vm
+        | SessionErrorCode::NoDisplay
+        | SessionErrorCode::DesktopFailed
+        | SessionErrorCode::Other => NOOK_ERR_VM,
     }
 }
 
