@@ -62,6 +62,20 @@ int main(int argc, char **argv) {
         nook_session_remove(name, true);
         return 1;
     }
+    /* A command its timeout kills: the status says so, the output is there. */
+    const char *slow[] = {"sh", "-c", "echo started; sleep 30", NULL};
+    nook_exec_options quick;
+    nook_exec_options_init(&quick);
+    quick.timeout_ms = 1000;
+    st = nook_session_exec(s, slow, &quick, &out);
+    printf("timeout %s: %s (exit %d, timed_out %d, stdout %zu bytes)\n", nook_status_name(st),
+           nook_last_error(), out.exit.exit_code, out.exit.timed_out, out.stdout_len);
+    nook_free_output(&out);
+    /* A program the guest does not have. */
+    const char *missing[] = {"/no/such/program", NULL};
+    report("no-program", nook_session_exec(s, missing, NULL, &out));
+    nook_free_output(&out);
+
     report("stop", nook_session_stop(s));
     report("exec-stopped", nook_session_exec(s, cmd, NULL, &out));
     nook_free_output(&out);

@@ -71,6 +71,17 @@ int main(int argc, char **argv) {
     printf("exec: %s", (const char *)out.stdout_data);
     nook_free_output(&out);
 
+    /* Bytes on the command's stdin. */
+    const char *cat_stdin[] = {"cat", NULL};
+    const char *input = "piped in\n";
+    nook_exec_options with_stdin;
+    nook_exec_options_init(&with_stdin);
+    with_stdin.stdin_data = (const uint8_t *)input;
+    with_stdin.stdin_len = strlen(input);
+    CHECK("exec with stdin", nook_session_exec(s, cat_stdin, &with_stdin, &out));
+    printf("stdin: %s", (const char *)out.stdout_data);
+    nook_free_output(&out);
+
     /* Streamed output, and an exit code. */
     const char *count[] = {"sh", "-c", "for i in 1 2 3; do echo $i; done; exit 7", NULL};
     nook_callbacks cb = {print_piece, print_piece, "stream: "};

@@ -116,11 +116,16 @@ fn main() {
     let lib = stats(library_runs(engine, n));
     let capi = stats(capi_runs(&engine_name, n, &dir));
     let _ = std::fs::remove_dir_all(&dir);
-    println!("nook_run vs the library: `true` in a fresh VM, engine {engine_name}, {n} runs each\n");
+    println!(
+        "nook_run vs the library: `true` in a fresh VM, engine {engine_name}, {n} runs each\n"
+    );
     println!("| path | min ms | median ms | max ms |");
     println!("|---|---|---|---|");
     for (name, (a, m, z)) in [("library Vm::start+exec+stop", lib), ("C nook_run", capi)] {
         println!("| {name} | {a:.1} | {m:.1} | {z:.1} |");
     }
-    println!("\nmedian difference (nook_run - library): {:+.1} ms", capi.1 - lib.1);
+    println!(
+        "\nmedian difference (nook_run - library): {:+.1} ms",
+        capi.1 - lib.1
+    );
 }

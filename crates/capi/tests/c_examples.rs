@@ -59,11 +59,15 @@ fn ready() -> Option<PathBuf> {
     bin
 }
 
-/// Compiles example `name` into `out_dir`, linked against libnook.so
+/// Compiles example `name` (examples/c, else tests/c) into `out_dir`, linked against libnook.so
 /// (found through an rpath) or, with `static_link`, libnook.a.
 fn build(name: &str, out_dir: &Path, static_link: bool) -> PathBuf {
     let lib = target_dir();
-    let src = repo_root().join("examples/c").join(format!("{name}.c"));
+    let examples = repo_root().join("examples/c").join(format!("{name}.c"));
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let src = if examples.is_file() { examples } else { tests };
     let exe = out_dir.join(if static_link {
         format!("{name}-static")
     } else {
@@ -90,7 +94,8 @@ fn build(name: &str, out_dir: &Path, static_link: bool) -> PathBuf {
     } else {
         gcc.arg(format!("-L{}", lib.display()))
             .arg(format!("-Wl,-rpath,{}", lib.display()))
-            .arg("-lnook");
+            .arg("-lnook")
+            .arg("-pthread");
     }
     let out = gcc.output().expect("run gcc");
     assert!(
@@ -188,6 +193,7 @@ fn session_example_execs_copies_snapshots_and_restores() {
     let want = format!(
         "started {name}\n\
          exec: hello from c\n\
+         stdin: piped in\n\
          stream: 1\n2\n3\n\
          stream exit: 7\n\
          copied in 14 bytes\n\
@@ -220,7 +226,7 @@ fn error_paths_return_statuses_with_messages_and_never_abort() {
         text(&out.stderr)
     );
     let not_running = format!("session `{name}` is not running");
-    let cases: [(&str, &str, &str); 15] = [
+    let cases: [(&str, &str, &str); 17] = [
         ("bad-image", "NOOK_ERR_IMAGE", "invalid image reference"),
         ("absent-image", "NOOK_ERR_IMAGE", "nook-capi-absent"),
         (
@@ -253,6 +259,12 @@ fn error_paths_return_statuses_with_messages_and_never_abort() {
             "NOOK_ERR_NOT_FOUND",
             "no snapshot named `capi-no-such-snapshot`",
         ),
+        (
+            "timeout",
+            "NOOK_ERR_TIMEOUT",
+            "the command timed out and was killed (exit 124, timed_out 1, stdout 8 bytes)",
+        ),
+        ("no-program", "NOOK_ERR_NOT_FOUND", "/no/such/program"),
         ("stop", "NOOK_OK", ""),
         ("exec-stopped", "NOOK_ERR_NOT_RUNNING", &not_running),
         ("copy-stopped", "NOOK_ERR_NOT_RUNNING", &not_running),
@@ -270,4 +282,19 @@ fn error_paths_return_statuses_with_messages_and_never_abort() {
             "case {case}: expected `{prefix}...{message}...`, got `{line}`\n{stdout}"
         );
     }
+}
+
+#[test]
+fn one_session_handle_serves_several_threads_each_with_its_own_last_error() {
+    let Some(nook) = ready() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build("threads", dir.path(), false);
+    let name = format!("capi{}-threads", std::process::id());
+    let _cleanup = Cleanup(&nook, vec![name.clone()]);
+    let out = run(&exe, &["--engine", "qemu", &name], &nook);
+    let want: String = (0..4)
+        .map(|i| format!("thread {i}: 5/5 execs ok, own error ok\n"))
+        .collect();
+    assert_eq!(text(&out.stdout), want, "stderr:\n{}", text(&out.stderr));
+    assert!(out.status.success());
 }
