@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// Warm sessions the pool keeps per configuration (pool_acquire).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub pool_size: usize,
+    /// Stop (as on SIGTERM) once no client has been connected for SECONDS and no session
+    /// created with `keep` runs. The Python SDK starts its own daemon with this.
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_exit: Option<u64>,
     #[command(flatten)]
     pub e2b: crate::e2b::E2bArgs,
 }
@@ -62,6 +66,7 @@ pub fn serve(args: ServeArgs) -> i32 {
         engine: args.engine,
         beta_image,
         pool_size: args.pool_size,
+        idle_exit: args.idle_exit.map(std::time::Duration::from_secs),
     };
     match nook_serve::daemon::serve(cfg) {
         Ok(()) => 0,

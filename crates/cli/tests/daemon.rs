@@ -588,3 +588,41 @@ fn daemon_sessions_take_env_shares_and_volumes() {
     assert_eq!(r["type"], "error", "{r}");
     assert_eq!(r["code"], "unavailable", "{r}");
 }
+
+#[test]
+fn daemon_idle_exit_waits_for_clients_and_kept_sessions() {
+    if !ready() {
+        return;
+    }
+    let mut d = Daemon::start(&["--idle-exit", "1"]);
+    let name = format!("t{}-didle", std::process::id());
+    {
+        let mut c = Client::connect(&d);
+        let r = c.call(json!({"id": 1, "type": "handshake", "version": 1}));
+        assert_eq!(r["type"], "hello", "{r}");
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "the daemon left while a client was connected"
+        );
+        create(&mut c, "2", &name, true);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon left while a kept session ran"
+    );
+    let host = {
+        let mut c = Client::connect(&d);
+        let host = host_pid(&mut c, &name);
+        let r = c.call(json!({"id": 3, "type": "session_remove", "session": name, "force": true}));
+        assert_eq!(r["type"], "ok", "{r}");
+        host
+    };
+    wait_until("the idle daemon exits", Duration::from_secs(30), || {
+        d.child.try_wait().unwrap().is_some()
+    });
+    assert!(d.child.wait().unwrap().success(), "{}", d.log_text());
+    assert!(!d.socket.exists(), "the socket is left behind");
+    assert!(!pid_alive(host), "the session's host process is left");
+}

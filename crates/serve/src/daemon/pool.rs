@@ -27,18 +27,35 @@ pub(crate) struct Pool {
 const BOOTING_WAIT: Duration = Duration::from_secs(120);
 
 impl Pool {
-    /// Every session the pool holds or handed out (at daemon shutdown).
-    pub(crate) fn drain(&self) -> Vec<String> {
+    /// Every session the pool holds warm or handed out.
+    pub(crate) fn names(&self) -> Vec<String> {
         let mut all: Vec<String> = self
             .warm
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .flat_map(|(_, v)| v)
+            .values()
+            .flatten()
+            .cloned()
             .collect();
-        all.extend(std::mem::take(
-            &mut *self.acquired.lock().unwrap_or_else(|p| p.into_inner()),
-        ));
+        all.extend(
+            self.acquired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+
+    /// Every session the pool holds or handed out, which it forgets (at
+    /// daemon shutdown).
+    pub(crate) fn drain(&self) -> Vec<String> {
+        let all = self.names();
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.acquired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         all
     }
 }

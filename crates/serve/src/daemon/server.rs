@@ -7,7 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::lines::{read_bounded_line, LineRead};
 use super::pool::Pool;
@@ -29,6 +29,10 @@ pub struct DaemonConfig {
     pub beta_image: BetaImage,
     /// Warm sessions kept per pooled configuration.
     pub pool_size: usize,
+    /// Stop (as on SIGTERM) once no client has been connected for this
+    /// long and no kept session of its own runs (`--idle-exit`; the Python
+    /// SDK starts its daemon so). `None`: serve until a signal.
+    pub idle_exit: Option<Duration>,
 }
 
 /// What `devshell-vm` sidecar sessions boot (`nook serve --beta-image`).
@@ -77,6 +81,15 @@ pub(crate) struct Daemon {
     /// Serialises sidecar session starts (one boot per `session_id`).
     pub(crate) sidecar_start: Mutex<()>,
     pub(crate) pool: Pool,
+    /// Connected clients (both protocols), and when the last one left.
+    clients: Mutex<Clients>,
+}
+
+/// The daemon's connected clients, for `--idle-exit`.
+#[derive(Debug)]
+struct Clients {
+    connected: usize,
+    idle_since: Instant,
 }
 
 impl Daemon {
@@ -95,6 +108,47 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+    }
+
+    /// Whether `--idle-exit` ends the daemon now: no client for that long,
+    /// and no session it created outside the pool (kept sessions, or ones
+    /// a client that just left is still removing).
+    fn idle_expired(&self) -> bool {
+        let Some(after) = self.cfg.idle_exit else {
+            return false;
+        };
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.connected > 0 || clients.idle_since.elapsed() < after {
+            return false;
+        }
+        let pooled: BTreeSet<String> = self.pool.names().into_iter().collect();
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .all(|name| pooled.contains(name))
+    }
+}
+
+/// Counts a connected client while it lives (from its accept until what
+/// it owned is gone).
+struct ClientGuard(Arc<Daemon>);
+
+impl ClientGuard {
+    fn new(d: &Arc<Daemon>) -> Self {
+        d.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connected += 1;
+        ClientGuard(d.clone())
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        let mut c = self.0.clients.lock().unwrap_or_else(|p| p.into_inner());
+        c.connected = c.connected.saturating_sub(1);
+        c.idle_since = Instant::now();
     }
 }
 
@@ -119,14 +173,22 @@ pub fn serve(cfg: DaemonConfig) -> Result<(), DaemonError> {
         stopping: AtomicBool::new(false),
         sidecar: Mutex::new(HashMap::new()),
         sidecar_start: Mutex::new(()),
+        clients: Mutex::new(Clients {
+            connected: 0,
+            idle_since: Instant::now(),
+        }),
     });
     while !term.load(Ordering::Relaxed) {
+        if d.idle_expired() {
+            eprintln!("nook serve: no client for the --idle-exit time");
+            break;
+        }
         match listener.accept() {
             Ok((conn, _)) => {
-                let d = d.clone();
+                let client = ClientGuard::new(&d);
                 let spawned = std::thread::Builder::new()
                     .name("nook-serve-client".into())
-                    .spawn(move || serve_connection(&d, conn));
+                    .spawn(move || serve_connection(client, conn));
                 if let Err(e) = spawned {
                     tracing::warn!("nook serve: cannot start a client thread: {e}");
                 }
@@ -222,7 +284,8 @@ fn is_sidecar_line(line: &[u8]) -> bool {
         .is_some()
 }
 
-fn serve_connection(d: &Arc<Daemon>, conn: UnixStream) {
+fn serve_connection(client: ClientGuard, conn: UnixStream) {
+    let d = &client.0;
     let _ = conn.set_nonblocking(false);
     let Ok(w) = conn.try_clone() else { return };
     let mut r = BufReader::with_capacity(64 * 1024, conn);
