@@ -62,7 +62,9 @@ def daemon_socket() -> Iterator[Path]:
     points at it so sandboxes made without ``client=`` find it."""
     binary = nook_bin()
     if not os.environ.get("NOOK_AGENT"):
-        pytest.skip("NOOK_AGENT is not set to a built agent (run scripts/test, or scripts/setup and export it)")
+        pytest.skip(
+            "NOOK_AGENT is not set to a built agent (run scripts/test, or scripts/setup and export it)"
+        )
     work = Path(tempfile.mkdtemp(prefix="nook-pysdk-"))
     sock = work / "run" / "nook.sock"
     log = open(work / "daemon.log", "wb")

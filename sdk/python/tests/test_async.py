@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import qemus_of
+
 from nook import AsyncClient, AsyncSandbox, GuestNotFound
 
 

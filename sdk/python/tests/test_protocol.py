@@ -52,7 +52,15 @@ def fake(tmp_path: Path) -> Iterator[Callable[[Handler], Path]]:
                 for line in f:
                     req = json.loads(line)
                     if req["type"] == "handshake":
-                        send({"id": req["id"], "type": "hello", "version": 1, "server": "nook", "server_version": "9"})
+                        send(
+                            {
+                                "id": req["id"],
+                                "type": "hello",
+                                "version": 1,
+                                "server": "nook",
+                                "server_version": "9",
+                            }
+                        )
                     elif handler(req, send):
                         break
             finally:

@@ -88,7 +88,9 @@ def connect_socket(path: Path | None = None, autostart: bool = True) -> socket.s
     if s is not None:
         return s
     if not autostart:
-        raise DaemonUnavailable("daemon_unavailable", f"no nook daemon answers on {path} (start `nook serve`)")
+        raise DaemonUnavailable(
+            "daemon_unavailable", f"no nook daemon answers on {path} (start `nook serve`)"
+        )
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # One starter at a time: clients starting together share one daemon.

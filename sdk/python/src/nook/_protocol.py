@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar, Union
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from .errors import ConnectionLost, NookError, ProtocolError, error_from_code
 from .types import (
@@ -78,7 +78,7 @@ class Emit:
     event: ExecEvent
 
 
-Step = Union[Send, Recv, Emit]
+Step = Send | Recv | Emit
 Op = Generator[Step, Any, T]
 
 
@@ -123,7 +123,7 @@ def is_final(body: Mapping[str, Any], reply: Mapping[str, Any]) -> bool:
 
 #: What a reply channel carries: a reply and whether it is the request's
 #: last, or the error that ended the connection.
-Item = Union[tuple[Reply, bool], NookError]
+Item = tuple[Reply, bool] | NookError
 
 
 class Router(Generic[C]):
@@ -263,12 +263,13 @@ def handshake(client: str) -> Op[Reply]:
 
 def _mounts(values: Sequence[Share] | None) -> list[dict[str, Any]]:
     return [
-        {"source": str(m.source), "guest_path": m.guest_path, "read_only": m.read_only}
-        for m in values or ()
+        {"source": str(m.source), "guest_path": m.guest_path, "read_only": m.read_only} for m in values or ()
     ]
 
 
-def create_body(options: CreateOptions, image: str | None = None, snapshot: str | None = None) -> dict[str, Any]:
+def create_body(
+    options: CreateOptions, image: str | None = None, snapshot: str | None = None
+) -> dict[str, Any]:
     unknown = set(options) - set(CreateOptions.__annotations__)
     if unknown:
         raise TypeError(f"unknown sandbox options: {', '.join(sorted(unknown))}")
@@ -445,7 +446,13 @@ def proc_stdin(session: str, pid: int, data: bytes, close: bool) -> Op[None]:
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1
         yield from call(
-            {"type": "proc_stdin", "session": session, "pid": pid, "data": b64(piece), "close": close and last},
+            {
+                "type": "proc_stdin",
+                "session": session,
+                "pid": pid,
+                "data": b64(piece),
+                "close": close and last,
+            },
             "ok",
         )
 
@@ -466,13 +473,25 @@ def write(session: str, path: str, pieces: Iterable[bytes], mode: int) -> Op[Non
     first = next(it, b"")
     following = next(it, None)
     rid = yield Send(
-        {"type": "file_write", "session": session, "path": path, "mode": mode, "data": b64(first), "more": following is not None}
+        {
+            "type": "file_write",
+            "session": session,
+            "path": path,
+            "mode": mode,
+            "data": b64(first),
+            "more": following is not None,
+        }
     )
     try:
         while following is not None:
             piece, following = following, next(it, None)
             yield from call(
-                {"type": "file_write_chunk", "upload": rid, "data": b64(piece), "more": following is not None},
+                {
+                    "type": "file_write_chunk",
+                    "upload": rid,
+                    "data": b64(piece),
+                    "more": following is not None,
+                },
                 "ok",
             )
     except NookError as chunk_error:
@@ -514,11 +533,18 @@ def download_target(local: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
-def read(session: str, path: str, sink: Callable[[bytes], object], max_bytes: int | None) -> Op[tuple[int, int, bool]]:
+def read(
+    session: str, path: str, sink: Callable[[bytes], object], max_bytes: int | None
+) -> Op[tuple[int, int, bool]]:
     """Streams a guest file into ``sink``; returns its size, the bytes
     copied and whether ``max_bytes`` cut it short."""
     rid = yield Send(
-        {"type": "file_read", "session": session, "path": path, "max_bytes": WHOLE_FILE if max_bytes is None else max_bytes}
+        {
+            "type": "file_read",
+            "session": session,
+            "path": path,
+            "max_bytes": WHOLE_FILE if max_bytes is None else max_bytes,
+        }
     )
     while True:
         reply = check((yield Recv(rid)), "file_data", "read_done")

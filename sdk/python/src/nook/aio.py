@@ -126,7 +126,7 @@ class AsyncClient:
             await self._writer.wait_closed()
         await self._task
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -219,7 +219,9 @@ class AsyncSandbox:
     ) -> ExecResult: ...
 
     @overload
-    async def exec(self, cmd: Command, *, background: Literal[True], **options: Unpack[ExecOptions]) -> AsyncProcess: ...
+    async def exec(
+        self, cmd: Command, *, background: Literal[True], **options: Unpack[ExecOptions]
+    ) -> AsyncProcess: ...
 
     async def exec(
         self, cmd: Command, *, background: bool = False, **options: Unpack[ExecOptions]
@@ -294,7 +296,9 @@ class AsyncProcess:
         return (await self.sandbox.client.run(proto.proc_output(self.sandbox.name, self.pid)))[0]
 
     async def send_stdin(self, data: Data, *, close: bool = False) -> None:
-        await self.sandbox.client.run(proto.proc_stdin(self.sandbox.name, self.pid, proto.as_bytes(data), close))
+        await self.sandbox.client.run(
+            proto.proc_stdin(self.sandbox.name, self.pid, proto.as_bytes(data), close)
+        )
 
     async def kill(self, signal: int = proto.SIGKILL) -> None:
         await self.sandbox.client.run(proto.proc_signal(self.sandbox.name, self.pid, signal))

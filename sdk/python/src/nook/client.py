@@ -7,10 +7,10 @@ from __future__ import annotations
 import queue
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generator, TypeVar
+from typing import Any, Self, TypeVar
 
 from . import _protocol as proto
 from ._daemon import connect_socket
@@ -18,6 +18,7 @@ from .errors import NookError
 from .types import ExecEvent, SandboxInfo
 
 T = TypeVar("T")
+
 
 class Client:
     """A connection to ``nook serve``.
@@ -116,7 +117,7 @@ class Client:
         self._sock.close()
         self._rfile.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

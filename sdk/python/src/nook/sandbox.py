@@ -6,7 +6,6 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, Unpack, overload
 
@@ -61,7 +60,9 @@ class Sandbox:
         return cls(c, info, owned=owned, own_client=own)
 
     @classmethod
-    def create(cls, image: str | None = None, *, client: Client | None = None, **options: Unpack[CreateOptions]) -> Self:
+    def create(
+        cls, image: str | None = None, *, client: Client | None = None, **options: Unpack[CreateOptions]
+    ) -> Self:
         """Boots a sandbox (see :class:`~nook.types.CreateOptions`); returns
         once it runs. ``image``: an image in nook's store, default the
         built-in minimal root."""
@@ -69,7 +70,9 @@ class Sandbox:
         return cls._open(client, op, owned=not options.get("keep", False))
 
     @classmethod
-    def from_snapshot(cls, snapshot: str, *, client: Client | None = None, **options: Unpack[CreateOptions]) -> Self:
+    def from_snapshot(
+        cls, snapshot: str, *, client: Client | None = None, **options: Unpack[CreateOptions]
+    ) -> Self:
         """Restores named snapshot ``snapshot`` (made by :meth:`snapshot` or
         ``nook snapshot create``) as a new sandbox; memory and CPUs are the
         snapshot's."""
@@ -128,12 +131,16 @@ class Sandbox:
     # -- commands -------------------------------------------------------
 
     @overload
-    def exec(self, cmd: Command, *, background: Literal[False] = False, **options: Unpack[ExecOptions]) -> ExecResult: ...
+    def exec(
+        self, cmd: Command, *, background: Literal[False] = False, **options: Unpack[ExecOptions]
+    ) -> ExecResult: ...
 
     @overload
     def exec(self, cmd: Command, *, background: Literal[True], **options: Unpack[ExecOptions]) -> Process: ...
 
-    def exec(self, cmd: Command, *, background: bool = False, **options: Unpack[ExecOptions]) -> ExecResult | Process:
+    def exec(
+        self, cmd: Command, *, background: bool = False, **options: Unpack[ExecOptions]
+    ) -> ExecResult | Process:
         """Runs ``cmd`` (an argv list, or a string for ``sh -c``) and returns
         its :class:`~nook.ExecResult`; see :class:`~nook.types.ExecOptions`.
         With ``background=True`` returns a :class:`Process` at once."""
@@ -218,7 +225,9 @@ class Process:
 
     def read(self) -> bytes:
         """The output that arrived since the last ``read``."""
-        data, self._offset, _ = self.sandbox.client.run(proto.proc_output(self.sandbox.name, self.pid, self._offset))
+        data, self._offset, _ = self.sandbox.client.run(
+            proto.proc_output(self.sandbox.name, self.pid, self._offset)
+        )
         return data
 
     def output(self) -> bytes:

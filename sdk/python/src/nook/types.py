@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, Union
+from typing import Any, Literal, TypedDict
 
 #: A command: an argv list, or a shell string run with ``sh -c``.
-Command = Union[str, Sequence[str]]
+Command = str | Sequence[str]
 
 #: Bytes, or text (encoded as UTF-8).
-Data = Union[bytes, str]
+Data = bytes | str
 
 
 @dataclass(frozen=True)
