@@ -182,14 +182,22 @@ class Router(Generic[C]):
                 del self._pending[rid]
         return channel, (reply, final)
 
-    def close(self, why: NookError) -> list[C]:
-        """Marks the connection lost; returns the channels still waiting."""
+    def deliver(self, line: bytes, put: Callable[[C, Item], None]) -> None:
+        """Puts a reply line in its request's channel (the reader's job)."""
+        routed = self.route(line)
+        if routed is not None:
+            put(*routed)
+
+    def close(self, why: str, put: Callable[[C, Item], None]) -> None:
+        """Marks the connection lost and fails every request still waiting."""
+        error = lost(why)
         with self._lock:
             if self.lost is None:
-                self.lost = why
+                self.lost = error
             channels = [c for _, c in self._pending.values()]
             self._pending.clear()
-        return channels
+        for channel in channels:
+            put(channel, error)
 
 
 def encode_line(v: Mapping[str, Any]) -> bytes:

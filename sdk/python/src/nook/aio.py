@@ -16,6 +16,7 @@ from typing import Any, Literal, Self, TypeVar, Unpack, overload
 
 from . import _protocol as proto
 from ._daemon import connect_socket
+from ._handles import ProcessBase, SandboxBase
 from .errors import GuestNotFound, NookError, SandboxNotFound
 from .types import (
     Command,
@@ -68,15 +69,10 @@ class AsyncClient:
         why = "end of stream"
         try:
             while line := await self._reader.readline():
-                routed = self._router.route(line)
-                if routed is not None:
-                    channel, item = routed
-                    channel.put_nowait(item)
+                self._router.deliver(line, asyncio.Queue.put_nowait)
         except (OSError, ValueError) as e:
             why = str(e)
-        error = proto.lost(why)
-        for channel in self._router.close(error):
-            channel.put_nowait(error)
+        self._router.close(why, asyncio.Queue.put_nowait)
 
     async def _perform(self, step: proto.Step) -> Any:
         if isinstance(step, proto.Send):
@@ -135,20 +131,9 @@ class AsyncClient:
         await self.close()
 
 
-class AsyncSandbox:
+class AsyncSandbox(SandboxBase[AsyncClient]):
     """:class:`~nook.Sandbox` for asyncio: the same methods, as coroutines
     (``exec_stream`` is an async iterator); ``async with`` removes it."""
-
-    def __init__(self, client: AsyncClient, info: SandboxInfo, *, owned: bool, own_client: bool) -> None:
-        self.client = client
-        self.info = info
-        self._owned = owned
-        self._own_client = own_client
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        return self.info.name
 
     @classmethod
     async def _open(cls, client: AsyncClient | None, op: proto.Op[SandboxInfo], owned: bool) -> Self:
@@ -269,17 +254,9 @@ class AsyncSandbox:
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         await self.client.run(proto.remove_path(self.name, path, recursive))
 
-    def __repr__(self) -> str:
-        return f"AsyncSandbox({self.name!r})"
 
-
-class AsyncProcess:
+class AsyncProcess(ProcessBase[AsyncSandbox]):
     """:class:`~nook.Process` for asyncio."""
-
-    def __init__(self, sandbox: AsyncSandbox, pid: int) -> None:
-        self.sandbox = sandbox
-        self.pid = pid
-        self._offset = 0
 
     async def wait(self) -> ExecResult:
         return await self.sandbox.client.run(proto.proc_wait(self.sandbox.name, self.pid))
@@ -302,6 +279,3 @@ class AsyncProcess:
 
     async def kill(self, signal: int = proto.SIGKILL) -> None:
         await self.sandbox.client.run(proto.proc_signal(self.sandbox.name, self.pid, signal))
-
-    def __repr__(self) -> str:
-        return f"AsyncProcess({self.sandbox.name!r}, pid={self.pid})"

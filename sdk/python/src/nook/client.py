@@ -57,15 +57,10 @@ class Client:
                 line = self._rfile.readline(proto.MAX_LINE + 1)
                 if not line:
                     break
-                routed = self._router.route(line)
-                if routed is not None:
-                    channel, item = routed
-                    channel.put(item)
+                self._router.deliver(line, queue.SimpleQueue.put)
         except (OSError, ValueError) as e:
             why = str(e)
-        error = proto.lost(why)
-        for channel in self._router.close(error):
-            channel.put(error)
+        self._router.close(why, queue.SimpleQueue.put)
 
     def _perform(self, step: proto.Step) -> Any:
         if isinstance(step, proto.Send):

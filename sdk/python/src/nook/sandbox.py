@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Literal, Self, Unpack, overload
 
 from . import _protocol as proto
+from ._handles import ProcessBase, SandboxBase
 from .client import Client
 from .errors import GuestNotFound, SandboxNotFound
 from .types import (
@@ -25,7 +26,7 @@ from .types import (
 )
 
 
-class Sandbox:
+class Sandbox(SandboxBase[Client]):
     """A running microVM session.
 
     Create one with :meth:`create` (or :meth:`from_snapshot`), attach to an
@@ -33,17 +34,6 @@ class Sandbox:
     when the block ends, also when the block raises. Unless ``client=`` is
     given, each sandbox has a connection of its own, closed with it.
     """
-
-    def __init__(self, client: Client, info: SandboxInfo, *, owned: bool, own_client: bool) -> None:
-        self.client = client
-        self.info = info
-        self._owned = owned
-        self._own_client = own_client
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        return self.info.name
 
     # -- lifecycle ------------------------------------------------------
 
@@ -200,19 +190,10 @@ class Sandbox:
         """Removes a guest file (a directory tree with ``recursive``)."""
         self.client.run(proto.remove_path(self.name, path, recursive))
 
-    def __repr__(self) -> str:
-        return f"Sandbox({self.name!r})"
 
-
-class Process:
+class Process(ProcessBase[Sandbox]):
     """A background process (``exec(..., background=True)``). Its stdout
     and stderr are kept together in the sandbox, readable any time."""
-
-    def __init__(self, sandbox: Sandbox, pid: int) -> None:
-        self.sandbox = sandbox
-        #: The process's pid in the guest.
-        self.pid = pid
-        self._offset = 0
 
     def wait(self) -> ExecResult:
         """Waits for the process to end; the result's ``stdout`` holds all
@@ -242,6 +223,3 @@ class Process:
     def kill(self, signal: int = proto.SIGKILL) -> None:
         """Sends ``signal`` (default SIGKILL) to its process group."""
         self.sandbox.client.run(proto.proc_signal(self.sandbox.name, self.pid, signal))
-
-    def __repr__(self) -> str:
-        return f"Process({self.sandbox.name!r}, pid={self.pid})"
