@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -23,6 +24,11 @@ async def _scenario(sock: Path, tmp: Path) -> None:
         assert events[-1].kind == "exit" and events[-1].result is not None and events[-1].result.ok
         assert b"".join(e.data for e in events if e.kind == "stdout") == b"a\n"
         assert b"".join(e.data for e in events if e.kind == "stderr") == b"b\n"
+        async with contextlib.aclosing(sb.exec_stream("echo first; exec sleep 4321")) as stream:
+            async for ev in stream:
+                assert ev.data == b"first\n"
+                break
+        assert "sleep 4321" not in (await sb.exec("ps")).stdout_text
         timed = await sb.exec("sleep 30", timeout=1)
         assert timed.timed_out
 

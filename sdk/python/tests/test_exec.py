@@ -106,3 +106,13 @@ def test_background_process_stdin(sandbox: Sandbox) -> None:
     assert r.ok
     assert r.stdout == b"hello world\ndone\n"
     assert p.output() == r.stdout
+
+
+def test_leaving_a_stream_early_kills_the_command(sandbox: Sandbox) -> None:
+    for ev in sandbox.exec_stream("echo first; exec sleep 1234"):
+        assert ev.kind == "stdout" and ev.data == b"first\n"
+        break
+    ps = sandbox.exec("ps").stdout_text
+    assert "sleep 1234" not in ps, ps
+    # The connection goes on.
+    assert sandbox.exec("echo after").stdout == b"after\n"

@@ -82,6 +82,11 @@ Step = Send | Recv | Emit
 Op = Generator[Step, Any, T]
 
 
+class Cancelled(Exception):
+    """Thrown into an op whose caller stopped listening (it broke out of a
+    stream, or was interrupted), so that it can tidy up."""
+
+
 class Driver(Generic[T]):
     """Steps an op along: a connection asks it for the next step, carries
     it out, and resumes it with the value or the error."""
@@ -91,6 +96,8 @@ class Driver(Generic[T]):
         self._value: Any = None
         self._error: BaseException | None = None
         self.result: T | None = None
+        #: The op returned or raised.
+        self.done = False
 
     def next_step(self) -> Step | None:
         """The next step, or ``None`` once the op returned (``result``)."""
@@ -101,11 +108,24 @@ class Driver(Generic[T]):
             value, self._value = self._value, None
             return self._op.send(value)
         except StopIteration as done:
+            self.done = True
             self.result = done.value
             return None
+        except BaseException:
+            self.done = True
+            raise
 
     def resume(self, value: Any = None, error: BaseException | None = None) -> None:
         self._value, self._error = value, error
+
+    def cancel(self) -> bool:
+        """Makes the op's next step raise :class:`Cancelled` in it; false
+        when it has ended already. The caller then carries out the steps
+        it takes to tidy up (an attached command is killed)."""
+        if self.done:
+            return False
+        self.resume(error=Cancelled())
+        return True
 
 
 def is_final(body: Mapping[str, Any], reply: Mapping[str, Any]) -> bool:
@@ -379,13 +399,16 @@ def exec_attached(session: str, cmd: Command, options: ExecOptions, collect: boo
     }
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
     rid = yield Send(body)
-    while True:
-        reply = check((yield Recv(rid)), "started", "stdout", "stderr", "exit")
-        kind = reply["type"]
-        if kind == "started":
-            if body["stdin"]:
-                yield from _feed_stdin(rid, options.get("stdin"))
-        elif kind in out:
+    try:
+        while True:
+            reply = check((yield Recv(rid)), "started", "stdout", "stderr", "exit")
+            kind = reply["type"]
+            if kind == "exit":
+                break
+            if kind == "started":
+                if body["stdin"]:
+                    yield from _feed_stdin(rid, options.get("stdin"))
+                continue
             data = unb64(reply)
             if collect:
                 out[kind].append(data)
@@ -393,10 +416,23 @@ def exec_attached(session: str, cmd: Command, options: ExecOptions, collect: boo
             if callback is not None:
                 callback(data)
             yield Emit(ExecEvent(kind=kind, data=data))
-        else:
-            result = exit_result(reply, b"".join(out["stdout"]), b"".join(out["stderr"]))
-            yield Emit(ExecEvent(kind="exit", result=result))
-            return result
+    except Cancelled:
+        yield from _abandon(rid)
+        raise
+    result = exit_result(reply, b"".join(out["stdout"]), b"".join(out["stderr"]))
+    yield Emit(ExecEvent(kind="exit", result=result))
+    return result
+
+
+def _abandon(rid: int) -> Op[None]:
+    """Kills an attached command nobody listens to any more, and reads its
+    events to the end."""
+    try:
+        yield from call({"type": "exec_signal", "exec": rid, "signal": SIGKILL}, "ok")
+    except NookError:
+        return  # it has ended
+    while (yield Recv(rid)).get("type") not in ("exit", "error"):
+        pass
 
 
 def exec_background(session: str, cmd: Command, options: ExecOptions) -> Op[int]:

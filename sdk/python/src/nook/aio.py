@@ -89,15 +89,23 @@ class AsyncClient:
         return None
 
     async def _drive(self, d: proto.Driver[Any], emit: bool) -> AsyncIterator[ExecEvent]:
-        while (step := d.next_step()) is not None:
-            if isinstance(step, proto.Emit):
-                if emit:
-                    yield step.event
-                continue
-            try:
-                d.resume(await self._perform(step))
-            except NookError as e:
-                d.resume(error=e)
+        try:
+            while (step := d.next_step()) is not None:
+                if isinstance(step, proto.Emit):
+                    if emit:
+                        yield step.event
+                    continue
+                try:
+                    d.resume(await self._perform(step))
+                except NookError as e:
+                    d.resume(error=e)
+        finally:
+            # The caller left early (broke out of a stream, a cancelled
+            # task): let the op tidy up, e.g. kill its command.
+            if d.cancel():
+                with contextlib.suppress(proto.Cancelled, NookError):
+                    async for _ in self._drive(d, emit=False):
+                        pass
 
     async def run(self, op: proto.Op[T]) -> T:
         """Carries an operation out; returns its result."""

@@ -4,6 +4,7 @@ Thread-safe: several threads may run requests on one client at once."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
@@ -77,15 +78,23 @@ class Client:
         return None
 
     def _drive(self, d: proto.Driver[T], emit: bool) -> Generator[ExecEvent, None, None]:
-        while (step := d.next_step()) is not None:
-            if isinstance(step, proto.Emit):
-                if emit:
-                    yield step.event
-                continue
-            try:
-                d.resume(self._perform(step))
-            except NookError as e:
-                d.resume(error=e)
+        try:
+            while (step := d.next_step()) is not None:
+                if isinstance(step, proto.Emit):
+                    if emit:
+                        yield step.event
+                    continue
+                try:
+                    d.resume(self._perform(step))
+                except NookError as e:
+                    d.resume(error=e)
+        finally:
+            # The caller left early (broke out of a stream, Ctrl-C): let
+            # the op tidy up, e.g. kill its command.
+            if d.cancel():
+                with contextlib.suppress(proto.Cancelled, NookError):
+                    for _ in self._drive(d, emit=False):
+                        pass
 
     def run(self, op: proto.Op[T]) -> T:
         """Carries an operation out; returns its result."""
