@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -116,3 +117,9 @@ def test_leaving_a_stream_early_kills_the_command(sandbox: Sandbox) -> None:
     assert "sleep 1234" not in ps, ps
     # The connection goes on.
     assert sandbox.exec("echo after").stdout == b"after\n"
+
+
+def test_threads_share_one_connection(sandbox: Sandbox) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: sandbox.exec(f"sleep 0.3; echo {i}"), range(8)))
+    assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(8)]
