@@ -12,3 +12,14 @@ pub fn report(err: &dyn std::error::Error) {
 pub fn chain(err: &dyn std::error::Error) -> String {
     nook::error_chain(err)
 }
+
+/// 0 for `Ok`; for an error, reports it and gives [`NOOK_FAILED`].
+pub fn code<T, E: std::error::Error>(result: Result<T, E>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            report(&e);
+            NOOK_FAILED
+        }
+    }
+}

@@ -191,11 +191,14 @@ pub struct BuildArgs {
     /// Name of the new image.
     pub name: String,
     /// Debian suite (bookworm, trixie, ...).
-    #[arg(long, value_name = "SUITE")]
-    pub debian: String,
+    #[arg(long, value_name = "SUITE", required_unless_present = "desktop")]
+    pub debian: Option<String>,
     /// Packages to install, comma separated (repeatable).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub packages: Vec<String>,
+    /// Build nook's desktop image (what `nook desktop start` boots): Debian bookworm with Xvfb, Openbox, xterm, Firefox ESR, fonts, python3-tk and x11vnc, plus any --packages.
+    #[arg(long, conflicts_with = "debian")]
+    pub desktop: bool,
 }
 
 #[derive(Args, Debug)]
@@ -225,8 +228,17 @@ pub fn image(cmd: ImageCommand) -> i32 {
         ImageCommand::Rm(a) => rmi(a),
         ImageCommand::Gc => gc_store(&store),
         ImageCommand::Build(a) => {
-            let packages: Vec<String> = a.packages.into_iter().filter(|p| !p.is_empty()).collect();
-            done(store.build_debian(&a.name, &a.debian, &packages, progress()))
+            let mut packages: Vec<String> =
+                a.packages.into_iter().filter(|p| !p.is_empty()).collect();
+            let suite = match a.debian {
+                Some(suite) => suite,
+                None => {
+                    use nook_serve::desktop_image::{DESKTOP_IMAGE_PACKAGES, DESKTOP_IMAGE_SUITE};
+                    packages.extend(DESKTOP_IMAGE_PACKAGES.iter().map(|p| p.to_string()));
+                    DESKTOP_IMAGE_SUITE.to_string()
+                }
+            };
+            done(store.build_debian(&a.name, &suite, &packages, progress()))
         }
         ImageCommand::Import(a) => {
             if a.path.is_dir() {

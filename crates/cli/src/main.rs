@@ -92,7 +92,7 @@ enum Command {
     Boot(boot::BootArgs),
     /// Prepare the guest kernel and initramfs, probe the engines, and say which will be used.
     Setup(setup::SetupArgs),
-    /// Desktop sandboxes for computer-use agents: screenshot, do (see docs/desktop.md).
+    /// Desktop sandboxes for computer-use agents: start, view, screenshot, do (see docs/desktop.md).
     #[command(subcommand)]
     Desktop(desktop::DesktopCommand),
     /// Serve MCP (Model Context Protocol) on stdin/stdout: microVM sandboxes as tools for AI agents (see docs/mcp.md).
@@ -119,6 +119,7 @@ fn main() {
     match &cli.command {
         Command::Run(a) => a.vm.check_usage(),
         Command::Start(a) => a.vm.check_usage(),
+        Command::Desktop(desktop::DesktopCommand::Start(a)) => a.session.vm.check_usage(),
         Command::Setup(a) => a.vm.check_usage(),
         Command::Mcp(a) => a.vm.check_usage(),
         Command::Snapshot(snapshot::SnapshotCommand::Create(a)) => a.vm.check_usage(),
@@ -143,7 +144,7 @@ fn main() {
         Command::Gc => image::gc(),
         Command::Setup(args) => setup::setup(args),
         Command::Mcp(args) => mcp::mcp(args),
-        Command::Desktop(cmd) => desktop::desktop(cmd, matches.subcommand_matches("desktop")),
+        Command::Desktop(cmd) => desktop::desktop(cmd),
         Command::Boot(args) => boot::boot(args),
         Command::Snapshot(cmd) => snapshot::snapshot(cmd),
         Command::Shell(args) => shell::shell(args),

@@ -64,13 +64,7 @@ pub fn mcp(args: McpArgs) -> i32 {
     cfg.max_output = args.max_output;
     cfg.idle_timeout_s = args.idle_timeout;
     cfg.allow_share = args.allow_share;
-    match nook_mcp::serve_stdio(cfg) {
-        Ok(()) => 0,
-        Err(e) => {
-            report(&e);
-            exit::NOOK_FAILED
-        }
-    }
+    exit::code(nook_mcp::serve_stdio(cfg))
 }
 
 #[cfg(test)]

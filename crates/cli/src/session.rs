@@ -127,6 +127,30 @@ fn home() -> std::path::PathBuf {
 }
 
 pub fn start(args: StartArgs) -> i32 {
+    let spec = match session_spec(&args, args.image.clone()) {
+        Ok(spec) => spec,
+        Err(code) => return code,
+    };
+    let exe = match current_exe() {
+        Ok(exe) => exe,
+        Err(code) => return code,
+    };
+    match nook_serve::start(&home(), &spec, &exe) {
+        Ok(_) => {
+            println!("{}", spec.name);
+            0
+        }
+        Err(e) => {
+            report(&e);
+            exit::NOOK_FAILED
+        }
+    }
+}
+
+/// The session `nook start` (or `nook desktop start`) asks for, booting
+/// `image` (a store reference, pulled when missing); on a bad argument,
+/// says so and gives the exit code.
+pub fn session_spec(args: &StartArgs, image: Option<String>) -> Result<SessionSpec, i32> {
     let name = args.name.clone().unwrap_or_else(|| {
         format!(
             "s{}-{}",
@@ -136,12 +160,12 @@ pub fn start(args: StartArgs) -> i32 {
     });
     if let Err(e) = nook_serve::validate_name(&name) {
         report(&e);
-        return exit::NOOK_FAILED;
+        return Err(exit::NOOK_FAILED);
     }
-    if let Some(reference) = &args.image {
+    if let Some(reference) = &image {
         if let Err(e) = image::resolve_image(reference, false) {
             report(&e);
-            return exit::NOOK_FAILED;
+            return Err(exit::NOOK_FAILED);
         }
     }
     let mut volumes = Vec::new();
@@ -154,46 +178,38 @@ pub fn start(args: StartArgs) -> i32 {
             }),
             Err(msg) => {
                 eprintln!("nook: {msg}");
-                return exit::NOOK_FAILED;
+                return Err(exit::NOOK_FAILED);
             }
         }
     }
     let cfg = args.vm.config();
-    let spec = SessionSpec {
-        name: name.clone(),
-        image: args.image.clone(),
-        engine: args.vm.engine_name().to_string(),
-        memory_mib: cfg.memory_mib,
-        vcpus: cfg.vcpus,
+    Ok(SessionSpec {
+        image,
         kernel: cfg.kernel.clone(),
         agent: cfg.agent.clone(),
-        boot_timeout_s: args.vm.boot_timeout,
         template: cfg.template,
         idle_timeout_s: args.idle_timeout,
         max_duration_s: args.max_duration,
         net: cfg.net.clone(),
-        env: Vec::new(),
         shares: cfg.shares.iter().map(nook_serve::SpecMount::from).collect(),
         volumes,
-        snapshot: None,
-    };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            report(&e);
-            return exit::NOOK_FAILED;
-        }
-    };
-    match nook_serve::start(&home(), &spec, &exe) {
-        Ok(_) => {
-            println!("{name}");
-            0
-        }
-        Err(e) => {
-            report(&e);
-            exit::NOOK_FAILED
-        }
-    }
+        ..SessionSpec::new(
+            name,
+            args.vm.engine_name(),
+            cfg.memory_mib,
+            cfg.vcpus,
+            args.vm.boot_timeout,
+        )
+    })
+}
+
+/// This program, which session hosts run as; on failure, says so and
+/// gives the exit code.
+pub fn current_exe() -> Result<std::path::PathBuf, i32> {
+    std::env::current_exe().map_err(|e| {
+        report(&e);
+        exit::NOOK_FAILED
+    })
 }
 
 pub fn exec(args: ExecArgs) -> i32 {

@@ -88,6 +88,25 @@ pub struct ProcOutput {
     pub exit: Option<ProcExit>,
 }
 
+/// What a command that ran to its end wrote, and how it ended
+/// ([`SessionClient::output`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: ProcExit,
+}
+
+impl CommandOutput {
+    /// Whether it exited with code 0.
+    pub fn success(&self) -> bool {
+        self.exit.code == Some(0)
+    }
+}
+
+/// Most bytes of each stream [`SessionClient::output`] keeps.
+const OUTPUT_CAP: usize = 1024 * 1024;
+
 /// A connection to a running session.
 #[derive(Debug)]
 pub struct SessionClient {
@@ -150,6 +169,50 @@ impl SessionClient {
             other => Err(SessionError::Protocol(format!(
                 "expected started, got {other:?}"
             ))),
+        }
+    }
+
+    /// Runs `spec` attached and without stdin to its end; returns its
+    /// output (the first MiB of each stream) and how it ended.
+    pub fn output(&self, spec: ExecSpec) -> Result<CommandOutput, SessionError> {
+        let mut remote = self.exec(ExecSpec {
+            stdin: false,
+            detach: false,
+            ..spec
+        })?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            let (data, into) = match remote.next_reply()? {
+                Some(SessionReply::Stdout { data }) => (data, &mut stdout),
+                Some(SessionReply::Stderr { data }) => (data, &mut stderr),
+                Some(SessionReply::Exit {
+                    code,
+                    signal,
+                    timed_out,
+                }) => {
+                    return Ok(CommandOutput {
+                        stdout,
+                        stderr,
+                        exit: ProcExit {
+                            code,
+                            signal,
+                            timed_out,
+                        },
+                    })
+                }
+                Some(SessionReply::Error { code, message }) => {
+                    return Err(SessionError::Refused { code, message })
+                }
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "expected output or the exit, got {other:?}"
+                    )))
+                }
+            };
+            let bytes = crate::wire::decode_bytes(&data)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            let room = OUTPUT_CAP.saturating_sub(into.len());
+            into.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
     }
 

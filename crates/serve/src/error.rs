@@ -49,6 +49,12 @@ pub enum SessionError {
         #[source]
         source: Box<nook::ImageError>,
     },
+    #[error("session `{0}` has no desktop: start one with `nook desktop start`")]
+    NotADesktop(String),
+    #[error("the display of session `{name}` did not start: {reason}")]
+    DisplayFailed { name: String, reason: String },
+    #[error("cannot serve the display over VNC: {0}")]
+    ViewFailed(String),
     #[error("cannot build image `{reference}`")]
     ImageBuild {
         reference: String,

@@ -11,7 +11,9 @@
 mod client;
 mod cp;
 pub mod daemon;
+mod debian_image;
 pub mod desktop;
+pub mod desktop_image;
 mod error;
 mod exec;
 mod files;
@@ -22,8 +24,11 @@ mod state;
 pub mod toolchain;
 pub mod wire;
 
-pub use client::{remove, start, stop, ExecInputSender, ProcOutput, RemoteExec, SessionClient};
+pub use client::{
+    remove, start, stop, CommandOutput, ExecInputSender, ProcOutput, RemoteExec, SessionClient,
+};
 pub use cp::{copy_in, copy_out, CopyPath, RemoteRead};
+pub use debian_image::{ensure_debian_image, DebianRecipe};
 pub use error::SessionError;
 pub use host::run_host;
 pub use state::{

@@ -256,7 +256,7 @@ fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<T, SessionError>
     })
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), SessionError> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), SessionError> {
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(v).unwrap_or_default();
     std::fs::write(&tmp, bytes).map_err(|e| SessionError::io("write", &tmp, e))?;

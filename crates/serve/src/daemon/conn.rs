@@ -69,7 +69,9 @@ pub(crate) fn error_of(e: &SessionError) -> (ErrorCode, String) {
         SessionError::BadName(_) => ErrorCode::BadRequest,
         SessionError::NoSuchSession(_) => ErrorCode::NoSession,
         SessionError::Exists(_) => ErrorCode::SessionExists,
-        SessionError::Running(_) | SessionError::NotRunning(_) => ErrorCode::SessionState,
+        SessionError::Running(_) | SessionError::NotRunning(_) | SessionError::NotADesktop(_) => {
+            ErrorCode::SessionState
+        }
         SessionError::Io { .. } | SessionError::Corrupt { .. } => ErrorCode::Io,
         SessionError::Image { .. } | SessionError::ImageBuild { .. } | SessionError::NoImage(_) => {
             ErrorCode::Unavailable
@@ -91,6 +93,8 @@ pub(crate) fn error_of(e: &SessionError) -> (ErrorCode, String) {
             }
         },
         SessionError::StartFailed { .. }
+        | SessionError::DisplayFailed { .. }
+        | SessionError::ViewFailed(_)
         | SessionError::Protocol(_)
         | SessionError::Connection(_)
         | SessionError::Vm(_) => ErrorCode::Vm,

@@ -1,0 +1,292 @@
+//! End-to-end tests of desktop sessions (`nook desktop start` and `view`)
+//! on the qemu engine: the desktop image (built once per machine with
+//! mmdebstrap, cached afterwards; scripts/test sets NOOK_TEST_DEBIAN_IMAGE),
+//! a display of the chosen size that guest programs reach, and a real VNC
+//! client (Python's vncdotool, installed into a virtual environment cached
+//! under $NOOK_HOME) that sees the display.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
+
+mod common;
+use common::{nook, ready, text};
+
+use nook_serve::desktop::DisplaySize;
+
+/// The vncdotool release the VNC test installs.
+const VNCDOTOOL: &str = "vncdotool==1.4.2";
+
+fn unique(case: &str) -> String {
+    format!("t{}-desk-{case}", std::process::id())
+}
+
+fn nook_out(args: &[&str]) -> Output {
+    nook().args(args).output().expect("run nook")
+}
+
+/// Whether the desktop image can be built or is there; prints why not.
+fn desktop_ready() -> bool {
+    if !ready() {
+        return false;
+    }
+    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
+        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
+    {
+        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to build the desktop image (a few minutes once, needs a Debian mirror)");
+        return false;
+    }
+    if Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
+        return false;
+    }
+    true
+}
+
+/// Removes the session even when a test fails half-way.
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = nook_out(&["rm", "-f", &self.0]);
+    }
+}
+
+/// Starts desktop `name` of `size` on the qemu engine; returns the seconds
+/// it took (boot to a display that answers).
+fn start_desktop(name: &str, size: &str) -> f64 {
+    let started = Instant::now();
+    let out = nook_out(&[
+        "desktop", "start", "--engine", "qemu", "--name", name, "--size", size,
+    ]);
+    assert!(out.status.success(), "desktop start: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), name);
+    started.elapsed().as_secs_f64()
+}
+
+/// `nook exec NAME -- sh -c SCRIPT`: its stdout; fails the test otherwise.
+fn sh(name: &str, script: &str) -> String {
+    let out = nook_out(&["exec", name, "--", "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{script}: {:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn desktop_start_serves_a_display_of_the_chosen_size() {
+    if !desktop_ready() {
+        return;
+    }
+    let name = unique("size");
+    let _c = Cleanup(name.clone());
+    let secs = start_desktop(&name, "1024x768");
+    eprintln!("nook desktop start (boot to display, qemu engine): {secs:.1} s");
+
+    // Every command gets the display; the X socket is there.
+    assert_eq!(sh(&name, "echo $DISPLAY").trim(), ":0");
+    sh(&name, "test -S /tmp/.X11-unix/X0");
+    // A client of the display sees its size and depth.
+    let tk = "import tkinter; r = tkinter.Tk(); print(r.winfo_screenwidth(), r.winfo_screenheight(), r.winfo_screendepth())";
+    assert_eq!(
+        sh(&name, &format!("python3 -c '{tk}'")).trim(),
+        "1024 768 24"
+    );
+    // The window manager runs.
+    sh(&name, "pgrep -x openbox");
+    let state = nook_serve::desktop::desktop_state(&nook::default_home(), &name).unwrap();
+    assert_eq!(state.size, DisplaySize::new(1024, 768).unwrap());
+    assert_eq!(state.display, ":0");
+
+    // A desktop is a normal session: it stops like one.
+    let out = nook_out(&["stop", &name]);
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+}
+
+#[test]
+fn view_refuses_sessions_without_a_display() {
+    if !ready() {
+        return;
+    }
+    let name = unique("plain");
+    let _c = Cleanup(name.clone());
+    let out = nook_out(&["start", "--engine", "qemu", "--name", &name]);
+    assert!(out.status.success(), "start: {}", text(&out.stderr));
+    let out = nook_out(&["desktop", "view", &name]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("has no desktop"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = nook_out(&["desktop", "view", &unique("absent")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no session named"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A Python with vncdotool, in a virtual environment cached under
+/// $NOOK_HOME; `None` (with the reason printed) when it cannot be made.
+fn vnc_python() -> Option<PathBuf> {
+    let version = VNCDOTOOL.rsplit('=').next().unwrap_or("x");
+    let venv = nook::default_home()
+        .join("vnc-client")
+        .join(format!("venv-{version}"));
+    let python = venv.join("bin/python");
+    let usable = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import vncdotool, PIL"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if usable(&python) {
+        return Some(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", VNCDOTOOL])
+            .status()
+            .is_ok_and(|s| s.success());
+    if made && usable(&python) {
+        Some(python)
+    } else {
+        eprintln!(
+            "skipping: cannot install {VNCDOTOOL} from PyPI into {}",
+            venv.display()
+        );
+        None
+    }
+}
+
+/// `nook desktop view NAME`, running, with the URL's port and the password
+/// it printed.
+struct View {
+    child: Child,
+    port: String,
+    password: String,
+}
+
+impl View {
+    fn start(name: &str) -> View {
+        let mut child = nook()
+            .args(["desktop", "view", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nook desktop view");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = lines.next().and_then(Result::ok).unwrap_or_default();
+        let password = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = url
+            .strip_prefix("vnc://127.0.0.1:")
+            .unwrap_or_else(|| panic!("not a loopback VNC URL: {url:?}"))
+            .to_string();
+        let password = password
+            .strip_prefix("password: ")
+            .unwrap_or_else(|| panic!("no password line: {password:?}"))
+            .to_string();
+        View {
+            child,
+            port,
+            password,
+        }
+    }
+
+    /// One frame through vncdotool, described by tests/desktop_vnc.py.
+    fn capture(&self, python: &PathBuf, password: &str, out: &str) -> serde_json::Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/desktop_vnc.py");
+        let run = Command::new(python)
+            .args([script, "127.0.0.1", &self.port, password, out])
+            .output()
+            .expect("run desktop_vnc.py");
+        serde_json::from_slice(&run.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {} {}", text(&run.stdout), text(&run.stderr)))
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn view_serves_the_display_to_a_vnc_client() {
+    if !desktop_ready() {
+        return;
+    }
+    let Some(python) = vnc_python() else {
+        return;
+    };
+    let name = unique("vnc");
+    let _c = Cleanup(name.clone());
+    start_desktop(&name, "640x480");
+    sh(&name, "xsetroot -solid '#ff0000'");
+
+    let mut view = View::start(&name);
+    assert_eq!(view.password.len(), 8, "{}", view.password);
+    let dir = tempfile::tempdir().unwrap();
+    let frame_path = dir.path().join("frame.png");
+    let frame_path = frame_path.to_str().unwrap();
+
+    let started = Instant::now();
+    let password = view.password.clone();
+    let frame = view.capture(&python, &password, frame_path);
+    eprintln!(
+        "VNC connect, authenticate and capture 640x480: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(frame.get("error").is_none(), "{frame}");
+    assert_eq!(frame["width"], 640, "{frame}");
+    assert_eq!(frame["height"], 480, "{frame}");
+    // Red everywhere but the pointer.
+    assert_eq!(
+        frame["most_common"],
+        serde_json::json!([255, 0, 0]),
+        "{frame}"
+    );
+    assert!(
+        frame["most_common_fraction"].as_f64().unwrap() > 0.99,
+        "{frame}"
+    );
+
+    // A wrong password is refused.
+    let refused = view.capture(&python, "wrong-pw", frame_path);
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Authentication")),
+        "{refused}"
+    );
+
+    // The view stops on SIGTERM, and its x11vnc with it.
+    let status = Command::new("kill")
+        .arg(view.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ended = view.child.wait().unwrap();
+    assert!(ended.success(), "view ended with {ended:?}");
+    let out = nook_out(&["exec", &name, "--", "pgrep", "-x", "x11vnc"]);
+    assert!(
+        !out.status.success(),
+        "x11vnc still runs: {}",
+        text(&out.stdout)
+    );
+}
