@@ -207,11 +207,19 @@ impl View {
         }
     }
 
-    /// One frame through vncdotool, described by tests/desktop_vnc.py.
-    fn capture(&self, python: &PathBuf, password: &str, out: &str) -> serde_json::Value {
+    /// One frame through vncdotool, described by tests/desktop_vnc.py
+    /// (compared with the PNG `reference` when given).
+    fn capture(
+        &self,
+        python: &PathBuf,
+        password: &str,
+        out: &str,
+        reference: Option<&str>,
+    ) -> serde_json::Value {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/desktop_vnc.py");
         let run = Command::new(python)
             .args([script, "127.0.0.1", &self.port, password, out])
+            .args(reference)
             .output()
             .expect("run desktop_vnc.py");
         serde_json::from_slice(&run.stdout)
@@ -237,7 +245,9 @@ fn view_serves_the_display_to_a_vnc_client() {
     let name = unique("vnc");
     let _c = Cleanup(name.clone());
     start_desktop(&name, "640x480");
-    sh(&name, "xsetroot -solid '#ff0000'");
+    // A grid of blue lines every 8 pixels on red: a frame with something
+    // to match (and no fonts to wait for).
+    sh(&name, "xsetroot -mod 8 8 -fg '#0000ff' -bg '#ff0000'");
 
     let mut view = View::start(&name);
     assert_eq!(view.password.len(), 8, "{}", view.password);
@@ -245,29 +255,46 @@ fn view_serves_the_display_to_a_vnc_client() {
     let frame_path = dir.path().join("frame.png");
     let frame_path = frame_path.to_str().unwrap();
 
+    // What `screenshot` sees.
+    let shot_path = dir.path().join("shot.png");
+    let shot_path = shot_path.to_str().unwrap();
+    let out = nook_out(&[
+        "desktop",
+        "screenshot",
+        &name,
+        "-o",
+        shot_path,
+        "--settle-ms",
+        "3000",
+    ]);
+    assert!(out.status.success(), "screenshot: {}", text(&out.stderr));
+
     let started = Instant::now();
     let password = view.password.clone();
-    let frame = view.capture(&python, &password, frame_path);
+    let frame = view.capture(&python, &password, frame_path, Some(shot_path));
     eprintln!(
-        "VNC connect, authenticate and capture 640x480: {:.1} s",
+        "VNC connect, authenticate and capture 640x480: {:.1} s: {frame}",
         started.elapsed().as_secs_f64()
     );
     assert!(frame.get("error").is_none(), "{frame}");
     assert_eq!(frame["width"], 640, "{frame}");
     assert_eq!(frame["height"], 480, "{frame}");
-    // Red everywhere but the pointer.
+    assert_eq!(frame["reference_size"], serde_json::json!([640, 480]));
+    // Red between the blue lines: (7/8)^2 of the pixels.
     assert_eq!(
         frame["most_common"],
         serde_json::json!([255, 0, 0]),
         "{frame}"
     );
-    assert!(
-        frame["most_common_fraction"].as_f64().unwrap() > 0.99,
-        "{frame}"
-    );
+    let red = frame["most_common_fraction"].as_f64().unwrap();
+    assert!((0.75..0.8).contains(&red), "{frame}");
+    // The frame is the screenshot, up to the pointer (which VNC draws in
+    // and screenshots leave out).
+    let differing = frame["differing_fraction"].as_f64().unwrap();
+    assert!(differing < 0.01, "{frame}");
 
     // A wrong password is refused.
-    let refused = view.capture(&python, "wrong-pw", frame_path);
+    let refused = view.capture(&python, "wrong-pw", frame_path, None);
     assert!(
         refused["error"]
             .as_str()
