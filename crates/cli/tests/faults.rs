@@ -722,3 +722,104 @@ fn the_agent_shrugs_off_signals_from_root_in_the_guest_and_serves_the_next_exec(
     assert_eq!(text(&out.stdout), "0\nsent\n", "{}", text(&out.stderr));
     assert_eq!(started(), before, "PID 1 is another process");
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = text(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(needle)
+                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Slow (a Debian build downloads and installs packages for minutes):
+/// opt in with NOOK_SLOW_TESTS=1.
+#[test]
+fn a_sigkilled_image_build_leaves_no_process_mount_or_image_and_the_next_build_works() {
+    if std::env::var("NOOK_SLOW_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipping: slow, set NOOK_SLOW_TESTS=1 to run it");
+        return;
+    }
+    if Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let runtime = tempfile::tempdir().unwrap();
+    let build = |name: &str| {
+        let mut c = nook();
+        c.env("NOOK_HOME", home)
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .args(["image", "build", name, "--debian", "bookworm"]);
+        c
+    };
+    let mut child = build("killed")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The build writes under the store's tmp/ (mmdebstrap's output).
+    let store_tmp_dir = home.join("images/tmp");
+    wait_until("the build writes", Duration::from_secs(300), || {
+        assert!(child.try_wait().unwrap().is_none(), "build ended first");
+        processes_with(&store_tmp_dir.to_string_lossy())
+            .iter()
+            .any(|p| p.contains("mmdebstrap"))
+            && largest_tmp_tree(&store_tmp_dir) > 0
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // mmdebstrap and everything it started (apt, dpkg) go with nook.
+    wait_until("mmdebstrap goes with nook", Duration::from_secs(20), || {
+        processes_with(&store_tmp_dir.to_string_lossy()).is_empty()
+    });
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*store_tmp_dir.to_string_lossy()),
+        "mounts left: {mounts}"
+    );
+    assert_eq!(listed_images(home), Vec::<String>::new());
+    let out = nook()
+        .env("NOOK_HOME", home)
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .args(["image", "gc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gc: {}", text(&out.stderr));
+    assert_eq!(store_tmp(home), Vec::<String>::new());
+
+    let out = build("again").output().unwrap();
+    assert!(out.status.success(), "next build: {}", text(&out.stderr));
+    assert_eq!(listed_images(home), ["again"]);
+    assert_eq!(store_tmp(home), Vec::<String>::new());
+}
+
+/// Bytes under `dir` (files only, best effort).
+fn largest_tmp_tree(dir: &Path) -> u64 {
+    fn size(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| size(&e.path()))
+                .sum(),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    size(dir)
+}

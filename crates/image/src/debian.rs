@@ -243,7 +243,7 @@ impl ImageStore {
         progress: bool,
     ) -> Result<Digest, ImageError> {
         let tar_path = work.join("rootfs.tar");
-        let mut cmd = Command::new("mmdebstrap");
+        let mut cmd = mmdebstrap_command();
         cmd.arg(format!("--variant={VARIANT}"))
             .arg("--architectures=amd64")
             .arg("--format=tar");
@@ -330,6 +330,43 @@ impl ImageStore {
         }
         built?;
         Ok(digest)
+    }
+}
+
+/// Programs that tie mmdebstrap's life to this thread's: `setpriv
+/// --pdeathsig KILL` kills the next one when the thread that started it
+/// dies (a SIGKILLed nook too), and `unshare --pid --fork --kill-child
+/// --mount-proc` runs mmdebstrap as the first process of a PID and mount
+/// namespace of its own, so when that one dies the kernel kills every
+/// process it started (apt, dpkg, its workers) and drops its mounts.
+const CONFINE: &[&str] = &[
+    "setpriv",
+    "--pdeathsig",
+    "KILL",
+    "unshare",
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--mount-proc",
+    "--",
+];
+
+/// The command that runs mmdebstrap: under [`CONFINE`] when running as
+/// root with util-linux's `setpriv` and `unshare` at hand (mmdebstrap
+/// needs root for its default mode anyway), else mmdebstrap alone.
+fn mmdebstrap_command() -> Command {
+    let root = rustix::process::geteuid().is_root();
+    let have = |tool: &str| {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file())
+    };
+    if root && have("setpriv") && have("unshare") && have("mmdebstrap") {
+        let mut cmd = Command::new(CONFINE[0]);
+        cmd.args(&CONFINE[1..]).arg("mmdebstrap");
+        cmd
+    } else {
+        Command::new("mmdebstrap")
     }
 }
 
