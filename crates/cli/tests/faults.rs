@@ -723,7 +723,8 @@ fn the_agent_shrugs_off_signals_from_root_in_the_guest_and_serves_the_next_exec(
     assert_eq!(started(), before, "PID 1 is another process");
 }
 
-/// Processes whose command line mentions `needle`.
+/// Processes whose command line mentions `needle`, or whose root or
+/// working directory is under it (apt and dpkg chrooted into a build).
 fn processes_with(needle: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -732,8 +733,11 @@ fn processes_with(needle: &str) -> Vec<String> {
         .filter_map(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmdline = text(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(needle)
+            let inside = ["root", "cwd"].iter().any(|l| {
+                std::fs::read_link(e.path().join(l))
+                    .is_ok_and(|p| p.to_string_lossy().starts_with(needle))
+            });
+            (inside || cmdline.contains(needle))
                 .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
         })
         .collect()
