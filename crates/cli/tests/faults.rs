@@ -15,20 +15,12 @@ use common::*;
 use nook_image::testing::{LayerBuilder, Registry, TestImage, TestLayer};
 
 /// The run directories (`nook-PID-N`) nook process `pid` made.
-fn run_dirs_of(pid: u32) -> Vec<PathBuf> {
+fn run_dirs_of(pid: u32) -> Vec<String> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(|| PathBuf::from("/dev/shm"));
-    let prefix = format!("nook-{pid}-");
-    std::fs::read_dir(base)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
+    names_with(&base, &format!("nook-{pid}-"))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -91,7 +83,7 @@ fn a_vm_killed_mid_exec_ends_nook_with_125_and_leaves_nothing() {
     assert!(qemu_of(pid).is_empty());
     assert_eq!(
         run_dirs_of(pid),
-        Vec::<PathBuf>::new(),
+        Vec::<String>::new(),
         "run dir left behind"
     );
 }
@@ -121,7 +113,7 @@ fn a_killed_nook_leaves_no_qemu_and_the_next_nook_removes_its_run_dir() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         run_dirs_of(pid),
-        Vec::<PathBuf>::new(),
+        Vec::<String>::new(),
         "run dir left behind"
     );
 }
@@ -251,17 +243,6 @@ fn kernel_ready() -> bool {
         );
     }
     ok
-}
-
-/// Names in `dir` that contain `needle`.
-fn names_with(dir: &Path, needle: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(needle))
-        .collect()
 }
 
 /// Everything in the image store's `tmp/`.
@@ -751,12 +732,7 @@ fn a_sigkilled_image_build_leaves_no_process_mount_or_image_and_the_next_build_w
         eprintln!("skipping: slow, set NOOK_SLOW_TESTS=1 to run it");
         return;
     }
-    if Command::new("mmdebstrap")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
+    if !have_mmdebstrap() {
         return;
     }
     let home = tempfile::tempdir().unwrap();

@@ -321,12 +321,7 @@ fn debian_image_builds_and_runs_python() {
     if !ready() {
         return;
     }
-    if Command::new("mmdebstrap")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
+    if !common::have_mmdebstrap() {
         return;
     }
     // A fixed name: the store caches Debian builds by recipe, so only the

@@ -10,7 +10,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 mod common;
-use common::{nook, ready, text};
+use common::{names_with, nook, ready, text};
 
 fn unique(case: &str) -> String {
     format!("t{}-{case}", std::process::id())
@@ -166,17 +166,6 @@ fn a_damaged_snapshot_is_listed_removed_and_replaced() {
     assert!(nook_out(&["snapshot", "rm", &name]).status.success());
 }
 
-/// Entries of `dir` whose names contain `needle`.
-fn entries_with(dir: &Path, needle: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(needle))
-        .collect()
-}
-
 #[test]
 fn sigint_during_snapshot_create_leaves_nothing_behind() {
     if !ready() {
@@ -201,8 +190,8 @@ fn sigint_during_snapshot_create_leaves_nothing_behind() {
         // exists for a while), or the snapshot's temporary directory exists.
         loop {
             let now = match case {
-                "warmup" => !entries_with(runtime.path(), &format!("nook-{pid}-")).is_empty(),
-                _ => !entries_with(&snapshots, &partial).is_empty(),
+                "warmup" => !names_with(runtime.path(), &format!("nook-{pid}-")).is_empty(),
+                _ => !names_with(&snapshots, &partial).is_empty(),
             };
             if now {
                 break;
@@ -227,9 +216,9 @@ fn sigint_during_snapshot_create_leaves_nothing_behind() {
             !snapshots.join(&name).exists(),
             "{case}: a snapshot was made"
         );
-        assert_eq!(entries_with(&snapshots, &partial), Vec::<String>::new());
+        assert_eq!(names_with(&snapshots, &partial), Vec::<String>::new());
         assert_eq!(
-            entries_with(runtime.path(), &format!("nook-{pid}-")),
+            names_with(runtime.path(), &format!("nook-{pid}-")),
             Vec::<String>::new(),
             "{case}: its run dir is left"
         );
@@ -336,7 +325,7 @@ fn the_run_dir_of_a_killed_nook_is_removed_by_gc() {
         .unwrap();
     assert_eq!(first_line(&mut child), "up\n");
     let pid = child.id();
-    let left = entries_with(runtime.path(), &format!("nook-{pid}-"));
+    let left = names_with(runtime.path(), &format!("nook-{pid}-"));
     assert_eq!(left.len(), 1, "{left:?}");
     kill("-9", pid);
     child.wait().unwrap();

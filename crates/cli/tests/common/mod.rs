@@ -95,3 +95,23 @@ pub fn qemu_of(pid: u32) -> Vec<String> {
     }
     found
 }
+
+/// Names in `dir` that contain `needle` (none when `dir` is missing).
+pub fn names_with(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(needle))
+        .collect()
+}
+
+/// Whether mmdebstrap is installed; prints why not.
+pub fn have_mmdebstrap() -> bool {
+    let ok = Command::new("mmdebstrap").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
+    }
+    ok
+}
