@@ -626,3 +626,25 @@ fn daemon_idle_exit_waits_for_clients_and_kept_sessions() {
     assert!(!d.socket.exists(), "the socket is left behind");
     assert!(!pid_alive(host), "the session's host process is left");
 }
+
+#[test]
+fn daemon_pool_sessions_end_with_their_client() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start(&["--pool-size", "1"]);
+    let (name, host) = {
+        let mut c = Client::connect(&d);
+        let r = c.call(json!({"id": 1, "type": "pool_acquire", "spec": {"memory_mib": 256}}));
+        assert_eq!(r["type"], "session", "{r}");
+        let name = r["session"]["name"].as_str().unwrap().to_string();
+        (name.clone(), host_pid(&mut c, &name))
+    };
+    let mut other = Client::connect(&d);
+    wait_until(
+        "the acquired session ends with its client",
+        Duration::from_secs(60),
+        || !pid_alive(host) && !session_names(&mut other).iter().any(|(n, _, _)| *n == name),
+    );
+    assert!(qemu_of(host).is_empty(), "its VM outlived it");
+}

@@ -241,18 +241,23 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
             spawn(move || snapshot(&d, &out, &id, &session, &name));
         }
         RequestBody::PoolAcquire { spec } => {
-            let (d, out) = (d.clone(), out.clone());
+            let (d, out, owned) = (d.clone(), out.clone(), owned.clone());
             spawn(move || match super::pool::acquire(&d, &spec) {
                 Ok(st) => {
+                    if !spec.keep {
+                        // Like a created session: it ends with this client.
+                        lock(&owned.sessions).push(st.name.clone());
+                    }
                     out.send(&id, ReplyBody::Session { session: st });
                 }
                 Err(e) => out.session_error(&id, &e),
             });
         }
         RequestBody::PoolRelease { session } => {
-            let (d, out) = (d.clone(), out.clone());
+            let (d, out, owned) = (d.clone(), out.clone(), owned.clone());
             spawn(move || {
                 if super::pool::release(&d, &session) {
+                    lock(&owned.sessions).retain(|n| n != &session);
                     out.send(&id, ReplyBody::Ok);
                 } else {
                     out.error(

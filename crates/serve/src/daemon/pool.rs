@@ -27,16 +27,20 @@ pub(crate) struct Pool {
 const BOOTING_WAIT: Duration = Duration::from_secs(120);
 
 impl Pool {
-    /// Every session the pool holds warm or handed out.
-    pub(crate) fn names(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
-            .warm
+    /// The warm sessions (not handed out).
+    pub(crate) fn warm_names(&self) -> Vec<String> {
+        self.warm
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .flatten()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Every session the pool holds warm or handed out.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut all = self.warm_names();
         all.extend(
             self.acquired
                 .lock()
@@ -45,6 +49,14 @@ impl Pool {
                 .cloned(),
         );
         all
+    }
+
+    /// Forgets an acquired session (it was removed).
+    pub(crate) fn forget(&self, name: &str) {
+        self.acquired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// Every session the pool holds or handed out, which it forgets (at

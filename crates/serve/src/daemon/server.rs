@@ -108,11 +108,12 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.pool.forget(name);
     }
 
     /// Whether `--idle-exit` ends the daemon now: no client for that long,
-    /// and no session it created outside the pool (kept sessions, or ones
-    /// a client that just left is still removing).
+    /// and no session it created but the pool's warm ones (kept sessions,
+    /// or ones a client that just left is still removing).
     fn idle_expired(&self) -> bool {
         let Some(after) = self.cfg.idle_exit else {
             return false;
@@ -121,7 +122,7 @@ impl Daemon {
         if clients.connected > 0 || clients.idle_since.elapsed() < after {
             return false;
         }
-        let pooled: BTreeSet<String> = self.pool.names().into_iter().collect();
+        let pooled: BTreeSet<String> = self.pool.warm_names().into_iter().collect();
         self.created
             .lock()
             .unwrap_or_else(|p| p.into_inner())
