@@ -99,3 +99,17 @@ def test_autostarted_daemon_stops_after_the_last_client(
     wait_for("the auto-started daemon stops", 30, lambda: not daemon_pids(sock))
     assert not sock.exists()
     assert qemus_of(host) == []
+
+
+def test_pooled_sandboxes_are_given_back(client: Client) -> None:
+    with Sandbox.create(client=client, pool=True, memory_mib=256) as first:
+        assert first.exec("echo pooled").stdout == b"pooled\n"
+        host = first.info.pid
+    assert not pid_alive(host), "a released pool sandbox's host process is left"
+    assert qemus_of(host) == []
+    # The daemon booted the next one ahead; this takes it.
+    with Sandbox.create(client=client, pool=True, memory_mib=256) as second:
+        assert second.name != first.name
+        assert second.exec("echo again").stdout == b"again\n"
+        host = second.info.pid
+    assert not pid_alive(host)

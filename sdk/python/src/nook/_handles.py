@@ -21,6 +21,8 @@ class SandboxBase(Generic[ClientT]):
         self._owned = owned
         # Closed by close(): opened for this handle alone.
         self._own_client = own_client
+        # From the daemon's pool: given back (pool_release) rather than removed.
+        self._pooled = False
         self._closed = False
 
     @property

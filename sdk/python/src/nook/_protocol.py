@@ -319,7 +319,11 @@ def create_body(
 
 
 def create(options: CreateOptions, image: str | None = None, snapshot: str | None = None) -> Op[SandboxInfo]:
-    reply = yield from call(create_body(options, image, snapshot), "session")
+    """Boots a session, or takes one from the daemon's warm pool (``pool``)."""
+    body = create_body(options, image, snapshot)
+    if options.get("pool", False):
+        body = {"type": "pool_acquire", "spec": {k: v for k, v in body.items() if k != "type"}}
+    reply = yield from call(body, "session")
     return SandboxInfo.from_wire(reply["session"])
 
 
@@ -333,9 +337,13 @@ def list_sessions() -> Op[list[SandboxInfo]]:
     return [SandboxInfo.from_wire(s) for s in reply.get("sessions", [])]
 
 
-def remove(session: str) -> Op[None]:
-    """Stops (if running) and removes a session."""
-    yield from call({"type": "session_remove", "session": session, "force": True}, "ok")
+def remove(session: str, pooled: bool = False) -> Op[None]:
+    """Stops (if running) and removes a session (gives a pooled one back,
+    which removes it too)."""
+    if pooled:
+        yield from call({"type": "pool_release", "session": session}, "ok")
+    else:
+        yield from call({"type": "session_remove", "session": session, "force": True}, "ok")
 
 
 def snapshot(session: str, name: str) -> Op[SnapshotInfo]:

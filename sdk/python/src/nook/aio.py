@@ -144,7 +144,9 @@ class AsyncSandbox(SandboxBase[AsyncClient]):
     (``exec_stream`` is an async iterator); ``async with`` removes it."""
 
     @classmethod
-    async def _open(cls, client: AsyncClient | None, op: proto.Op[SandboxInfo], owned: bool) -> Self:
+    async def _open(
+        cls, client: AsyncClient | None, op: proto.Op[SandboxInfo], owned: bool, pooled: bool = False
+    ) -> Self:
         own = client is None
         c = client if client is not None else await AsyncClient.connect()
         try:
@@ -153,7 +155,9 @@ class AsyncSandbox(SandboxBase[AsyncClient]):
             if own:
                 await c.close()
             raise
-        return cls(c, info, owned=owned, own_client=own)
+        sandbox = cls(c, info, owned=owned, own_client=own)
+        sandbox._pooled = pooled
+        return sandbox
 
     @classmethod
     async def create(
@@ -179,7 +183,7 @@ class AsyncSandbox(SandboxBase[AsyncClient]):
 
     async def kill(self) -> None:
         with contextlib.suppress(SandboxNotFound):
-            await self.client.run(proto.remove(self.name))
+            await self.client.run(proto.remove(self.name, self._pooled))
         self._owned = False
         await self.close()
 
@@ -190,7 +194,7 @@ class AsyncSandbox(SandboxBase[AsyncClient]):
         try:
             if self._owned:
                 with contextlib.suppress(SandboxNotFound):
-                    await self.client.run(proto.remove(self.name))
+                    await self.client.run(proto.remove(self.name, self._pooled))
         finally:
             if self._own_client:
                 await self.client.close()

@@ -38,7 +38,9 @@ class Sandbox(SandboxBase[Client]):
     # -- lifecycle ------------------------------------------------------
 
     @classmethod
-    def _open(cls, client: Client | None, op: proto.Op[SandboxInfo], owned: bool) -> Self:
+    def _open(
+        cls, client: Client | None, op: proto.Op[SandboxInfo], owned: bool, pooled: bool = False
+    ) -> Self:
         own = client is None
         c = client if client is not None else Client()
         try:
@@ -47,7 +49,9 @@ class Sandbox(SandboxBase[Client]):
             if own:
                 c.close()
             raise
-        return cls(c, info, owned=owned, own_client=own)
+        sandbox = cls(c, info, owned=owned, own_client=own)
+        sandbox._pooled = pooled
+        return sandbox
 
     @classmethod
     def create(
@@ -57,7 +61,7 @@ class Sandbox(SandboxBase[Client]):
         once it runs. ``image``: an image in nook's store, default the
         built-in minimal root."""
         op = proto.create(options, image=image)
-        return cls._open(client, op, owned=not options.get("keep", False))
+        return cls._open(client, op, owned=not options.get("keep", False), pooled=options.get("pool", False))
 
     @classmethod
     def from_snapshot(
@@ -67,7 +71,7 @@ class Sandbox(SandboxBase[Client]):
         ``nook snapshot create``) as a new sandbox; memory and CPUs are the
         snapshot's."""
         op = proto.create(options, snapshot=snapshot)
-        return cls._open(client, op, owned=not options.get("keep", False))
+        return cls._open(client, op, owned=not options.get("keep", False), pooled=options.get("pool", False))
 
     @classmethod
     def connect(cls, name: str, *, client: Client | None = None) -> Self:
@@ -84,7 +88,7 @@ class Sandbox(SandboxBase[Client]):
     def kill(self) -> None:
         """Stops and removes the sandbox (its VM is gone when this returns)."""
         try:
-            self.client.run(proto.remove(self.name))
+            self.client.run(proto.remove(self.name, self._pooled))
         except SandboxNotFound:
             pass
         self._owned = False
@@ -98,7 +102,7 @@ class Sandbox(SandboxBase[Client]):
         self._closed = True
         try:
             if self._owned:
-                self.client.run(proto.remove(self.name))
+                self.client.run(proto.remove(self.name, self._pooled))
         except SandboxNotFound:
             pass
         finally:

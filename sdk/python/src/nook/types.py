@@ -152,7 +152,9 @@ class CreateOptions(TypedDict, total=False):
     :class:`Share` values; ``timeout``: stop the sandbox after this many
     idle seconds; ``name``: default generated; ``keep``: the sandbox
     outlives this client (``Sandbox.connect(name)`` finds it; ``kill()``
-    ends it).
+    ends it); ``pool``: take a sandbox of this configuration that the
+    daemon booted ahead (its warm pool; the daemon then boots the next one),
+    released -- removed -- on close (``name`` is then ignored).
     """
 
     memory_mib: int | None
@@ -164,6 +166,7 @@ class CreateOptions(TypedDict, total=False):
     timeout: float | None
     name: str | None
     keep: bool
+    pool: bool
 
 
 #: Called with each chunk of a command's output as it arrives.
