@@ -127,6 +127,12 @@ int main(int argc, char **argv) {
     printf("clone: %s", (const char *)out.stdout_data);
     nook_free_output(&out);
 
+    /* A one-off run from the same snapshot, as `nook run --snapshot` does. */
+    const char *first_line[] = {"head", "-n", "1", "/root/note.txt", NULL};
+    CHECK("run from snapshot", nook_run(&from_snap, first_line, NULL, &out));
+    printf("run from snapshot: %s", (const char *)out.stdout_data);
+    nook_free_output(&out);
+
     /* A stopped session refuses commands with a status and a message. */
     CHECK("stop", nook_session_stop(s));
     nook_status st = nook_session_exec(s, echo, NULL, &out);

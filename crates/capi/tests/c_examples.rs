@@ -202,6 +202,7 @@ fn session_example_execs_copies_snapshots_and_restores() {
          snapshot {name}-snap\n\
          clone: from the host\n\
          and the guest\n\
+         run from snapshot: from the host\n\
          exec after stop: NOOK_ERR_NOT_RUNNING: session `{name}` is not running (see `nook ps -a`)\n"
     );
     // Streamed pieces may arrive split: compare without the stream prefixes.
