@@ -21,18 +21,68 @@ pub enum ThreadFilter {
     /// The kvm engine's device event loop (`nook-vmm`): queue processing of
     /// every virtio device, including the in-process virtio-fs server.
     Vmm,
-    /// A virtio-fs queue worker of the vhost-user server (`nook-fs-*`).
+    /// A virtio-fs queue worker of the vhost-user server (`nook-fs-*-q`).
     Fs,
+    /// The vhost-user server's `nook-fs-TAG` threads: the one that accepts
+    /// QEMU's connection and the protocol thread it starts (memory table,
+    /// vring set-up; no file access).
+    FsProto,
+    /// A whole session host process (`nook session-host`): a deny-list of
+    /// dangerous calls, on every thread.
+    SessionHost,
+    /// The whole daemon process (`nook serve`): the same deny-list.
+    Daemon,
 }
 
+/// Every thread kind, for tests and documentation.
+pub const ALL_FILTERS: [ThreadFilter; 6] = [
+    ThreadFilter::Vcpu,
+    ThreadFilter::Vmm,
+    ThreadFilter::Fs,
+    ThreadFilter::FsProto,
+    ThreadFilter::SessionHost,
+    ThreadFilter::Daemon,
+];
+
 impl ThreadFilter {
-    /// The filter's key in the JSON file (also what the SIGSYS line names).
+    /// What the SIGSYS line names the filter by.
     pub fn name(self) -> &'static str {
         match self {
             ThreadFilter::Vcpu => "vcpu",
             ThreadFilter::Vmm => "vmm",
             ThreadFilter::Fs => "fs",
+            ThreadFilter::FsProto => "fs_proto",
+            ThreadFilter::SessionHost => "session_host",
+            ThreadFilter::Daemon => "daemon",
         }
+    }
+
+    /// The filter's key in the JSON file.
+    pub fn key(self) -> &'static str {
+        match self {
+            ThreadFilter::SessionHost | ThreadFilter::Daemon => "service",
+            other => other.name(),
+        }
+    }
+
+    /// A second filter stacked under the first that makes some calls fail
+    /// with `ENOSYS` instead of ending the process (the kernel applies
+    /// the strictest answer of all filters): `clone3`, whose flags a
+    /// filter cannot read, so glibc falls back to `clone`, whose flags it
+    /// can; `io_uring_*`, which children such as QEMU probe and live
+    /// without.
+    fn enosys(self) -> Option<&'static str> {
+        match self {
+            ThreadFilter::FsProto => Some("enosys_clone3"),
+            ThreadFilter::SessionHost | ThreadFilter::Daemon => Some("enosys_service"),
+            _ => None,
+        }
+    }
+
+    /// Whether the filter covers every thread of the process (installed
+    /// with `SECCOMP_FILTER_FLAG_TSYNC`), not only the calling one.
+    fn whole_process(self) -> bool {
+        matches!(self, ThreadFilter::SessionHost | ThreadFilter::Daemon)
     }
 }
 
@@ -125,10 +175,26 @@ pub fn apply(filter: ThreadFilter) -> Result<Applied, SeccompError> {
         return Ok(Applied::AlreadyOn);
     }
     let name = filter.name();
-    let program = programs()?.get(name).ok_or(SeccompError::Missing(name))?;
+    let get = |key: &'static str| programs()?.get(key).ok_or(SeccompError::Missing(key));
+    let program = get(filter.key())?;
+    let enosys = filter.enosys().map(get).transpose()?;
     sigsys::install_handler().map_err(SeccompError::Handler)?;
+    let install = |p: &BpfProgram| {
+        if filter.whole_process() {
+            seccompiler::apply_filter_all_threads(p)
+        } else {
+            seccompiler::apply_filter(p)
+        }
+        .map_err(|source| SeccompError::Install { name, source })
+    };
+    if filter.whole_process() {
+        sigsys::set_process_filter(name);
+    }
     sigsys::set_thread_filter(name);
-    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { name, source })?;
+    if let Some(p) = enosys {
+        install(p)?;
+    }
+    install(program)?;
     FILTERED.with(|f| f.set(true));
     Ok(Applied::Installed)
 }
@@ -140,10 +206,15 @@ mod tests {
     #[test]
     fn the_checked_in_filters_compile_and_name_every_thread_kind() {
         let map = programs().expect("filters/x86_64.json compiles");
-        for f in [ThreadFilter::Vcpu, ThreadFilter::Vmm, ThreadFilter::Fs] {
-            assert!(map.contains_key(f.name()), "filter {} missing", f.name());
+        let mut used = std::collections::BTreeSet::new();
+        for f in ALL_FILTERS {
+            used.insert(f.key());
+            used.extend(f.enosys());
         }
-        assert_eq!(map.len(), 3, "a filter nothing installs: {:?}", map.keys());
+        for key in &used {
+            assert!(map.contains_key(*key), "filter {key} missing");
+        }
+        assert_eq!(map.len(), used.len(), "a filter nothing installs: {:?}", map.keys());
     }
 
     #[test]
@@ -162,11 +233,38 @@ mod tests {
         assert_eq!(out, (Applied::Installed, Applied::AlreadyOn, 1 << 20, true));
     }
 
+    /// Runs `test` (this binary, one test) in a child process with
+    /// `NOOK_SECCOMP_UNIT_CHILD` set; returns its exit code, stdout and stderr.
+    fn in_child(test: &str) -> (Option<i32>, String, String) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("NOOK_SECCOMP_UNIT_CHILD", "1")
+            .env_remove("NOOK_NO_SECCOMP")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn is_child() -> bool {
+        std::env::var_os("NOOK_SECCOMP_UNIT_CHILD").is_some()
+    }
+
+    fn assert_ended_by(out: (Option<i32>, String, String), line: &str) {
+        let (code, stdout, stderr) = out;
+        assert_eq!(code, Some(crate::SIGSYS_EXIT_CODE), "stderr: {stderr}");
+        assert!(stderr.contains(line), "{stderr}");
+        assert!(!stdout.contains("still running"), "{stdout}");
+    }
+
     /// In a child process (this test again): `execve` under the `fs`
     /// filter ends the process with the report line naming it.
     #[test]
     fn a_call_outside_the_filter_ends_the_process_with_a_line_naming_it() {
-        if std::env::var_os("NOOK_SECCOMP_UNIT_CHILD").is_some() {
+        if is_child() {
             set_enabled(true);
             apply(ThreadFilter::Fs).unwrap();
             let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
@@ -176,28 +274,68 @@ mod tests {
             println!("child: still running");
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "filter::tests::a_call_outside_the_filter_ends_the_process_with_a_line_naming_it",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("NOOK_SECCOMP_UNIT_CHILD", "1")
-            .env_remove("NOOK_NO_SECCOMP")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(crate::SIGSYS_EXIT_CODE),
-            "stderr: {stderr}"
+        assert_ended_by(
+            in_child("filter::tests::a_call_outside_the_filter_ends_the_process_with_a_line_naming_it"),
+            "nook: seccomp: a thread under filter `fs` made system call 59 (execve",
         );
-        assert!(
-            stderr
-                .contains("nook: seccomp: a thread under filter `fs` made system call 59 (execve"),
-            "{stderr}"
+    }
+
+    /// The vhost-user protocol thread's filter: it may start threads (the
+    /// server's own), which then run under it, but opens no file.
+    #[test]
+    fn the_fs_proto_filter_allows_threads_and_ends_the_process_on_open() {
+        if is_child() {
+            set_enabled(true);
+            apply(ThreadFilter::FsProto).unwrap();
+            let t = std::thread::Builder::new()
+                .name("nook-fs-child".into())
+                .spawn(|| 7)
+                .unwrap();
+            println!("child: thread returned {}", t.join().unwrap());
+            let _ = std::fs::File::open("/etc/hostname");
+            println!("child: still running");
+            return;
+        }
+        let out =
+            in_child("filter::tests::the_fs_proto_filter_allows_threads_and_ends_the_process_on_open");
+        assert!(out.1.contains("child: thread returned 7"), "{out:?}");
+        assert_ended_by(
+            out,
+            "nook: seccomp: a thread under filter `fs_proto` made system call 257 (openat",
         );
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("still running"));
+    }
+
+    /// The deny-list of session hosts and the daemon covers every thread
+    /// of the process, including one started before it: `ptrace` there
+    /// ends the process; ordinary work (files, threads, a child process)
+    /// goes on.
+    #[test]
+    fn the_service_filter_covers_every_thread_and_ends_the_process_on_ptrace() {
+        if is_child() {
+            set_enabled(true);
+            let (go, wait) = std::sync::mpsc::channel::<()>();
+            let earlier = std::thread::spawn(move || {
+                wait.recv().unwrap();
+                // SAFETY: PTRACE_TRACEME takes no pointers.
+                unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+                println!("child: still running");
+            });
+            apply(ThreadFilter::SessionHost).unwrap();
+            assert!(std::fs::read("/proc/self/status").is_ok());
+            let st = std::process::Command::new("/bin/true").status().unwrap();
+            println!("child: ordinary work ok {}", st.success());
+            go.send(()).unwrap();
+            let _ = earlier.join();
+            println!("child: still running");
+            return;
+        }
+        let out = in_child(
+            "filter::tests::the_service_filter_covers_every_thread_and_ends_the_process_on_ptrace",
+        );
+        assert!(out.1.contains("child: ordinary work ok true"), "{out:?}");
+        assert_ended_by(
+            out,
+            "nook: seccomp: a thread under filter `session_host` made system call 101 (ptrace",
+        );
     }
 }

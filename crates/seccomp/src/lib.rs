@@ -1,6 +1,8 @@
 //! Per-thread seccomp filters for nook's host-side threads that touch what
 //! a guest controls: the kvm engine's vCPU threads (`vcpu`), its device
-//! event loop (`vmm`) and the virtio-fs server's queue workers (`fs`).
+//! event loop (`vmm`), the virtio-fs server's queue workers (`fs`) and its
+//! vhost-user protocol thread (`fs_proto`); and a process-wide deny-list
+//! of dangerous calls for session hosts and the daemon (`service`).
 //!
 //! The allow-lists are data, in `filters/x86_64.json` (seccompiler's JSON
 //! format), reviewed like code. A thread calls [`apply`] once, before it
@@ -14,9 +16,22 @@
 //! CLI's `--no-seccomp` sets it) or [`set_enabled`]`(false)` turns them off
 //! for debugging.
 
+//!
+//! [`confine_thread`] adds the rest of a thread's confinement (no new
+//! privileges, Landlock, capabilities; `NOOK_NO_CONFINE=1` turns it off),
+//! and [`limit_process`] the resource limits of a whole helper process.
+
+mod confine;
 mod filter;
+mod limits;
 mod names;
 mod sigsys;
 
-pub use filter::{apply, enabled, set_enabled, Applied, SeccompError, ThreadFilter};
+pub use caps::Capability;
+pub use confine::{
+    confine_enabled, confine_thread, landlock_abi, set_confine_enabled, ConfineError, Confined,
+    FsReach, LandlockStatus, ThreadConfinement, FILE_SERVER_CAPS,
+};
+pub use filter::{apply, enabled, set_enabled, Applied, SeccompError, ThreadFilter, ALL_FILTERS};
+pub use limits::{limit_process, MAX_OPEN_FILES};
 pub use sigsys::{syscall_name, SIGSYS_EXIT_CODE};

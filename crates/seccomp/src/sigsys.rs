@@ -4,6 +4,7 @@
 //! (both on every allow-list).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Once;
 
 use libc::{c_int, c_void, siginfo_t};
@@ -14,13 +15,41 @@ use crate::names::SYSCALL_NAMES;
 /// as a shell reports a process killed by that signal.
 pub const SIGSYS_EXIT_CODE: i32 = 128 + libc::SIGSYS;
 
+const UNFILTERED: &str = "unfiltered";
+
 thread_local! {
-    static FILTER: Cell<&'static str> = const { Cell::new("unfiltered") };
+    static FILTER: Cell<&'static str> = const { Cell::new(UNFILTERED) };
 }
+
+/// The filter of the whole process, for threads without one of their own
+/// (a leaked `&'static str`, or null).
+static PROCESS_FILTER: AtomicPtr<&'static str> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Records the calling thread's filter name for the report.
 pub(crate) fn set_thread_filter(name: &'static str) {
     FILTER.with(|f| f.set(name));
+}
+
+/// Records the filter every thread of the process runs under.
+pub(crate) fn set_process_filter(name: &'static str) {
+    let boxed: &'static mut &'static str = Box::leak(Box::new(name));
+    PROCESS_FILTER.store(boxed, Ordering::SeqCst);
+}
+
+/// The name the report gives the calling thread's filter.
+fn filter_name() -> &'static str {
+    let own = FILTER.with(Cell::get);
+    if own != UNFILTERED {
+        return own;
+    }
+    let p = PROCESS_FILTER.load(Ordering::SeqCst);
+    if p.is_null() {
+        UNFILTERED
+    } else {
+        // SAFETY: a non-null pointer here was leaked by
+        // `set_process_filter` and is never freed.
+        unsafe { *p }
+    }
 }
 
 /// The name of x86_64 system call `nr`, if known.
@@ -104,7 +133,7 @@ extern "C" fn handle_sigsys(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
         len: 0,
     };
     line.push(b"nook: seccomp: a thread under filter `");
-    line.push(FILTER.with(Cell::get).as_bytes());
+    line.push(filter_name().as_bytes());
     line.push(b"` made system call ");
     line.push_dec(u64::from(nr as u32));
     line.push(b" (");
