@@ -52,6 +52,8 @@ pub struct FsBackend {
     mem: RwLock<Option<Memory>>,
     event_idx: AtomicBool,
     thread_name: String,
+    /// What the queue workers may reach (the share).
+    confinement: nook_seccomp::ThreadConfinement,
     metrics: FsMetrics,
     /// Exit notifiers handed to the worker threads, to stop them.
     exit: std::sync::Mutex<Vec<EventNotifier>>,
@@ -68,14 +70,19 @@ impl std::fmt::Debug for FsBackend {
 
 impl FsBackend {
     /// A backend serving `fs`; its queue worker thread names itself
-    /// `thread_name`.
-    pub(crate) fn new(fs: Arc<ShareFs>, thread_name: String) -> Self {
+    /// `thread_name` and is confined to `confinement`.
+    pub(crate) fn new(
+        fs: Arc<ShareFs>,
+        thread_name: String,
+        confinement: nook_seccomp::ThreadConfinement,
+    ) -> Self {
         FsBackend {
             server: Server::new(fs.clone()),
             fs,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             thread_name,
+            confinement,
             metrics: FsMetrics::default(),
             exit: std::sync::Mutex::new(Vec::new()),
         }
@@ -160,9 +167,11 @@ impl FsBackend {
         }
     }
 
-    /// First event on a queue worker thread: names it as nook's and puts
-    /// it under the `fs` seccomp filter before it reads a guest request.
-    fn prepare_thread_once(&self) -> io::Result<()> {
+    /// First event on a queue worker thread: names it as nook's, confines
+    /// it to the share (Landlock, capabilities, no new privileges) and
+    /// puts it under the `fs` seccomp filter before it reads a guest
+    /// request.
+    pub(crate) fn prepare_thread_once(&self) -> io::Result<()> {
         thread_local!(static READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
         if READY.with(std::cell::Cell::get) {
             return Ok(());
@@ -170,9 +179,14 @@ impl FsBackend {
         // The worker is spawned by vhost-user-backend with its own name;
         // rename it so it is recognisable as nook's.
         let _ = std::fs::write("/proc/thread-self/comm", &self.thread_name);
+        let confined =
+            nook_seccomp::confine_thread(&self.confinement).map_err(io::Error::other)?;
         let applied =
             nook_seccomp::apply(nook_seccomp::ThreadFilter::Fs).map_err(io::Error::other)?;
-        tracing::debug!("nook-fs: {}: seccomp filter: {applied:?}", self.thread_name);
+        tracing::debug!(
+            "nook-fs: {}: confinement {confined:?}, seccomp filter {applied:?}",
+            self.thread_name
+        );
         READY.with(|r| r.set(true));
         Ok(())
     }
@@ -252,5 +266,64 @@ impl VhostUserBackend for FsBackend {
             self.process_queue(vring)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Share;
+    use crate::testing::{status_field, thread_status};
+
+    /// A queue worker, prepared as on its first event, opens files in its
+    /// share but gets EACCES from Landlock beyond it (its seccomp filter
+    /// allows `openat`), and keeps at most the file server's capabilities.
+    #[test]
+    fn a_queue_worker_reaches_only_its_share() {
+        nook_seccomp::set_enabled(true);
+        nook_seccomp::set_confine_enabled(true);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("inside"), b"in").unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let share = Share {
+            host_dir: dir.path().to_owned(),
+            tag: "worker".into(),
+            read_only: false,
+        };
+        let fs = Arc::new(crate::server::share_fs(&share).unwrap());
+        let backend = Arc::new(FsBackend::new(
+            fs,
+            "nook-fs-wtest-q".into(),
+            nook_seccomp::ThreadConfinement::file_server(vec![share.reach()]),
+        ));
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let outside_path = outside.path().to_owned();
+        let inside = dir.path().join("inside");
+        let worker = std::thread::spawn(move || {
+            backend.prepare_thread_once().unwrap();
+            let read_inside = std::fs::read(&inside).map_err(|e| e.raw_os_error());
+            let read_outside = std::fs::read(&outside_path).map_err(|e| e.raw_os_error());
+            let read_etc = std::fs::read("/etc/hostname").map_err(|e| e.raw_os_error());
+            let _ = done_rx.recv();
+            (read_inside, read_outside, read_etc)
+        });
+        let status = thread_status("nook-fs-wtest-q", "Seccomp:\t2").expect("thread found");
+        done_tx.send(()).unwrap();
+        let (inside, outside, etc) = worker.join().unwrap();
+        assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+        let cap_eff = u64::from_str_radix(status_field(&status, "CapEff:"), 16).unwrap();
+        let allowed: u64 = nook_seccomp::FILE_SERVER_CAPS
+            .iter()
+            .map(|c| c.bitmask())
+            .sum();
+        assert_eq!(cap_eff & !allowed, 0, "{status}");
+        assert_eq!(inside, Ok(b"in".to_vec()));
+        if nook_seccomp::landlock_abi().is_none() {
+            eprintln!("skipping the landlock checks: no landlock in this kernel");
+            return;
+        }
+        assert_eq!(outside, Err(Some(libc::EACCES)));
+        assert_eq!(etc, Err(Some(libc::EACCES)));
     }
 }

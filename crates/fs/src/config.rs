@@ -22,6 +22,15 @@ pub struct Share {
 }
 
 impl Share {
+    /// What a thread serving this share may reach under Landlock: the
+    /// directory and everything beneath it, writable unless read-only.
+    pub fn reach(&self) -> nook_seccomp::FsReach {
+        nook_seccomp::FsReach {
+            path: self.host_dir.clone(),
+            write: !self.read_only,
+        }
+    }
+
     /// Checks the tag and that the host directory is an absolute path to a
     /// directory.
     pub fn validate(&self) -> Result<(), FsError> {

@@ -6,7 +6,7 @@
 //! hangs up; [`ShareServer::stop`] (or drop) ends a server that was never
 //! connected and waits for the threads.
 
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -67,11 +67,21 @@ impl ShareServer {
     pub fn start(share: &Share, socket: &Path) -> Result<ShareServer, FsError> {
         let fs = Arc::new(share_fs(share)?);
         let name = thread_name(&share.tag);
-        let backend = Arc::new(FsBackend::new(fs, format!("{name}-q")));
-        let mut listener = Listener::new(socket, true).map_err(|source| FsError::Listen {
-            path: socket.to_owned(),
-            source,
-        })?;
+        let backend = Arc::new(FsBackend::new(
+            fs,
+            format!("{name}-q"),
+            nook_seccomp::ThreadConfinement::file_server(vec![share.reach()]),
+        ));
+        // Bound here, not by `Listener::new`: that listener removes its
+        // socket file when dropped, on the confined thread, which may not
+        // touch files. [`ShareServer::stop`] removes it.
+        let _ = std::fs::remove_file(socket);
+        let mut listener = UnixListener::bind(socket)
+            .map(Listener::from)
+            .map_err(|e| FsError::Listen {
+                path: socket.to_owned(),
+                source: vhost::vhost_user::Error::SocketError(e),
+            })?;
         let mut daemon = VhostUserDaemon::new(
             name.clone(),
             backend.clone(),
@@ -85,6 +95,15 @@ impl ShareServer {
         let worker_backend = backend.clone();
         let tag = share.tag.clone();
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            // Confined before QEMU's first byte: this thread accepts the
+            // connection and starts the protocol thread, which inherits it.
+            if let Err(e) = confine_protocol_thread() {
+                tracing::error!("nook-fs: share {tag}: {e}");
+                worker_backend.stop_workers();
+                drop(daemon);
+                let _ = tx.send(());
+                return;
+            }
             match daemon.start(&mut listener) {
                 Ok(()) => {
                     if let Err(e) = daemon.wait() {
@@ -162,10 +181,48 @@ impl Drop for ShareServer {
     }
 }
 
+/// The `nook-fs-TAG` thread's confinement: no file access, no
+/// capabilities, no new privileges, and the `fs_proto` seccomp filter.
+fn confine_protocol_thread() -> std::io::Result<()> {
+    let confined = nook_seccomp::confine_thread(&nook_seccomp::ThreadConfinement::nothing())
+        .map_err(std::io::Error::other)?;
+    let applied = nook_seccomp::apply(nook_seccomp::ThreadFilter::FsProto)
+        .map_err(std::io::Error::other)?;
+    tracing::debug!("nook-fs: protocol thread: confinement {confined:?}, seccomp {applied:?}");
+    Ok(())
+}
+
 /// `nook-fs-TAG`, cut to what a Linux thread name holds (15 bytes) minus
 /// room for the worker's `-q`.
 fn thread_name(tag: &str) -> String {
     let mut name = format!("nook-fs-{tag}");
     name.truncate(13);
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{status_field, thread_status};
+
+    /// The thread that waits for QEMU runs with no new privileges, no
+    /// capabilities and the `fs_proto` filter before any connection.
+    #[test]
+    fn the_protocol_thread_is_confined_before_a_connection() {
+        nook_seccomp::set_enabled(true);
+        nook_seccomp::set_confine_enabled(true);
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share {
+            host_dir: dir.path().to_owned(),
+            tag: "proto".into(),
+            read_only: false,
+        };
+        let server = ShareServer::start(&share, &dir.path().join("sock")).unwrap();
+        let status = thread_status("nook-fs-proto", "Seccomp:\t2").expect("thread found");
+        assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+        assert_eq!(status_field(&status, "CapEff:"), "0000000000000000", "{status}");
+        assert_eq!(status_field(&status, "CapPrm:"), "0000000000000000", "{status}");
+        server.stop();
+    }
 }

@@ -200,3 +200,33 @@ impl Client {
         self.call(SETATTR, node, body.as_slice())
     }
 }
+
+/// The `/proc` status of this process's thread called `name`, once it
+/// shows `want` (waits up to 10 s), or the last status seen.
+pub(crate) fn thread_status(name: &str, want: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                let status = std::fs::read_to_string(task.path().join("status")).ok();
+                if status.as_deref().is_some_and(|s| s.contains(want)) {
+                    return status;
+                }
+                last = status;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    last
+}
+
+/// The value of `field` (e.g. `CapEff:`) in a `/proc` status.
+pub(crate) fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(str::trim)
+        .unwrap_or("")
+}
