@@ -36,6 +36,7 @@ pub struct FuseSession {
     /// (one reply in it at a time).
     replies: Mutex<File>,
     metrics: FsMetrics,
+    reach: nook_seccomp::FsReach,
 }
 
 impl std::fmt::Debug for FuseSession {
@@ -73,6 +74,7 @@ impl FuseSession {
             fs,
             replies: Mutex::new(replies),
             metrics: FsMetrics::default(),
+            reach: share.reach(),
         })
     }
 
@@ -84,6 +86,12 @@ impl FuseSession {
     /// Requests answered and refused so far.
     pub fn metrics(&self) -> &FsMetrics {
         &self.metrics
+    }
+
+    /// What a thread calling [`handle`](Self::handle) must reach: the
+    /// share's directory (writable unless the share is read-only).
+    pub fn reach(&self) -> &nook_seccomp::FsReach {
+        &self.reach
     }
 
     /// Answers the FUSE request in `request` (one whole message as the

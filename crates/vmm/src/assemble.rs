@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuFd;
-use nook_seccomp::ThreadFilter;
+use nook_seccomp::{ThreadConfinement, ThreadFilter};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -105,6 +105,8 @@ pub(crate) struct MachineParts {
     pub cmdline: String,
     /// A test hook on the MMIO bus.
     pub mmio_hook: Option<MmioHook>,
+    /// What the `nook-vmm` thread may reach: its file servers' directories.
+    pub vmm_reach: Vec<nook_seccomp::FsReach>,
 }
 
 /// Durations of the steps of a boot or restore, for [`KvmVm::start_phases`].
@@ -159,6 +161,7 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
         boot,
         cmdline,
         mmio_hook,
+        vmm_reach,
     } = parts;
     let vcpu_count = match &vcpus {
         VcpuPart::Boot { count, .. } => usize::from(*count),
@@ -228,7 +231,13 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
         recycle: None,
     };
     let buses = (Arc::new(pio), Arc::new(virtio.mmio));
-    start_jobs(&mut vm, &mut shell, event_loop, vcpu_fds, buses, &pause)?;
+    let confinement = if vmm_reach.is_empty() {
+        ThreadConfinement::nothing()
+    } else {
+        ThreadConfinement::file_server(vmm_reach)
+    };
+    shell.confine_events(confinement.clone());
+    start_jobs(&mut vm, &mut shell, (event_loop, confinement), vcpu_fds, buses, &pause)?;
     vm.shell = Some(shell);
     if virtio.restored {
         // Backends of active devices, queued work, pending interrupts.
@@ -406,13 +415,27 @@ fn port_io_bus(com1: &Arc<Mutex<SerialDevice>>) -> Result<Bus, VmmError> {
     Ok(pio)
 }
 
-/// Runs the device event loop on the shell's `nook-vmm` thread and each
-/// vCPU on its own `nook-vcpu{N}` thread; each vCPU thread hands its vCPU
-/// back to [`KvmVm`] when the VM ends.
+/// Confines the calling thread (no new privileges, Landlock, capabilities)
+/// and puts it under `filter`; logs what was applied.
+pub(crate) fn confine(
+    confinement: &ThreadConfinement,
+    filter: ThreadFilter,
+    thread: &str,
+) -> Result<(), String> {
+    let confined = nook_seccomp::confine_thread(confinement).map_err(|e| e.to_string())?;
+    let applied = nook_seccomp::apply(filter).map_err(|e| e.to_string())?;
+    tracing::debug!("vmm: {thread}: confinement {confined:?}, seccomp {applied:?}");
+    Ok(())
+}
+
+/// Runs the device event loop on the shell's `nook-vmm` thread (confined
+/// to `confinement`, then under the `vmm` filter) and each vCPU on its own
+/// `nook-vcpu{N}` thread; each vCPU thread hands its vCPU back to
+/// [`KvmVm`] when the VM ends.
 fn start_jobs(
     vm: &mut KvmVm,
     shell: &mut VmShell,
-    event_loop: EventLoop,
+    (event_loop, confinement): (EventLoop, ThreadConfinement),
     vcpu_fds: Vec<VcpuFd>,
     (pio, mmio): (Arc<Bus>, Arc<Bus>),
     pause: &Arc<PauseControl>,
@@ -423,10 +446,10 @@ fn start_jobs(
     };
     let loop_exit = vm.exit.clone();
     let run = shell.events.run(move || {
-        if let Err(e) = nook_seccomp::apply(ThreadFilter::Vmm) {
+        if let Err(e) = confine(&confinement, ThreadFilter::Vmm, "nook-vmm") {
             tracing::error!("vmm: {e}");
             loop_exit.finish(Outcome::Failed {
-                what: "seccomp filter of the device event loop".into(),
+                what: "confinement of the device event loop".into(),
                 errno: libc::EPERM,
             });
             return;

@@ -73,6 +73,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
     if rng {
         devices.push(Box::new(Rng::new()));
     }
+    let vmm_reach = shares.iter().filter_map(|s| s.server.reach()).collect();
     for s in shares {
         devices.push(Box::new(Fs::new(&s.tag, s.server)));
     }
@@ -132,6 +133,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         boot,
         cmdline,
         mmio_hook,
+        vmm_reach,
     };
     assemble(parts, timer)
 }

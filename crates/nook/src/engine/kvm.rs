@@ -54,6 +54,10 @@ impl nook_vmm::FsServer for ShareServer {
     ) -> std::io::Result<()> {
         self.0.handle(request, reply_capacity, reply)
     }
+
+    fn reach(&self) -> Option<nook_seccomp::FsReach> {
+        Some(self.0.reach().clone())
+    }
 }
 
 /// In-process virtio-fs devices for `shares`, served by the same guarded

@@ -179,6 +179,7 @@ impl KvmRestorer {
         map_snapshot(&shell.ram, &self.backing).map_err(KvmSnapshotError::from)?;
         timer.mark("map memory");
         let state = self.state.clone();
+        let vmm_reach = cfg.shares.iter().filter_map(|s| s.server.reach()).collect();
         let parts = MachineParts {
             shell,
             backing: Some(self.backing.clone()),
@@ -196,6 +197,7 @@ impl KvmRestorer {
             boot: state.boot.restore(),
             cmdline: state.cmdline,
             mmio_hook: None,
+            vmm_reach,
         };
         let mut vm = assemble(parts, timer)?;
         vm.recycle = Some(Arc::downgrade(&self.spares));

@@ -102,6 +102,10 @@ pub(crate) struct VmShell {
     pub vcpu_workers: Vec<Worker>,
     /// `nook-vmm`: the device event loop.
     pub events: Worker,
+    /// What the `nook-vmm` thread was confined to by its last VM
+    /// (confinement only narrows: a VM that needs other paths gets a new
+    /// thread).
+    pub events_confinement: Option<nook_seccomp::ThreadConfinement>,
     pub wiring: Wiring,
     pub layout: ShellLayout,
 }
@@ -130,6 +134,7 @@ impl VmShell {
             vcpus,
             vcpu_workers,
             events,
+            events_confinement: None,
             wiring,
             layout,
         })
@@ -145,6 +150,16 @@ impl VmShell {
             })?;
         }
         Ok(())
+    }
+
+    /// Makes sure the `nook-vmm` thread can be confined to `c`: a thread
+    /// confined to something else by an earlier VM is replaced by a new one
+    /// (its job queue is empty between VMs, so dropping it joins at once).
+    pub(crate) fn confine_events(&mut self, c: nook_seccomp::ThreadConfinement) {
+        if self.events_confinement.as_ref().is_some_and(|old| *old != c) {
+            self.events = Worker::new("nook-vmm");
+        }
+        self.events_confinement = Some(c);
     }
 
     /// Makes a shell that ran a VM ready for the next: guest RAM back to

@@ -134,10 +134,15 @@ impl std::fmt::Debug for Vcpu {
 impl Vcpu {
     /// The thread body: runs the guest until the VM ends.
     pub fn run(&mut self) {
-        if let Err(e) = nook_seccomp::apply(ThreadFilter::Vcpu) {
+        let confined = crate::assemble::confine(
+            &nook_seccomp::ThreadConfinement::nothing(),
+            ThreadFilter::Vcpu,
+            "vcpu",
+        );
+        if let Err(e) = confined {
             tracing::error!("vmm: vcpu{}: {e}", self.index);
             self.exit.finish(Outcome::Failed {
-                what: format!("seccomp filter of vcpu {}", self.index),
+                what: format!("confinement of vcpu {}", self.index),
                 errno: libc::EPERM,
             });
             return;

@@ -268,6 +268,10 @@ pub fn share_config(dir: &Path, tag: &str) -> nook_vmm::KvmShareConfig {
         fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
             self.0.handle(r, cap, out)
         }
+
+        fn reach(&self) -> Option<nook_seccomp::FsReach> {
+            Some(self.0.reach().clone())
+        }
     }
 
     let share = nook_fs::Share {

@@ -26,6 +26,12 @@ pub trait FsServer: Send + Sync + std::fmt::Debug {
         reply_capacity: usize,
         reply: &mut Vec<u8>,
     ) -> std::io::Result<()>;
+
+    /// The host directory the server works in, and whether it writes
+    /// there: the `nook-vmm` thread that calls [`handle`](Self::handle) is
+    /// confined to the reach of its VM's servers (Landlock). `None` for a
+    /// server that opens no file.
+    fn reach(&self) -> Option<nook_seccomp::FsReach>;
 }
 
 /// The queues of an activated device.

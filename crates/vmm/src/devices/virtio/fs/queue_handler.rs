@@ -183,6 +183,10 @@ mod tests {
         fn handle(&self, r: &mut [u8], cap: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
             self.0.handle(r, cap, out)
         }
+
+        fn reach(&self) -> Option<nook_seccomp::FsReach> {
+            Some(self.0.reach().clone())
+        }
     }
 
     fn server(dir: &std::path::Path, read_only: bool) -> Arc<dyn FsServer> {
