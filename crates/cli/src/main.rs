@@ -33,7 +33,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 126 command not executable; 127 command not found; 128+N killed by signal N; 130/143 nook interrupted.\n\
 Environment: NOOK_HOME (cache dir), NOOK_KERNEL (kernel image), NOOK_AGENT (guest agent), \
 NOOK_QEMU (qemu binary), NOOK_LOG (log filter, e.g. debug), NOOK_SOCKET (the daemon's socket, for clients), \
-NOOK_NO_SECCOMP=1 (debugging only: seccomp filters off)."
+NOOK_NO_SECCOMP=1 (debugging only: seccomp filters off), \
+NOOK_NO_CONFINE=1 (debugging only: Landlock, capability drop and resource limits off)."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -43,6 +44,12 @@ pub(crate) struct Cli {
     /// NOOK_NO_SECCOMP=1). Weakens isolation; see docs/security.md.
     #[arg(long, global = true)]
     no_seccomp: bool,
+    /// For debugging only: run the VMM threads, the virtio-fs server and
+    /// QEMU without Landlock rules, capability drop, no-new-privileges and
+    /// resource limits (also NOOK_NO_CONFINE=1). Weakens isolation; see
+    /// docs/security.md.
+    #[arg(long, global = true)]
+    no_confine: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +122,11 @@ fn main() {
         // starts (session hosts).
         std::env::set_var("NOOK_NO_SECCOMP", "1");
         nook::set_seccomp_enabled(false);
+    }
+    if cli.no_confine {
+        // As above: reaches session hosts and QEMU too.
+        std::env::set_var("NOOK_NO_CONFINE", "1");
+        nook::set_confine_enabled(false);
     }
     match &cli.command {
         Command::Run(a) => a.vm.check_usage(),

@@ -79,6 +79,7 @@ pub fn setup(args: SetupArgs) -> i32 {
             "reason": choice.reason(),
             "kvm": verdict,
             "template": template.json(),
+            "hardening": nook::hardening(),
         });
         println!("{v:#}");
         return 0;
@@ -113,6 +114,7 @@ pub fn setup(args: SetupArgs) -> i32 {
     }
     println!("engine:        {}: {}", choice.label(), choice.reason());
     println!("template:      {}", template.text());
+    println!("hardening:     {}", hardening_text(nook::hardening()));
     if let EngineChoice::Kvm {
         hardware_speed: false,
         ..
@@ -195,3 +197,16 @@ fn make_default_template(cfg: &nook::VmConfig, choice: &mut EngineChoice) -> Tem
         )
     }
 }
+/// One line on the host-side hardening in force.
+fn hardening_text(h: nook::Hardening) -> String {
+    let seccomp = if h.seccomp { "seccomp on" } else { "seccomp OFF" };
+    let confine = match (h.confine, h.landlock_abi) {
+        (false, _) => "confinement OFF".to_string(),
+        (true, Some(abi)) => format!("confinement on (Landlock ABI {abi}, capabilities, rlimits)"),
+        (true, None) => {
+            "confinement on without Landlock (kernel has none: capabilities, rlimits)".to_string()
+        }
+    };
+    format!("{seccomp}, {confine}")
+}
+

@@ -66,6 +66,7 @@ pub use nook_proto::{
     fit_within, scale_edge, scale_point, BootWords, Coordinate, DesktopAction, DesktopReply,
     DesktopRequest, DesktopResult, Pipe, ScrollDirection, Winsize,
 };
+pub use nook_seccomp::set_confine_enabled;
 pub use nook_seccomp::set_enabled as set_seccomp_enabled;
 pub use nook_vmm::probe::{ProbeTrial, Ring0Speed};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledVm};
@@ -79,3 +80,26 @@ pub use storage::{
 };
 pub use template::{gc_templates, templates_dir, TemplateGc};
 pub use vm::{prepare_assets, Vm, VmOrigin, BASE_CMDLINE};
+
+/// What host-side hardening this process applies to the threads and
+/// processes it starts for VMs (see `docs/security.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Hardening {
+    /// Per-thread seccomp filters (off: `NOOK_NO_SECCOMP=1`).
+    pub seccomp: bool,
+    /// Landlock, dropped capabilities, no new privileges and resource
+    /// limits (off: `NOOK_NO_CONFINE=1`).
+    pub confine: bool,
+    /// The kernel's Landlock ABI version (`None`: no Landlock; the other
+    /// measures still apply).
+    pub landlock_abi: Option<u32>,
+}
+
+/// The hardening in force for this process.
+pub fn hardening() -> Hardening {
+    Hardening {
+        seccomp: nook_seccomp::enabled(),
+        confine: nook_seccomp::confine_enabled(),
+        landlock_abi: nook_seccomp::landlock_abi(),
+    }
+}

@@ -9,7 +9,11 @@
 //!    died between `fork` and `prctl` is caught by comparing `getppid()` with
 //!    the pid recorded before the fork;
 //! 3. the child's ends of the agent and QMP socket pairs lose `FD_CLOEXEC` so
-//!    QEMU inherits them (`-chardev socket,fd=N`).
+//!    QEMU inherits them (`-chardev socket,fd=N`);
+//! 4. unless confinement is off (`NOOK_NO_CONFINE=1`): no core files, a
+//!    bounded number of open files, no capabilities (even as root) and
+//!    no new privileges (`nook_seccomp::limit_process`,
+//!    `nook_seccomp::drop_all_privileges`).
 //!
 //! The death signal fires when the *thread* that forked exits, not the
 //! process. A QEMU spawned from a short-lived thread (a tokio blocking-pool
@@ -40,11 +44,19 @@ pub(crate) fn spawn_guarded(mut command: Command, inherit_fds: Vec<RawFd>) -> io
     let parent = libc::pid_t::try_from(std::process::id())
         .map_err(|_| io::Error::other("process id does not fit in pid_t"))?;
     command.process_group(0);
+    let confine = nook_seccomp::confine_enabled();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, fcntl) on values it
-    // owns; it does not allocate or take locks.
+    // async-signal-safe system calls (prctl, getppid, fcntl, setrlimit,
+    // capset) on values it owns; it does not allocate or take locks.
     unsafe {
-        command.pre_exec(move || child_setup(parent, &inherit_fds));
+        command.pre_exec(move || {
+            child_setup(parent, &inherit_fds)?;
+            if confine {
+                nook_seccomp::limit_process()?;
+                nook_seccomp::drop_all_privileges()?;
+            }
+            Ok(())
+        });
     }
     let sender = SPAWNER
         .get_or_init(|| {

@@ -33,5 +33,5 @@ pub use confine::{
     FsReach, LandlockStatus, ThreadConfinement, FILE_SERVER_CAPS,
 };
 pub use filter::{apply, enabled, set_enabled, Applied, SeccompError, ThreadFilter, ALL_FILTERS};
-pub use limits::{limit_process, MAX_OPEN_FILES};
+pub use limits::{drop_all_privileges, limit_process, MAX_OPEN_FILES};
 pub use sigsys::{syscall_name, SIGSYS_EXIT_CODE};

@@ -55,6 +55,10 @@ pub fn run_host(dir: &Path) -> i32 {
     // Leave the starting CLI's session and process group: its terminal's
     // signals must not reach this process.
     let _ = rustix::process::setsid();
+    if let Err(e) = crate::harden::harden_process(nook_seccomp::ThreadFilter::SessionHost) {
+        eprintln!("nook session host: {e}");
+        return 1;
+    }
     let sd = SessionDir(dir.to_path_buf());
     let spec = match sd.read_spec() {
         Ok(s) => s,

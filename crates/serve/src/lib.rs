@@ -17,6 +17,7 @@ pub mod desktop_image;
 mod error;
 mod exec;
 mod files;
+mod harden;
 mod host;
 mod procs;
 mod remote;

@@ -61,6 +61,8 @@ pub enum DaemonError {
     },
     #[error("cannot prepare the socket's directory")]
     Dir(#[source] crate::SessionError),
+    #[error("cannot install the daemon's seccomp filter")]
+    Seccomp(#[source] nook_seccomp::SeccompError),
 }
 
 /// `$NOOK_HOME/serve.sock`.
@@ -164,6 +166,7 @@ pub fn serve(cfg: DaemonConfig) -> Result<(), DaemonError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| io_err("configure", &cfg.socket, e))?;
+    crate::harden::harden_process(nook_seccomp::ThreadFilter::Daemon).map_err(DaemonError::Seccomp)?;
     eprintln!("nook serve: listening on {}", cfg.socket.display());
     let socket = cfg.socket.clone();
     let d = Arc::new(Daemon {
