@@ -72,6 +72,12 @@ pub fn serve(args: &E2bArgs, engine: &str) -> i32 {
             return exit::NOOK_FAILED;
         }
     };
+    // Before any request, and before the base image build and template
+    // boot start threads of their own.
+    if let Err(e) = nook_serve::harden_daemon() {
+        report(&e);
+        return exit::NOOK_FAILED;
+    }
     let prepared = cfg
         .ensure_base_image(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .and_then(|()| {

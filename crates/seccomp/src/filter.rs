@@ -27,10 +27,13 @@ pub enum ThreadFilter {
     /// QEMU's connection and the protocol thread it starts (memory table,
     /// vring set-up; no file access).
     FsProto,
-    /// A whole session host process (`nook session-host`): a deny-list of
-    /// dangerous calls, on every thread.
+    /// A whole session host process (`nook __session-host`): a deny-list
+    /// of dangerous calls (tracing, BPF, kexec, modules, keys, mounts and
+    /// namespaces, ...), on every thread.
     SessionHost,
-    /// The whole daemon process (`nook serve`): the same deny-list.
+    /// The whole daemon process (`nook serve`, also with `--e2b`): the same
+    /// deny-list less mounts, `chroot` and namespaces, which the Debian
+    /// image builds it starts (mmdebstrap) need.
     Daemon,
 }
 
@@ -45,7 +48,7 @@ pub const ALL_FILTERS: [ThreadFilter; 6] = [
 ];
 
 impl ThreadFilter {
-    /// What the SIGSYS line names the filter by.
+    /// The filter's key in the JSON file (also what the SIGSYS line names).
     pub fn name(self) -> &'static str {
         match self {
             ThreadFilter::Vcpu => "vcpu",
@@ -54,14 +57,6 @@ impl ThreadFilter {
             ThreadFilter::FsProto => "fs_proto",
             ThreadFilter::SessionHost => "session_host",
             ThreadFilter::Daemon => "daemon",
-        }
-    }
-
-    /// The filter's key in the JSON file.
-    pub fn key(self) -> &'static str {
-        match self {
-            ThreadFilter::SessionHost | ThreadFilter::Daemon => "service",
-            other => other.name(),
         }
     }
 
@@ -176,7 +171,7 @@ pub fn apply(filter: ThreadFilter) -> Result<Applied, SeccompError> {
     }
     let name = filter.name();
     let get = |key: &'static str| programs()?.get(key).ok_or(SeccompError::Missing(key));
-    let program = get(filter.key())?;
+    let program = get(filter.name())?;
     let enosys = filter.enosys().map(get).transpose()?;
     sigsys::install_handler().map_err(SeccompError::Handler)?;
     let install = |p: &BpfProgram| {
@@ -208,7 +203,7 @@ mod tests {
         let map = programs().expect("filters/x86_64.json compiles");
         let mut used = std::collections::BTreeSet::new();
         for f in ALL_FILTERS {
-            used.insert(f.key());
+            used.insert(f.name());
             used.extend(f.enosys());
         }
         for key in &used {
@@ -336,6 +331,24 @@ mod tests {
         assert_ended_by(
             out,
             "nook: seccomp: a thread under filter `session_host` made system call 101 (ptrace",
+        );
+    }
+
+    /// The daemon's deny-list: `bpf` ends the process with its line.
+    #[test]
+    fn the_daemon_filter_ends_the_process_on_bpf() {
+        if is_child() {
+            set_enabled(true);
+            apply(ThreadFilter::Daemon).unwrap();
+            // SAFETY: BPF_PROG_LOAD with a null attribute pointer and size 0
+            // reads nothing (EINVAL, if it ran at all).
+            unsafe { libc::syscall(libc::SYS_bpf, 5, std::ptr::null::<u8>(), 0) };
+            println!("child: still running");
+            return;
+        }
+        assert_ended_by(
+            in_child("filter::tests::the_daemon_filter_ends_the_process_on_bpf"),
+            "nook: seccomp: a thread under filter `daemon` made system call 321 (bpf",
         );
     }
 }

@@ -18,3 +18,9 @@ pub(crate) fn harden_process(filter: ThreadFilter) -> Result<(), nook_seccomp::S
     tracing::debug!("nook: {} seccomp filter: {applied:?}", filter.name());
     Ok(())
 }
+
+/// [`harden_process`] for a daemon (`nook serve`, `nook serve --e2b`):
+/// resource limits and the `daemon` deny-list on every thread.
+pub fn harden_daemon() -> Result<(), nook_seccomp::SeccompError> {
+    harden_process(ThreadFilter::Daemon)
+}

@@ -31,6 +31,7 @@ pub use client::{
 pub use cp::{copy_in, copy_out, CopyPath, RemoteRead};
 pub use debian_image::{ensure_debian_image, DebianRecipe};
 pub use error::SessionError;
+pub use harden::harden_daemon;
 pub use host::run_host;
 pub use state::{
     host_alive, list_sessions, now_unix, sessions_dir, validate_name, SessionDir, SessionPhase,

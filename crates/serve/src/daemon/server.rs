@@ -166,7 +166,7 @@ pub fn serve(cfg: DaemonConfig) -> Result<(), DaemonError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| io_err("configure", &cfg.socket, e))?;
-    crate::harden::harden_process(nook_seccomp::ThreadFilter::Daemon).map_err(DaemonError::Seccomp)?;
+    crate::harden::harden_daemon().map_err(DaemonError::Seccomp)?;
     eprintln!("nook serve: listening on {}", cfg.socket.display());
     let socket = cfg.socket.clone();
     let d = Arc::new(Daemon {
