@@ -199,7 +199,11 @@ fn make_default_template(cfg: &nook::VmConfig, choice: &mut EngineChoice) -> Tem
 }
 /// One line on the host-side hardening in force.
 fn hardening_text(h: nook::Hardening) -> String {
-    let seccomp = if h.seccomp { "seccomp on" } else { "seccomp OFF" };
+    let seccomp = if h.seccomp {
+        "seccomp on"
+    } else {
+        "seccomp OFF"
+    };
     let confine = match (h.confine, h.landlock_abi) {
         (false, _) => "confinement OFF".to_string(),
         (true, Some(abi)) => format!("confinement on (Landlock ABI {abi}, capabilities, rlimits)"),
@@ -209,4 +213,3 @@ fn hardening_text(h: nook::Hardening) -> String {
     };
     format!("{seccomp}, {confine}")
 }
-

@@ -33,7 +33,10 @@ fn start(name: &str, args: &[&str]) -> u32 {
     assert!(out.status.success(), "start: {}", text(&out.stderr));
     let out = nook().args(["ps", "-a", "--json"]).output().unwrap();
     let all: Vec<nook_serve::SessionState> = serde_json::from_slice(&out.stdout).unwrap();
-    all.into_iter().find(|s| s.name == name).expect("listed").pid
+    all.into_iter()
+        .find(|s| s.name == name)
+        .expect("listed")
+        .pid
 }
 
 fn field(status: &str, name: &str) -> String {
@@ -107,16 +110,36 @@ fn a_session_host_its_qemu_and_its_share_server_run_hardened() {
     assert!(files <= nook_seccomp::MAX_OPEN_FILES, "{files}");
 
     let vm = qemu_of(host);
-    let qemu = vm.first().expect("a QEMU").split(':').next().unwrap().to_owned();
+    let qemu = vm
+        .first()
+        .expect("a QEMU")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let status = read(format!("/proc/{qemu}/status"));
-    assert_eq!(field(&status, "CapEff:"), "0000000000000000", "qemu: {status}");
-    assert_eq!(field(&status, "CapPrm:"), "0000000000000000", "qemu: {status}");
+    assert_eq!(
+        field(&status, "CapEff:"),
+        "0000000000000000",
+        "qemu: {status}"
+    );
+    assert_eq!(
+        field(&status, "CapPrm:"),
+        "0000000000000000",
+        "qemu: {status}"
+    );
     assert_eq!(field(&status, "NoNewPrivs:"), "1", "qemu: {status}");
     assert_eq!(limits(&qemu).0, "0", "qemu core limit");
 
     let fs = threads(host, "nook-fs-");
-    assert!(fs.iter().any(|(n, _)| n.ends_with("-q")), "no queue worker: {fs:?}");
-    assert!(fs.iter().any(|(n, _)| !n.ends_with("-q")), "no protocol thread: {fs:?}");
+    assert!(
+        fs.iter().any(|(n, _)| n.ends_with("-q")),
+        "no queue worker: {fs:?}"
+    );
+    assert!(
+        fs.iter().any(|(n, _)| !n.ends_with("-q")),
+        "no protocol thread: {fs:?}"
+    );
     let file_server: u64 = nook_seccomp::FILE_SERVER_CAPS
         .iter()
         .map(|c| c.bitmask())
@@ -128,7 +151,12 @@ fn a_session_host_its_qemu_and_its_share_server_run_hardened() {
         let allowed = if n.ends_with("-q") { file_server } else { 0 };
         assert_eq!(eff & !allowed, 0, "{n}: {s}");
     }
-    assert!(nook().args(["rm", "-f", &name]).output().unwrap().status.success());
+    assert!(nook()
+        .args(["rm", "-f", &name])
+        .output()
+        .unwrap()
+        .status
+        .success());
 }
 
 #[test]
@@ -156,9 +184,24 @@ fn no_seccomp_and_no_confine_turn_the_hardening_off() {
     assert_eq!(field(&status, "Seccomp:"), "0", "session host: {status}");
     if root() {
         let vm = qemu_of(host);
-        let qemu = vm.first().expect("a QEMU").split(':').next().unwrap().to_owned();
+        let qemu = vm
+            .first()
+            .expect("a QEMU")
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned();
         let status = read(format!("/proc/{qemu}/status"));
-        assert_ne!(field(&status, "CapEff:"), "0000000000000000", "qemu: {status}");
+        assert_ne!(
+            field(&status, "CapEff:"),
+            "0000000000000000",
+            "qemu: {status}"
+        );
     }
-    assert!(nook().args(["rm", "-f", &name]).output().unwrap().status.success());
+    assert!(nook()
+        .args(["rm", "-f", &name])
+        .output()
+        .unwrap()
+        .status
+        .success());
 }

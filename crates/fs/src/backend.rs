@@ -179,8 +179,7 @@ impl FsBackend {
         // The worker is spawned by vhost-user-backend with its own name;
         // rename it so it is recognisable as nook's.
         let _ = std::fs::write("/proc/thread-self/comm", &self.thread_name);
-        let confined =
-            nook_seccomp::confine_thread(&self.confinement).map_err(io::Error::other)?;
+        let confined = nook_seccomp::confine_thread(&self.confinement).map_err(io::Error::other)?;
         let applied =
             nook_seccomp::apply(nook_seccomp::ThreadFilter::Fs).map_err(io::Error::other)?;
         tracing::debug!(

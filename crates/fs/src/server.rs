@@ -186,8 +186,8 @@ impl Drop for ShareServer {
 fn confine_protocol_thread() -> std::io::Result<()> {
     let confined = nook_seccomp::confine_thread(&nook_seccomp::ThreadConfinement::nothing())
         .map_err(std::io::Error::other)?;
-    let applied = nook_seccomp::apply(nook_seccomp::ThreadFilter::FsProto)
-        .map_err(std::io::Error::other)?;
+    let applied =
+        nook_seccomp::apply(nook_seccomp::ThreadFilter::FsProto).map_err(std::io::Error::other)?;
     tracing::debug!("nook-fs: protocol thread: confinement {confined:?}, seccomp {applied:?}");
     Ok(())
 }
@@ -221,8 +221,16 @@ mod tests {
         let status = thread_status("nook-fs-proto", "Seccomp:\t2").expect("thread found");
         assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
         assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
-        assert_eq!(status_field(&status, "CapEff:"), "0000000000000000", "{status}");
-        assert_eq!(status_field(&status, "CapPrm:"), "0000000000000000", "{status}");
+        assert_eq!(
+            status_field(&status, "CapEff:"),
+            "0000000000000000",
+            "{status}"
+        );
+        assert_eq!(
+            status_field(&status, "CapPrm:"),
+            "0000000000000000",
+            "{status}"
+        );
         server.stop();
     }
 }

@@ -237,7 +237,11 @@ fn drop_caps(keep: &[Capability]) -> Result<bool, caps::errors::CapsError> {
     if permitted.is_empty() {
         return Ok(false);
     }
-    let keep: CapsHashSet = keep.iter().copied().filter(|c| permitted.contains(c)).collect();
+    let keep: CapsHashSet = keep
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
         for cap in caps::read(None, CapSet::Bounding)? {
             if !keep.contains(&cap) {
@@ -284,7 +288,7 @@ mod tests {
                 write: false,
             },
         ];
-        let root = caps::read(None, CapSet::Permitted).unwrap().len() > 0;
+        let root = !caps::read(None, CapSet::Permitted).unwrap().is_empty();
         let outside_path = outside.path().to_owned();
         let ro_path = ro.path().to_owned();
         std::thread::spawn(move || {
@@ -295,7 +299,11 @@ mod tests {
                 confine_thread(&ThreadConfinement::nothing()),
                 Err(ConfineError::Narrowed)
             ));
-            let Confined::Applied { landlock, caps_dropped } = applied else {
+            let Confined::Applied {
+                landlock,
+                caps_dropped,
+            } = applied
+            else {
                 panic!("{applied:?}");
             };
             assert_eq!(caps_dropped, root);

@@ -209,7 +209,12 @@ mod tests {
         for key in &used {
             assert!(map.contains_key(*key), "filter {key} missing");
         }
-        assert_eq!(map.len(), used.len(), "a filter nothing installs: {:?}", map.keys());
+        assert_eq!(
+            map.len(),
+            used.len(),
+            "a filter nothing installs: {:?}",
+            map.keys()
+        );
     }
 
     #[test]
@@ -270,7 +275,9 @@ mod tests {
             return;
         }
         assert_ended_by(
-            in_child("filter::tests::a_call_outside_the_filter_ends_the_process_with_a_line_naming_it"),
+            in_child(
+                "filter::tests::a_call_outside_the_filter_ends_the_process_with_a_line_naming_it",
+            ),
             "nook: seccomp: a thread under filter `fs` made system call 59 (execve",
         );
     }
@@ -291,8 +298,9 @@ mod tests {
             println!("child: still running");
             return;
         }
-        let out =
-            in_child("filter::tests::the_fs_proto_filter_allows_threads_and_ends_the_process_on_open");
+        let out = in_child(
+            "filter::tests::the_fs_proto_filter_allows_threads_and_ends_the_process_on_open",
+        );
         assert!(out.1.contains("child: thread returned 7"), "{out:?}");
         assert_ended_by(
             out,

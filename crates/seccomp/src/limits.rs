@@ -47,7 +47,13 @@ pub fn drop_all_privileges() -> std::io::Result<()> {
     crate::confine::no_new_privs()?;
     // SAFETY: prctl with integer arguments; changes only this thread.
     unsafe {
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
     }
     // Bounding set: every capability the kernel knows (EINVAL past the last).
     for cap in 0..64 {
@@ -152,7 +158,12 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}");
         let hard = current(libc::RLIMIT_NOFILE).unwrap().1.min(MAX_OPEN_FILES);
-        assert!(stdout.contains("child: after drop: CapEff 0000000000000000 CapPrm 0000000000000000 NoNewPrivs 1"), "{stdout}");
+        assert!(
+            stdout.contains(
+                "child: after drop: CapEff 0000000000000000 CapPrm 0000000000000000 NoNewPrivs 1"
+            ),
+            "{stdout}"
+        );
         assert!(
             stdout.contains(&format!("child: core (0, 0) files ({hard}, {hard})")),
             "{stdout}"

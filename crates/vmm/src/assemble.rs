@@ -237,7 +237,14 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
         ThreadConfinement::file_server(vmm_reach)
     };
     shell.confine_events(confinement.clone());
-    start_jobs(&mut vm, &mut shell, (event_loop, confinement), vcpu_fds, buses, &pause)?;
+    start_jobs(
+        &mut vm,
+        &mut shell,
+        (event_loop, confinement),
+        vcpu_fds,
+        buses,
+        &pause,
+    )?;
     vm.shell = Some(shell);
     if virtio.restored {
         // Backends of active devices, queued work, pending interrupts.

@@ -36,7 +36,10 @@ fn run_guest(share_dir: Option<&std::path::Path>, hook: Arc<dyn Fn() + Send + Sy
         call: hook,
     });
     let mut vm = KvmVm::start(cfg).unwrap();
-    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(ExitReason::PowerOff));
+    assert_eq!(
+        vm.wait_timeout(TIMEOUT).unwrap(),
+        Some(ExitReason::PowerOff)
+    );
 }
 
 /// `/proc` status lines of this process's threads named `name`.
@@ -66,7 +69,8 @@ fn open_errno_on_vcpu(path: &'static str) -> i32 {
     run_guest(
         None,
         Arc::new(move || {
-            let e = std::fs::File::open(path).map_or_else(|e| e.raw_os_error().unwrap_or(-1), |_| 0);
+            let e =
+                std::fs::File::open(path).map_or_else(|e| e.raw_os_error().unwrap_or(-1), |_| 0);
             *seen.lock().unwrap() = e;
         }),
     );

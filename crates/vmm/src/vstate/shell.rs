@@ -156,7 +156,11 @@ impl VmShell {
     /// confined to something else by an earlier VM is replaced by a new one
     /// (its job queue is empty between VMs, so dropping it joins at once).
     pub(crate) fn confine_events(&mut self, c: nook_seccomp::ThreadConfinement) {
-        if self.events_confinement.as_ref().is_some_and(|old| *old != c) {
+        if self
+            .events_confinement
+            .as_ref()
+            .is_some_and(|old| *old != c)
+        {
             self.events = Worker::new("nook-vmm");
         }
         self.events_confinement = Some(c);

@@ -30,8 +30,11 @@ pub trait FsServer: Send + Sync + std::fmt::Debug {
     /// The host directory the server works in, and whether it writes
     /// there: the `nook-vmm` thread that calls [`handle`](Self::handle) is
     /// confined to the reach of its VM's servers (Landlock). `None` for a
-    /// server that opens no file.
-    fn reach(&self) -> Option<nook_seccomp::FsReach>;
+    /// server that opens no file (the default: a server that does must
+    /// say where, or its opens fail with `EACCES` under Landlock).
+    fn reach(&self) -> Option<nook_seccomp::FsReach> {
+        None
+    }
 }
 
 /// The queues of an activated device.

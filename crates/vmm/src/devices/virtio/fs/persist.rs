@@ -98,10 +98,6 @@ mod tests {
         fn handle(&self, _: &mut [u8], _: usize, _: &mut Vec<u8>) -> std::io::Result<()> {
             Err(std::io::ErrorKind::Unsupported.into())
         }
-
-        fn reach(&self) -> Option<nook_seccomp::FsReach> {
-            None
-        }
     }
 
     fn share(tag: &str) -> Option<(String, Arc<dyn FsServer>)> {
