@@ -81,6 +81,15 @@ fn threads(pid: u32, prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The pid and `/proc` status of the QEMU of session host `host`.
+fn qemu_status(host: u32) -> (String, String) {
+    let vm = qemu_of(host);
+    let line = vm.first().expect("a QEMU");
+    let pid = line.split(':').next().unwrap_or_default().to_owned();
+    let status = read(format!("/proc/{pid}/status"));
+    (pid, status)
+}
+
 fn root() -> bool {
     field(&read("/proc/self/status"), "Uid:").starts_with("0\t")
 }
@@ -109,15 +118,7 @@ fn a_session_host_its_qemu_and_its_share_server_run_hardened() {
     assert_eq!(core, "0", "session host core limit");
     assert!(files <= nook_seccomp::MAX_OPEN_FILES, "{files}");
 
-    let vm = qemu_of(host);
-    let qemu = vm
-        .first()
-        .expect("a QEMU")
-        .split(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let status = read(format!("/proc/{qemu}/status"));
+    let (qemu, status) = qemu_status(host);
     assert_eq!(
         field(&status, "CapEff:"),
         "0000000000000000",
@@ -183,15 +184,7 @@ fn no_seccomp_and_no_confine_turn_the_hardening_off() {
     let status = read(format!("/proc/{host}/status"));
     assert_eq!(field(&status, "Seccomp:"), "0", "session host: {status}");
     if root() {
-        let vm = qemu_of(host);
-        let qemu = vm
-            .first()
-            .expect("a QEMU")
-            .split(':')
-            .next()
-            .unwrap()
-            .to_owned();
-        let status = read(format!("/proc/{qemu}/status"));
+        let (_, status) = qemu_status(host);
         assert_ne!(
             field(&status, "CapEff:"),
             "0000000000000000",

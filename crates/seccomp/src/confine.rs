@@ -11,13 +11,14 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use caps::{CapSet, Capability, CapsHashSet};
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, ABI,
 };
+
+use crate::switch::Switch;
 
 /// The newest Landlock ABI nook asks for (rights the kernel does not know
 /// are left out: best effort).
@@ -119,34 +120,18 @@ pub enum ConfineError {
     Narrowed,
 }
 
-const UNSET: u8 = 0;
-const ON: u8 = 1;
-const OFF: u8 = 2;
-static SWITCH: AtomicU8 = AtomicU8::new(UNSET);
+static SWITCH: Switch = Switch::new("NOOK_NO_CONFINE");
 
 /// Turns confinement on or off for threads that call [`confine_thread`]
 /// from now on. For debugging only.
 pub fn set_confine_enabled(on: bool) {
-    SWITCH.store(if on { ON } else { OFF }, Ordering::SeqCst);
+    SWITCH.set(on);
 }
 
 /// Whether [`confine_thread`] confines: on unless turned off by
 /// [`set_confine_enabled`] or `NOOK_NO_CONFINE=1` (read once).
 pub fn confine_enabled() -> bool {
-    match SWITCH.load(Ordering::SeqCst) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let off = std::env::var_os("NOOK_NO_CONFINE").is_some_and(|v| v == "1");
-            let _ = SWITCH.compare_exchange(
-                UNSET,
-                if off { OFF } else { ON },
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-            SWITCH.load(Ordering::SeqCst) == ON
-        }
-    }
+    SWITCH.on()
 }
 
 /// The kernel's Landlock ABI version, `None` without Landlock.

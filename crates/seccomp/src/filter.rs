@@ -2,12 +2,12 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, TargetArch};
 
 use crate::sigsys;
+use crate::switch::Switch;
 
 /// The filters, as checked into the repository.
 const FILTERS_JSON: &str = include_str!("../filters/x86_64.json");
@@ -116,34 +116,18 @@ pub enum SeccompError {
     },
 }
 
-const UNSET: u8 = 0;
-const ON: u8 = 1;
-const OFF: u8 = 2;
-static SWITCH: AtomicU8 = AtomicU8::new(UNSET);
+static SWITCH: Switch = Switch::new("NOOK_NO_SECCOMP");
 
 /// Turns filters on or off for threads that call [`apply`] from now on
 /// (a thread that has one keeps it). For debugging only.
 pub fn set_enabled(on: bool) {
-    SWITCH.store(if on { ON } else { OFF }, Ordering::SeqCst);
+    SWITCH.set(on);
 }
 
 /// Whether [`apply`] installs filters: on unless turned off by
 /// [`set_enabled`] or `NOOK_NO_SECCOMP=1` (read once).
 pub fn enabled() -> bool {
-    match SWITCH.load(Ordering::SeqCst) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let off = std::env::var_os("NOOK_NO_SECCOMP").is_some_and(|v| v == "1");
-            let _ = SWITCH.compare_exchange(
-                UNSET,
-                if off { OFF } else { ON },
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-            SWITCH.load(Ordering::SeqCst) == ON
-        }
-    }
+    SWITCH.on()
 }
 
 fn programs() -> Result<&'static HashMap<String, BpfProgram>, SeccompError> {

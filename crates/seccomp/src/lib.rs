@@ -26,6 +26,7 @@ mod filter;
 mod limits;
 mod names;
 mod sigsys;
+mod switch;
 
 pub use caps::Capability;
 pub use confine::{
