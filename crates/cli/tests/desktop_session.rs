@@ -317,3 +317,89 @@ fn view_serves_the_display_to_a_vnc_client() {
         text(&out.stdout)
     );
 }
+
+/// The width and height in a PNG's header.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let be = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn an_mcp_client_creates_views_clicks_and_destroys_a_desktop() {
+    use base64::Engine as _;
+    if !desktop_ready() {
+        return;
+    }
+    let (mut c, _) = common::mcp::McpClient::connect("2025-06-18", &[]);
+    let created = c.ok(
+        "desktop_create",
+        serde_json::json!({"size": [640, 480], "max_screenshot_size": [320, 240]}),
+    );
+    let id = created["desktop_id"]
+        .as_str()
+        .expect("desktop_id")
+        .to_string();
+    let _c = Cleanup(id.clone());
+    assert_eq!(created["width"], 640, "{created}");
+    assert_eq!(created["screenshot_width"], 320, "{created}");
+    assert_eq!(created["screenshot_height"], 240, "{created}");
+    let sd = nook_serve::SessionDir::new(&nook::default_home(), &id).unwrap();
+    let host_pid = sd.read_state().unwrap().pid;
+    assert!(!common::qemu_of(host_pid).is_empty(), "no VM for {id}");
+
+    // A desktop is a sandbox: sandbox_exec runs on its display.
+    let out = c.ok(
+        "sandbox_exec",
+        serde_json::json!({"sandbox_id": id, "command": "xsetroot -solid '#00ff00' && echo $DISPLAY"}),
+    );
+    assert_eq!(out["stdout"], ":0\n", "{out}");
+
+    // A screenshot is image content: a PNG of the scaled size.
+    let shot = c.call(
+        "desktop_action",
+        serde_json::json!({"desktop_id": id, "action": "screenshot"}),
+    );
+    assert_eq!(shot["isError"], false, "{shot}");
+    let image = &shot["content"][0];
+    assert_eq!(image["type"], "image", "{shot}");
+    assert_eq!(image["mimeType"], "image/png");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(image["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(png_size(&png), (320, 240));
+    assert_eq!(shot["structuredContent"]["kind"], "image");
+    assert_eq!(shot["structuredContent"]["width"], 320);
+
+    // A click, and the pointer is where it went (in screenshot pixels).
+    let done = c.ok(
+        "desktop_action",
+        serde_json::json!({"desktop_id": id, "action": "left_click", "coordinate": [100, 50]}),
+    );
+    assert_eq!(done["kind"], "done", "{done}");
+    let at = c.ok(
+        "desktop_action",
+        serde_json::json!({"desktop_id": id, "action": "cursor_position"}),
+    );
+    assert_eq!(
+        (at["x"].clone(), at["y"].clone()),
+        (100.into(), 50.into()),
+        "{at}"
+    );
+    let msg = c.tool_error(
+        "desktop_action",
+        serde_json::json!({"desktop_id": id, "action": "type"}),
+    );
+    assert!(msg.contains("missing field `text`"), "{msg}");
+
+    // Destroyed: nothing is left running.
+    let gone = c.ok("desktop_destroy", serde_json::json!({"desktop_id": id}));
+    assert_eq!(gone["desktop_id"], id.as_str());
+    assert!(common::qemu_of(host_pid).is_empty(), "{id} left its VM");
+    assert!(
+        !nook_serve::host_alive(host_pid),
+        "{id} left its session host"
+    );
+    assert!(!sd.0.exists(), "{id} left its session directory");
+    assert!(c.disconnect().success());
+}

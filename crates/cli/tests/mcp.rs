@@ -48,7 +48,7 @@ fn initialize_negotiates_each_protocol_version_clients_send() {
         let list = c.request("tools/list", json!({}));
         assert_eq!(
             list["result"]["tools"].as_array().map(Vec::len),
-            Some(9),
+            Some(nook_mcp::tools::TOOL_NAMES.len()),
             "{version}: {list}"
         );
         assert!(c.disconnect().success(), "{version}");
@@ -90,6 +90,9 @@ fn tools_list_names_every_tool_with_its_schema() {
     assert_eq!(required("sandbox_snapshot"), ["name", "sandbox_id"]);
     assert_eq!(required("sandbox_list"), Vec::<String>::new());
     assert_eq!(required("sandbox_destroy"), ["sandbox_id"]);
+    assert_eq!(required("desktop_create"), Vec::<String>::new());
+    assert_eq!(required("desktop_action"), ["action", "desktop_id"]);
+    assert_eq!(required("desktop_destroy"), ["desktop_id"]);
     let run = tools.iter().find(|t| t["name"] == "run").unwrap();
     for field in ["command", "image", "timeout_s", "env", "workdir", "stdin"] {
         assert!(

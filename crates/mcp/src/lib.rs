@@ -13,6 +13,7 @@
 mod cancel;
 mod capture;
 mod config;
+pub mod desktop;
 mod error;
 mod exec;
 mod registry;

@@ -16,6 +16,11 @@ use crate::error::ToolError;
 /// structured content.
 pub trait Render {
     fn render(&self) -> String;
+    /// The result's content blocks: its text rendering, unless a result
+    /// has more to show (a screenshot is an image block).
+    fn content(&self) -> Vec<ContentBlock> {
+        vec![ContentBlock::text(self.render())]
+    }
 }
 
 type Handler<C> = Box<dyn Fn(&C, JsonObject, &Cancel) -> CallToolResult + Send + Sync>;
@@ -106,12 +111,12 @@ pub fn parse_args<A: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<A
 pub fn tool_result<O: Serialize + Render>(result: Result<O, ToolError>) -> CallToolResult {
     match result.and_then(|o| {
         serde_json::to_value(&o)
-            .map(|v| (v, o.render()))
+            .map(|v| (v, o.content()))
             .map_err(|e| ToolError::Ended(format!("cannot encode the result: {e}")))
     }) {
-        Ok((value, text)) => {
+        Ok((value, content)) => {
             let mut r = CallToolResult::structured(value);
-            r.content = vec![ContentBlock::text(text)];
+            r.content = content;
             r
         }
         Err(e) => {

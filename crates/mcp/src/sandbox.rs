@@ -19,6 +19,23 @@ use crate::types::{SandboxCreateArgs, SandboxCreated, SandboxInfo, SandboxList, 
 /// destroys them.
 const CREATE_WAIT: Duration = Duration::from_secs(60);
 
+/// What starting a sandbox gave: at least the session's state.
+pub trait Started {
+    fn session(&self) -> &nook_serve::SessionState;
+}
+
+impl Started for nook_serve::SessionState {
+    fn session(&self) -> &nook_serve::SessionState {
+        self
+    }
+}
+
+impl Started for (nook_serve::SessionState, nook_serve::desktop::DesktopState) {
+    fn session(&self) -> &nook_serve::SessionState {
+        &self.0
+    }
+}
+
 /// The sandboxes this server's client created.
 #[derive(Debug)]
 pub struct Sandboxes {
@@ -62,29 +79,51 @@ impl Sandboxes {
         cfg: &McpConfig,
         args: SandboxCreateArgs,
     ) -> Result<SandboxCreated, ToolError> {
+        self.create_with(cfg, args, |spec| {
+            nook_serve::start(&self.home, spec, &cfg.exe)
+        })
+        .map(|(created, _)| created)
+    }
+
+    /// Boots a new sandbox with `start` (which starts a session of the
+    /// spec it is given and may do more, such as starting a display), and
+    /// waits until it serves; also gives what `start` returned.
+    pub fn create_with<T, S>(
+        &self,
+        cfg: &McpConfig,
+        args: SandboxCreateArgs,
+        start: S,
+    ) -> Result<(SandboxCreated, T), ToolError>
+    where
+        S: Fn(&SessionSpec) -> Result<T, SessionError>,
+        T: Started,
+    {
         let mut spec = sandbox_spec(cfg, &args)?;
         if let Some(reference) = &args.image {
             crate::exec::resolve_image(&self.home, reference)?;
         }
         self.creating.fetch_add(1, Ordering::SeqCst);
-        let started = self.start_named(cfg, &mut spec);
+        let started = self.start_named(&mut spec, start);
         self.creating.fetch_sub(1, Ordering::SeqCst);
-        let state = started?;
-        Ok(SandboxCreated {
-            sandbox_id: spec.name,
-            engine: state.engine,
-            memory_mib: spec.memory_mib,
-            cpus: spec.vcpus,
-            idle_timeout_s: spec.idle_timeout_s.unwrap_or_default(),
-        })
+        let started = started?;
+        Ok((
+            SandboxCreated {
+                sandbox_id: spec.name,
+                engine: started.session().engine.clone(),
+                memory_mib: spec.memory_mib,
+                cpus: spec.vcpus,
+                idle_timeout_s: spec.idle_timeout_s.unwrap_or_default(),
+            },
+            started,
+        ))
     }
 
-    /// Starts `spec` under the next free name (which it records).
-    fn start_named(
+    /// Starts `spec` with `start` under the next free name (which it records).
+    fn start_named<T>(
         &self,
-        cfg: &McpConfig,
         spec: &mut SessionSpec,
-    ) -> Result<nook_serve::SessionState, ToolError> {
+        start: impl Fn(&SessionSpec) -> Result<T, SessionError>,
+    ) -> Result<T, ToolError> {
         loop {
             if self.closing.load(Ordering::SeqCst) {
                 return Err(ToolError::Ended("the MCP server is shutting down".into()));
@@ -95,8 +134,8 @@ impl Sandboxes {
                 self.seq.fetch_add(1, Ordering::SeqCst)
             );
             self.owned().insert(spec.name.clone());
-            match nook_serve::start(&self.home, spec, &cfg.exe) {
-                Ok(state) => return Ok(state),
+            match start(spec) {
+                Ok(started) => return Ok(started),
                 // Left behind by an earlier server with this pid: next name.
                 Err(SessionError::Exists(_)) => {
                     self.owned().remove(&spec.name);

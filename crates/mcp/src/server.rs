@@ -31,7 +31,9 @@ and `sandbox_destroy` when done (sandboxes also go when this client disconnects 
 minutes). A failing command is a normal result with its exit_code; a tool error's message says what \
 to do next. Output is capped per call and `truncated` says when it was cut. The default image is a \
 minimal busybox root: pass `image` (e.g. python:3.12-slim) for more. Guests have no network unless \
-the user started `nook mcp --net`.";
+the user started `nook mcp --net`. To operate graphical programs, `desktop_create` makes a sandbox \
+with an X display; `desktop_action` takes screenshots (image content) and sends mouse and keyboard \
+actions in the computer-use vocabulary; `desktop_destroy` ends it.";
 
 #[derive(Debug)]
 struct Inner {

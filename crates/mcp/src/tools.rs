@@ -15,17 +15,23 @@ use crate::types::*;
 pub struct ToolContext {
     pub cfg: McpConfig,
     pub sandboxes: Sandboxes,
+    /// Screenshot sizes of this client's desktops.
+    pub scaling: crate::desktop::DesktopScaling,
 }
 
 impl ToolContext {
     pub fn new(cfg: McpConfig) -> ToolContext {
         let sandboxes = Sandboxes::new(&cfg.vm.home);
-        ToolContext { cfg, sandboxes }
+        ToolContext {
+            cfg,
+            sandboxes,
+            scaling: Default::default(),
+        }
     }
 }
 
 /// Names of the tools, in the order `tools/list` gives them.
-pub const TOOL_NAMES: [&str; 9] = [
+pub const TOOL_NAMES: [&str; 12] = [
     "run",
     "sandbox_create",
     "sandbox_exec",
@@ -35,6 +41,9 @@ pub const TOOL_NAMES: [&str; 9] = [
     "sandbox_snapshot",
     "sandbox_list",
     "sandbox_destroy",
+    "desktop_create",
+    "desktop_action",
+    "desktop_destroy",
 ];
 
 /// Registers nook's tools.
@@ -170,10 +179,11 @@ fn file_list(ctx: &ToolContext, a: FileListArgs) -> Result<FileEntries, ToolErro
     })
 }
 
-/// A registry with nook's tools.
+/// A registry with nook's tools, the desktop's included.
 pub fn registry() -> ToolRegistry<ToolContext> {
     let mut r = ToolRegistry::default();
     register(&mut r);
+    crate::desktop::register(&mut r);
     r
 }
 
