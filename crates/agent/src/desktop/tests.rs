@@ -99,18 +99,25 @@ fn decode(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
-#[test]
-fn screenshots_show_the_screen_full_and_scaled() {
-    let Some(x) = xvfb() else { return };
+/// Paints the root window of `x` in `pixel` (0xRRGGBB); the connection
+/// that did it (which must stay open) and the root.
+fn paint_root(x: &Xvfb, pixel: u32) -> (RustConnection, u32) {
     let (c, n) = RustConnection::connect(Some(&x.display)).unwrap();
     let root = c.setup().roots[n].root;
     c.change_window_attributes(
         root,
-        &ChangeWindowAttributesAux::new().background_pixel(0xff0000),
+        &ChangeWindowAttributesAux::new().background_pixel(pixel),
     )
     .unwrap();
     c.clear_area(false, root, 0, 0, 0, 0).unwrap();
     c.sync().unwrap();
+    (c, root)
+}
+
+#[test]
+fn screenshots_show_the_screen_full_and_scaled() {
+    let Some(x) = xvfb() else { return };
+    let (_c, _root) = paint_root(&x, 0xff0000);
 
     let mut s = Session::default();
     let o = run(&mut s, &x, DesktopAction::Screenshot).unwrap();
@@ -159,15 +166,7 @@ fn screenshots_show_the_screen_full_and_scaled() {
 #[test]
 fn frames_come_through_shared_memory_and_match_the_socket_path() {
     let Some(x) = xvfb() else { return };
-    let (c, n) = RustConnection::connect(Some(&x.display)).unwrap();
-    let root = c.setup().roots[n].root;
-    c.change_window_attributes(
-        root,
-        &ChangeWindowAttributesAux::new().background_pixel(0x123456),
-    )
-    .unwrap();
-    c.clear_area(false, root, 0, 0, 0, 0).unwrap();
-    c.sync().unwrap();
+    let (c, root) = paint_root(&x, 0x123456);
     let mut d = super::x11::Display::connect(&x.display).unwrap();
     let region = [10, 20, 110, 70];
     let shared = d.capture(region).unwrap();
