@@ -70,11 +70,16 @@ impl Run<'_> {
         let (result, png) = match result {
             Act::Image(region) => {
                 let full = [0, 0, screen[0], screen[1]];
+                let own = [region[2] - region[0], region[3] - region[1]];
+                let size = self
+                    .req
+                    .max_image_size
+                    .map_or(own, |max| fit_within(own, max));
                 let img = match settled {
-                    Some(raw) if region == full => self.d.to_rgb(full, &raw)?,
-                    _ => self.d.capture(region)?,
+                    Some(raw) if region == full => self.d.to_rgb(full, &raw, size)?,
+                    _ => self.d.capture(region, size)?,
                 };
-                self.encode(img)?
+                encode(img)?
             }
             Act::Position(p) => (DesktopResult::Position { x: p[0], y: p[1] }, Vec::new()),
             Act::Done => (DesktopResult::Done, Vec::new()),
@@ -83,25 +88,6 @@ impl Run<'_> {
             reply: DesktopReply { screen, result },
             png,
         })
-    }
-
-    fn encode(&self, img: Rgb) -> Result<(DesktopResult, Vec<u8>), DesktopFailure> {
-        let img = match self.req.max_image_size {
-            Some(max) => {
-                let [w, h] = fit_within([img.width, img.height], max);
-                img.scale_down(w, h)
-            }
-            None => img,
-        };
-        let png = img
-            .to_png()
-            .map_err(|e| DesktopFailure::X(format!("cannot encode the PNG: {e}")))?;
-        let result = DesktopResult::Image {
-            width: img.width,
-            height: img.height,
-            bytes: png.len() as u64,
-        };
-        Ok((result, png))
     }
 
     /// Waits until two looks at the screen `SETTLE_POLL` apart match, at
@@ -297,6 +283,19 @@ impl Run<'_> {
         }
         self.release_keys(&held)
     }
+}
+
+/// The PNG of `img` and its result.
+fn encode(img: Rgb) -> Result<(DesktopResult, Vec<u8>), DesktopFailure> {
+    let png = img
+        .to_png()
+        .map_err(|e| DesktopFailure::X(format!("cannot encode the PNG: {e}")))?;
+    let result = DesktopResult::Image {
+        width: img.width,
+        height: img.height,
+        bytes: png.len() as u64,
+    };
+    Ok((result, png))
 }
 
 /// What an action leaves to answer with.

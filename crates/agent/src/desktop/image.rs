@@ -20,24 +20,66 @@ impl Rgb {
     /// This image scaled to `width` x `height` (no larger than it), each
     /// target pixel the average of the source pixels its area covers.
     pub fn scale_down(&self, width: u32, height: u32) -> Rgb {
-        let (width, height) = (width.clamp(1, self.width), height.clamp(1, self.height));
         if (width, height) == (self.width, self.height) {
             return self.clone();
         }
+        let source = Pixels {
+            data: &self.pixels,
+            width: self.width,
+            height: self.height,
+            bytes_per_pixel: 3,
+            rgb: [0, 1, 2],
+        };
+        source.scale_down(width, height)
+    }
+
+    /// The PNG encoding (8-bit RGB, fast deflate: screens compress well).
+    pub fn to_png(&self) -> Result<Vec<u8>, png::EncodingError> {
+        let mut out = Vec::with_capacity(self.pixels.len() / 8);
+        let mut enc = png::Encoder::new(&mut out, self.width, self.height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut w = enc.write_header()?;
+        w.write_image_data(&self.pixels)?;
+        w.finish()?;
+        Ok(out)
+    }
+}
+
+/// Pixels in memory: `bytes_per_pixel` bytes each, rows without padding,
+/// red, green and blue at the byte offsets `rgb` of a pixel.
+#[derive(Debug, Clone, Copy)]
+pub struct Pixels<'a> {
+    pub data: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+    pub bytes_per_pixel: usize,
+    pub rgb: [usize; 3],
+}
+
+impl Pixels<'_> {
+    /// An RGB image of `width` x `height` (clamped to this size), each
+    /// pixel the average of the source pixels its area covers: scaling
+    /// and conversion in one pass over the source.
+    pub fn scale_down(&self, width: u32, height: u32) -> Rgb {
+        let (width, height) = (width.clamp(1, self.width), height.clamp(1, self.height));
+        let bpp = self.bytes_per_pixel;
         // Source column span of every target column, computed once.
         let cols: Vec<(usize, usize)> = (0..width).map(|x| span(x, width, self.width)).collect();
-        let stride = self.width as usize * 3;
+        let stride = self.width as usize * bpp;
         let mut pixels = Vec::with_capacity(width as usize * height as usize * 3);
         let mut sums = vec![0u32; width as usize * 3];
+        let [r, g, b] = self.rgb;
         for y in 0..height {
             let (y0, y1) = span(y, height, self.height);
             sums.iter_mut().for_each(|s| *s = 0);
-            for row in self.pixels[y0 * stride..y1 * stride].chunks_exact(stride) {
+            for row in self.data[y0 * stride..y1 * stride].chunks_exact(stride) {
                 for (t, &(x0, x1)) in cols.iter().enumerate() {
-                    for px in row[x0 * 3..x1 * 3].chunks_exact(3) {
-                        sums[t * 3] += u32::from(px[0]);
-                        sums[t * 3 + 1] += u32::from(px[1]);
-                        sums[t * 3 + 2] += u32::from(px[2]);
+                    for px in row[x0 * bpp..x1 * bpp].chunks_exact(bpp) {
+                        sums[t * 3] += u32::from(px[r]);
+                        sums[t * 3 + 1] += u32::from(px[g]);
+                        sums[t * 3 + 2] += u32::from(px[b]);
                     }
                 }
             }
@@ -54,19 +96,6 @@ impl Rgb {
             height,
             pixels,
         }
-    }
-
-    /// The PNG encoding (8-bit RGB, fast deflate: screens compress well).
-    pub fn to_png(&self) -> Result<Vec<u8>, png::EncodingError> {
-        let mut out = Vec::with_capacity(self.pixels.len() / 8);
-        let mut enc = png::Encoder::new(&mut out, self.width, self.height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
-        let mut w = enc.write_header()?;
-        w.write_image_data(&self.pixels)?;
-        w.finish()?;
-        Ok(out)
     }
 }
 
@@ -112,6 +141,18 @@ mod tests {
         let small = src.scale_down(1024, 640);
         assert!(small.pixels.chunks(3).all(|p| p == [255, 0, 0]));
         assert_eq!(src.scale_down(5000, 5000), src);
+        // Four bytes a pixel, blue first (an X server's usual layout).
+        let bgrx: Vec<u8> = (0..8 * 4).flat_map(|_| [30, 20, 10, 0]).collect();
+        let raw = Pixels {
+            data: &bgrx,
+            width: 8,
+            height: 4,
+            bytes_per_pixel: 4,
+            rgb: [2, 1, 0],
+        };
+        let small = raw.scale_down(2, 1);
+        assert_eq!((small.width, small.height), (2, 1));
+        assert_eq!(small.pixels, [10, 20, 30, 10, 20, 30]);
     }
 
     #[test]

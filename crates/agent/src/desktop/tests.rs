@@ -169,7 +169,7 @@ fn frames_come_through_shared_memory_and_match_the_socket_path() {
     let (c, root) = paint_root(&x, 0x123456);
     let mut d = super::x11::Display::connect(&x.display).unwrap();
     let region = [10, 20, 110, 70];
-    let shared = d.capture(region).unwrap();
+    let shared = d.capture(region, [100, 50]).unwrap();
     assert!(d.shares_memory(), "Xvfb offers MIT-SHM with fd passing");
     assert_eq!((shared.width, shared.height), (100, 50));
     assert!(shared.pixels.chunks(3).all(|p| p == [0x12, 0x34, 0x56]));
@@ -187,7 +187,10 @@ fn frames_come_through_shared_memory_and_match_the_socket_path() {
         .unwrap()
         .reply()
         .unwrap();
-    assert_eq!(d.to_rgb(region, &reply.data).unwrap(), shared);
+    assert_eq!(d.to_rgb(region, &reply.data, [100, 50]).unwrap(), shared);
+    let half = d.capture(region, [50, 25]).unwrap();
+    assert_eq!((half.width, half.height), (50, 25));
+    assert!(half.pixels.chunks(3).all(|p| p == [0x12, 0x34, 0x56]));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 use x11rb::wrapper::ConnectionExt as _;
 
-use super::image::Rgb;
+use super::image::{Pixels, Rgb};
 use super::keys::SHIFT_L;
 use super::shm::ShmSegment;
 use super::DesktopFailure;
@@ -43,6 +43,33 @@ struct PixelFormat {
 }
 
 impl PixelFormat {
+    /// Raw pixels of `region` as RGB of `size` (the region's own size, or
+    /// smaller: scaled by area averaging, straight from the raw pixels in
+    /// the usual layout).
+    fn to_rgb_sized(
+        self,
+        region: [u32; 4],
+        raw: &[u8],
+        size: [u32; 2],
+    ) -> Result<Rgb, DesktopFailure> {
+        let (width, height) = (region[2] - region[0], region[3] - region[1]);
+        if size == [width, height] {
+            return self.to_rgb(region, raw);
+        }
+        let usual = self.lsb_first && self.shifts == [16, 8, 0];
+        if !usual || raw.len() < width as usize * height as usize * 4 {
+            return Ok(self.to_rgb(region, raw)?.scale_down(size[0], size[1]));
+        }
+        let pixels = Pixels {
+            data: raw,
+            width,
+            height,
+            bytes_per_pixel: 4,
+            rgb: [2, 1, 0],
+        };
+        Ok(pixels.scale_down(size[0], size[1]))
+    }
+
     /// Converts raw pixels of `region` to RGB.
     fn to_rgb(self, region: [u32; 4], raw: &[u8]) -> Result<Rgb, DesktopFailure> {
         let (width, height) = (region[2] - region[0], region[3] - region[1]);
@@ -230,15 +257,21 @@ impl Display {
         self.with_raw(region, <[u8]>::to_vec)
     }
 
-    /// A screen region (`[x0, y0, x1, y1]`, inside the screen) as RGB.
-    pub fn capture(&mut self, region: [u32; 4]) -> Result<Rgb, DesktopFailure> {
+    /// A screen region (`[x0, y0, x1, y1]`, inside the screen) as RGB of
+    /// `size` (the region's size or smaller).
+    pub fn capture(&mut self, region: [u32; 4], size: [u32; 2]) -> Result<Rgb, DesktopFailure> {
         let format = self.format;
-        self.with_raw(region, |raw| format.to_rgb(region, raw))?
+        self.with_raw(region, |raw| format.to_rgb_sized(region, raw, size))?
     }
 
-    /// Converts raw pixels of `region` to RGB.
-    pub fn to_rgb(&self, region: [u32; 4], raw: &[u8]) -> Result<Rgb, DesktopFailure> {
-        self.format.to_rgb(region, raw)
+    /// Raw pixels of `region` as RGB of `size` (the region's or smaller).
+    pub fn to_rgb(
+        &self,
+        region: [u32; 4],
+        raw: &[u8],
+        size: [u32; 2],
+    ) -> Result<Rgb, DesktopFailure> {
+        self.format.to_rgb_sized(region, raw, size)
     }
 
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> Result<(), DesktopFailure> {
