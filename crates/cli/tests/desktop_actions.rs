@@ -149,17 +149,29 @@ impl TkLog<'_> {
 
     /// Waits until `pred` holds for the events after the first `from`.
     fn wait(&self, from: usize, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_for(from, what, Duration::from_secs(60), pred)
+    }
+
+    /// Waits (at most `limit`) until `pred` holds for the events after the
+    /// first `from`.
+    fn wait_for(
+        &self,
+        from: usize,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
         loop {
             let all = self.lines();
             let new = all.get(from..).unwrap_or_default().to_vec();
             if pred(&new) {
                 return new;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the program saw {new:#?}"
-            );
+            if Instant::now() >= deadline {
+                let procs = self.d.sh("ps -eo pid,etime,args | grep -v '\\['");
+                panic!("{what}: the program saw {new:#?}\nguest processes:\n{procs}");
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -208,7 +220,9 @@ fn start_tk(d: &DesktopSession) -> TkLog<'_> {
         d,
         path: "/tmp/tk.jsonl",
     };
-    log.wait(0, "the window's layout", |l| {
+    // Python and Tk start slowly on an emulated CPU, slower still with
+    // other guests busy.
+    log.wait_for(0, "the window's layout", Duration::from_secs(240), |l| {
         l.iter().any(|e| e["layout"] == "entry")
     });
     // The window manager may still move the window: wait until it stays.
