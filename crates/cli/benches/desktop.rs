@@ -14,7 +14,7 @@
 //! image (built on first use, a few minutes).
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod common;
 use common::{env_usize, ms, pct, pss_kib, qemu_pids};
