@@ -12,11 +12,12 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use nook_fsutil::IoError;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -187,7 +188,7 @@ impl Unpacker {
                 )
                 .map_err(io_err("create file", &path))?;
                 let mut file = File::from(fd);
-                let n = io::copy(entry, &mut file).map_err(LayerError::Tar)?;
+                let n = copy_member(entry, &mut file, &path)?;
                 self.set_fd_meta(file.as_fd(), &meta, &path)?;
                 rustix::fs::futimens(&file, &timestamps(meta.mtime))
                     .map_err(io_err("set times of", &path))?;
@@ -324,6 +325,29 @@ impl Unpacker {
                 let _ = rustix::fs::futimens(&fd, &timestamps(mtime));
             }
         }
+    }
+}
+
+/// Copies a member's content into `file`: a failed read is the tar
+/// stream's fault ([`LayerError::Tar`]), a failed write the host's (a full
+/// disk: [`LayerError::Io`] naming the member).
+fn copy_member(
+    entry: &mut impl Read,
+    file: &mut File,
+    path: &MemberPath,
+) -> Result<u64, LayerError> {
+    let mut buf = vec![0u8; 32 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LayerError::Tar(e)),
+        };
+        file.write_all(&buf[..n])
+            .map_err(|e| LayerError::Io(IoError::new("write", path.to_string(), e)))?;
+        total += n as u64;
     }
 }
 
