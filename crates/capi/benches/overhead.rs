@@ -26,13 +26,11 @@ fn runs() -> usize {
         .unwrap_or(10)
 }
 
-/// target/release (or debug): where cargo put libnook and this bench.
-fn target_dir() -> PathBuf {
+/// target/release/deps: where cargo built libnook.so as this bench's
+/// dependency, beside the bench itself.
+fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("bench executable");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    exe.parent().expect("deps dir").to_path_buf()
 }
 
 /// Milliseconds of each library run of `true`.
@@ -56,7 +54,7 @@ fn library_runs(engine: EngineKind, n: usize) -> Vec<f64> {
 
 /// Milliseconds of each `nook_run` of `true`, timed in C.
 fn capi_runs(engine: &str, n: usize, dir: &Path) -> Vec<f64> {
-    let lib = target_dir();
+    let lib = lib_dir();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = dir.join("run_loop");
     let gcc = Command::new("gcc")

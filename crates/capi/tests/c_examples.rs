@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// target/debug (or release): where cargo put libnook and this test.
+/// target/debug (or release): where cargo put this test's profile.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // target/debug/deps/c_examples-HASH
@@ -17,6 +17,13 @@ fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf()
+}
+
+/// target/debug/deps: where cargo builds libnook.so and libnook.a as this
+/// test's dependency (it uplifts them to target/debug only for a build of
+/// the crate itself, so the copies there may be stale).
+fn lib_dir() -> PathBuf {
+    target_dir().join("deps")
 }
 
 fn repo_root() -> PathBuf {
@@ -62,7 +69,7 @@ fn ready() -> Option<PathBuf> {
 /// Compiles example `name` (examples/c, else tests/c) into `out_dir`, linked against libnook.so
 /// (found through an rpath) or, with `static_link`, libnook.a.
 fn build(name: &str, out_dir: &Path, static_link: bool) -> PathBuf {
-    let lib = target_dir();
+    let lib = lib_dir();
     let examples = repo_root().join("examples/c").join(format!("{name}.c"));
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/c")
