@@ -87,6 +87,7 @@ pub(crate) fn start(mut cfg: VmConfig) -> Result<Vm, VmError> {
         shares: crate::share::fs_shares(&cfg.shares),
         snapshot_ready: false,
         nic: None,
+        balloon: cfg.balloon,
     };
     let template = template_for(&cfg, &spec, &plan, choice.id());
     if let Some(t) = template.as_ref().filter(|t| t.exists()) {
@@ -191,6 +192,11 @@ fn template_for(
         Some("volumes are attached")
     } else if !cfg.shares.is_empty() {
         Some("host directories are shared")
+    } else if cfg.balloon.is_some() {
+        // A balloon gives guest RAM back by punching holes in the RAM
+        // file, so a clone cannot map a template's copy-on-write: it would
+        // copy the whole file on every start.
+        Some("a memory balloon is configured")
     } else if plan.scratch.is_some() {
         Some("the image's writable layer is on a scratch disk")
     } else {

@@ -84,6 +84,10 @@ pub struct VmConfig {
     /// user-mode NAT with the config's published ports, egress rules and
     /// static host entries (plain data: `Eq + Hash + Serialize`).
     pub net: Option<crate::NetConfig>,
+    /// A memory balloon (virtio-balloon) through which the host asks the
+    /// guest for memory back ([`crate::Vm::set_balloon`]); none by default.
+    /// A VM with a balloon always boots (no template).
+    pub balloon: Option<crate::BalloonConfig>,
     /// Who runs this VM, in words (`nook run`, `session dev`): named, with
     /// this process's id, when another VM or `nook volume rm` finds a
     /// volume of this one locked.
@@ -109,6 +113,7 @@ impl Default for VmConfig {
             shares: Vec::new(),
             template: std::env::var_os("NOOK_NO_TEMPLATE").is_none_or(|v| v.is_empty() || v == "0"),
             net: None,
+            balloon: None,
             holder: "nook".to_string(),
         }
     }

@@ -75,6 +75,10 @@ pub enum VmError {
     },
     #[error("the guest agent speaks protocol {agent}, this nook speaks {host}: rebuild the guest assets with `nook setup`")]
     VersionMismatch { agent: u32, host: u32 },
+    #[error("the VM has no memory balloon: start it with --balloon (VmConfig::balloon)")]
+    NoBalloon,
+    #[error("a balloon of {balloon_mib} MiB does not fit a VM of {memory_mib} MiB: give less than its memory")]
+    BalloonTooLarge { balloon_mib: u32, memory_mib: u32 },
     /// The caller's cancel flag ([`crate::VmConfig::cancel`]) was set; what
     /// was under way was undone.
     #[error("cancelled")]

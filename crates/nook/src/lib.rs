@@ -13,6 +13,7 @@
 //! waits for the guest agent, and runs commands through [`ExecBuilder`].
 #![forbid(unsafe_code)]
 
+mod balloon;
 mod bare;
 mod boot;
 mod config;
@@ -35,6 +36,7 @@ mod storage;
 mod template;
 mod vm;
 
+pub use balloon::{BalloonConfig, MemoryStats, DEFAULT_STATS_INTERVAL_S};
 pub use bare::{boot_bare, BareBootError, BareConfig, BareEnding, BareExit};
 pub use boot::KVM_AUTO_BOOT_TIMEOUT;
 pub use config::{

@@ -60,6 +60,9 @@ pub struct SnapshotManifest {
     /// must be given shares for the same places.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<SharedPath>,
+    /// The VM's memory balloon: its clones have the same device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::BalloonConfig>,
     /// The first agent stream id the host had not used: streams below it
     /// may still be open in the guest (a command running when the
     /// snapshot was taken), so a restored VM's host opens new ones from here.
@@ -413,6 +416,7 @@ impl Vm {
                 created: now_ns() / 1_000_000_000,
                 net: self.cfg.net.clone(),
                 shares: shared_paths(&self.cfg.shares),
+                balloon: self.cfg.balloon,
                 next_stream: self.conn.next_stream(),
             };
             let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
@@ -528,6 +532,7 @@ impl Vm {
         vm_cfg.memory_mib = m.memory_mib;
         vm_cfg.vcpus = m.vcpus;
         vm_cfg.net = net_cfg;
+        vm_cfg.balloon = m.balloon;
         Ok(Vm {
             machine: crate::vm::share_machine(machine, &conn),
             conn,
@@ -560,6 +565,7 @@ mod tests {
             created: 0,
             net: None,
             shares,
+            balloon: None,
             next_stream: 1,
         }
     }

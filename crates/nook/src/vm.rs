@@ -38,6 +38,10 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
     "virtiofs",
 ];
 
+/// The guest driver of the memory balloon, loaded only by VMs that have
+/// one ([`VmConfig::balloon`]).
+pub(crate) const BALLOON_MODULE: &str = "virtio_balloon";
+
 /// How many console lines an error message shows.
 pub(crate) const CONSOLE_TAIL: usize = 30;
 
@@ -172,6 +176,9 @@ pub(crate) fn assets_config(cfg: &VmConfig) -> Result<AssetsConfig, VmError> {
     if cfg.net.is_some() {
         a.modules
             .extend(crate::net::NET_MODULES.iter().map(|m| m.to_string()));
+    }
+    if cfg.balloon.is_some() {
+        a.modules.push(BALLOON_MODULE.to_string());
     }
     a.home = cfg.home.clone();
     a.progress = cfg.progress;

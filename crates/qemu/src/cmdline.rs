@@ -153,6 +153,7 @@ pub(crate) fn build_args(
     }
     args.extend(cfg.share_args());
     args.extend(cfg.nic_args(fds.net));
+    args.extend(cfg.balloon_args());
     if launch.incoming {
         args.push("-incoming".into());
         args.push("defer".into());
@@ -352,6 +353,26 @@ mod tests {
         let args = strings(build_args(&cfg, Path::new("c"), fds, None, &BOOT));
         assert!(value_of(&args, "-netdev").is_empty());
         assert!(!args.iter().any(|a| a.starts_with("virtio-net")));
+    }
+
+    #[test]
+    fn a_balloon_is_a_named_device_with_its_options() {
+        let mut cfg = QemuConfig::new("q", Accel::Tcg, "k", "r");
+        let fds = ChannelFds {
+            agent: 3,
+            qmp: 4,
+            net: None,
+        };
+        let args = strings(build_args(&cfg, Path::new("c"), fds, None, &BOOT));
+        assert!(!args.iter().any(|a| a.starts_with("virtio-balloon")));
+        cfg.balloon = Some(crate::config::QemuBalloonConfig {
+            free_page_reporting: true,
+            stats_interval_s: 3,
+        });
+        let args = strings(build_args(&cfg, Path::new("c"), fds, None, &BOOT));
+        assert!(value_of(&args, "-device").contains(
+            &"virtio-balloon-device,id=balloon0,free-page-reporting=on,guest-stats-polling-interval=3"
+        ));
     }
 
     #[test]

@@ -124,6 +124,25 @@ pub struct QemuShareConfig {
     pub tag: String,
 }
 
+/// A `virtio-balloon-device`: guest memory the host can ask back
+/// ([`crate::QemuVm::set_balloon`]). QEMU gives the pages the guest puts in
+/// the balloon back to the host: `madvise(MADV_DONTNEED)` for anonymous RAM,
+/// a hole punched (`fallocate`) in a RAM file or memfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QemuBalloonConfig {
+    /// Let the guest report the free pages it has (`free-page-reporting=on`,
+    /// `VIRTIO_BALLOON_F_REPORTING`): QEMU discards them as they come, with
+    /// no balloon target set. Linux reports free blocks of 2 MiB or more
+    /// about two seconds after they are freed.
+    pub free_page_reporting: bool,
+    /// Seconds between the guest's memory statistics updates
+    /// (`guest-stats-polling-interval`); 0 asks for none.
+    pub stats_interval_s: u32,
+}
+
+/// The QOM id of the balloon device.
+pub(crate) const BALLOON_ID: &str = "balloon0";
+
 /// A `virtio-net-device` whose back end is a Unix stream of Ethernet
 /// frames, each preceded by its 32-bit big-endian length (`-netdev
 /// socket,fd=N` on a connected stream socket: the framing of nook's
@@ -186,6 +205,8 @@ pub struct QemuConfig {
     pub shares: Vec<QemuShareConfig>,
     /// A network card; none (the guest has only `lo`) when `None`.
     pub nic: Option<QemuNicConfig>,
+    /// A memory balloon; none when `None`.
+    pub balloon: Option<QemuBalloonConfig>,
 }
 
 impl QemuConfig {
@@ -216,6 +237,7 @@ impl QemuConfig {
             ram: GuestRam::Anonymous,
             shares: Vec::new(),
             nic: None,
+            balloon: None,
         }
     }
 
@@ -356,6 +378,22 @@ impl QemuConfig {
                 format!("virtio-net-device,netdev=net0,mac={}", nic.mac).into(),
             ],
             _ => Vec::new(),
+        }
+    }
+
+    /// The `-device` of the balloon, if there is one.
+    pub(crate) fn balloon_args(&self) -> Vec<OsString> {
+        match &self.balloon {
+            Some(b) => vec![
+                "-device".into(),
+                format!(
+                    "virtio-balloon-device,id={BALLOON_ID},free-page-reporting={},guest-stats-polling-interval={}",
+                    if b.free_page_reporting { "on" } else { "off" },
+                    b.stats_interval_s
+                )
+                .into(),
+            ],
+            None => Vec::new(),
         }
     }
 

@@ -30,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+mod balloon;
 mod cmdline;
 mod config;
 mod error;
@@ -40,10 +41,11 @@ mod sys;
 mod tsc;
 mod vm;
 
+pub use balloon::QemuBalloonStats;
 pub use cmdline::{MACHINE, SANDBOX};
 pub use config::{
-    locate_qemu, Accel, DiskCache, GuestRam, QemuConfig, QemuDiskConfig, QemuNicConfig,
-    QemuShareConfig, AGENT_PORT_NAME, GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
+    locate_qemu, Accel, DiskCache, GuestRam, QemuBalloonConfig, QemuConfig, QemuDiskConfig,
+    QemuNicConfig, QemuShareConfig, AGENT_PORT_NAME, GUEST_RAM_FILE, QEMU_BINARY_NAME, QEMU_ENV,
 };
 pub use error::{Diagnostics, QemuError, QemuSnapshotError};
 pub use qmp::{Qmp, QmpError, QmpEvent};

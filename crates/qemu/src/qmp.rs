@@ -207,6 +207,12 @@ impl Qmp {
         self.events.drain(..).collect()
     }
 
+    /// Forgets the queued events named `name` (frequent ones nobody waits
+    /// for, such as `BALLOON_CHANGE`), keeping the others in order.
+    pub fn discard_events(&mut self, name: &str) {
+        self.events.retain(|e| e.event != name);
+    }
+
     /// Waits up to `timeout` for an event named `name`, returning it. Other
     /// events stay queued in order.
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<QmpEvent, QmpError> {

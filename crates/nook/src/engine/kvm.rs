@@ -136,6 +136,14 @@ impl Machine for KvmMachine {
         self.vm.stop();
     }
 
+    fn set_balloon(&mut self, _balloon_mib: u32) -> Result<(), VmError> {
+        Err(VmError::NoBalloon)
+    }
+
+    fn memory_stats(&mut self) -> Result<crate::MemoryStats, VmError> {
+        Err(VmError::NoBalloon)
+    }
+
     fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), VmError> {
         std::fs::create_dir(dir).map_err(|source| VmError::SnapshotIo {
             path: dir.to_path_buf(),

@@ -92,6 +92,8 @@ pub struct MachineSpec {
     /// A NIC attached to nook's network back end; no network device when
     /// `None`.
     pub nic: Option<crate::NicSpec>,
+    /// A memory balloon device; none when `None`.
+    pub balloon: Option<crate::BalloonConfig>,
 }
 
 /// A raw disk image attached as a virtio-blk device. The guest finds it by
@@ -122,6 +124,11 @@ pub trait Machine: Send + std::fmt::Debug {
     fn wait_exit(&mut self, grace: Duration) -> bool;
     /// Ends the machine now and releases everything it holds.
     fn kill(&mut self);
+    /// Asks the guest to put `balloon_mib` MiB into the balloon.
+    fn set_balloon(&mut self, balloon_mib: u32) -> Result<(), crate::error::VmError>;
+    /// The balloon's size, the guest's memory statistics and the host
+    /// memory the machine holds (`memory_mib` is left 0 for the caller).
+    fn memory_stats(&mut self) -> Result<crate::MemoryStats, crate::error::VmError>;
     /// Saves the machine's complete state into the new directory `dir`
     /// (which must not exist) and lets it run on.
     fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), crate::error::VmError>;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use nook_fs::ShareServer;
 use nook_qemu::{
-    locate_qemu, Accel, AfterSnapshot, GuestRam, QemuConfig, QemuDiskConfig, QemuNicConfig,
-    QemuRestoreConfig, QemuShareConfig, QemuVm, TSC_CACHE_FILE,
+    locate_qemu, Accel, AfterSnapshot, GuestRam, QemuBalloonConfig, QemuConfig, QemuDiskConfig,
+    QemuNicConfig, QemuRestoreConfig, QemuShareConfig, QemuVm, TSC_CACHE_FILE,
 };
 
 use super::{Engine, Machine, MachineSpec};
@@ -87,6 +87,10 @@ fn boot(spec: &MachineSpec, kvm_accel: bool) -> Result<QemuMachine, VmError> {
             tag: share.tag.clone(),
         });
     }
+    cfg.balloon = spec.balloon.map(|b| QemuBalloonConfig {
+        free_page_reporting: b.free_page_reporting,
+        stats_interval_s: b.stats_interval_s,
+    });
     cfg.nic = spec.nic.as_ref().map(|n| QemuNicConfig {
         mac: n.mac.to_string(),
     });
@@ -125,6 +129,22 @@ impl Machine for QemuMachine {
         for share in self.shares.drain(..) {
             share.stop();
         }
+    }
+
+    fn set_balloon(&mut self, balloon_mib: u32) -> Result<(), VmError> {
+        self.vm.set_balloon(balloon_mib).map_err(VmError::Qemu)
+    }
+
+    fn memory_stats(&mut self) -> Result<crate::MemoryStats, VmError> {
+        let s = self.vm.balloon_stats().map_err(VmError::Qemu)?;
+        Ok(crate::MemoryStats {
+            memory_mib: 0,
+            balloon_mib: u32::try_from(s.balloon_bytes >> 20).unwrap_or(u32::MAX),
+            guest_total_bytes: s.total_bytes,
+            guest_free_bytes: s.free_bytes,
+            guest_available_bytes: s.available_bytes,
+            host_rss_bytes: crate::balloon::process_rss_bytes(self.vm.pid()),
+        })
     }
 
     fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), VmError> {

@@ -80,6 +80,7 @@ pub fn idle_kvm_snapshot(dir: &Path, memory_mib: u32) -> Option<()> {
         created: 0,
         net: None,
         shares: Vec::new(),
+        balloon: None,
         next_stream: 1,
     };
     std::fs::write(

@@ -65,6 +65,15 @@ struct RecordedConfig {
     /// side's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nic: Option<RecordedNic>,
+    /// The balloon device, if the VM had one (part of the device model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    balloon: Option<RecordedBalloon>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordedBalloon {
+    free_page_reporting: bool,
+    stats_interval_s: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,6 +125,10 @@ impl RecordedConfig {
             cpu_model: cfg.cpu_model.clone(),
             extra_args: cfg.extra_args.clone(),
             nic: cfg.nic.as_ref().map(|n| RecordedNic { mac: n.mac.clone() }),
+            balloon: cfg.balloon.map(|b| RecordedBalloon {
+                free_page_reporting: b.free_page_reporting,
+                stats_interval_s: b.stats_interval_s,
+            }),
         })
     }
 
@@ -134,6 +147,10 @@ impl RecordedConfig {
         cfg.nic = self
             .nic
             .map(|n| crate::config::QemuNicConfig { mac: n.mac });
+        cfg.balloon = self.balloon.map(|b| crate::config::QemuBalloonConfig {
+            free_page_reporting: b.free_page_reporting,
+            stats_interval_s: b.stats_interval_s,
+        });
         cfg.disks = self
             .disks
             .into_iter()
@@ -333,6 +350,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let info = sample_info(dir.path());
         std::fs::write(dir.path().join(MANIFEST_FILE), encode(&info).unwrap()).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), info);
+        // The balloon is part of the device model, recorded when present.
+        let mut info = info;
+        info.config.balloon = Some(crate::config::QemuBalloonConfig {
+            free_page_reporting: true,
+            stats_interval_s: 2,
+        });
+        let bytes = encode(&info).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["config"]["balloon"]["free_page_reporting"], true);
+        std::fs::write(dir.path().join(MANIFEST_FILE), bytes).unwrap();
         assert_eq!(read(dir.path()).unwrap(), info);
     }
 

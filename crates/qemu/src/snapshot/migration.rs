@@ -264,9 +264,24 @@ impl QemuVm {
                 let path = snapshot.join(MEMORY_FILE);
                 open_checked(&path, u64::from(info.config.memory_mib) << 20)
                     .map_err(restore_err)?;
-                RamBacking::File {
-                    path,
-                    shared: false,
+                if info.config.balloon.is_some() {
+                    // QEMU gives balloon pages back by punching holes in
+                    // the RAM file, even one mapped privately: a clone
+                    // with a balloon gets its own copy, or it would punch
+                    // them into the snapshot every clone maps.
+                    let own = run_dir.join(crate::config::GUEST_RAM_FILE);
+                    copy_sparse(&path, &own).map_err(|source| {
+                        restore_err(io_err("copy guest RAM into", &own)(source).into())
+                    })?;
+                    RamBacking::File {
+                        path: own,
+                        shared: true,
+                    }
+                } else {
+                    RamBacking::File {
+                        path,
+                        shared: false,
+                    }
                 }
             }
         };
