@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod balloon;
 mod boot;
 mod desktop;
 mod desktop_act;
@@ -65,8 +66,10 @@ enum Command {
     Exec(session::ExecArgs),
     /// Copy files and directory trees between the host and a session (NAME:/path is the guest side).
     Cp(session::CpArgs),
-    /// List sessions: name, engine, image, state, age, memory, CPUs.
+    /// List sessions: name, engine, image, state, age, memory (left/configured when a balloon holds some), CPUs.
     Ps(session::PsArgs),
+    /// Set a session's memory balloon (memory taken back from the guest) and show its memory; the session needs --balloon.
+    Balloon(balloon::BalloonArgs),
     /// Stop a session cleanly (the guest syncs its volumes and powers off).
     Stop(session::NameArg),
     /// Remove sessions (-f stops running ones first).
@@ -143,6 +146,7 @@ fn main() {
         Command::Exec(args) => session::exec(args),
         Command::Cp(args) => session::cp(args),
         Command::Ps(args) => session::ps(args),
+        Command::Balloon(args) => balloon::balloon(args),
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),
         Command::Logs(args) => session::logs(args),

@@ -41,6 +41,9 @@ pub struct VmArgs {
     /// Always boot: neither restore this configuration's template snapshot nor make one (also NOOK_NO_TEMPLATE=1).
     #[arg(long)]
     pub no_template: bool,
+    /// Give the VM a memory balloon (virtio-balloon) with free page reporting: memory the guest frees goes back to the host, and `nook balloon NAME SIZE` takes more. Such a VM always boots (no template).
+    #[arg(long)]
+    pub balloon: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -122,6 +125,7 @@ impl VmArgs {
             cfg.template = false;
         }
         cfg.net = self.net.config();
+        cfg.balloon = self.balloon.then(nook::BalloonConfig::reporting);
         cfg
     }
 }

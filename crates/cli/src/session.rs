@@ -193,6 +193,7 @@ pub fn session_spec(args: &StartArgs, image: Option<String>) -> Result<SessionSp
         net: cfg.net.clone(),
         shares: cfg.shares.iter().map(nook_serve::SpecMount::from).collect(),
         volumes,
+        balloon: cfg.balloon,
         ..SessionSpec::new(
             name,
             args.vm.engine_name(),
@@ -316,7 +317,7 @@ pub fn ps(args: PsArgs) -> i32 {
         return 0;
     }
     println!(
-        "{:<20} {:<12} {:<24} {:<8} {:>6} {:>8} {:>4}  {:<24} EXIT REASON",
+        "{:<20} {:<12} {:<24} {:<8} {:>6} {:>10} {:>4}  {:<24} EXIT REASON",
         "NAME", "ENGINE", "IMAGE", "STATE", "AGE", "MEMORY", "CPUS", "PORTS"
     );
     for s in list {
@@ -340,13 +341,13 @@ pub fn ps(args: PsArgs) -> i32 {
             ports.join(",")
         };
         println!(
-            "{:<20} {:<12} {:<24} {:<8} {:>6} {:>6}Mi {:>4}  {:<24} {}",
+            "{:<20} {:<12} {:<24} {:<8} {:>6} {:>10} {:>4}  {:<24} {}",
             s.name,
             s.engine,
             s.image.as_deref().unwrap_or("-"),
             state,
             age(s.created_unix),
-            s.memory_mib,
+            crate::balloon::memory_column(s.memory_mib, s.memory.as_ref()),
             s.vcpus,
             ports,
             s.exit_reason.as_deref().unwrap_or("")

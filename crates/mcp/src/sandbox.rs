@@ -255,6 +255,7 @@ fn sandbox_spec(cfg: &McpConfig, args: &SandboxCreateArgs) -> Result<SessionSpec
         shares,
         volumes: Vec::new(),
         snapshot: None,
+        balloon: cfg.vm.balloon,
     })
 }
 

@@ -315,6 +315,25 @@ impl SessionClient {
         .map(|_| ())
     }
 
+    /// Asks the guest to put `balloon_mib` MiB into the session VM's memory
+    /// balloon (0 empties it). Returns at once; [`Self::memory_stats`]
+    /// shows how far the guest got.
+    pub fn set_balloon(&self, balloon_mib: u32) -> Result<(), SessionError> {
+        self.call(&SessionRequest::BalloonSet { balloon_mib })
+            .map(|_| ())
+    }
+
+    /// The session VM's memory: balloon size, the guest's statistics and
+    /// the host memory it holds.
+    pub fn memory_stats(&self) -> Result<nook::MemoryStats, SessionError> {
+        match self.call(&SessionRequest::MemoryStats)? {
+            SessionReply::MemoryStats { stats } => Ok(stats),
+            other => Err(SessionError::Protocol(format!(
+                "expected memory_stats, got {other:?}"
+            ))),
+        }
+    }
+
     /// Asks the host to shut the guest down cleanly (volumes synced).
     pub fn request_stop(&self) -> Result<(), SessionError> {
         self.call(&SessionRequest::Stop).map(|_| ())

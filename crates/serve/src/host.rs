@@ -25,6 +25,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const SNAPSHOT_QUIET_WAIT: Duration = Duration::from_secs(2);
 /// How often the host checks its VM, limits and stop requests.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the state file's memory statistics are refreshed.
+const MEMORY_REFRESH: Duration = Duration::from_secs(2);
 
 /// State shared by the host's threads.
 #[derive(Debug)]
@@ -79,6 +81,7 @@ pub fn run_host(dir: &Path) -> i32 {
         exit_reason: None,
         published: Vec::new(),
         net: None,
+        memory: None,
     };
     let _ = sd.write_state(&state);
     let term = Arc::new(AtomicBool::new(false));
@@ -118,6 +121,7 @@ fn vm_config(spec: &SessionSpec, home: &Path) -> Result<VmConfig, SessionError> 
     }
     cfg.template = cfg.template && spec.template;
     cfg.net = spec.net.clone();
+    cfg.balloon = spec.balloon;
     cfg.shares = spec
         .shares
         .iter()
@@ -204,6 +208,7 @@ fn serve(
     state.state = SessionPhase::Running;
     sd.write_state(state)?;
     let started = Instant::now();
+    let mut memory_read = None;
     let idle = spec.idle_timeout_s.map(Duration::from_secs);
     let max = spec.max_duration_s.map(Duration::from_secs);
     let reason = loop {
@@ -224,6 +229,10 @@ fn serve(
             break format!("the VM died: {why}");
         }
         refresh_net_stats(&host, sd, state);
+        if memory_read.is_none_or(|t: Instant| t.elapsed() >= MEMORY_REFRESH) {
+            refresh_memory_stats(&host, sd, state);
+            memory_read = Some(Instant::now());
+        }
         if let Some(max) = max {
             if started.elapsed() >= max {
                 break format!("max duration ({} s) reached", max.as_secs());
@@ -263,6 +272,47 @@ fn refresh_net_stats(host: &Host, sd: &SessionDir, state: &mut SessionState) {
         state.net = stats;
         let _ = sd.write_state(state);
     }
+}
+
+/// Writes the state again when the balloon or the VM's memory changed, so
+/// `nook ps` shows them.
+fn refresh_memory_stats(host: &Host, sd: &SessionDir, state: &mut SessionState) {
+    let stats = host
+        .vm
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|vm| vm.balloon().is_some())
+        .and_then(|vm| vm.memory_stats().ok());
+    if stats.is_some() && stats != state.memory {
+        state.memory = stats;
+        let _ = sd.write_state(state);
+    }
+}
+
+/// Answers `balloon_set` and `memory_stats`.
+fn serve_memory(host: &Host, req: &SessionRequest) -> SessionReply {
+    let vm = host.vm.read().unwrap_or_else(|p| p.into_inner());
+    let Some(vm) = vm.as_ref() else {
+        return error_reply(SessionErrorCode::Vm, "the session is stopping");
+    };
+    let result = match req {
+        SessionRequest::BalloonSet { balloon_mib } => {
+            vm.set_balloon(*balloon_mib).map(|()| SessionReply::Ok)
+        }
+        _ => vm
+            .memory_stats()
+            .map(|stats| SessionReply::MemoryStats { stats }),
+    };
+    result.unwrap_or_else(|e| {
+        let code = match e {
+            nook::VmError::NoBalloon | nook::VmError::BalloonTooLarge { .. } => {
+                SessionErrorCode::BadRequest
+            }
+            _ => SessionErrorCode::Vm,
+        };
+        error_reply(code, nook::error_chain(&e))
+    })
 }
 
 fn accept_loop(listener: UnixListener, host: Arc<Host>) {
@@ -389,6 +439,9 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
                 .map(|vm| vm.console_tail(lines))
                 .unwrap_or_default();
             send(&mut w, &SessionReply::Logs { text })
+        }
+        SessionRequest::BalloonSet { .. } | SessionRequest::MemoryStats => {
+            send(&mut w, &serve_memory(host, &req))
         }
         SessionRequest::Signal { .. }
         | SessionRequest::ProcRead { .. }

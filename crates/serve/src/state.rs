@@ -58,6 +58,9 @@ pub struct SessionSpec {
     /// Restore this snapshot directory instead of booting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<PathBuf>,
+    /// A memory balloon (`nook start --balloon`); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<nook::BalloonConfig>,
 }
 
 impl SessionSpec {
@@ -89,6 +92,7 @@ impl SessionSpec {
             shares: Vec::new(),
             volumes: Vec::new(),
             snapshot: None,
+            balloon: None,
         }
     }
 
@@ -157,6 +161,10 @@ pub struct SessionState {
     /// the session runs; absent without a network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<nook::NetStats>,
+    /// The VM's memory and balloon, refreshed while the session runs;
+    /// absent without a balloon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<nook::MemoryStats>,
 }
 
 /// Seconds since the Unix epoch.
@@ -336,6 +344,7 @@ mod tests {
             exit_reason: None,
             published: Vec::new(),
             net: None,
+            memory: None,
         };
         sd.write_state(&st).unwrap();
         let back = sd.read_state().unwrap();

@@ -129,6 +129,13 @@ pub enum SessionRequest {
     /// pixels); answered by `data` lines with the PNG of an image, then
     /// `desktop`.
     Desktop(DesktopRequest),
+    /// Asks the guest to put `balloon_mib` MiB into the VM's memory
+    /// balloon (0 empties it); answered by `ok` at once.
+    BalloonSet {
+        balloon_mib: u32,
+    },
+    /// The balloon and the VM's memory: answered by `memory_stats`.
+    MemoryStats,
 }
 
 /// Lines a client sends after `file_write`.
@@ -257,6 +264,10 @@ pub enum SessionReply {
         entries: Vec<FileStat>,
         truncated: bool,
     },
+    /// The VM's memory and balloon.
+    MemoryStats {
+        stats: nook::MemoryStats,
+    },
     Ok,
     /// The end of a desktop action: the screen size and the result (an
     /// image's PNG came in the `data` lines before).
@@ -316,6 +327,27 @@ mod tests {
                 r#"{"op":"logs","lines":10}"#,
             ),
             (to_line(&SessionRequest::Stop), r#"{"op":"stop"}"#),
+            (
+                to_line(&SessionRequest::BalloonSet { balloon_mib: 128 }),
+                r#"{"op":"balloon_set","balloon_mib":128}"#,
+            ),
+            (
+                to_line(&SessionRequest::MemoryStats),
+                r#"{"op":"memory_stats"}"#,
+            ),
+            (
+                to_line(&SessionReply::MemoryStats {
+                    stats: nook::MemoryStats {
+                        memory_mib: 512,
+                        balloon_mib: 128,
+                        guest_total_bytes: Some(1),
+                        guest_free_bytes: None,
+                        guest_available_bytes: Some(2),
+                        host_rss_bytes: Some(3),
+                    },
+                }),
+                r#"{"op":"memory_stats","stats":{"memory_mib":512,"balloon_mib":128,"guest_total_bytes":1,"guest_free_bytes":null,"guest_available_bytes":2,"host_rss_bytes":3}}"#,
+            ),
             (
                 to_line(&SessionRequest::Snapshot {
                     path: "/s/snap".into(),

@@ -188,6 +188,9 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
     let com1 = Arc::new(Mutex::new(com1));
     let pio = port_io_bus(&com1)?;
     let mut virtio = wire_virtio(&shell.wiring, &mem, devices, &mut backends)?;
+    // A new balloon's control came with the backends, a restored one's
+    // was put there by its restore.
+    let balloon = backends.balloon.take();
     if let Some(hook) = mmio_hook {
         virtio
             .mmio
@@ -229,6 +232,7 @@ pub(crate) fn assemble(parts: MachineParts, mut timer: PhaseTimer) -> Result<Kvm
             vcpus: vcpu_count as u8,
         },
         recycle: None,
+        balloon,
     };
     let buses = (Arc::new(pio), Arc::new(virtio.mmio));
     let confinement = if vmm_reach.is_empty() {

@@ -3,7 +3,7 @@
 //!
 //! 1. validate the configuration, install the vCPU kick handler;
 //! 2. make the virtio devices in their documented order (console, disks,
-//!    rng, shares, net) and announce them with `virtio_mmio.device=` entries appended
+//!    rng, shares, net, balloon) and announce them with `virtio_mmio.device=` entries appended
 //!    to the command line;
 //! 3. allocate guest memory and write ACPI tables, kernel, initrd, command
 //!    line, boot page tables and GDT into it;
@@ -21,6 +21,7 @@ use crate::arch::x86_64::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZ
 use crate::arch::x86_64::regs::write_boot_tables;
 use crate::assemble::{assemble, DevicePart, MachineParts, PhaseTimer, SerialPart, VcpuPart};
 use crate::config::KvmConfig;
+use crate::devices::virtio::balloon::{Balloon, BalloonControl};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
@@ -51,6 +52,7 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         rng,
         shares,
         net,
+        balloon,
         mmio_hook,
         ..
     } = cfg;
@@ -84,6 +86,19 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         })?;
         devices.push(Box::new(nic));
     }
+    let balloon = match balloon {
+        Some(config) => {
+            let control = std::sync::Arc::new(BalloonControl::default());
+            let device =
+                Balloon::new(config, control.clone()).map_err(|source| VmmError::Device {
+                    what: "virtio-balloon statistics timer".into(),
+                    source,
+                })?;
+            devices.push(Box::new(device));
+            Some(control)
+        }
+        None => None,
+    };
 
     let mut cmdline = user_cmdline.trim().to_string();
     for (i, _) in devices.iter().enumerate() {
@@ -124,7 +139,10 @@ pub(crate) fn build(cfg: KvmConfig) -> Result<KvmVm, VmmError> {
         serial: SerialPart::Fresh,
         serial_sink: serial,
         devices: devices.into_iter().map(DevicePart::Fresh).collect(),
-        backends: HostBackends::default(),
+        backends: HostBackends {
+            balloon,
+            ..HostBackends::default()
+        },
         vcpus: VcpuPart::Boot {
             count: vcpus,
             mode: boot.mode,

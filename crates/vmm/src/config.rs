@@ -114,6 +114,8 @@ pub struct KvmConfig {
     pub shares: Vec<KvmShareConfig>,
     /// A virtio-net NIC (after the other devices); none when `None`.
     pub net: Option<KvmNetConfig>,
+    /// A virtio-balloon device (the last device); none when `None`.
+    pub balloon: Option<crate::devices::virtio::balloon::KvmBalloonConfig>,
     /// Test hook on the MMIO bus (see [`MmioHook`]); `None` in real use.
     #[doc(hidden)]
     pub mmio_hook: Option<MmioHook>,
@@ -157,6 +159,7 @@ impl KvmConfig {
             rng: false,
             shares: Vec::new(),
             net: None,
+            balloon: None,
             mmio_hook: None,
         }
     }
@@ -168,6 +171,7 @@ impl KvmConfig {
             + usize::from(self.rng)
             + self.shares.len()
             + usize::from(self.net.is_some())
+            + usize::from(self.balloon.is_some())
     }
 
     /// Guest RAM in bytes.

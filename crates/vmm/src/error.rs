@@ -76,6 +76,9 @@ pub enum VmmError {
     /// bug).
     #[error("the prepared kvm vm does not fit this machine")]
     ShellMismatch,
+    /// The VM has no balloon device to set.
+    #[error("the vm has no balloon device: configure one (KvmConfig::balloon)")]
+    NoBalloon,
     /// A host-side operation failed while the VM ran.
     #[error("{what} failed")]
     Failed {

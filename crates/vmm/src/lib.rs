@@ -70,6 +70,7 @@ pub mod vstate;
 
 pub use arch::x86_64::boot::{BootSetup, KernelFormat};
 pub use config::{KvmConfig, KvmDiskConfig, KvmNetConfig, KvmShareConfig, MmioHook, SerialSink};
+pub use devices::virtio::balloon::{BalloonStats, KvmBalloonConfig};
 pub use devices::virtio::fs::FsServer;
 pub use error::VmmError;
 pub use machine::{boot, KvmVm};

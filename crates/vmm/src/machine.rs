@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::boot::BootSetup;
 use crate::builder;
 use crate::config::KvmConfig;
+use crate::devices::virtio::balloon::{BalloonControl, BalloonStats};
 use crate::error::VmmError;
 use crate::snapshot::memory::MemoryBacking;
 use crate::snapshot::restorer::Spares;
@@ -49,6 +50,8 @@ pub struct KvmVm {
     /// Where the shell goes when the VM is dropped, to run another VM
     /// (restores through a [`crate::KvmRestorer`]); closed otherwise.
     pub(crate) recycle: Option<Weak<Spares>>,
+    /// The host's handle on the balloon device, if the VM has one.
+    pub(crate) balloon: Option<std::sync::Arc<BalloonControl>>,
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -130,6 +133,26 @@ impl KvmVm {
     /// How long each step of [`start`](Self::start) took, in order.
     pub fn start_phases(&self) -> &[(&'static str, Duration)] {
         &self.phases
+    }
+
+    /// Asks the guest to put `balloon_mib` MiB into the balloon (0 empties
+    /// it): the device's target changes and a configuration interrupt
+    /// tells the driver, which inflates or deflates at its own pace.
+    pub fn set_balloon(&self, balloon_mib: u32) -> Result<(), VmmError> {
+        let control = self.balloon.as_ref().ok_or(VmmError::NoBalloon)?;
+        control.set_target_mib(balloon_mib);
+        Ok(())
+    }
+
+    /// The balloon's target and size, the guest's statistics and what the
+    /// device discarded; `None` without a balloon.
+    pub fn balloon_stats(&self) -> Option<BalloonStats> {
+        self.balloon.as_ref().map(|c| c.stats())
+    }
+
+    /// Bytes of guest memory resident in host RAM now.
+    pub fn resident_memory_bytes(&self) -> std::io::Result<u64> {
+        crate::vstate::memory::resident_bytes(&self.mem)
     }
 
     /// Guest memory (for inspection by tests and tools).

@@ -99,6 +99,10 @@ fn boot(spec: &MachineSpec) -> Result<KvmMachine, VmError> {
         })
         .collect();
     cfg.net = spec.nic.as_ref().map(nic_config).transpose()?;
+    cfg.balloon = spec.balloon.map(|b| nook_vmm::KvmBalloonConfig {
+        free_page_reporting: b.free_page_reporting,
+        stats_interval_s: b.stats_interval_s,
+    });
     let vm = nook_vmm::KvmVm::start(cfg).map_err(VmError::Kvm)?;
     Ok(KvmMachine {
         vm,
@@ -136,12 +140,20 @@ impl Machine for KvmMachine {
         self.vm.stop();
     }
 
-    fn set_balloon(&mut self, _balloon_mib: u32) -> Result<(), VmError> {
-        Err(VmError::NoBalloon)
+    fn set_balloon(&mut self, balloon_mib: u32) -> Result<(), VmError> {
+        self.vm.set_balloon(balloon_mib).map_err(VmError::Kvm)
     }
 
     fn memory_stats(&mut self) -> Result<crate::MemoryStats, VmError> {
-        Err(VmError::NoBalloon)
+        let s = self.vm.balloon_stats().ok_or(VmError::NoBalloon)?;
+        Ok(crate::MemoryStats {
+            memory_mib: 0,
+            balloon_mib: s.actual_mib(),
+            guest_total_bytes: s.guest.total_bytes,
+            guest_free_bytes: s.guest.free_bytes,
+            guest_available_bytes: s.guest.available_bytes,
+            host_rss_bytes: self.vm.resident_memory_bytes().ok(),
+        })
     }
 
     fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), VmError> {

@@ -240,6 +240,23 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
             let (d, out) = (d.clone(), out.clone());
             spawn(move || snapshot(&d, &out, &id, &session, &name));
         }
+        RequestBody::BalloonSet {
+            session,
+            balloon_mib,
+        } => match client(d, &session).and_then(|c| c.set_balloon(balloon_mib)) {
+            Ok(()) => {
+                out.send(&id, ReplyBody::Ok);
+            }
+            Err(e) => out.session_error(&id, &e),
+        },
+        RequestBody::MemoryStats { session } => {
+            match client(d, &session).and_then(|c| c.memory_stats()) {
+                Ok(stats) => {
+                    out.send(&id, ReplyBody::MemoryStats { stats });
+                }
+                Err(e) => out.session_error(&id, &e),
+            }
+        }
         RequestBody::PoolAcquire { spec } => {
             let (d, out, owned) = (d.clone(), out.clone(), owned.clone());
             spawn(move || match super::pool::acquire(&d, &spec) {
@@ -507,6 +524,7 @@ fn session_spec(d: &Daemon, c: &CreateSpec, name: String) -> Result<SessionSpec,
             .collect(),
         volumes: Vec::new(),
         snapshot: None,
+        balloon: c.balloon,
     };
     if let Some(reference) = &c.image {
         let store = nook::ImageStore::open(&d.cfg.home.join("images")).map_err(|source| {

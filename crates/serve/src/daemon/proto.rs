@@ -94,6 +94,10 @@ pub struct CreateSpec {
     /// instead of booting.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// Give the VM a memory balloon (`{}` for the defaults: statistics
+    /// every second, no free page reporting); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<nook::BalloonConfig>,
 }
 
 /// A command in a session: the session's [`ExecSpec`] fields (argv, env,
@@ -246,6 +250,16 @@ pub enum RequestBody {
     PoolRelease {
         session: String,
     },
+    /// Asks the guest of a session with a balloon to put `balloon_mib` MiB
+    /// into it (0 empties it): answered by `ok` at once.
+    BalloonSet {
+        session: String,
+        balloon_mib: u32,
+    },
+    /// A session's memory: answered by `memory_stats`.
+    MemoryStats {
+        session: String,
+    },
 }
 
 fn default_file_mode() -> u32 {
@@ -364,6 +378,10 @@ pub enum ReplyBody {
         name: String,
         path: PathBuf,
     },
+    /// A session's memory and balloon (`memory_stats`).
+    MemoryStats {
+        stats: nook::MemoryStats,
+    },
     Ok,
     Error {
         code: ErrorCode,
@@ -417,6 +435,8 @@ const REQUEST_TYPES: &[&str] = &[
     "file_mkdir",
     "file_remove",
     "snapshot",
+    "balloon_set",
+    "memory_stats",
     "pool_acquire",
     "pool_release",
 ];
@@ -557,6 +577,35 @@ mod tests {
                 ),
                 r#"{"id":6,"type":"pool_acquire","spec":{"name":null,"image":null,"memory_mib":null,"cpus":null,"env":[],"shares":[],"volumes":[],"net":false,"idle_timeout_s":null,"keep":false,"snapshot":null}}"#,
             ),
+            (
+                req(
+                    7,
+                    RequestBody::SessionCreate(CreateSpec {
+                        balloon: Some(nook::BalloonConfig::reporting()),
+                        ..CreateSpec::default()
+                    }),
+                ),
+                r#"{"id":7,"type":"session_create","name":null,"image":null,"memory_mib":null,"cpus":null,"env":[],"shares":[],"volumes":[],"net":false,"idle_timeout_s":null,"keep":false,"snapshot":null,"balloon":{"free_page_reporting":true,"stats_interval_s":1}}"#,
+            ),
+            (
+                req(
+                    8,
+                    RequestBody::BalloonSet {
+                        session: "s".into(),
+                        balloon_mib: 256,
+                    },
+                ),
+                r#"{"id":8,"type":"balloon_set","session":"s","balloon_mib":256}"#,
+            ),
+            (
+                req(
+                    9,
+                    RequestBody::MemoryStats {
+                        session: "s".into(),
+                    },
+                ),
+                r#"{"id":9,"type":"memory_stats","session":"s"}"#,
+            ),
         ];
         for (r, want) in requests {
             assert_eq!(String::from_utf8(to_line(&r)).unwrap(), format!("{want}\n"));
@@ -615,6 +664,22 @@ mod tests {
             ),
             (
                 reply(
+                    RequestId::Num(9),
+                    ReplyBody::MemoryStats {
+                        stats: nook::MemoryStats {
+                            memory_mib: 512,
+                            balloon_mib: 256,
+                            guest_total_bytes: None,
+                            guest_free_bytes: None,
+                            guest_available_bytes: None,
+                            host_rss_bytes: Some(1 << 20),
+                        },
+                    },
+                ),
+                r#"{"id":9,"type":"memory_stats","stats":{"memory_mib":512,"balloon_mib":256,"guest_total_bytes":null,"guest_free_bytes":null,"guest_available_bytes":null,"host_rss_bytes":1048576}}"#,
+            ),
+            (
+                reply(
                     RequestId::Text("x".into()),
                     ReplyBody::Error {
                         code: ErrorCode::LineTooLong,
@@ -657,6 +722,13 @@ mod tests {
                 name: "n".into(),
             },
             RequestBody::PoolRelease {
+                session: "s".into(),
+            },
+            RequestBody::BalloonSet {
+                session: "s".into(),
+                balloon_mib: 64,
+            },
+            RequestBody::MemoryStats {
                 session: "s".into(),
             },
         ];

@@ -192,6 +192,7 @@ impl KvmRestorer {
                 disks: cfg.disks.into(),
                 shares: cfg.shares.into_iter().map(|s| (s.tag, s.server)).collect(),
                 net: cfg.net,
+                balloon: None,
             },
             vcpus: VcpuPart::Saved(state.vcpus),
             boot: state.boot.restore(),

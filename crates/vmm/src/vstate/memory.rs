@@ -100,6 +100,66 @@ fn remap(region: &GuestRegionMmap, flags: i32, fd: i32, offset: libc::off_t) -> 
     Err(e)
 }
 
+/// Gives the host pages behind guest range `addr..addr + len` back
+/// (`madvise(MADV_DONTNEED)`): anonymous memory reads as zeros afterwards,
+/// a restored clone's copy-on-write mapping as the snapshot's contents;
+/// either way the host memory the guest had made private is freed. Never
+/// `fallocate(PUNCH_HOLE)`: a file behind guest memory is a snapshot other
+/// clones map. The range must lie within one region and be page-aligned.
+pub fn discard_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> io::Result<()> {
+    let page = PAGE_SIZE as u64;
+    if len == 0 {
+        return Ok(());
+    }
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    if addr.0 % page != 0 || len % page != 0 {
+        return Err(invalid());
+    }
+    let region = mem.find_region(addr).ok_or_else(invalid)?;
+    let offset = addr.0 - region.start_addr().0;
+    if offset.checked_add(len).is_none_or(|end| end > region.len()) {
+        return Err(invalid());
+    }
+    let offset = usize::try_from(offset).map_err(|_| invalid())?;
+    let len = usize::try_from(len).map_err(|_| invalid())?;
+    // SAFETY: `offset + len <= region.len()` was checked, so the pointer
+    // stays inside the mapping `region` owns, and `region.as_ptr()` is
+    // page-aligned (mmap) as is `offset`.
+    let start = unsafe { region.as_ptr().add(offset) };
+    // SAFETY: `start..start + len` is guest RAM of this region (checked
+    // above). MADV_DONTNEED leaves the mapping in place: later accesses,
+    // by the guest or the VMM, read zero pages or the file's, never fault.
+    let r = unsafe { libc::madvise(start.cast(), len, libc::MADV_DONTNEED) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes of guest memory resident in host RAM now (`mincore` over every
+/// region): what the guest's memory costs the host.
+pub fn resident_bytes(mem: &GuestMemoryMmap) -> io::Result<u64> {
+    let mut pages = 0u64;
+    let mut vec = Vec::new();
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        vec.clear();
+        vec.resize(len.div_ceil(PAGE_SIZE), 0u8);
+        // SAFETY: `region.as_ptr()..+len` is the live, page-aligned
+        // mapping `region` owns, and `vec` has one byte per page of it,
+        // as mincore writes.
+        let r = unsafe { libc::mincore(region.as_ptr().cast(), len, vec.as_mut_ptr()) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        pages += vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+    }
+    Ok(pages * PAGE_SIZE as u64)
+}
+
+/// The host and guest page size nook assumes (x86_64).
+pub const PAGE_SIZE: usize = 4096;
+
 /// Registers every region as a KVM memory slot. Call before creating the
 /// irqchip and PIT: afterwards each slot costs an SRCU grace period.
 pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
@@ -122,4 +182,44 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Mem
         unsafe { vm.set_user_memory_region(desc) }.map_err(|e| MemoryError::Register(slot, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn discarded_pages_read_zero_and_leave_host_memory() {
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let data = vec![0xa5u8; 8 << 20];
+        mem.write_slice(&data, GuestAddress(0)).unwrap();
+        let before = resident_bytes(&mem).unwrap();
+        assert!(before >= 8 << 20, "{before}");
+        discard_range(&mem, GuestAddress(0), 4 << 20).unwrap();
+        let after = resident_bytes(&mem).unwrap();
+        assert!(before - after >= 4 << 20, "{before} -> {after}");
+        let mut back = [1u8; 16];
+        mem.read_slice(&mut back, GuestAddress(0x1000)).unwrap();
+        assert_eq!(back, [0; 16]);
+        mem.read_slice(&mut back, GuestAddress(5 << 20)).unwrap();
+        assert_eq!(back, [0xa5; 16]);
+    }
+
+    #[test]
+    fn discard_refuses_unaligned_and_outside_ranges() {
+        let mem = create_guest_memory(4 << 20).unwrap();
+        for (addr, len) in [
+            (1, 4096),
+            (0, 100),
+            (4 << 20, 4096),
+            ((4 << 20) - 4096, 8192),
+        ] {
+            assert!(
+                discard_range(&mem, GuestAddress(addr), len).is_err(),
+                "{addr} {len}"
+            );
+        }
+        discard_range(&mem, GuestAddress(0), 0).unwrap();
+    }
 }

@@ -7,6 +7,7 @@
 //! mock driver and no KVM. Events reach devices through [`mmio`]'s
 //! transport, so there is no per-device event handler file.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod fs;
@@ -34,6 +35,8 @@ pub mod device_type {
     pub const CONSOLE: u32 = 3;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
     /// File system (virtio-fs).
     pub const FS: u32 = 26;
 }
@@ -196,6 +199,10 @@ pub(crate) const RESTORERS: &[(u32, persist::RestoreFn)] = &[
     (device_type::RNG, persist::restore_device::<rng::Rng>),
     (device_type::FS, persist::restore_device::<fs::Fs>),
     (device_type::NET, persist::restore_device::<net::Net>),
+    (
+        device_type::BALLOON,
+        persist::restore_device::<balloon::Balloon>,
+    ),
 ];
 
 /// `send` with `MSG_NOSIGNAL`: a closed peer gives `EPIPE`, not `SIGPIPE`.

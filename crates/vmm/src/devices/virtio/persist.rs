@@ -155,6 +155,8 @@ pub struct HostBackends {
     pub shares: VecDeque<(String, Arc<dyn super::fs::FsServer>)>,
     /// The new back end stream of the virtio-net device, if any.
     pub net: Option<UnixStream>,
+    /// Set by a restored balloon device: the host's handle on it.
+    pub balloon: Option<Arc<super::balloon::BalloonControl>>,
 }
 
 /// A virtio device a snapshot can bring back.
