@@ -1,5 +1,5 @@
 //! Fuzzes the queue processing of every kvm-engine virtio device (block,
-//! console, rng, fs, net): the descriptor tables, available rings and
+//! console, rng, fs, net, balloon): the descriptor tables, available rings and
 //! buffers are arbitrary guest memory, the queue sizes and features are
 //! chosen by the input. Never a panic, whatever the driver wrote.
 #![no_main]
@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
+use nook_vmm::devices::virtio::balloon::{Balloon, KvmBalloonConfig};
 use nook_vmm::devices::virtio::block::Block;
 use nook_vmm::devices::virtio::console::Console;
 use nook_vmm::devices::virtio::fs::Fs;
@@ -42,7 +43,7 @@ type Keep = Vec<Box<dyn std::any::Any>>;
 /// The device `kind` selects, and what must outlive it.
 fn device(kind: u8, read_only: bool) -> Option<(Box<dyn VirtioDevice>, Keep)> {
     let mut keep: Keep = Vec::new();
-    let dev: Box<dyn VirtioDevice> = match kind % 5 {
+    let dev: Box<dyn VirtioDevice> = match kind % 6 {
         0 => {
             let disk = tempfile::NamedTempFile::new().ok()?;
             disk.as_file().set_len(64 * 1024).ok()?;
@@ -58,6 +59,13 @@ fn device(kind: u8, read_only: bool) -> Option<(Box<dyn VirtioDevice>, Keep)> {
         }
         2 => Box::new(Rng::new()),
         3 => Box::new(Fs::new("fuzz", Arc::new(Echo))),
+        5 => {
+            let config = KvmBalloonConfig {
+                free_page_reporting: true,
+                stats_interval_s: 1,
+            };
+            Box::new(Balloon::new(config, Arc::default()).ok()?)
+        }
         _ => {
             let (ours, peer) = UnixStream::pair().ok()?;
             peer.set_nonblocking(true).ok()?;
@@ -105,7 +113,13 @@ fuzz_target!(|data: &[u8]| {
         mem: mem.clone(),
         queues,
         interrupt: Arc::new(IrqTrigger::new(irq)),
-        acked_features: u64::from(head[1]) << 24,
+        // The balloon's features (stats, reporting) are low bits; the
+        // others' high ones.
+        acked_features: if head[0] % 6 == 5 {
+            u64::from(head[1] & 0x22)
+        } else {
+            u64::from(head[1]) << 24
+        },
     };
     if dev.activate(ctx).is_err() {
         return;

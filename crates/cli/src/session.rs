@@ -347,7 +347,7 @@ pub fn ps(args: PsArgs) -> i32 {
             s.image.as_deref().unwrap_or("-"),
             state,
             age(s.created_unix),
-            crate::balloon::memory_column(s.memory_mib, s.memory.as_ref()),
+            crate::balloon::memory_column(s.memory_mib, s.memory.as_deref()),
             s.vcpus,
             ports,
             s.exit_reason.as_deref().unwrap_or("")

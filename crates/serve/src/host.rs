@@ -283,7 +283,8 @@ fn refresh_memory_stats(host: &Host, sd: &SessionDir, state: &mut SessionState) 
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
         .filter(|vm| vm.balloon().is_some())
-        .and_then(|vm| vm.memory_stats().ok());
+        .and_then(|vm| vm.memory_stats().ok())
+        .map(Box::new);
     if stats.is_some() && stats != state.memory {
         state.memory = stats;
         let _ = sd.write_state(state);

@@ -162,9 +162,10 @@ pub struct SessionState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<nook::NetStats>,
     /// The VM's memory and balloon, refreshed while the session runs;
-    /// absent without a balloon.
+    /// absent without a balloon. Boxed: most sessions have none, and the
+    /// state travels in every daemon reply about a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<nook::MemoryStats>,
+    pub memory: Option<Box<nook::MemoryStats>>,
 }
 
 /// Seconds since the Unix epoch.

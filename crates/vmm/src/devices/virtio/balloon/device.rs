@@ -148,6 +148,12 @@ impl Balloon {
             0 => None,
             s => {
                 let mut t = TimerFd::new()?;
+                // SAFETY: `t` owns the descriptor; F_SETFL only changes its
+                // status flags. Non-blocking: reading a timer that has not
+                // ticked must never stall the device thread.
+                if unsafe { libc::fcntl(t.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 let every = Duration::from_secs(u64::from(s));
                 t.reset(every, Some(every))?;
                 Some(t)
@@ -283,7 +289,7 @@ impl VirtioDevice for Balloon {
     /// fill it anew.
     fn process_backend(&mut self, _events: EventSet) -> Result<(), VirtioError> {
         if let Some(t) = &mut self.timer {
-            // Readable, so this does not block; the count does not matter.
+            // Non-blocking; the number of ticks does not matter.
             let _ = t.wait();
         }
         match &mut self.active {
