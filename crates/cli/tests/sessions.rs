@@ -573,3 +573,57 @@ fn a_session_network_publishes_a_port_and_ps_counts_refused_flows() {
         "the published port outlived the session"
     );
 }
+
+#[test]
+fn a_session_balloon_is_set_from_the_cli_and_shown_by_ps() {
+    if !ready() {
+        return;
+    }
+    let name = unique("balloon");
+    let _c = Cleanup(name.clone());
+    start(&name, &["--balloon", "--memory", "256"]);
+    // A session without a balloon option refuses a target; this one takes it.
+    let out = nook_out(&["balloon", &name, "64"]);
+    assert!(out.status.success(), "balloon: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("balloon target:  64 MiB"));
+    let stats = || {
+        let out = nook_out(&["balloon", &name, "--json"]);
+        assert!(
+            out.status.success(),
+            "balloon --json: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice::<nook::MemoryStats>(&out.stdout).expect("memory stats json")
+    };
+    wait_until(
+        "the balloon reaches 64 MiB",
+        Duration::from_secs(60),
+        || stats().balloon_mib == 64,
+    );
+    let s = stats();
+    assert_eq!(s.memory_mib, 256);
+    assert!(s.host_rss_bytes.is_some_and(|r| r > 0), "{s:?}");
+    // `nook ps` shows what the guest has left (refreshed every 2 s).
+    wait_until("ps shows 192/256Mi", Duration::from_secs(20), || {
+        let out = nook_out(&["ps"]);
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains("192/256Mi"))
+    });
+    assert_eq!(
+        ps(&name).and_then(|s| s.memory).map(|m| m.balloon_mib),
+        Some(64)
+    );
+    let out = nook_out(&["balloon", &name, "256"]);
+    assert!(
+        !out.status.success(),
+        "a balloon as large as the memory is refused"
+    );
+    assert!(
+        text(&out.stderr).contains("does not fit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = exec(&name, &["echo", "alive"]);
+    assert_eq!(text(&out.stdout), "alive\n");
+}
