@@ -647,4 +647,48 @@ fn daemon_pool_sessions_end_with_their_client() {
         || !pid_alive(host) && !session_names(&mut other).iter().any(|(n, _, _)| *n == name),
     );
     assert!(qemu_of(host).is_empty(), "its VM outlived it");
+
+#[test]
+fn daemon_sessions_have_a_balloon_on_request() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let mut c = Client::connect(&d);
+    let name = format!("t{}-dballoon", std::process::id());
+    let r = c.call(json!({"id": 1, "type": "session_create", "name": name,
+        "memory_mib": 256, "balloon": {}}));
+    assert_eq!(r["type"], "session", "{r}");
+    let r = c.call(json!({"id": 2, "type": "balloon_set", "session": name, "balloon_mib": 64}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let mut last = Value::Null;
+    wait_until(
+        "the balloon reaches 64 MiB",
+        Duration::from_secs(60),
+        || {
+            last = c.call(json!({"id": 3, "type": "memory_stats", "session": name}));
+            last["stats"]["balloon_mib"] == 64
+        },
+    );
+    assert_eq!(last["type"], "memory_stats", "{last}");
+    assert_eq!(last["stats"]["memory_mib"], 256, "{last}");
+    assert!(
+        last["stats"]["host_rss_bytes"].as_u64().unwrap_or(0) > 0,
+        "{last}"
+    );
+    let r = c.call(json!({"id": 4, "type": "balloon_set", "session": name, "balloon_mib": 256}));
+    assert_eq!(r["type"], "error", "{r}");
+    assert_eq!(r["code"], "bad_request", "{r}");
+    // A session without a balloon refuses both requests.
+    let plain = format!("t{}-dplain", std::process::id());
+    create(&mut c, "5", &plain, false);
+    let r = c.call(json!({"id": 6, "type": "memory_stats", "session": plain}));
+    assert_eq!(r["type"], "error", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no memory balloon"),
+        "{r}"
+    );
 }
