@@ -273,7 +273,7 @@ mod tests {
 
     fn handler<'s>(
         mem: &GuestMemoryMmap,
-        queues: &[&MockSplitQueue<'_, GuestMemoryMmap>; 4],
+        queues: &[MockSplitQueue<'_, GuestMemoryMmap>; 4],
         signal: &'s CountingSignal,
     ) -> BalloonQueueHandler<&'s CountingSignal> {
         // The guest wrote 32 MiB of data: those pages are resident.
@@ -311,11 +311,7 @@ mod tests {
         let mem = create_guest_memory(64 * MIB).unwrap();
         let queues = setup(&mem);
         let signal = CountingSignal::default();
-        let mut h = handler(
-            &mem,
-            &[&queues[0], &queues[1], &queues[2], &queues[3]],
-            &signal,
-        );
+        let mut h = handler(&mem, &queues, &signal);
         // 8 MiB in chains of 1 MiB (256 PFNs, as Linux sends them).
         for i in 0..8u64 {
             let at = BUFFERS + i * 0x1000;
@@ -359,11 +355,7 @@ mod tests {
         let mem = create_guest_memory(64 * MIB).unwrap();
         let queues = setup(&mem);
         let signal = CountingSignal::default();
-        let mut h = handler(
-            &mem,
-            &[&queues[0], &queues[1], &queues[2], &queues[3]],
-            &signal,
-        );
+        let mut h = handler(&mem, &queues, &signal);
         let before = resident_bytes(&mem).unwrap();
         // Linux reports blocks of 2 MiB and more, as device-writable buffers.
         queues[3]
@@ -394,11 +386,7 @@ mod tests {
         let mem = create_guest_memory(64 * MIB).unwrap();
         let queues = setup(&mem);
         let signal = CountingSignal::default();
-        let mut h = handler(
-            &mem,
-            &[&queues[0], &queues[1], &queues[2], &queues[3]],
-            &signal,
-        );
+        let mut h = handler(&mem, &queues, &signal);
         // PFNs far past guest memory, and a buffer that claims 4 GiB.
         let far = u32::MAX.to_le_bytes().repeat(MAX_PFNS_PER_CHAIN);
         mem.write_slice(&far, GuestAddress(BUFFERS)).unwrap();
@@ -422,11 +410,7 @@ mod tests {
         let mem = create_guest_memory(64 * MIB).unwrap();
         let queues = setup(&mem);
         let signal = CountingSignal::default();
-        let mut h = handler(
-            &mem,
-            &[&queues[0], &queues[1], &queues[2], &queues[3]],
-            &signal,
-        );
+        let mut h = handler(&mem, &queues, &signal);
         let mut buf = Vec::new();
         for (tag, value) in [(tag::MEMFREE, 300 * MIB), (tag::MEMTOT, 500 * MIB), (99, 1)] {
             buf.extend(tag.to_le_bytes());
