@@ -382,6 +382,7 @@ mod tests {
             exit_reason: Some("stopped".into()),
             published: Vec::new(),
             net: None,
+            memory: None,
         })
         .unwrap();
         let handle = Box::into_raw(Box::new(nook_session {
