@@ -647,6 +647,7 @@ fn daemon_pool_sessions_end_with_their_client() {
         || !pid_alive(host) && !session_names(&mut other).iter().any(|(n, _, _)| *n == name),
     );
     assert!(qemu_of(host).is_empty(), "its VM outlived it");
+}
 
 #[test]
 fn daemon_sessions_have_a_balloon_on_request() {
