@@ -204,6 +204,9 @@ fn sequential(n: usize) -> (usize, Census, Census) {
     if let Ok(vm) = Vm::start(cfg.clone()) {
         let _ = vm.stop();
     }
+    // The same settling time as before the count after the loop: a stopped
+    // VM's teardown (QEMU reaped, its threads ending) is prompt, not instant.
+    std::thread::sleep(Duration::from_secs(1));
     let before = census();
     let mut good = 0;
     for i in 0..n {
