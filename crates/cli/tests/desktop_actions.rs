@@ -6,11 +6,10 @@
 //! scaling. The desktop image is built once per machine (scripts/test sets
 //! NOOK_TEST_DEBIAN_IMAGE).
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{nook, ready, text};
+use common::{desktop_ready, nook_out, ok, text};
 
 use nook_serve::desktop::{Action, ActionResult, Desktop, DesktopOptions};
 use serde_json::Value;
@@ -19,42 +18,9 @@ fn unique(case: &str) -> String {
     format!("t{}-act-{case}", std::process::id())
 }
 
-fn nook_out(args: &[&str]) -> Output {
-    nook().args(args).output().expect("run nook")
-}
-
 /// The stdout of a successful `nook ARGS`; fails the test otherwise.
 fn nook_ok(args: &[&str]) -> String {
-    let out = nook_out(args);
-    assert!(
-        out.status.success(),
-        "nook {args:?}: {:?}: {}",
-        out.status,
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Whether the desktop image can be built or is there; prints why not.
-fn desktop_ready() -> bool {
-    if !ready() {
-        return false;
-    }
-    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
-        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
-    {
-        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to build the desktop image (a few minutes once, needs a Debian mirror)");
-        return false;
-    }
-    if Command::new("mmdebstrap")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
-        return false;
-    }
-    true
+    ok(&nook_out(args))
 }
 
 /// A running desktop session, removed when dropped (a failed test too).

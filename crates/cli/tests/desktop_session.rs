@@ -7,11 +7,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 mod common;
-use common::{nook, ready, text};
+use common::{desktop_ready, nook, nook_out, ready, text};
 
 use nook_serve::desktop::DisplaySize;
 
@@ -20,32 +20,6 @@ const VNCDOTOOL: &str = "vncdotool==1.4.2";
 
 fn unique(case: &str) -> String {
     format!("t{}-desk-{case}", std::process::id())
-}
-
-fn nook_out(args: &[&str]) -> Output {
-    nook().args(args).output().expect("run nook")
-}
-
-/// Whether the desktop image can be built or is there; prints why not.
-fn desktop_ready() -> bool {
-    if !ready() {
-        return false;
-    }
-    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
-        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
-    {
-        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to build the desktop image (a few minutes once, needs a Debian mirror)");
-        return false;
-    }
-    if Command::new("mmdebstrap")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
-        return false;
-    }
-    true
 }
 
 /// Removes the session even when a test fails half-way.

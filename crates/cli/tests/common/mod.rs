@@ -115,3 +115,24 @@ pub fn have_mmdebstrap() -> bool {
     }
     ok
 }
+
+/// The output of `nook ARGS` (stdin closed), whatever its status.
+pub fn nook_out(args: &[&str]) -> std::process::Output {
+    nook().args(args).output().expect("run nook")
+}
+
+/// Whether the desktop image can be built or is there (the end-to-end
+/// prerequisites, `NOOK_TEST_DEBIAN_IMAGE` or `NOOK_SLOW_TESTS`, and
+/// mmdebstrap); prints why not.
+pub fn desktop_ready() -> bool {
+    if !ready() {
+        return false;
+    }
+    if std::env::var_os("NOOK_TEST_DEBIAN_IMAGE").is_none()
+        && std::env::var_os("NOOK_SLOW_TESTS").is_none()
+    {
+        eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to build the desktop image (a few minutes once, needs a Debian mirror)");
+        return false;
+    }
+    have_mmdebstrap()
+}
