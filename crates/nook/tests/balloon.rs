@@ -8,21 +8,14 @@ use std::time::{Duration, Instant};
 
 use nook::{BalloonConfig, EngineKind, MemoryStats, Vm, VmConfig};
 
+mod support;
+use support::guest::{ready, sh};
+
 const MIB: u64 = 1 << 20;
 /// Guest memory of these tests: room for 400 MiB of data and a kernel.
 const MEMORY_MIB: u32 = 640;
 /// The host memory a test must see come back.
 const RETURNED_MIB: u64 = 300;
-
-fn ready() -> bool {
-    let ok = std::env::var_os("NOOK_AGENT")
-        .map(|p| std::path::Path::new(&p).is_file())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test)");
-    }
-    ok
-}
 
 fn cfg(balloon: BalloonConfig) -> VmConfig {
     VmConfig {
@@ -32,16 +25,6 @@ fn cfg(balloon: BalloonConfig) -> VmConfig {
         balloon: Some(balloon),
         ..VmConfig::default()
     }
-}
-
-fn sh(vm: &Vm, script: &str) -> String {
-    let out = vm.exec(["sh", "-c", script]).output().expect("exec");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Has the guest write 400 MiB into a tmpfs (memory the guest touched,

@@ -12,15 +12,8 @@ use std::time::{Duration, Instant};
 
 use nook::{NetConfig, Vm, VmConfig};
 
-fn ready() -> bool {
-    let ok = std::env::var_os("NOOK_AGENT")
-        .map(|p| std::path::Path::new(&p).is_file())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test)");
-    }
-    ok
-}
+mod support;
+use support::guest::ready;
 
 fn cfg(net: Option<NetConfig>) -> VmConfig {
     VmConfig {

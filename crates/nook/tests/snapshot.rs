@@ -5,31 +5,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nook::{Pool, PoolConfig, Vm, VmConfig};
 
-fn ready() -> bool {
-    let ok = std::env::var_os("NOOK_AGENT")
-        .map(|p| std::path::Path::new(&p).is_file())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipping: NOOK_AGENT is not set to a built agent (run scripts/test)");
-    }
-    ok
-}
+mod support;
+use support::guest::{ready, sh};
 
 fn cfg() -> VmConfig {
     VmConfig {
         progress: false,
         ..VmConfig::default()
     }
-}
-
-fn sh(vm: &Vm, script: &str) -> String {
-    let out = vm.exec(["sh", "-c", script]).output().expect("exec");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// qemu processes whose command line names `needle`.

@@ -1,2 +1,3 @@
 //! Fixtures shared by the library's integration tests and benchmarks.
+pub mod guest;
 pub mod kvm_snapshot;
