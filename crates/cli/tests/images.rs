@@ -368,7 +368,10 @@ fn image_runs_restore_from_a_template_of_their_own() {
     };
     let image = format!("{name}:1");
     let (_, first) = debug_run(&["run", &image, "--", "cat", "/etc/marker"]);
-    let (_, image_key) = template_key(&first).expect("an image run has a template");
+    // Other tests here run the same image (so the same template) at the
+    // same time: the first run may find the template made by one of them.
+    let (_, image_key) = template_key(&first)
+        .unwrap_or_else(|| panic!("an image run has a template; its log:\n{first}"));
     let (stdout, second) = debug_run(&["run", &image, "--", "cat", "/etc/marker"]);
     assert_eq!(stdout, "marker-v2\n", "the clone runs in the image's root");
     assert_eq!(
@@ -377,6 +380,7 @@ fn image_runs_restore_from_a_template_of_their_own() {
         "{second}"
     );
     let (_, plain) = debug_run(&["run", "--", "true"]);
-    let (_, plain_key) = template_key(&plain).expect("the default configuration has one too");
+    let (_, plain_key) = template_key(&plain)
+        .unwrap_or_else(|| panic!("the default configuration has one too; its log:\n{plain}"));
     assert_ne!(plain_key, image_key, "the image's template is its own");
 }

@@ -257,8 +257,11 @@ fn make_template(vm: &mut Vm, t: &Template) {
                 t.path.display()
             );
         }
-        // Another nook may have made the same template meanwhile.
-        Err(_) if t.exists() => {}
+        // Another nook made the same template meanwhile (runs of one image
+        // share its root disk, so they share its template too).
+        Err(_) if t.exists() => {
+            tracing::debug!("nook: another nook made template {} meanwhile", t.key);
+        }
         Err(e) => tracing::warn!(
             "nook: cannot make template {}: {}",
             t.path.display(),

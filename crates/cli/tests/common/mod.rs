@@ -62,8 +62,9 @@ pub fn ok(out: &std::process::Output) -> String {
 }
 
 /// How a `NOOK_LOG=debug` log says the VM started: restored from a
-/// template (`Some((true, KEY))`), booted and made one (`Some((false,
-/// KEY))`), or neither (`None`: booted with no template).
+/// template (`Some((true, KEY))`), booted and made one or found it made by
+/// another nook meanwhile (`Some((false, KEY))`), or neither (`None`:
+/// booted with no template).
 pub fn template_key(stderr: &str) -> Option<(bool, String)> {
     for (marker, restored) in [("restored from template ", true), ("made template ", false)] {
         if let Some(i) = stderr.find(marker) {
