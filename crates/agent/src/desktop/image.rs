@@ -33,13 +33,17 @@ impl Rgb {
         source.scale_down(width, height)
     }
 
-    /// The PNG encoding (8-bit RGB, fast deflate: screens compress well).
+    /// The PNG encoding: 8-bit RGB, the "up" filter and fdeflate's fastest
+    /// mode. Screens (flat areas, repeated rows) compress well with these;
+    /// choosing a filter per row (`Compression::Fast`) cost the guest
+    /// about 30 ms more at 1280x800 on the qemu engine here, for files
+    /// about 10 % smaller.
     pub fn to_png(&self) -> Result<Vec<u8>, png::EncodingError> {
         let mut out = Vec::with_capacity(self.pixels.len() / 8);
         let mut enc = png::Encoder::new(&mut out, self.width, self.height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
+        enc.set_compression(png::Compression::Fastest);
         let mut w = enc.write_header()?;
         w.write_image_data(&self.pixels)?;
         w.finish()?;
@@ -64,6 +68,15 @@ impl Pixels<'_> {
     /// and conversion in one pass over the source.
     pub fn scale_down(&self, width: u32, height: u32) -> Rgb {
         let (width, height) = (width.clamp(1, self.width), height.clamp(1, self.height));
+        if self.bytes_per_pixel == 4 && self.rgb == [2, 1, 0] {
+            self.scale_down_bgrx(width, height)
+        } else {
+            self.scale_down_any(width, height)
+        }
+    }
+
+    /// [`Pixels::scale_down`] for any layout, `width` and `height` clamped.
+    fn scale_down_any(&self, width: u32, height: u32) -> Rgb {
         let bpp = self.bytes_per_pixel;
         // Source column span of every target column, computed once.
         let cols: Vec<(usize, usize)> = (0..width).map(|x| span(x, width, self.width)).collect();
@@ -89,6 +102,56 @@ impl Pixels<'_> {
                 for c in 0..3 {
                     pixels.push(((sums[t * 3 + c] + n / 2) / n) as u8);
                 }
+            }
+        }
+        Rgb {
+            width,
+            height,
+            pixels,
+        }
+    }
+}
+
+impl Pixels<'_> {
+    /// [`Pixels::scale_down`] for the usual X layout (B, G, R, X in
+    /// memory), with the fewest instructions per source pixel: the pixel
+    /// is read as one little-endian word and its channels summed in two
+    /// words, red and blue 32 bits apart in one, green in the other. On
+    /// the qemu engine, where every guest instruction is emulated, this
+    /// scaled 1280x800 to 1024x640 in 90-115 ms against 115-120 ms for
+    /// the general loop. A lane holds 2^24 pixels of 255, far more than
+    /// any target pixel covers.
+    fn scale_down_bgrx(&self, width: u32, height: u32) -> Rgb {
+        let cols: Vec<(usize, usize)> = (0..width).map(|x| span(x, width, self.width)).collect();
+        let stride = self.width as usize * 4;
+        let mut pixels = Vec::with_capacity(width as usize * height as usize * 3);
+        let mut red_blue = vec![0u64; width as usize];
+        let mut green = vec![0u64; width as usize];
+        for y in 0..height {
+            let (y0, y1) = span(y, height, self.height);
+            red_blue.fill(0);
+            green.fill(0);
+            for row in self.data[y0 * stride..y1 * stride].chunks_exact(stride) {
+                for (t, &(x0, x1)) in cols.iter().enumerate() {
+                    let (mut rb, mut g) = (0u64, 0u64);
+                    for px in row[x0 * 4..x1 * 4].chunks_exact(4) {
+                        let v = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
+                        rb += (u64::from(v & 0x00ff_0000) << 16) | u64::from(v & 0xff);
+                        g += u64::from(v & 0xff00);
+                    }
+                    red_blue[t] += rb;
+                    green[t] += g;
+                }
+            }
+            let rows = (y1 - y0) as u64;
+            for (t, &(x0, x1)) in cols.iter().enumerate() {
+                let n = rows * (x1 - x0) as u64;
+                let avg = |sum: u64| ((sum + n / 2) / n) as u8;
+                pixels.extend_from_slice(&[
+                    avg(red_blue[t] >> 32),
+                    avg(green[t] >> 8),
+                    avg(red_blue[t] & 0xffff_ffff),
+                ]);
             }
         }
         Rgb {
@@ -153,6 +216,34 @@ mod tests {
         let small = raw.scale_down(2, 1);
         assert_eq!((small.width, small.height), (2, 1));
         assert_eq!(small.pixels, [10, 20, 30, 10, 20, 30]);
+    }
+
+    #[test]
+    fn the_bgrx_path_averages_exactly_like_the_general_one() {
+        // Pseudo-random pixels (a xorshift), odd sizes and ratios.
+        let mut state = 0x2545_f491_u32;
+        let bgrx: Vec<u8> = (0..97 * 61 * 4)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        let raw = Pixels {
+            data: &bgrx,
+            width: 97,
+            height: 61,
+            bytes_per_pixel: 4,
+            rgb: [2, 1, 0],
+        };
+        for (w, h) in [(97, 61), (50, 31), (13, 7), (1, 1), (96, 60)] {
+            assert_eq!(
+                raw.scale_down_bgrx(w, h),
+                raw.scale_down_any(w, h),
+                "{w}x{h}"
+            );
+        }
     }
 
     #[test]
