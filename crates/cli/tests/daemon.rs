@@ -693,3 +693,139 @@ fn daemon_sessions_have_a_balloon_on_request() {
         "{r}"
     );
 }
+
+/// Decodes an `image` reply's PNG: (width, height, RGB pixels).
+fn decode_png(reply: &Value) -> (u32, u32, Vec<u8>) {
+    let bytes = b64(&reply["data"]);
+    let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .expect("a PNG");
+    let mut buf = vec![0; r.output_buffer_size().expect("a size")];
+    let info = r.next_frame(&mut buf).expect("a frame");
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+#[test]
+fn daemon_creates_drives_and_destroys_a_desktop() {
+    if !common::desktop_ready() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let mut c = Client::connect(&d);
+    let name = format!("t{}-ddesk", std::process::id());
+    let act = |c: &mut Client, id: u64, action: Value| {
+        let mut req = json!({"id": id, "type": "desktop_action", "session": name});
+        for (k, v) in action.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        c.call(req)
+    };
+
+    // A 1024x640 display whose screenshots fit within 512x512.
+    let r = c.call(json!({"id": 1, "type": "desktop_create", "name": name,
+        "size": [1024, 640], "max_screenshot_size": [512, 512]}));
+    assert_eq!(r["type"], "desktop", "{r}");
+    assert_eq!(r["session"]["name"], name.as_str(), "{r}");
+    assert_eq!([&r["width"], &r["height"]], [1024, 640], "{r}");
+    let shot = [&r["screenshot_width"], &r["screenshot_height"]];
+    assert_eq!(shot, [512, 320], "{r}");
+    let host = r["session"]["pid"].as_u64().unwrap() as u32;
+
+    // A green root window, set through the ordinary exec request, is
+    // green in a scaled screenshot (no window is open on this desktop).
+    let (_, exit) = c.exec(2, &name, &["xsetroot", "-solid", "#00ff00"]);
+    assert_eq!(exit["code"], 0, "{exit}");
+    let r = act(&mut c, 3, json!({"action": "screenshot"}));
+    assert_eq!(r["type"], "image", "{}", r["type"]);
+    assert_eq!([&r["width"], &r["height"]], [512, 320]);
+    let (w, h, px) = decode_png(&r);
+    assert_eq!((w, h), (512, 320));
+    let not_green = px.chunks(3).filter(|p| *p != [0, 255, 0]).count();
+    assert_eq!(not_green, 0, "pixels that are not green");
+
+    // The scaling chosen at create holds for later requests: the pointer
+    // round-trips in screenshot pixels and is at twice that on the screen.
+    let r = act(
+        &mut c,
+        4,
+        json!({"action": "mouse_move", "coordinate": [100, 50]}),
+    );
+    assert_eq!(r["type"], "done", "{r}");
+    let r = act(&mut c, 5, json!({"action": "cursor_position"}));
+    assert_eq!(
+        (&r["type"], &r["x"], &r["y"]),
+        (&json!("position"), &json!(100), &json!(50)),
+        "{r}"
+    );
+
+    // Bad actions are refused with what to send instead.
+    let r = act(&mut c, 6, json!({"action": "mouse_move"}));
+    assert_eq!(r["code"], "bad_request", "{r}");
+    let message = r["message"].as_str().unwrap();
+    assert!(
+        message.contains("missing field `coordinate`")
+            && message.contains("send `coordinate`: [x, y]"),
+        "{r}"
+    );
+    let r = act(&mut c, 7, json!({"action": "fly"}));
+    assert_eq!(r["code"], "bad_request", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("send one of screenshot, key"),
+        "{r}"
+    );
+    let r = act(
+        &mut c,
+        8,
+        json!({"action": "left_click", "coordinate": [600, 10]}),
+    );
+    assert_eq!(r["code"], "bad_request", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("off the 512x320 screenshot"),
+        "{r}"
+    );
+
+    // A request may change the scaling: at full size the pointer is at
+    // the screen point of (100, 50) in the 512x320 screenshot.
+    let r = act(
+        &mut c,
+        9,
+        json!({"action": "cursor_position", "max_screenshot_size": [1024, 640]}),
+    );
+    assert_eq!(r["type"], "position", "{r}");
+    let (x, y) = (r["x"].as_u64().unwrap(), r["y"].as_u64().unwrap());
+    assert!((200..202).contains(&x) && (100..102).contains(&y), "{r}");
+
+    // A session without a display is not a desktop.
+    let plain = format!("t{}-dnodesk", std::process::id());
+    create(&mut c, "10", &plain, false);
+    let r = c.call(
+        json!({"id": 11, "type": "desktop_action", "session": plain, "action": "screenshot"}),
+    );
+    assert_eq!(r["code"], "session_state", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("has no desktop"),
+        "{r}"
+    );
+
+    // Removing the session destroys the desktop: no VM, no session dir.
+    let r = c.call(json!({"id": 12, "type": "session_remove", "session": name, "force": true}));
+    assert_eq!(r["type"], "ok", "{r}");
+    wait_until(
+        "the desktop's session host is gone",
+        Duration::from_secs(30),
+        || !pid_alive(host),
+    );
+    assert!(qemu_of(host).is_empty(), "the desktop's VM is left");
+    let dir = nook::default_home().join("sessions").join(&name);
+    assert!(!dir.exists(), "{} is left", dir.display());
+    let r = act(&mut c, 13, json!({"action": "screenshot"}));
+    assert_eq!(r["code"], "no_session", "{r}");
+}

@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
-use nook_serve::desktop::{Action, ActionResult, Desktop, DesktopOptions, DisplaySize};
+use nook_serve::desktop::{
+    Action, ActionResult, ComputerUseInput, Desktop, DesktopOptions, DisplaySize,
+    DESKTOP_MEMORY_MIB,
+};
 use rmcp::model::ContentBlock;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,9 +22,6 @@ use crate::error::ToolError;
 use crate::registry::{Render, ToolRegistry};
 use crate::tools::ToolContext;
 use crate::types::SandboxCreateArgs;
-
-/// Guest memory of a desktop unless the call says otherwise.
-const DESKTOP_MEMORY_MIB: u32 = 1024;
 
 /// `desktop_create`: a sandbox with a display.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -102,29 +102,20 @@ pub struct DesktopActionArgs {
 }
 
 impl DesktopActionArgs {
-    /// The action these arguments describe, checked by its own type.
+    /// The action these arguments describe (the daemon's `desktop_action`
+    /// maps the same input with the same function).
     fn action(&self) -> Result<Action, ToolError> {
-        let mut v = serde_json::Map::new();
-        v.insert("action".into(), self.action.clone().into());
-        let mut put = |k: &str, value: Option<serde_json::Value>| {
-            if let Some(value) = value {
-                v.insert(k.into(), value);
-            }
+        let input = ComputerUseInput {
+            action: self.action.clone(),
+            coordinate: self.coordinate,
+            start_coordinate: self.start_coordinate,
+            text: self.text.clone(),
+            scroll_direction: self.scroll_direction.clone(),
+            scroll_amount: self.scroll_amount,
+            duration: self.duration,
+            region: self.region,
         };
-        put("coordinate", self.coordinate.map(|c| c.to_vec().into()));
-        put(
-            "start_coordinate",
-            self.start_coordinate.map(|c| c.to_vec().into()),
-        );
-        put("text", self.text.clone().map(Into::into));
-        put(
-            "scroll_direction",
-            self.scroll_direction.clone().map(Into::into),
-        );
-        put("scroll_amount", self.scroll_amount.map(Into::into));
-        put("duration", self.duration.map(Into::into));
-        put("region", self.region.map(|r| r.to_vec().into()));
-        serde_json::from_value(serde_json::Value::Object(v)).map_err(|e| ToolError::Argument {
+        input.to_action().map_err(|e| ToolError::Argument {
             field: "action",
             reason: e.to_string(),
         })
@@ -347,7 +338,7 @@ mod tests {
         for (bad, want) in [
             (
                 serde_json::json!({"desktop_id": "d", "action": "fly"}),
-                "unknown variant",
+                "unknown action `fly`",
             ),
             (
                 serde_json::json!({"desktop_id": "d", "action": "type"}),

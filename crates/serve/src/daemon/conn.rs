@@ -56,10 +56,10 @@ pub(crate) struct Owned {
     /// Chunked file writes in progress, by the `file_write` request's id.
     pub(crate) uploads: Mutex<HashMap<RequestId, SyncSender<Vec<u8>>>>,
     /// Sessions created without `keep`.
-    sessions: Mutex<Vec<String>>,
+    pub(crate) sessions: Mutex<Vec<String>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -139,7 +139,7 @@ fn disconnect(d: &Arc<Daemon>, owned: &Owned) {
 }
 
 /// Runs `f` on its own thread (requests that wait on a guest or a boot).
-fn spawn(f: impl FnOnce() + Send + 'static) {
+pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new()
         .name("nook-serve-req".into())
         .spawn(f)
@@ -200,6 +200,7 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
             let (d, out) = (d.clone(), out.clone());
             spawn(move || match crate::stop(&d.cfg.home, &session) {
                 Ok(st) => {
+                    d.desktops.forget(&session);
                     out.send(&id, ReplyBody::Session { session: st });
                 }
                 Err(e) => out.session_error(&id, &e),
@@ -210,6 +211,7 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
             spawn(move || match crate::remove(&d.cfg.home, &session, force) {
                 Ok(()) => {
                     lock(&d.created).remove(&session);
+                    d.desktops.forget(&session);
                     lock(&owned.sessions).retain(|n| n != &session);
                     out.send(&id, ReplyBody::Ok);
                 }
@@ -292,6 +294,8 @@ fn dispatch(d: &Arc<Daemon>, out: &Out, owned: &Arc<Owned>, req: Request) {
         | RequestBody::FileStat { .. }
         | RequestBody::FileMkdir { .. }
         | RequestBody::FileRemove { .. }) => super::files::serve(d, out, owned, id, body),
+        RequestBody::DesktopCreate(spec) => super::desktop::create(d, out, owned, id, spec),
+        RequestBody::DesktopAction(req) => super::desktop::act(d, out, id, req),
     }
 }
 
@@ -574,20 +578,31 @@ pub(crate) fn create_session(
     c: &CreateSpec,
     name: Option<String>,
 ) -> Result<crate::SessionState, SessionError> {
+    create_session_with(d, c, name, crate::start)
+}
+
+/// Like [`create_session`], the session started by `start` (`crate::start`,
+/// or one that also starts a display); what `start` returns is returned.
+pub(crate) fn create_session_with<T>(
+    d: &Daemon,
+    c: &CreateSpec,
+    name: Option<String>,
+    start: impl FnOnce(&std::path::Path, &SessionSpec, &std::path::Path) -> Result<T, SessionError>,
+) -> Result<T, SessionError> {
     let name = name
         .or_else(|| c.name.clone())
         .unwrap_or_else(|| d.new_name("d"));
     crate::validate_name(&name)?;
     let spec = session_spec(d, c, name.clone())?;
     lock(&d.created).insert(name.clone());
-    match crate::start(&d.cfg.home, &spec, &d.cfg.exe) {
-        Ok(st) => {
+    match start(&d.cfg.home, &spec, &d.cfg.exe) {
+        Ok(started) => {
             if d.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 // The daemon is stopping: this one came too late.
                 d.destroy(&name);
                 return Err(SessionError::NotRunning(name));
             }
-            Ok(st)
+            Ok(started)
         }
         Err(e) => {
             if !matches!(e, SessionError::Exists(_)) {

@@ -6,6 +6,7 @@
 //! host process, listed by `nook ps`), driven through [`crate::SessionClient`].
 
 mod conn;
+mod desktop;
 mod files;
 mod lines;
 mod pool;

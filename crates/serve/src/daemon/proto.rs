@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use nook::FileStat;
 use serde::{Deserialize, Serialize};
 
+use crate::desktop::ComputerUseInput;
 use crate::state::SessionState;
 use crate::wire::{ExecSpec, ProcExit};
 
@@ -40,7 +41,7 @@ pub enum RequestId {
 }
 
 /// One request line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub id: RequestId,
     #[serde(flatten)]
@@ -109,8 +110,41 @@ pub struct ExecRequest {
     pub spec: ExecSpec,
 }
 
+/// A desktop to start: a session (the fields of `session_create`; the
+/// image defaults to nook's desktop image, built on first use, and the
+/// memory to [`crate::desktop::DESKTOP_MEMORY_MIB`]) with an X display.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DesktopCreateSpec {
+    #[serde(flatten)]
+    pub spec: CreateSpec,
+    /// Display size `[width, height]` in pixels (default `[1280, 800]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<[u32; 2]>,
+    /// Scale screenshots down to fit within `[width, height]`; coordinates
+    /// of later actions are then in the scaled screenshot's pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_screenshot_size: Option<[u32; 2]>,
+}
+
+/// One action on a desktop session, in the computer-use tools' flat input
+/// (`action`, `coordinate`, `text`, ...), beside the session's name.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DesktopActionRequest {
+    pub session: String,
+    #[serde(flatten)]
+    pub input: ComputerUseInput,
+    /// Scale screenshots down to fit within `[width, height]` from this
+    /// action on (the session's desktop keeps it for later actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_screenshot_size: Option<[u32; 2]>,
+    /// Wait up to this long after the action until the screen stops
+    /// changing before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_ms: Option<u64>,
+}
+
 /// The requests, by `type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RequestBody {
     /// The first request of a connection: answered by `hello`; a client
@@ -260,6 +294,12 @@ pub enum RequestBody {
     MemoryStats {
         session: String,
     },
+    /// Boots a desktop session: answered by `desktop` once its display
+    /// runs. It ends like any session (`session_remove`).
+    DesktopCreate(DesktopCreateSpec),
+    /// One action on a desktop session: answered by `image`, `position`
+    /// or `done`.
+    DesktopAction(DesktopActionRequest),
 }
 
 fn default_file_mode() -> u32 {
@@ -382,6 +422,28 @@ pub enum ReplyBody {
     MemoryStats {
         stats: nook::MemoryStats,
     },
+    /// A desktop is up (`desktop_create`): its session, the display's size
+    /// and the size screenshots come in (the space of coordinates).
+    Desktop {
+        session: SessionState,
+        width: u32,
+        height: u32,
+        screenshot_width: u32,
+        screenshot_height: u32,
+    },
+    /// A PNG (`screenshot`, `zoom`), base64, of `width` x `height` pixels.
+    Image {
+        data: String,
+        width: u32,
+        height: u32,
+    },
+    /// The pointer (`cursor_position`), in the coordinates actions use.
+    Position {
+        x: u32,
+        y: u32,
+    },
+    /// A desktop action was carried out.
+    Done,
     Ok,
     Error {
         code: ErrorCode,
@@ -439,6 +501,8 @@ const REQUEST_TYPES: &[&str] = &[
     "memory_stats",
     "pool_acquire",
     "pool_release",
+    "desktop_create",
+    "desktop_action",
 ];
 
 /// Parses one request line (without or with its newline). Pure: the fuzz
@@ -606,6 +670,55 @@ mod tests {
                 ),
                 r#"{"id":9,"type":"memory_stats","session":"s"}"#,
             ),
+            (
+                req(
+                    10,
+                    RequestBody::DesktopCreate(DesktopCreateSpec {
+                        spec: CreateSpec {
+                            name: Some("d".into()),
+                            ..CreateSpec::default()
+                        },
+                        size: Some([1024, 768]),
+                        max_screenshot_size: Some([512, 512]),
+                    }),
+                ),
+                r#"{"id":10,"type":"desktop_create","name":"d","image":null,"memory_mib":null,"cpus":null,"env":[],"shares":[],"volumes":[],"net":false,"idle_timeout_s":null,"keep":false,"snapshot":null,"size":[1024,768],"max_screenshot_size":[512,512]}"#,
+            ),
+            (
+                req(
+                    11,
+                    RequestBody::DesktopAction(DesktopActionRequest {
+                        session: "d".into(),
+                        input: ComputerUseInput {
+                            action: "left_click".into(),
+                            coordinate: Some([10, 20]),
+                            text: Some("shift".into()),
+                            ..ComputerUseInput::default()
+                        },
+                        max_screenshot_size: None,
+                        settle_ms: Some(500),
+                    }),
+                ),
+                r#"{"id":11,"type":"desktop_action","session":"d","action":"left_click","coordinate":[10,20],"text":"shift","settle_ms":500}"#,
+            ),
+            (
+                req(
+                    12,
+                    RequestBody::DesktopAction(DesktopActionRequest {
+                        session: "d".into(),
+                        input: ComputerUseInput {
+                            action: "scroll".into(),
+                            scroll_direction: Some("down".into()),
+                            scroll_amount: Some(3),
+                            duration: Some(0.5),
+                            ..ComputerUseInput::default()
+                        },
+                        max_screenshot_size: Some([640, 480]),
+                        settle_ms: None,
+                    }),
+                ),
+                r#"{"id":12,"type":"desktop_action","session":"d","action":"scroll","scroll_direction":"down","scroll_amount":3,"duration":0.5,"max_screenshot_size":[640,480]}"#,
+            ),
         ];
         for (r, want) in requests {
             assert_eq!(String::from_utf8(to_line(&r)).unwrap(), format!("{want}\n"));
@@ -680,6 +793,25 @@ mod tests {
             ),
             (
                 reply(
+                    RequestId::Num(11),
+                    ReplyBody::Image {
+                        data: "iVBORw==".into(),
+                        width: 640,
+                        height: 400,
+                    },
+                ),
+                r#"{"id":11,"type":"image","data":"iVBORw==","width":640,"height":400}"#,
+            ),
+            (
+                reply(RequestId::Num(12), ReplyBody::Position { x: 3, y: 4 }),
+                r#"{"id":12,"type":"position","x":3,"y":4}"#,
+            ),
+            (
+                reply(RequestId::Num(13), ReplyBody::Done),
+                r#"{"id":13,"type":"done"}"#,
+            ),
+            (
+                reply(
                     RequestId::Text("x".into()),
                     ReplyBody::Error {
                         code: ErrorCode::LineTooLong,
@@ -731,6 +863,16 @@ mod tests {
             RequestBody::MemoryStats {
                 session: "s".into(),
             },
+            RequestBody::DesktopCreate(DesktopCreateSpec::default()),
+            RequestBody::DesktopAction(DesktopActionRequest {
+                session: "d".into(),
+                input: ComputerUseInput {
+                    action: "zoom".into(),
+                    region: Some([0, 0, 10, 10]),
+                    ..ComputerUseInput::default()
+                },
+                ..DesktopActionRequest::default()
+            }),
         ];
         for body in bodies {
             let r = req(9, body);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::desktop::Desktops;
 use super::lines::{read_bounded_line, LineRead};
 use super::pool::Pool;
 use super::proto::MAX_LINE;
@@ -83,6 +84,8 @@ pub(crate) struct Daemon {
     /// Serialises sidecar session starts (one boot per `session_id`).
     pub(crate) sidecar_start: Mutex<()>,
     pub(crate) pool: Pool,
+    /// The desktops of sessions that desktop requests reached.
+    pub(crate) desktops: Desktops,
     /// Connected clients (both protocols), and when the last one left.
     clients: Mutex<Clients>,
 }
@@ -111,6 +114,7 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         self.pool.forget(name);
+        self.desktops.forget(name);
     }
 
     /// Whether `--idle-exit` ends the daemon now: no client for that long,
@@ -171,6 +175,7 @@ pub fn serve(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let socket = cfg.socket.clone();
     let d = Arc::new(Daemon {
         pool: Pool::default(),
+        desktops: Desktops::default(),
         cfg,
         created: Mutex::new(BTreeSet::new()),
         seq: AtomicU64::new(0),

@@ -111,6 +111,12 @@ impl Desktop {
         &self.options
     }
 
+    /// Changes how later actions take screenshots and answer (the screen
+    /// size the desktop knows stays).
+    pub fn options_mut(&mut self) -> &mut DesktopOptions {
+        &mut self.options
+    }
+
     /// The screen's size in pixels.
     pub fn screen_size(&mut self) -> Result<[u32; 2], SessionError> {
         match self.screen {

@@ -7,6 +7,7 @@
 
 mod action;
 mod display;
+mod input;
 pub mod view;
 mod words;
 
@@ -16,4 +17,5 @@ pub use display::{
     desktop_state, start_desktop, start_display, DesktopState, DisplaySize, DisplaySizeError,
     DISPLAY, WINDOW_MANAGER, X_SOCKET,
 };
+pub use input::{ComputerUseInput, ComputerUseInputError, DESKTOP_MEMORY_MIB};
 pub use words::{action_from_words, ACTION_USAGE};
