@@ -694,19 +694,6 @@ fn daemon_sessions_have_a_balloon_on_request() {
     );
 }
 
-/// Decodes an `image` reply's PNG: (width, height, RGB pixels).
-fn decode_png(reply: &Value) -> (u32, u32, Vec<u8>) {
-    let bytes = b64(&reply["data"]);
-    let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
-        .read_info()
-        .expect("a PNG");
-    let mut buf = vec![0; r.output_buffer_size().expect("a size")];
-    let info = r.next_frame(&mut buf).expect("a frame");
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
-}
-
 #[test]
 fn daemon_creates_drives_and_destroys_a_desktop() {
     if !common::desktop_ready() {
@@ -740,7 +727,7 @@ fn daemon_creates_drives_and_destroys_a_desktop() {
     let r = act(&mut c, 3, json!({"action": "screenshot"}));
     assert_eq!(r["type"], "image", "{}", r["type"]);
     assert_eq!([&r["width"], &r["height"]], [512, 320]);
-    let (w, h, px) = decode_png(&r);
+    let (w, h, px) = common::decode_png(&b64(&r["data"]));
     assert_eq!((w, h), (512, 320));
     let not_green = px.chunks(3).filter(|p| *p != [0, 255, 0]).count();
     assert_eq!(not_green, 0, "pixels that are not green");
@@ -762,35 +749,19 @@ fn daemon_creates_drives_and_destroys_a_desktop() {
 
     // Bad actions are refused with what to send instead.
     let r = act(&mut c, 6, json!({"action": "mouse_move"}));
-    assert_eq!(r["code"], "bad_request", "{r}");
-    let message = r["message"].as_str().unwrap();
-    assert!(
-        message.contains("missing field `coordinate`")
-            && message.contains("send `coordinate`: [x, y]"),
-        "{r}"
+    refused(
+        &r,
+        "bad_request",
+        "missing field `coordinate`; send `coordinate`: [x, y]",
     );
     let r = act(&mut c, 7, json!({"action": "fly"}));
-    assert_eq!(r["code"], "bad_request", "{r}");
-    assert!(
-        r["message"]
-            .as_str()
-            .unwrap()
-            .contains("send one of screenshot, key"),
-        "{r}"
-    );
+    refused(&r, "bad_request", "send one of screenshot, key");
     let r = act(
         &mut c,
         8,
-        json!({"action": "left_click", "coordinate": [600, 10]}),
+        json!({"action": "left_click", "coordinate": [600, 9]}),
     );
-    assert_eq!(r["code"], "bad_request", "{r}");
-    assert!(
-        r["message"]
-            .as_str()
-            .unwrap()
-            .contains("off the 512x320 screenshot"),
-        "{r}"
-    );
+    refused(&r, "bad_request", "off the 512x320 screenshot");
 
     // A request may change the scaling: at full size the pointer is at
     // the screen point of (100, 50) in the 512x320 screenshot.
@@ -809,11 +780,7 @@ fn daemon_creates_drives_and_destroys_a_desktop() {
     let r = c.call(
         json!({"id": 11, "type": "desktop_action", "session": plain, "action": "screenshot"}),
     );
-    assert_eq!(r["code"], "session_state", "{r}");
-    assert!(
-        r["message"].as_str().unwrap().contains("has no desktop"),
-        "{r}"
-    );
+    refused(&r, "session_state", "has no desktop");
 
     // Removing the session destroys the desktop: no VM, no session dir.
     let r = c.call(json!({"id": 12, "type": "session_remove", "session": name, "force": true}));
@@ -827,5 +794,16 @@ fn daemon_creates_drives_and_destroys_a_desktop() {
     let dir = nook::default_home().join("sessions").join(&name);
     assert!(!dir.exists(), "{} is left", dir.display());
     let r = act(&mut c, 13, json!({"action": "screenshot"}));
-    assert_eq!(r["code"], "no_session", "{r}");
+    refused(&r, "no_session", &name);
+}
+
+/// Asserts that `r` is an error of `code` whose message contains `needle`.
+fn refused(r: &Value, code: &str, needle: &str) {
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some(code)),
+        "{r}"
+    );
+    let message = r["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{r}");
 }

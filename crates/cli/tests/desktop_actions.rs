@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{desktop_ready, nook_out, ok, text};
+use common::{decode_png, desktop_ready, nook_out, ok, text};
 
 use nook_serve::desktop::{Action, ActionResult, Desktop, DesktopOptions};
 use serde_json::Value;
@@ -61,17 +61,6 @@ impl Drop for DesktopSession {
     fn drop(&mut self) {
         let _ = nook_out(&["rm", "-f", &self.0]);
     }
-}
-
-fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-    let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
-        .read_info()
-        .expect("a PNG");
-    let mut buf = vec![0; r.output_buffer_size().expect("a size")];
-    let info = r.next_frame(&mut buf).expect("a frame");
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
 }
 
 #[test]
