@@ -12,6 +12,7 @@ See the package README for the whole API, and ``nook.aio`` /
 
 from .aio import AsyncClient, AsyncProcess, AsyncSandbox
 from .client import Client
+from .desktop import Desktop, Screenshot
 from .errors import (
     ConnectionLost,
     DaemonUnavailable,
@@ -52,6 +53,7 @@ __all__ = [
     "ConnectionLost",
     "CreateOptions",
     "DaemonUnavailable",
+    "Desktop",
     "ExecEvent",
     "ExecOptions",
     "ExecResult",
@@ -68,6 +70,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxNotFound",
     "SandboxStateError",
+    "Screenshot",
     "SessionError",
     "Share",
     "SnapshotInfo",

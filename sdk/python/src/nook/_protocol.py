@@ -630,5 +630,46 @@ def remove_path(session: str, path: str, recursive: bool) -> Op[None]:
     yield from call({"type": "file_remove", "session": session, "path": path, "recursive": recursive}, "ok")
 
 
+# -- desktops ---------------------------------------------------------------
+
+
+def _pair(name: str, value: Sequence[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    pair = [int(v) for v in value]
+    if len(pair) != 2:
+        raise ValueError(f"{name} is (width, height), not {value!r}")
+    return pair
+
+
+def desktop_create(
+    options: CreateOptions,
+    image: str | None,
+    size: Sequence[int] | None,
+    max_screenshot_size: Sequence[int] | None,
+) -> Op[Reply]:
+    """Boots a desktop session (``desktop_create``): its ``desktop`` reply."""
+    if options.get("pool", False):
+        raise TypeError("desktops do not come from the pool: leave out pool")
+    body = create_body(options, image)
+    del body["snapshot"]
+    body.update(type="desktop_create", size=_pair("size", size))
+    body["max_screenshot_size"] = _pair("max_screenshot_size", max_screenshot_size)
+    return (yield from call(body, "desktop"))
+
+
+def desktop_action(session: str, action: str, fields: Mapping[str, Any]) -> Op[Reply]:
+    """One ``desktop_action``: its ``image``, ``position`` or ``done`` reply
+    (an image's PNG decoded into ``png``)."""
+    body: dict[str, Any] = {"type": "desktop_action", "session": session, "action": action}
+    for key, value in fields.items():
+        if value is not None:
+            body[key] = list(value) if isinstance(value, tuple) else value
+    reply = yield from call(body, "image", "position", "done")
+    if reply["type"] == "image":
+        reply = {**reply, "png": unb64(reply)}
+    return reply
+
+
 def lost(detail: str) -> ConnectionLost:
     return ConnectionLost("connection_lost", f"the daemon closed the connection: {detail}")
