@@ -13,41 +13,17 @@
 //! Sessions boot on the engine `NOOK_BENCH_ENGINE` (default qemu). Needs
 //! `NOOK_AGENT` and prepared assets: run `scripts/setup` first.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::daemon::{start_daemon, Client};
 use common::{env_usize, ms, pct, pss_kib, qemu_pids};
 
-use serde_json::{json, Value};
-
-struct Client {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
+use serde_json::json;
 
 impl Client {
-    fn connect(socket: &Path) -> Client {
-        let w = UnixStream::connect(socket).expect("connect");
-        let r = BufReader::new(w.try_clone().expect("clone"));
-        let mut c = Client { w, r };
-        c.call(json!({"id": 0, "type": "handshake", "version": 1}));
-        c
-    }
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.r.read_line(&mut line).expect("read");
-        serde_json::from_str(&line).expect("a JSON line")
-    }
-    fn call(&mut self, v: Value) -> Value {
-        let mut line = serde_json::to_vec(&v).expect("json");
-        line.push(b'\n');
-        self.w.write_all(&line).expect("write");
-        self.read()
-    }
     /// Runs `argv` and returns (round trip, stdout).
     fn exec(&mut self, session: &str, argv: &[&str]) -> (Duration, String) {
         let t = Instant::now();
@@ -77,36 +53,6 @@ impl Client {
             }
         }
     }
-}
-
-/// The daemon under measurement: SIGTERM when the bench ends, panics included.
-struct DaemonGuard(Child);
-
-impl Drop for DaemonGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_daemon(dir: &Path, engine: &str) -> (DaemonGuard, PathBuf) {
-    let socket = dir.join("run/nook.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_nook"))
-        .args(["serve", "--engine", engine, "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nook serve");
-    let child = DaemonGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, socket)
 }
 
 fn main() {

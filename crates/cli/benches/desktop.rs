@@ -8,6 +8,9 @@
 //!   session host, agent channel, X11 in the guest, PNG);
 //! - action round trip (`mouse_move`, `left_click` on the empty root
 //!   window), median and p99;
+//! - the same screenshots and `mouse_move` through the daemon
+//!   (`nook serve`'s `desktop_action`, request line out to reply line in,
+//!   PNG in base64 on the line), on the same desktop;
 //! - memory of the desktop session: PSS of its host process and its VM.
 //!
 //! Needs `NOOK_AGENT`, prepared assets (`scripts/setup`) and the desktop
@@ -17,7 +20,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 mod common;
+use common::daemon::{start_daemon, Client};
 use common::{env_usize, ms, pct, pss_kib, qemu_pids};
+use serde_json::json;
 
 use nook_serve::desktop::{Action, Desktop, DesktopOptions};
 
@@ -112,6 +117,28 @@ fn main() {
         })
         .expect("left_click");
     });
+    // Through the daemon: the same session, reached by `desktop_action`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_daemon, socket) = start_daemon(dir.path(), "qemu");
+    let mut c = Client::connect(&socket);
+    let mut daemon_act = |action: serde_json::Value| {
+        let mut req = json!({"id": 1, "type": "desktop_action", "session": name});
+        for (k, v) in action.as_object().expect("an object") {
+            req[k] = v.clone();
+        }
+        let reply = c.call(req);
+        assert_ne!(reply["type"], "error", "{reply}");
+    };
+    let daemon_full = times(n, |_| {
+        daemon_act(json!({"action": "screenshot"}));
+    });
+    let daemon_scaled = times(n, |_| {
+        daemon_act(json!({"action": "screenshot", "max_screenshot_size": [1024, 768]}));
+    });
+    let daemon_moves = times(n, |i| {
+        let c = [100 + (i as u32 % 2) * 100, 100];
+        daemon_act(json!({"action": "mouse_move", "coordinate": c}));
+    });
     let state = nook_serve::list_sessions(&home)
         .expect("list sessions")
         .into_iter()
@@ -136,6 +163,9 @@ fn main() {
     );
     row("action round trip: mouse_move", &moves);
     row("action round trip: left_click", &clicks);
+    row("daemon: screenshot full", &daemon_full);
+    row("daemon: screenshot scaled", &daemon_scaled);
+    row("daemon: action round trip: mouse_move", &daemon_moves);
     println!(
         "\nmemory of the desktop session: VM {:.0} MiB + session host {:.1} MiB (PSS)",
         vm_kib as f64 / 1024.0,

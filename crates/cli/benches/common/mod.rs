@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod daemon;
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
