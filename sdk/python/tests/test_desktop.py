@@ -2,19 +2,22 @@
 desktop image, built once per machine; like the Rust desktop tests this
 runs when NOOK_TEST_DEBIAN_IMAGE or NOOK_SLOW_TESTS is set and mmdebstrap
 is installed): a scaled screenshot of a coloured root window, the pointer
-round-tripping through the scaling, a bad action's error, and removal."""
+round-tripping through the scaling, a bad action's error, and removal;
+the same through ``AsyncDesktop``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from conftest import pid_alive, qemus_of, wait_for
 
-from nook import Client, Desktop, ProtocolError, Screenshot
+from nook import AsyncClient, AsyncDesktop, Client, Desktop, ProtocolError, Screenshot
 
 
 def desktop_ready() -> None:
@@ -81,3 +84,22 @@ def test_desktop_screenshots_pointer_errors_and_removal(client: Client) -> None:
     assert name not in [s.name for s in client.sandboxes()]
     wait_for("the desktop's host process is gone", 30, lambda: not pid_alive(host))
     assert qemus_of(host) == [], "a QEMU is left behind"
+
+
+def test_async_desktop_takes_the_same_actions(daemon_socket: Path) -> None:
+    desktop_ready()
+
+    async def scenario() -> tuple[str, int]:
+        async with await AsyncClient.connect(daemon_socket, autostart=False) as client:
+            async with await AsyncDesktop.create(client=client, size=(640, 480)) as desk:
+                assert (desk.size, desk.screenshot_size) == ((640, 480), (640, 480))
+                shot = await desk.screenshot()
+                assert (shot.width, shot.height) == (640, 480)
+                assert rgb_pixels(shot.png)[:2] == (640, 480)
+                assert await desk.action("mouse_move", coordinate=(33, 44)) is None
+                assert await desk.action("cursor_position") == (33, 44)
+                return desk.name, desk.info.pid
+
+    name, host = asyncio.run(scenario())
+    wait_for("the desktop's host process is gone", 30, lambda: not pid_alive(host))
+    assert qemus_of(host) == [], f"a QEMU of {name} is left behind"

@@ -12,7 +12,7 @@ See the package README for the whole API, and ``nook.aio`` /
 
 from .aio import AsyncClient, AsyncProcess, AsyncSandbox
 from .client import Client
-from .desktop import Desktop, Screenshot
+from .desktop import AsyncDesktop, Desktop, Screenshot
 from .errors import (
     ConnectionLost,
     DaemonUnavailable,
@@ -46,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncDesktop",
     "AsyncProcess",
     "AsyncSandbox",
     "Client",

@@ -1,7 +1,7 @@
 """``Desktop``: a sandbox with an X display, driven with the computer-use
 action vocabulary (``screenshot``, ``left_click``, ``type``, ``key``, ...)
 over the daemon's ``desktop_create`` and ``desktop_action`` requests
-(docs/daemon.md, "Desktops"). Blocking API."""
+(docs/daemon.md, "Desktops"). ``AsyncDesktop`` is the asyncio flavour."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Self, Unpack
 
 from . import _protocol as proto
+from .aio import AsyncClient, AsyncSandbox
 from .client import Client
 from .sandbox import Sandbox
 from .types import CreateOptions, SandboxInfo
@@ -32,6 +33,33 @@ class Screenshot:
 #: What an action gives back: an image (``screenshot``, ``zoom``), the
 #: pointer (``cursor_position``), or ``None`` once it was carried out.
 ActionResult = Screenshot | tuple[int, int] | None
+
+
+def _create(
+    sizes: list[tuple[tuple[int, int], tuple[int, int]]],
+    options: CreateOptions,
+    image: str | None,
+    size: Sequence[int] | None,
+    max_screenshot_size: Sequence[int] | None,
+) -> proto.Op[SandboxInfo]:
+    """``desktop_create``: the session's state; the display's and the
+    screenshots' sizes go to ``sizes``."""
+    reply = yield from proto.desktop_create(options, image, size, max_screenshot_size)
+    sizes.append(
+        (
+            (int(reply["width"]), int(reply["height"])),
+            (int(reply["screenshot_width"]), int(reply["screenshot_height"])),
+        )
+    )
+    return SandboxInfo.from_wire(reply["session"])
+
+
+def _result(reply: dict[str, Any]) -> ActionResult:
+    if reply["type"] == "image":
+        return Screenshot(reply["png"], int(reply["width"]), int(reply["height"]))
+    if reply["type"] == "position":
+        return (int(reply["x"]), int(reply["y"]))
+    return None
 
 
 class Desktop(Sandbox):
@@ -64,17 +92,10 @@ class Desktop(Sandbox):
         image (built by the daemon on first use, minutes once); ``memory_mib``
         defaults to 1024. Other options as :meth:`Sandbox.create` (not
         ``pool``)."""
-        replies: list[dict[str, Any]] = []
-
-        def op() -> proto.Op[Any]:
-            reply = yield from proto.desktop_create(options, image, size, max_screenshot_size)
-            replies.append(reply)
-            return SandboxInfo.from_wire(reply["session"])
-
-        desktop = cls._open(client, op(), owned=not options.get("keep", False))
-        reply = replies[0]
-        desktop.size = (int(reply["width"]), int(reply["height"]))
-        desktop.screenshot_size = (int(reply["screenshot_width"]), int(reply["screenshot_height"]))
+        sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
+        op = _create(sizes, options, image, size, max_screenshot_size)
+        desktop = cls._open(client, op, owned=not options.get("keep", False))
+        desktop.size, desktop.screenshot_size = sizes[0]
         return desktop
 
     def action(self, action: str, **fields: Any) -> ActionResult:
@@ -82,18 +103,45 @@ class Desktop(Sandbox):
         ``coordinate=(x, y)``, ``start_coordinate``, ``text``,
         ``scroll_direction``, ``scroll_amount``, ``duration``, ``region``;
         and ``max_screenshot_size=(w, h)`` (kept for later actions) or
-        ``settle_ms``. A bad action raises :class:`~nook.ProtocolError`
-        saying what to send."""
-        reply = self.client.run(proto.desktop_action(self.name, action, fields))
-        if reply["type"] == "image":
-            return Screenshot(reply["png"], int(reply["width"]), int(reply["height"]))
-        if reply["type"] == "position":
-            return (int(reply["x"]), int(reply["y"]))
-        return None
+        ``settle_ms``. Returns a :class:`Screenshot` (``screenshot``,
+        ``zoom``), ``(x, y)`` (``cursor_position``) or ``None``. A bad
+        action raises :class:`~nook.ProtocolError` saying what to send."""
+        return _result(self.client.run(proto.desktop_action(self.name, action, fields)))
 
     def screenshot(self, **fields: Any) -> Screenshot:
         """A screenshot (``max_screenshot_size``, ``settle_ms`` as for
         :meth:`action`)."""
         shot = self.action("screenshot", **fields)
+        assert isinstance(shot, Screenshot), shot
+        return shot
+
+
+class AsyncDesktop(AsyncSandbox):
+    """:class:`Desktop` for asyncio: the same methods, as coroutines."""
+
+    size: tuple[int, int] | None = None
+    screenshot_size: tuple[int, int] | None = None
+
+    @classmethod
+    async def create(  # type: ignore[override]
+        cls,
+        image: str | None = None,
+        *,
+        size: Sequence[int] | None = None,
+        max_screenshot_size: Sequence[int] | None = None,
+        client: AsyncClient | None = None,
+        **options: Unpack[CreateOptions],
+    ) -> Self:
+        sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
+        op = _create(sizes, options, image, size, max_screenshot_size)
+        desktop = await cls._open(client, op, owned=not options.get("keep", False))
+        desktop.size, desktop.screenshot_size = sizes[0]
+        return desktop
+
+    async def action(self, action: str, **fields: Any) -> ActionResult:
+        return _result(await self.client.run(proto.desktop_action(self.name, action, fields)))
+
+    async def screenshot(self, **fields: Any) -> Screenshot:
+        shot = await self.action("screenshot", **fields)
         assert isinstance(shot, Screenshot), shot
         return shot
