@@ -317,7 +317,31 @@ pub fn free_port() -> u16 {
         .expect("free loopback port")
 }
 
-/// Debian's `docker-registry` on a free loopback port, killed on drop.
+/// The address in the registry's "listening on ADDR" log line, read from
+/// `log` for at most [`REGISTRY_START`]; the rest of the log is drained
+/// (and dropped) so that the registry never blocks on a full pipe.
+fn listening_address(log: std::process::ChildStderr) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("nook-test-registry-log".into())
+        .spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(log)) {
+                let Ok(line) = line else { break };
+                if let Some((_, rest)) = line.split_once("listening on ") {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| *c != '"' && !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+            }
+        })
+        .expect("spawn the registry log reader");
+    rx.recv_timeout(REGISTRY_START).ok()
+}
+
+/// Debian's `docker-registry` on a loopback port it chose itself, killed
+/// on drop.
 #[derive(Debug)]
 pub struct Registry {
     pub host: String,
@@ -325,9 +349,16 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// How long the registry may take to say where it listens.
+const REGISTRY_START: Duration = Duration::from_secs(20);
+
 impl Registry {
     /// Starts one, or returns `None` (after printing why) when the binary
     /// is missing. `htpasswd` enables basic auth with that file's content.
+    ///
+    /// The registry binds port 0 and its log names the port: a port picked
+    /// here and handed over could be taken meanwhile by another test's
+    /// registry or any outgoing connection (tests run side by side).
     pub fn start(htpasswd: Option<&str>) -> Option<Registry> {
         let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
             .into_iter()
@@ -339,8 +370,6 @@ impl Registry {
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
         let auth = match htpasswd {
             Some(content) => {
                 let path = dir.path().join("htpasswd");
@@ -352,19 +381,29 @@ impl Registry {
             }
             None => String::new(),
         };
+        // `info` for the line that names the address; no access log.
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{auth}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("write registry config");
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start docker-registry");
+        let log = child.stderr.take().expect("registry log");
+        let host = match listening_address(log) {
+            Some(host) => host,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("docker-registry did not say where it listens within {REGISTRY_START:?}");
+            }
+        };
         let registry = Registry {
             host,
             child,
@@ -375,7 +414,7 @@ impl Registry {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + REGISTRY_START;
         while Instant::now() < deadline {
             if let Ok(mut s) = TcpStream::connect(&self.host) {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
