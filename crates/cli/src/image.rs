@@ -196,9 +196,12 @@ pub struct BuildArgs {
     /// Packages to install, comma separated (repeatable).
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub packages: Vec<String>,
-    /// Build nook's desktop image (what `nook desktop start` boots): Debian bookworm with Xvfb, Openbox, xterm, Firefox ESR, fonts, python3-tk and x11vnc, plus any --packages.
+    /// Build nook's desktop image (what `nook desktop start` boots): Debian bookworm with Xvfb, Openbox, xterm, Firefox ESR, fonts, python3-tk and x11vnc, plus any --packages; its font caches are built (as --font-caches).
     #[arg(long, conflicts_with = "debian")]
     pub desktop: bool,
+    /// Build fontconfig's caches at the end, valid for the stored image, so the first program using fonts in a VM does not rebuild them (tens of seconds under emulation).
+    #[arg(long)]
+    pub font_caches: bool,
 }
 
 #[derive(Args, Debug)]
@@ -230,15 +233,21 @@ pub fn image(cmd: ImageCommand) -> i32 {
         ImageCommand::Build(a) => {
             let mut packages: Vec<String> =
                 a.packages.into_iter().filter(|p| !p.is_empty()).collect();
+            let mut steps = nook::DebianSteps {
+                font_caches: a.font_caches,
+            };
             let suite = match a.debian {
                 Some(suite) => suite,
                 None => {
-                    use nook_serve::desktop_image::{DESKTOP_IMAGE_PACKAGES, DESKTOP_IMAGE_SUITE};
+                    use nook_serve::desktop_image::{
+                        DESKTOP_IMAGE_PACKAGES, DESKTOP_IMAGE_STEPS, DESKTOP_IMAGE_SUITE,
+                    };
                     packages.extend(DESKTOP_IMAGE_PACKAGES.iter().map(|p| p.to_string()));
+                    steps.font_caches |= DESKTOP_IMAGE_STEPS.font_caches;
                     DESKTOP_IMAGE_SUITE.to_string()
                 }
             };
-            done(store.build_debian(&a.name, &suite, &packages, progress()))
+            done(store.build_debian_with(&a.name, &suite, &packages, steps, progress()))
         }
         ImageCommand::Import(a) => {
             if a.path.is_dir() {

@@ -18,7 +18,7 @@ mod registry;
 pub mod rootfs;
 mod store;
 
-pub use debian::MIRROR_ENV;
+pub use debian::{DebianSteps, MIRROR_ENV};
 pub use digest::{Digest, DigestError};
 pub use error::ImageError;
 pub use registry::{PullOptions, RegistryAuth};

@@ -58,7 +58,7 @@ pub use leftovers::{gc_leftovers, LeftoverGc};
 pub use lock::{LockError, LockHolder, VolumeLock};
 pub use net::NicSpec;
 pub use nook_assets::{default_home, Assets};
-pub use nook_image::{ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
+pub use nook_image::{DebianSteps, ImageConfig, ImageError, ImageInfo, ImageStore, PullOptions};
 pub use nook_net::ParseError as NetParseError;
 pub use nook_net::{
     EgressRule, HostEntry, NetConfig, NetStats, PortMapping, Protocol, PublishedPort, RefusedFlow,

@@ -21,6 +21,8 @@ pub struct DebianRecipe {
     pub packages: &'static [&'static str],
     /// What it is, for the progress line (`the Rust toolchain image`).
     pub what: &'static str,
+    /// Build steps after the packages are installed.
+    pub steps: nook::DebianSteps,
 }
 
 /// Returns the reference of `recipe`'s image in `home`'s image store,
@@ -40,7 +42,7 @@ pub fn ensure_debian_image(
     let store = nook::ImageStore::open(&home.join("images")).map_err(image_err)?;
     let packages: Vec<String> = recipe.packages.iter().map(|p| p.to_string()).collect();
     let cached = store
-        .debian_cached(recipe.suite, &packages)
+        .debian_cached_with(recipe.suite, &packages, recipe.steps)
         .map_err(image_err)?;
     let started = Instant::now();
     if !cached {
@@ -57,7 +59,13 @@ pub fn ensure_debian_image(
     }
     let verbose = !cached && std::io::stderr().is_terminal();
     let info = store
-        .build_debian(recipe.reference, recipe.suite, &packages, verbose)
+        .build_debian_with(
+            recipe.reference,
+            recipe.suite,
+            &packages,
+            recipe.steps,
+            verbose,
+        )
         .map_err(image_err)?;
     if !cached {
         let _ = writeln!(

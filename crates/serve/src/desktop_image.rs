@@ -33,12 +33,19 @@ pub const DESKTOP_IMAGE_PACKAGES: &[&str] = &[
     "xvfb",
 ];
 
+/// Its build steps: fontconfig's caches made valid for the stored image,
+/// so the first xterm, Tk program or Firefox in a new desktop does not
+/// rebuild them (measured: a Tk hello-world's first start 16 s without,
+/// see docs/desktop.md).
+pub const DESKTOP_IMAGE_STEPS: nook::DebianSteps = nook::DebianSteps { font_caches: true };
+
 /// The desktop image's recipe.
 pub const DESKTOP_IMAGE_RECIPE: DebianRecipe = DebianRecipe {
     reference: DESKTOP_IMAGE,
     suite: DESKTOP_IMAGE_SUITE,
     packages: DESKTOP_IMAGE_PACKAGES,
     what: "the desktop image",
+    steps: DESKTOP_IMAGE_STEPS,
 };
 
 /// Returns the reference of the desktop image in `home`'s image store,
@@ -68,5 +75,6 @@ mod tests {
             assert!(DESKTOP_IMAGE_PACKAGES.contains(&needed), "{needed}");
         }
         assert_eq!(DESKTOP_IMAGE_RECIPE.reference, DESKTOP_IMAGE);
+        assert!(DESKTOP_IMAGE_RECIPE.steps.font_caches);
     }
 }

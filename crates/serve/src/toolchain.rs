@@ -33,6 +33,7 @@ pub const RUST_IMAGE_RECIPE: DebianRecipe = DebianRecipe {
     suite: RUST_IMAGE_SUITE,
     packages: RUST_IMAGE_PACKAGES,
     what: "the Rust toolchain image",
+    steps: nook::DebianSteps { font_caches: false },
 };
 
 /// Returns the reference of the Rust toolchain image in `home`'s image
