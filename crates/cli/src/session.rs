@@ -238,6 +238,7 @@ pub fn exec(args: ExecArgs) -> i32 {
         timeout_ms: args
             .timeout
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+        service: false,
     };
     let (controller, controls) = stdio::controls();
     if !args.detach {

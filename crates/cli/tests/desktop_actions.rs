@@ -308,6 +308,134 @@ fn a_tk_program_sees_clicks_scrolls_drags_and_keys_where_they_are_sent() {
         .find(|e| e["keysym"] == "a")
         .unwrap();
     assert_eq!(a["state"].as_u64().unwrap() & 4, 4, "Control held: {a}");
+
+    more_clicks_and_a_drag_in_steps(&log, &mut desk);
+    holds_and_waits(&log, &mut desk);
+}
+
+/// On the Tk program of the test above: `middle_click`, `triple_click`,
+/// and a drag made of `left_mouse_down`, `mouse_move` and
+/// `left_mouse_up` (the button stays down in between).
+fn more_clicks_and_a_drag_in_steps(log: &TkLog<'_>, desk: &mut Desktop) {
+    let (button, _) = log.widget("button");
+    let b = [u64::from(button[0]), u64::from(button[1])];
+    let (canvas, [cx, cy, _, _]) = log.widget("canvas");
+
+    let n = log.lines().len();
+    let r = desk.act(Action::MiddleClick {
+        coordinate: Some(button),
+        text: None,
+    });
+    assert_eq!(r.unwrap(), ActionResult::Done);
+    let seen = log.wait(n, "middle_click", |l| {
+        event(l, "button", "release").iter().any(|e| e["num"] == 2)
+    });
+    let press = event(&seen, "button", "press");
+    assert_eq!(press.len(), 1, "{seen:?}");
+    assert_eq!((press[0]["num"].as_u64(), at(press[0])), (Some(2), b));
+
+    let c = [u64::from(canvas[0]), u64::from(canvas[1])];
+    let n = log.lines().len();
+    desk.act(Action::TripleClick {
+        coordinate: Some(canvas),
+        text: None,
+    })
+    .unwrap();
+    let seen = log.wait(n, "triple_click", |l| {
+        event(l, "canvas", "release").len() == 3 && !event(l, "canvas", "triple").is_empty()
+    });
+    // Tk runs the most specific binding: the third press is the triple.
+    let presses = event(&seen, "canvas", "press");
+    assert_eq!(presses.len(), 2, "{seen:?}");
+    assert!(
+        presses.iter().all(|e| e["num"] == 1 && at(e) == c),
+        "{seen:?}"
+    );
+    let triple = event(&seen, "canvas", "triple");
+    assert_eq!((triple.len(), at(triple[0])), (1, c), "{seen:?}");
+
+    let (from, to) = ([cx + 30, cy + 100], [cx + 280, cy + 40]);
+    let n = log.lines().len();
+    desk.act(Action::LeftMouseDown {
+        coordinate: Some(from),
+    })
+    .unwrap();
+    let seen = log.wait(n, "left_mouse_down", |l| {
+        !event(l, "canvas", "press").is_empty()
+    });
+    let press = event(&seen, "canvas", "press");
+    assert_eq!(
+        (press[0]["num"].as_u64(), at(press[0])),
+        (Some(1), from.map(u64::from))
+    );
+    for step in [[cx + 150, cy + 70], to] {
+        desk.act(Action::MouseMove { coordinate: step }).unwrap();
+    }
+    // The button is still down: moves are drags, and nothing was released.
+    let seen = log.wait(n, "mouse_move with the button down", |l| {
+        event(l, "canvas", "motion")
+            .iter()
+            .any(|e| at(e) == to.map(u64::from))
+    });
+    assert!(event(&seen, "canvas", "release").is_empty(), "{seen:?}");
+    desk.act(Action::LeftMouseUp { coordinate: None }).unwrap();
+    let seen = log.wait(n, "left_mouse_up", |l| {
+        !event(l, "canvas", "release").is_empty()
+    });
+    let release = event(&seen, "canvas", "release");
+    assert_eq!(release.len(), 1, "{seen:?}");
+    assert_eq!(
+        (release[0]["num"].as_u64(), at(release[0])),
+        (Some(1), to.map(u64::from))
+    );
+    assert_eq!(event(&seen, "canvas", "press").len(), 1, "{seen:?}");
+}
+
+/// `hold_key` holds its chord for its duration (the X server's times of
+/// the press and the release are at least that far apart), and `wait`
+/// takes its duration. The entry has the keyboard focus.
+fn holds_and_waits(log: &TkLog<'_>, desk: &mut Desktop) {
+    let shift = |e: &&Value| e["keysym"].as_str().is_some_and(|k| k.starts_with("Shift"));
+    let n = log.lines().len();
+    let started = Instant::now();
+    let r = desk.act(Action::HoldKey {
+        text: "shift".into(),
+        duration: 1.5,
+    });
+    assert_eq!(r.unwrap(), ActionResult::Done);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let seen = log.wait(n, "hold_key shift 1.5", |l| {
+        event(l, "entry", "keyup").iter().any(shift)
+    });
+    let down: Vec<_> = event(&seen, "entry", "key")
+        .into_iter()
+        .filter(shift)
+        .collect();
+    let up: Vec<_> = event(&seen, "entry", "keyup")
+        .into_iter()
+        .filter(shift)
+        .collect();
+    assert_eq!((down.len(), up.len()), (1, 1), "{seen:?}");
+    let time = |e: &Value| e["t"].as_u64().expect("an event time");
+    let held = time(up[0]).wrapping_sub(time(down[0]));
+    assert!(
+        (1500..60_000).contains(&held),
+        "shift held {held} ms (the X server's times): {seen:?}"
+    );
+
+    let n = log.lines().len();
+    let started = Instant::now();
+    let r = desk.act(Action::Wait { duration: 1.0 });
+    assert_eq!(r.unwrap(), ActionResult::Done);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // Waiting sends nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = log.lines();
+    let events: Vec<_> = after[n..]
+        .iter()
+        .filter(|l| l.get("event").is_some())
+        .collect();
+    assert!(events.is_empty(), "{events:?}");
 }
 
 #[test]

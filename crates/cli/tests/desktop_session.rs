@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod common;
 use common::{desktop_ready, nook, nook_out, ready, text};
@@ -30,13 +30,16 @@ impl Drop for Cleanup {
     }
 }
 
-/// Starts desktop `name` of `size` on the qemu engine; returns the seconds
-/// it took (boot to a display that answers).
-fn start_desktop(name: &str, size: &str) -> f64 {
+/// Starts desktop `name` of `size` on the qemu engine with `more` options;
+/// returns the seconds it took (boot to a display that answers and a
+/// window manager that manages it).
+fn start_desktop(name: &str, size: &str, more: &[&str]) -> f64 {
     let started = Instant::now();
-    let out = nook_out(&[
+    let mut args = vec![
         "desktop", "start", "--engine", "qemu", "--name", name, "--size", size,
-    ]);
+    ];
+    args.extend(more);
+    let out = nook_out(&args);
     assert!(out.status.success(), "desktop start: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), name);
     started.elapsed().as_secs_f64()
@@ -61,8 +64,12 @@ fn desktop_start_serves_a_display_of_the_chosen_size() {
     }
     let name = unique("size");
     let _c = Cleanup(name.clone());
-    let secs = start_desktop(&name, "1024x768");
+    let secs = start_desktop(&name, "1024x768", &[]);
     eprintln!("nook desktop start (boot to display, qemu engine): {secs:.1} s");
+    // The window manager has taken the screen by the time start returns.
+    let wm_check = include_str!("desktop/wm_check.py");
+    let out = nook_out(&["exec", &name, "--", "python3", "-c", wm_check]);
+    assert_eq!(text(&out.stdout).trim(), "Openbox", "{}", text(&out.stderr));
 
     // Every command gets the display; the X socket is there.
     assert_eq!(sh(&name, "echo $DISPLAY").trim(), ":0");
@@ -78,6 +85,46 @@ fn desktop_start_serves_a_display_of_the_chosen_size() {
     let state = nook_serve::desktop::desktop_state(&nook::default_home(), &name).unwrap();
     assert_eq!(state.size, DisplaySize::new(1024, 768).unwrap());
     assert_eq!(state.display, ":0");
+
+    // The image's font caches are valid: Openbox and Tk (fontconfig
+    // users) rebuilt none of them since boot.
+    let caches = sh(
+        &name,
+        "btime=$(sed -n 's/^btime //p' /proc/stat); \
+         ls /var/cache/fontconfig | grep -c cache; \
+         find /var/cache/fontconfig -type f -newermt @$btime",
+    );
+    let mut lines = caches.lines();
+    let count: u32 = lines.next().unwrap_or("0").trim().parse().unwrap_or(0);
+    assert!(count > 0, "no font caches in the image: {caches}");
+    let rebuilt: Vec<&str> = lines.collect();
+    assert!(
+        rebuilt.is_empty(),
+        "font caches rebuilt in the guest: {rebuilt:?}"
+    );
+
+    // The X server keeps its state when its last client leaves
+    // (-noreset): with the window manager gone, xsetroot is the only
+    // client, and the root is still red after it ended.
+    let wm = state.window_manager_pid;
+    sh(
+        &name,
+        &format!(
+            "kill {wm}; i=0; while kill -0 {wm} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+             ! pgrep -x openbox && xsetroot -solid '#ff0000'"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("shot.png");
+    let out = nook_out(&["desktop", "screenshot", &name, "-o", shot.to_str().unwrap()]);
+    assert!(out.status.success(), "screenshot: {}", text(&out.stderr));
+    let (w, h, px) = common::decode_png(&std::fs::read(&shot).unwrap());
+    assert_eq!((w, h), (1024, 768));
+    let not_red = px.chunks(3).filter(|p| *p != [255, 0, 0]).count();
+    assert_eq!(
+        not_red, 0,
+        "pixels that are not red after the last client left"
+    );
 
     // A desktop is a normal session: it stops like one.
     let out = nook_out(&["stop", &name]);
@@ -218,7 +265,9 @@ fn view_serves_the_display_to_a_vnc_client() {
     };
     let name = unique("vnc");
     let _c = Cleanup(name.clone());
-    start_desktop(&name, "640x480");
+    // Idles out once nothing but its display runs (checked at the end).
+    let idle = Duration::from_secs(20);
+    start_desktop(&name, "640x480", &["--idle-timeout", "20"]);
     // A grid of blue lines every 8 pixels on red: a frame with something
     // to match (and no fonts to wait for).
     sh(&name, "xsetroot -mod 8 8 -fg '#0000ff' -bg '#ff0000'");
@@ -290,6 +339,45 @@ fn view_serves_the_display_to_a_vnc_client() {
         "x11vnc still runs: {}",
         text(&out.stdout)
     );
+
+    // A view killed outright (SIGKILL: no clean-up of its own) takes its
+    // x11vnc with it too.
+    let mut view = View::start(&name);
+    let frame = view.capture(&python, &view.password.clone(), frame_path, None);
+    assert_eq!(frame["width"], 640, "{frame}");
+    view.child.kill().unwrap();
+    view.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = nook_out(&["exec", &name, "--", "pgrep", "-x", "x11vnc"]);
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "x11vnc still runs after its view was killed: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // With nothing but its display running, the desktop idles out.
+    let last_activity = Instant::now();
+    let sd = nook_serve::SessionDir::new(&nook::default_home(), &name).unwrap();
+    let stopped = || {
+        sd.read_state()
+            .is_ok_and(|s| s.state != nook_serve::SessionPhase::Running)
+    };
+    while !stopped() {
+        assert!(
+            last_activity.elapsed() < idle + Duration::from_secs(60),
+            "the desktop did not idle out"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(last_activity.elapsed() >= idle - Duration::from_secs(1));
+    let reason = sd.read_state().unwrap().exit_reason.unwrap_or_default();
+    assert!(reason.contains("idle timeout"), "{reason}");
 }
 
 /// The width and height in a PNG's header.

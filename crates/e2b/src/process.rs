@@ -285,6 +285,7 @@ fn exec_spec(sb: &Sandbox, req: &StartRequest, timeout_ms: Option<u64>) -> ExecS
         stdin: true,
         detach: false,
         timeout_ms,
+        service: false,
     }
 }
 

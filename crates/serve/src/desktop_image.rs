@@ -75,6 +75,6 @@ mod tests {
             assert!(DESKTOP_IMAGE_PACKAGES.contains(&needed), "{needed}");
         }
         assert_eq!(DESKTOP_IMAGE_RECIPE.reference, DESKTOP_IMAGE);
-        assert!(DESKTOP_IMAGE_RECIPE.steps.font_caches);
+        const { assert!(DESKTOP_IMAGE_RECIPE.steps.font_caches) };
     }
 }

@@ -469,7 +469,7 @@ fn serve_client(conn: UnixStream, host: &Arc<Host>) -> std::io::Result<()> {
                 Err(e) => return send(&mut w, &exec_error_reply(&e)),
             };
             if spec.detach {
-                crate::procs::detach(host, child, &mut w)
+                crate::procs::detach(host, child, spec.service, &mut w)
             } else {
                 host.busy.fetch_add(1, Ordering::Relaxed);
                 let result = serve_attached(child, r, &mut w);

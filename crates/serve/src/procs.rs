@@ -35,9 +35,12 @@ fn no_process(pid: u32) -> SessionReply {
 
 /// Leaves `child` running in the background: replies `started` with its
 /// pid, and drains its output to the session's process log until it ends.
+/// It counts as a running command (the session does not idle out while it
+/// runs) unless it is a `service` of the session.
 pub(crate) fn detach(
     host: &Arc<Host>,
     mut child: Child,
+    service: bool,
     w: &mut UnixStream,
 ) -> std::io::Result<()> {
     let Some(pid) = child.pid() else {
@@ -64,7 +67,8 @@ pub(crate) fn detach(
                 exit: None,
             },
         );
-    host.busy.fetch_add(1, Ordering::Relaxed);
+    let busy = usize::from(!service);
+    host.busy.fetch_add(busy, Ordering::Relaxed);
     let h = host.clone();
     let spawned = std::thread::Builder::new()
         .name("nook-detached".into())
@@ -102,11 +106,11 @@ pub(crate) fn detach(
                 d.exit = Some(exit);
                 d.stdin = None;
             }
-            h.busy.fetch_sub(1, Ordering::Relaxed);
+            h.busy.fetch_sub(busy, Ordering::Relaxed);
             h.touch();
         });
     if spawned.is_err() {
-        host.busy.fetch_sub(1, Ordering::Relaxed);
+        host.busy.fetch_sub(busy, Ordering::Relaxed);
     }
     send(w, &SessionReply::Started { pid })
 }

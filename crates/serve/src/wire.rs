@@ -40,6 +40,12 @@ pub struct ExecSpec {
     pub detach: bool,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// With `detach`: a service of the session (a desktop's X server and
+    /// window manager) that does not count as a running command, so it
+    /// does not keep the session from stopping on its idle timeout.
+    /// Absent (false) when not set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
 }
 
 /// The first line of a connection.
@@ -315,8 +321,18 @@ mod tests {
                     stdin: true,
                     detach: false,
                     timeout_ms: Some(5),
+                    service: false,
                 })),
                 r#"{"op":"exec","argv":["cat"],"env":[["K","V"]],"cwd":"/tmp","user":null,"tty":{"rows":24,"cols":80},"stdin":true,"detach":false,"timeout_ms":5}"#,
+            ),
+            (
+                to_line(&SessionRequest::Exec(ExecSpec {
+                    argv: vec!["Xvfb".into()],
+                    detach: true,
+                    service: true,
+                    ..ExecSpec::default()
+                })),
+                r#"{"op":"exec","argv":["Xvfb"],"env":[],"cwd":null,"user":null,"tty":null,"stdin":false,"detach":true,"timeout_ms":null,"service":true}"#,
             ),
             (
                 to_line(&SessionRequest::Signal { pid: 7, signal: 15 }),

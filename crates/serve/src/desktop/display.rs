@@ -1,7 +1,9 @@
 //! The display of a desktop session: Xvfb on display `:0` (X socket
 //! `/tmp/.X11-unix/X0`, local connections only, no cookie needed, XTEST
-//! on, 24-bit colour) and a window manager, both detached guest processes
-//! of a normal session. Every command in the session gets `DISPLAY=:0`.
+//! on, 24-bit colour, no reset when its last client leaves) and a window
+//! manager, both detached guest processes of a normal session that do not
+//! keep it from idling out. Every command in the session gets
+//! `DISPLAY=:0`.
 //! What was started is recorded in the session directory:
 //!
 //! ```text
@@ -29,6 +31,11 @@ pub const WINDOW_MANAGER: &str = "openbox";
 const DISPLAY_WAIT: Duration = Duration::from_secs(60);
 /// How often the readiness check runs while it waits.
 const DISPLAY_POLL: Duration = Duration::from_millis(100);
+/// How long the window manager may take to take the screen.
+const WINDOW_MANAGER_WAIT: Duration = Duration::from_secs(60);
+/// The guest file the window manager creates once it manages the screen
+/// (Openbox's `--startup` command runs after it has taken the screen).
+const WINDOW_MANAGER_READY: &str = "/run/nook-desktop-wm.ready";
 /// The file in the session directory that marks a desktop.
 const DESKTOP_FILE: &str = "desktop.json";
 
@@ -135,8 +142,8 @@ pub fn desktop_state(home: &Path, name: &str) -> Result<DesktopState, SessionErr
 /// Starts session `spec` (booting `spec.image`, which should have Xvfb
 /// and the window manager: see [`crate::desktop_image`]) with `DISPLAY=:0`
 /// in its environment, then its display of `size`; returns once the X
-/// server accepts connections. A display that does not start takes the
-/// session down with it.
+/// server accepts connections and the window manager manages the screen.
+/// A display that does not start takes the session down with it.
 pub fn start_desktop(
     home: &Path,
     spec: &SessionSpec,
@@ -159,8 +166,9 @@ pub fn start_desktop(
 }
 
 /// Starts the display in running session `name` (reached by `client`):
-/// Xvfb, a wait until it accepts connections, then the window manager;
-/// records them in the session directory.
+/// Xvfb, a wait until it accepts connections, then the window manager and
+/// a wait until it has taken the screen; records them in the session
+/// directory.
 pub fn start_display(
     home: &Path,
     client: &SessionClient,
@@ -185,13 +193,23 @@ pub fn start_display(
             "tcp",
             "+extension",
             "XTEST",
+            // Without it the server resets (drops every window property,
+            // the root's background, ...) whenever its last client leaves.
+            "-noreset",
         ],
     )?;
-    wait_for_display(client, xvfb).map_err(|reason| match reason {
+    let waited = |reason| match reason {
         Waited::Session(e) => e,
         Waited::Failed(reason) => failed(reason),
-    })?;
-    let window_manager = detached(client, &[WINDOW_MANAGER])?;
+    };
+    wait_for_display(client, xvfb).map_err(waited)?;
+    match client.remove(WINDOW_MANAGER_READY, false) {
+        Ok(()) | Err(SessionError::Refused { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let ready_cmd = format!("touch {WINDOW_MANAGER_READY}");
+    let window_manager = detached(client, &[WINDOW_MANAGER, "--startup", &ready_cmd])?;
+    wait_for_window_manager(client, window_manager).map_err(waited)?;
     let state = DesktopState {
         display: DISPLAY.to_string(),
         size,
@@ -202,12 +220,14 @@ pub fn start_display(
     Ok(state)
 }
 
-/// Starts `argv` in the background with `DISPLAY=:0`; its guest pid.
+/// Starts `argv` in the background with `DISPLAY=:0`, as a service of the
+/// session (it does not keep the session from idling out); its guest pid.
 fn detached(client: &SessionClient, argv: &[&str]) -> Result<u32, SessionError> {
     let exec = client.exec(ExecSpec {
         argv: argv.iter().map(|a| a.to_string()).collect(),
         env: vec![("DISPLAY".into(), DISPLAY.into())],
         detach: true,
+        service: true,
         ..ExecSpec::default()
     })?;
     Ok(exec.pid)
@@ -223,34 +243,66 @@ enum Waited {
 
 /// Waits until the X server `xvfb` answers a client (`xset q`).
 fn wait_for_display(client: &SessionClient, xvfb: u32) -> Result<(), Waited> {
-    let deadline = Instant::now() + DISPLAY_WAIT;
+    let probe = || {
+        let out = client.output(ExecSpec {
+            argv: ["xset", "-display", DISPLAY, "q"]
+                .map(String::from)
+                .to_vec(),
+            timeout_ms: Some(10_000),
+            ..ExecSpec::default()
+        })?;
+        Ok(out.success())
+    };
+    wait_for(
+        client,
+        ("Xvfb", xvfb),
+        "accept connections",
+        DISPLAY_WAIT,
+        probe,
+    )
+}
+
+/// Waits until the window manager `pid` has taken the screen (its startup
+/// command made [`WINDOW_MANAGER_READY`]).
+fn wait_for_window_manager(client: &SessionClient, pid: u32) -> Result<(), Waited> {
+    let probe = || match client.stat(WINDOW_MANAGER_READY) {
+        Ok(_) => Ok(true),
+        Err(SessionError::Refused { .. }) => Ok(false),
+        Err(e) => Err(e),
+    };
+    let what = (WINDOW_MANAGER, pid);
+    wait_for(client, what, "take the screen", WINDOW_MANAGER_WAIT, probe)
+}
+
+/// Polls `ready` until it says yes, at most `limit`; fails with the
+/// output of background process `program` (name, pid) when it exits or
+/// the time is up.
+fn wait_for(
+    client: &SessionClient,
+    (program, pid): (&str, u32),
+    doing: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool, SessionError>,
+) -> Result<(), Waited> {
+    let deadline = Instant::now() + limit;
     loop {
-        let probe = client
-            .output(ExecSpec {
-                argv: ["xset", "-display", DISPLAY, "q"]
-                    .map(String::from)
-                    .to_vec(),
-                timeout_ms: Some(10_000),
-                ..ExecSpec::default()
-            })
-            .map_err(Waited::Session)?;
-        if probe.success() {
+        if ready().map_err(Waited::Session)? {
             return Ok(());
         }
         let log = client
-            .proc_read(xvfb, 0, Some(4096))
+            .proc_read(pid, 0, Some(4096))
             .map_err(Waited::Session)?;
         let text = || String::from_utf8_lossy(&log.data).trim().to_string();
         if let Some(exit) = log.exit {
             return Err(Waited::Failed(format!(
-                "Xvfb exited ({exit:?}): {}",
+                "{program} exited ({exit:?}): {}",
                 text()
             )));
         }
         if Instant::now() >= deadline {
             return Err(Waited::Failed(format!(
-                "Xvfb did not accept connections in {} s: {}",
-                DISPLAY_WAIT.as_secs(),
+                "{program} did not {doing} in {} s: {}",
+                limit.as_secs(),
                 text()
             )));
         }

@@ -4,12 +4,14 @@
 //! No guest network is involved. The view starts `x11vnc` in the guest,
 //! listening on the guest's loopback only (the first free port from 5900,
 //! which it reports as `PORT=N`), with the view's password (read from a
-//! file that x11vnc removes once read). Each VNC client that connects to the
+//! file that x11vnc removes once read). x11vnc is an attached command of
+//! the view's own session connection, so when the view ends, however it
+//! ends (a SIGKILL too), the session kills x11vnc. Each VNC client that connects to the
 //! host port gets a small relay in the guest (`python3`, connecting to
 //! x11vnc's port), started as an attached session command: the client's
 //! bytes go to its stdin, its stdout comes back, over the session's channel
 //! as `nook exec` streams do. The desktop keeps whatever network it was
-//! started with (none by default). The view stops x11vnc when it ends.
+//! started with (none by default).
 //!
 //! ```text
 //! VNC client ─TCP 127.0.0.1:PORT─▶ view (host) ─session exec─▶ relay ─TCP 127.0.0.1:59xx─▶ x11vnc ─X11─▶ Xvfb :0
@@ -21,9 +23,9 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::{ExecInputSender, SessionClient};
+use crate::client::{ExecInputSender, RemoteExec, SessionClient};
 use crate::error::SessionError;
 use crate::wire::{decode_bytes, ExecSpec, SessionReply};
 
@@ -75,8 +77,11 @@ pub struct VncView {
     name: String,
     listener: TcpListener,
     password: String,
-    /// x11vnc's guest pid and the guest port it listens on.
-    x11vnc_pid: u32,
+    /// x11vnc, an attached command of this view's: when the view's
+    /// connection to the session closes (the view ends, or its process is
+    /// killed), the session kills it.
+    x11vnc: ExecInputSender,
+    /// The guest port x11vnc listens on.
     guest_port: u16,
 }
 
@@ -99,13 +104,21 @@ impl VncView {
         client.write_from(&password_file, 0o600, &mut line.as_bytes())?;
         let x11vnc = client.exec(ExecSpec {
             argv: x11vnc_argv(&password_file),
-            detach: true,
             ..ExecSpec::default()
-        })?;
-        let guest_port = match wait_for_port(&client, x11vnc.pid) {
-            Ok(p) => p,
+        });
+        let started = x11vnc.and_then(|x11vnc| {
+            let input = x11vnc.input.try_clone().map_err(SessionError::Connection)?;
+            match wait_for_port(x11vnc) {
+                Ok(port) => Ok((input, port)),
+                Err(e) => {
+                    input.hang_up();
+                    Err(e)
+                }
+            }
+        });
+        let (x11vnc, guest_port) = match started {
+            Ok(started) => started,
             Err(e) => {
-                let _ = client.signal(x11vnc.pid, SIGTERM);
                 let _ = client.remove(&password_file, false);
                 return Err(e);
             }
@@ -115,7 +128,7 @@ impl VncView {
             name: name.to_string(),
             listener,
             password,
-            x11vnc_pid: x11vnc.pid,
+            x11vnc,
             guest_port,
         })
     }
@@ -175,10 +188,23 @@ impl VncView {
                 Err(e) => break Err(SessionError::Connection(e)),
             }
         };
-        if let Ok(client) = SessionClient::open(&self.home, &self.name) {
-            let _ = client.signal(self.x11vnc_pid, SIGTERM);
-        }
+        self.stop_x11vnc();
         result
+    }
+
+    /// Asks x11vnc to end, then closes its connection (which kills it if
+    /// it is still there).
+    fn stop_x11vnc(&self) {
+        if let Ok(mut x11vnc) = self.x11vnc.try_clone() {
+            let _ = x11vnc.signal(SIGTERM);
+        }
+        self.x11vnc.hang_up();
+    }
+}
+
+impl Drop for VncView {
+    fn drop(&mut self) {
+        self.stop_x11vnc();
     }
 }
 
@@ -205,26 +231,61 @@ fn x11vnc_argv(password_file: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// The port x11vnc `pid` listens on, from the `PORT=N` line it prints.
-fn wait_for_port(client: &SessionClient, pid: u32) -> Result<u16, SessionError> {
-    let deadline = Instant::now() + X11VNC_WAIT;
-    loop {
-        let out = client.proc_read(pid, 0, Some(64 * 1024))?;
-        let text = String::from_utf8_lossy(&out.data);
+/// The port `x11vnc` listens on, from the `PORT=N` line it prints; then
+/// reads the rest of its output on a thread of its own until it ends.
+fn wait_for_port(mut x11vnc: RemoteExec) -> Result<u16, SessionError> {
+    let socket = x11vnc.r.get_ref();
+    socket
+        .set_read_timeout(Some(X11VNC_WAIT))
+        .map_err(SessionError::Connection)?;
+    let mut seen = Vec::new();
+    let port = loop {
+        let failed = |seen: &[u8], why: &str| {
+            let log: String = String::from_utf8_lossy(seen)
+                .trim()
+                .chars()
+                .take(2000)
+                .collect();
+            SessionError::ViewFailed(format!("x11vnc did not start listening ({why}): {log}"))
+        };
+        let data = match x11vnc.next_reply() {
+            Ok(Some(SessionReply::Stdout { data } | SessionReply::Stderr { data })) => data,
+            Ok(Some(SessionReply::Exit { .. }) | None) => return Err(failed(&seen, "it exited")),
+            Ok(Some(other)) => return Err(failed(&seen, &format!("{other:?}"))),
+            Err(SessionError::Connection(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let why = format!("not in {} s", X11VNC_WAIT.as_secs());
+                return Err(failed(&seen, &why));
+            }
+            Err(e) => return Err(e),
+        };
+        seen.extend(decode_bytes(&data).map_err(|e| SessionError::Protocol(e.to_string()))?);
+        let text = String::from_utf8_lossy(&seen);
         if let Some(port) = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("PORT=")?.parse::<u16>().ok())
         {
-            return Ok(port);
+            break port;
         }
-        if out.exit.is_some() || Instant::now() >= deadline {
-            let log: String = text.trim().chars().take(2000).collect();
-            return Err(SessionError::ViewFailed(format!(
-                "x11vnc did not start listening: {log}"
-            )));
+        if seen.len() > 64 * 1024 {
+            return Err(failed(&seen, "no PORT= line"));
         }
-        std::thread::sleep(POLL);
-    }
+    };
+    x11vnc
+        .r
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(SessionError::Connection)?;
+    // Its output is read (and dropped) so that it never waits on a full pipe.
+    std::thread::Builder::new()
+        .name("nook-x11vnc".into())
+        .spawn(move || while let Ok(Some(_)) = x11vnc.next_reply() {})
+        .map_err(SessionError::Connection)?;
+    Ok(port)
 }
 
 /// Relays VNC client `conn` to x11vnc's `guest_port` through a relay in
