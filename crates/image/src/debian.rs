@@ -30,27 +30,46 @@ pub const MIRROR_ENV: &str = "NOOK_DEBIAN_MIRROR";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DebianSteps {
     /// Build fontconfig's caches so that they are valid in the stored
-    /// image ([`FONT_CACHES_HOOK`]): the first program using fonts in a
+    /// image ([`font_caches_hook`]): the first program using fonts in a
     /// VM then starts at once instead of rebuilding them (tens of seconds
     /// under TCG). Does nothing in a root without fontconfig.
     pub font_caches: bool,
 }
 
 /// The font-caches step, an mmdebstrap customize hook (`$1` is the root
-/// being built; it runs after the packages are installed). The store keeps
-/// whole-second modification times when it unpacks the root (tar headers
-/// carry seconds), while fontconfig's caches record each font directory's
-/// time to the nanosecond and are stale when it differs. So the hook first
-/// truncates the font directories' times to whole seconds, then runs
+/// being built; it runs after the packages are installed). fontconfig's
+/// caches record each font directory's modification time to the
+/// nanosecond and count as stale when it differs, while the stored image
+/// keeps other times: mmdebstrap clamps every time in its tar to the time
+/// it started (`--clamp-mtime`), and tar headers carry whole seconds. So
+/// the hook sets the font directories' times to `epoch`, whole seconds no
+/// later than mmdebstrap's start (the clamp leaves them alone), then runs
 /// `fc-cache` in the root: the caches it writes match the stored image.
-const FONT_CACHES_HOOK: &str = r#"set -e
+fn font_caches_hook(epoch: u64) -> String {
+    format!(
+        r#"set -e
 [ -x "$1/usr/bin/fc-cache" ] || exit 0
 for d in usr/share/fonts usr/share/X11/fonts usr/local/share/fonts; do
     [ -d "$1/$d" ] || continue
-    find "$1/$d" -type d -exec sh -c 'for d do touch -c -m -d "@$(stat -c %Y "$d")" "$d"; done' sh '{}' +
+    find "$1/$d" -type d -exec touch -c -m -d @{epoch} '{{}}' +
 done
 chroot "$1" fc-cache --force --system-only
-"#;
+"#
+    )
+}
+
+/// Whole seconds no later than the time mmdebstrap started with, which
+/// clamps the times in its tar to it: now, or `SOURCE_DATE_EPOCH` when set
+/// and earlier (mmdebstrap then clamps to that).
+fn build_epoch() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(now, |sde| sde.min(now))
+}
 
 /// A checked Debian build recipe: package set, mirror, cache key and the
 /// path of its cache entry.
@@ -317,7 +336,10 @@ impl ImageStore {
             ));
         }
         if steps.font_caches {
-            cmd.arg(format!("--customize-hook={FONT_CACHES_HOOK}"));
+            cmd.arg(format!(
+                "--customize-hook={}",
+                font_caches_hook(build_epoch())
+            ));
         }
         // Options go before `--`: after it every word is a positional
         // (suite, target, mirrors).
@@ -330,11 +352,7 @@ impl ImageStore {
         if let Some(m) = mirror {
             cmd.arg(m);
         }
-        // SOURCE_DATE_EPOCH would have mmdebstrap clamp the times it
-        // stores, behind the back of the font-caches step.
-        cmd.stdin(Stdio::null())
-            .env("LC_ALL", "C.UTF-8")
-            .env_remove("SOURCE_DATE_EPOCH");
+        cmd.stdin(Stdio::null()).env("LC_ALL", "C.UTF-8");
         tracing::info!(
             suite,
             ?packages,
@@ -515,56 +533,59 @@ mod tests {
         );
     }
 
-    /// The font-caches hook on a fake root: the font directories' times
-    /// lose their nanoseconds before `fc-cache` runs in the root (here a
-    /// script that records the times it sees), other directories keep
-    /// theirs, and a root without fontconfig is left alone.
+    /// The font-caches hook on a fake root: the font directories get the
+    /// build's epoch (whole seconds) before `fc-cache` runs in the root
+    /// (here a script that records the time it sees), other directories
+    /// keep their times, and a root without fontconfig is left alone.
     #[test]
-    fn the_font_caches_hook_truncates_font_directory_times_before_fc_cache() {
+    fn the_font_caches_hook_sets_font_directory_times_before_fc_cache() {
         use std::os::unix::fs::MetadataExt;
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipping: the hook runs fc-cache under chroot, which needs root");
             return;
         }
+        let epoch = 1_700_000_000;
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         let run = |r: &Path| {
             Command::new("sh")
-                .args(["-c", FONT_CACHES_HOOK, "sh"])
+                .args(["-c", &font_caches_hook(epoch), "sh"])
                 .arg(r)
                 .output()
                 .unwrap()
         };
-        for d in [
+        let font_dirs = [
+            "usr/share/fonts",
             "usr/share/fonts/truetype/dejavu",
             "usr/share/X11/fonts/misc",
-            "etc/keep",
-        ] {
+        ];
+        for d in font_dirs.iter().chain(&["etc/keep"]) {
             fs::create_dir_all(r.join(d)).unwrap();
         }
-        let touch_ns = |p: &Path| {
+        let later = "2024-01-02 03:04:05.123456789";
+        let touch = |d: &str| {
             let status = Command::new("touch")
-                .args(["-m", "-d", "2024-01-02 03:04:05.123456789"])
-                .arg(p)
+                .args(["-m", "-d", later])
+                .arg(r.join(d))
                 .status()
                 .unwrap();
             assert!(status.success());
         };
-        for d in [
-            "usr/share/fonts",
-            "usr/share/fonts/truetype/dejavu",
-            "usr/share/X11/fonts/misc",
-            "etc/keep",
-        ] {
-            touch_ns(&r.join(d));
+        for d in font_dirs.iter().chain(&["etc/keep"]) {
+            touch(d);
         }
+        let time = |d: &str| {
+            let m = fs::metadata(r.join(d)).unwrap();
+            (m.mtime() as u64, m.mtime_nsec())
+        };
+        let kept = time("etc/keep");
+        assert_eq!(kept.1, 123_456_789);
         // No fontconfig: nothing changes.
         assert!(run(r).status.success());
-        let nanos = |d: &str| fs::metadata(r.join(d)).unwrap().mtime_nsec();
-        assert_eq!(nanos("usr/share/fonts/truetype/dejavu"), 123_456_789);
+        assert_eq!(time("usr/share/fonts/truetype/dejavu"), kept);
 
-        // A static-enough fc-cache: a shell script run by chroot, which
-        // needs a shell in the root; busybox-static gives one.
+        // fc-cache: a shell script run by chroot, which needs a shell in
+        // the root; busybox-static gives one.
         let busybox = Path::new("/bin/busybox");
         if !busybox.is_file() {
             eprintln!("skipping the chroot half: no /bin/busybox (apt-get install busybox-static)");
@@ -577,7 +598,7 @@ mod tests {
         let fc_cache = r.join("usr/bin/fc-cache");
         fs::write(
             &fc_cache,
-            "#!/bin/sh\necho \"$@\" > /fc-cache.args\n/bin/busybox stat -c %y /usr/share/fonts/truetype/dejavu > /fc-cache.saw\n",
+            "#!/bin/sh\necho \"$@\" > /fc-cache.args\n/bin/busybox stat -c %Y.%y /usr/share/fonts/truetype/dejavu > /fc-cache.saw\n",
         )
         .unwrap();
         fs::set_permissions(
@@ -585,28 +606,20 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        touch_ns(&r.join("usr/share/fonts/truetype/dejavu"));
         let out = run(r);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for d in [
-            "usr/share/fonts",
-            "usr/share/fonts/truetype/dejavu",
-            "usr/share/X11/fonts/misc",
-        ] {
-            assert_eq!(nanos(d), 0, "{d}");
-            let secs = fs::metadata(r.join(d)).unwrap().mtime();
-            assert_eq!(secs % 60, 5, "{d}: the seconds are kept");
+        for d in font_dirs {
+            assert_eq!(time(d), (epoch, 0), "{d}");
         }
-        assert_eq!(nanos("etc/keep"), 123_456_789);
-        assert_eq!(
-            fs::read_to_string(r.join("fc-cache.args")).unwrap(),
-            "--force --system-only\n"
-        );
+        assert_eq!(time("etc/keep"), kept);
+        let args = fs::read_to_string(r.join("fc-cache.args")).unwrap();
+        assert_eq!(args, "--force --system-only\n");
         let saw = fs::read_to_string(r.join("fc-cache.saw")).unwrap();
-        assert!(saw.contains(":05.000000000"), "fc-cache saw {saw}");
+        assert!(saw.starts_with(&format!("{epoch}.")), "fc-cache saw {saw}");
+        assert!(saw.contains(".000000000"), "fc-cache saw {saw}");
     }
 }
