@@ -158,6 +158,7 @@ impl ExecOptions {
             timeout_ms: self
                 .timeout
                 .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+            service: false,
         }
     }
 }
