@@ -145,6 +145,20 @@ impl TkLog<'_> {
     }
 }
 
+/// Sends `action`, which must be done, and waits until the events the
+/// program saw after it satisfy `pred`; those events.
+fn act_and_see(
+    log: &TkLog<'_>,
+    desk: &mut Desktop,
+    action: Action,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let n = log.lines().len();
+    assert_eq!(desk.act(action).unwrap(), ActionResult::Done, "{what}");
+    log.wait(n, what, pred)
+}
+
 fn event<'a>(lines: &'a [Value], widget: &str, kind: &str) -> Vec<&'a Value> {
     lines
         .iter()
@@ -205,13 +219,11 @@ fn a_tk_program_sees_clicks_scrolls_drags_and_keys_where_they_are_sent() {
     let (entry, _) = log.widget("entry");
     let b = [u64::from(button[0]), u64::from(button[1])];
 
-    let n = log.lines().len();
-    let r = desk.act(Action::LeftClick {
+    let left_click = Action::LeftClick {
         coordinate: Some(button),
         text: None,
-    });
-    assert_eq!(r.unwrap(), ActionResult::Done);
-    let seen = log.wait(n, "left_click", |l| {
+    };
+    let seen = act_and_see(&log, &mut desk, left_click, "left_click", |l| {
         !event(l, "button", "release").is_empty()
     });
     let press = event(&seen, "button", "press");
@@ -321,13 +333,11 @@ fn more_clicks_and_a_drag_in_steps(log: &TkLog<'_>, desk: &mut Desktop) {
     let b = [u64::from(button[0]), u64::from(button[1])];
     let (canvas, [cx, cy, _, _]) = log.widget("canvas");
 
-    let n = log.lines().len();
-    let r = desk.act(Action::MiddleClick {
+    let middle_click = Action::MiddleClick {
         coordinate: Some(button),
         text: None,
-    });
-    assert_eq!(r.unwrap(), ActionResult::Done);
-    let seen = log.wait(n, "middle_click", |l| {
+    };
+    let seen = act_and_see(log, desk, middle_click, "middle_click", |l| {
         event(l, "button", "release").iter().any(|e| e["num"] == 2)
     });
     let press = event(&seen, "button", "press");
@@ -335,13 +345,11 @@ fn more_clicks_and_a_drag_in_steps(log: &TkLog<'_>, desk: &mut Desktop) {
     assert_eq!((press[0]["num"].as_u64(), at(press[0])), (Some(2), b));
 
     let c = [u64::from(canvas[0]), u64::from(canvas[1])];
-    let n = log.lines().len();
-    desk.act(Action::TripleClick {
+    let triple_click = Action::TripleClick {
         coordinate: Some(canvas),
         text: None,
-    })
-    .unwrap();
-    let seen = log.wait(n, "triple_click", |l| {
+    };
+    let seen = act_and_see(log, desk, triple_click, "triple_click", |l| {
         event(l, "canvas", "release").len() == 3 && !event(l, "canvas", "triple").is_empty()
     });
     // Tk runs the most specific binding: the third press is the triple.
@@ -356,11 +364,10 @@ fn more_clicks_and_a_drag_in_steps(log: &TkLog<'_>, desk: &mut Desktop) {
 
     let (from, to) = ([cx + 30, cy + 100], [cx + 280, cy + 40]);
     let n = log.lines().len();
-    desk.act(Action::LeftMouseDown {
+    let down = Action::LeftMouseDown {
         coordinate: Some(from),
-    })
-    .unwrap();
-    let seen = log.wait(n, "left_mouse_down", |l| {
+    };
+    let seen = act_and_see(log, desk, down, "left_mouse_down", |l| {
         !event(l, "canvas", "press").is_empty()
     });
     let press = event(&seen, "canvas", "press");
