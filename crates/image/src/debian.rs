@@ -42,18 +42,20 @@ pub struct DebianSteps {
 /// nanosecond and count as stale when it differs, while the stored image
 /// keeps other times: mmdebstrap clamps every time in its tar to the time
 /// it started (`--clamp-mtime`), and tar headers carry whole seconds. So
-/// the hook sets the font directories' times to `epoch`, whole seconds no
-/// later than mmdebstrap's start (the clamp leaves them alone), then runs
-/// `fc-cache` in the root: the caches it writes match the stored image.
+/// the hook sets the font directories' times, and those of the directories
+/// their symlinks lead to (`/usr/share/fonts/cmap/*` are poppler's), to
+/// `epoch`, whole seconds no later than mmdebstrap's start (the clamp
+/// leaves them alone), then runs `fc-cache` in the root: the caches it
+/// writes match the stored image. All of it runs inside the root, so that
+/// symlinks resolve there and not on the build host.
 fn font_caches_hook(epoch: u64) -> String {
     format!(
-        r#"set -e
-[ -x "$1/usr/bin/fc-cache" ] || exit 0
-for d in usr/share/fonts usr/share/X11/fonts usr/local/share/fonts; do
-    [ -d "$1/$d" ] || continue
-    find "$1/$d" -type d -exec touch -c -m -d @{epoch} '{{}}' +
+        r#"[ -x "$1/usr/bin/fc-cache" ] || exit 0
+exec chroot "$1" /bin/sh -c '
+for d in /usr/share/fonts /usr/share/X11/fonts /usr/local/share/fonts; do
+    [ -d "$d" ] && find -L "$d" -type d -exec touch -c -m -d @{epoch} {{}} +
 done
-chroot "$1" fc-cache --force --system-only
+exec fc-cache --force --system-only'
 "#
     )
 }
@@ -533,86 +535,82 @@ mod tests {
         );
     }
 
-    /// The font-caches hook on a fake root: the font directories get the
-    /// build's epoch (whole seconds) before `fc-cache` runs in the root
-    /// (here a script that records the time it sees), other directories
-    /// keep their times, and a root without fontconfig is left alone.
+    /// The font-caches hook on a fake root (busybox for the shell, `find`
+    /// and `touch`; a script for `fc-cache` that records the time it
+    /// sees): the font directories, and a directory a font symlink leads
+    /// to, get the build's epoch (whole seconds) before `fc-cache` runs;
+    /// other directories keep their times; a root without fontconfig is
+    /// left alone.
     #[test]
     fn the_font_caches_hook_sets_font_directory_times_before_fc_cache() {
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
         if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping: the hook runs fc-cache under chroot, which needs root");
+            eprintln!("skipping: the hook runs under chroot, which needs root");
+            return;
+        }
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.is_file() {
+            eprintln!("skipping: no /bin/busybox (apt-get install busybox-static)");
             return;
         }
         let epoch = 1_700_000_000;
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let run = |r: &Path| {
-            Command::new("sh")
-                .args(["-c", &font_caches_hook(epoch), "sh"])
-                .arg(r)
-                .output()
-                .unwrap()
-        };
         let font_dirs = [
-            "usr/share/fonts",
             "usr/share/fonts/truetype/dejavu",
             "usr/share/X11/fonts/misc",
+            "usr/share/poppler/cMap/Adobe-Japan1",
         ];
-        for d in font_dirs.iter().chain(&["etc/keep"]) {
+        for d in font_dirs.iter().chain(&["etc/keep", "bin", "usr/bin"]) {
             fs::create_dir_all(r.join(d)).unwrap();
         }
+        fs::create_dir_all(r.join("usr/share/fonts/cmap")).unwrap();
+        symlink(
+            "../../poppler/cMap/Adobe-Japan1",
+            r.join("usr/share/fonts/cmap/adobe-japan1"),
+        )
+        .unwrap();
+        fs::copy(busybox, r.join("bin/busybox")).unwrap();
+        for applet in ["sh", "find", "touch", "stat"] {
+            symlink("busybox", r.join("bin").join(applet)).unwrap();
+        }
         let later = "2024-01-02 03:04:05.123456789";
-        let touch = |d: &str| {
+        for d in font_dirs.iter().chain(&["usr/share/fonts", "etc/keep"]) {
             let status = Command::new("touch")
                 .args(["-m", "-d", later])
                 .arg(r.join(d))
                 .status()
                 .unwrap();
             assert!(status.success());
-        };
-        for d in font_dirs.iter().chain(&["etc/keep"]) {
-            touch(d);
         }
         let time = |d: &str| {
             let m = fs::metadata(r.join(d)).unwrap();
             (m.mtime() as u64, m.mtime_nsec())
         };
+        let run = || {
+            let out = Command::new("sh")
+                .args(["-c", &font_caches_hook(epoch), "sh"])
+                .arg(r)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         let kept = time("etc/keep");
         assert_eq!(kept.1, 123_456_789);
         // No fontconfig: nothing changes.
-        assert!(run(r).status.success());
+        run();
         assert_eq!(time("usr/share/fonts/truetype/dejavu"), kept);
 
-        // fc-cache: a shell script run by chroot, which needs a shell in
-        // the root; busybox-static gives one.
-        let busybox = Path::new("/bin/busybox");
-        if !busybox.is_file() {
-            eprintln!("skipping the chroot half: no /bin/busybox (apt-get install busybox-static)");
-            return;
-        }
-        fs::create_dir_all(r.join("bin")).unwrap();
-        fs::create_dir_all(r.join("usr/bin")).unwrap();
-        fs::copy(busybox, r.join("bin/busybox")).unwrap();
-        std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
         let fc_cache = r.join("usr/bin/fc-cache");
-        fs::write(
-            &fc_cache,
-            "#!/bin/sh\necho \"$@\" > /fc-cache.args\n/bin/busybox stat -c %Y.%y /usr/share/fonts/truetype/dejavu > /fc-cache.saw\n",
-        )
-        .unwrap();
-        fs::set_permissions(
-            &fc_cache,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        let out = run(r);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for d in font_dirs {
+        let script = "#!/bin/sh\necho \"$@\" > /fc-cache.args\nstat -c %Y.%y /usr/share/poppler/cMap/Adobe-Japan1 > /fc-cache.saw\n";
+        fs::write(&fc_cache, script).unwrap();
+        fs::set_permissions(&fc_cache, fs::Permissions::from_mode(0o755)).unwrap();
+        run();
+        for d in font_dirs.iter().chain(&["usr/share/fonts"]) {
             assert_eq!(time(d), (epoch, 0), "{d}");
         }
         assert_eq!(time("etc/keep"), kept);
