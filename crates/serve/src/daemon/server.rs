@@ -188,10 +188,6 @@ pub fn serve(cfg: DaemonConfig) -> Result<(), DaemonError> {
         }),
     });
     while !term.load(Ordering::Relaxed) {
-        if d.idle_expired() {
-            eprintln!("nook serve: no client for the --idle-exit time");
-            break;
-        }
         match listener.accept() {
             Ok((conn, _)) => {
                 let client = ClientGuard::new(&d);
@@ -202,7 +198,13 @@ pub fn serve(cfg: DaemonConfig) -> Result<(), DaemonError> {
                     tracing::warn!("nook serve: cannot start a client thread: {e}");
                 }
             }
+            // Idle only with no connection waiting to be accepted: a
+            // client that connected as the time ran out is served.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if d.idle_expired() {
+                    eprintln!("nook serve: no client for the --idle-exit time");
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
