@@ -304,7 +304,14 @@ fn run(backend: &Backend, assets: &nook::Assets, dir: &Path) -> Option<Row> {
         }
     }
     *forward.lock().unwrap() = Some(fwd);
-    let mut vm = nook_qemu::QemuVm::start_with_net(qc, link.as_ref().map(|l| l.as_fd())).ok()?;
+    // QEMU's own user networking (slirp) binds and connects TCP sockets,
+    // which the Landlock domain nook gives QEMU refuses: that row runs
+    // QEMU unconfined (nook's NIC is a socket pair and needs no TCP).
+    let confine = nook_seccomp::confine_enabled();
+    nook_seccomp::set_confine_enabled(confine && !matches!(backend, Backend::Slirp));
+    let vm = nook_qemu::QemuVm::start_with_net(qc, link.as_ref().map(|l| l.as_fd()));
+    nook_seccomp::set_confine_enabled(confine);
+    let mut vm = vm.ok()?;
     drop(link);
     let (mut qemu_rss, mut passt_rss, mut nook_rss) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -64,6 +64,8 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot prepare the landlock rules for qemu (NOOK_NO_CONFINE=1 starts it without)")]
+    Landlock(#[source] nook_seccomp::ConfineError),
     #[error("cannot start {binary}")]
     Spawn {
         binary: PathBuf,

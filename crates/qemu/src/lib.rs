@@ -35,6 +35,7 @@ mod cmdline;
 mod config;
 mod error;
 pub mod qmp;
+mod reach;
 mod snapshot;
 mod spawn;
 mod sys;

@@ -10,10 +10,13 @@
 //!    the pid recorded before the fork;
 //! 3. the child's ends of the agent and QMP socket pairs lose `FD_CLOEXEC` so
 //!    QEMU inherits them (`-chardev socket,fd=N`);
-//! 4. unless confinement is off (`NOOK_NO_CONFINE=1`): no core files, a
-//!    bounded number of open files, no capabilities (even as root) and
-//!    no new privileges (`nook_seccomp::limit_process`,
-//!    `nook_seccomp::drop_all_privileges`).
+//! 4. when the caller hands a prepared Landlock ruleset (confinement on,
+//!    unless `NOOK_NO_CONFINE=1`): no core files, a bounded number of open
+//!    files, no capabilities (even as root), no new privileges
+//!    (`nook_seccomp::limit_process`, `nook_seccomp::drop_all_privileges`),
+//!    and then the Landlock domain that leaves QEMU only its own files
+//!    (built before the fork by `nook_seccomp::exec_ruleset`, entered with
+//!    one system call, `ExecRuleset::enter`; see the `reach` module).
 //!
 //! The death signal fires when the *thread* that forked exits, not the
 //! process. A QEMU spawned from a short-lived thread (a tokio blocking-pool
@@ -31,6 +34,8 @@ use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 
+use nook_seccomp::ExecRuleset;
+
 struct SpawnRequest {
     command: Command,
     reply: mpsc::SyncSender<io::Result<Child>>,
@@ -39,21 +44,31 @@ struct SpawnRequest {
 static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
 
 /// Spawns `command` from the long-lived spawner thread, in a new process
-/// group, with a parent-death signal, passing `inherit_fds` to the child.
-pub(crate) fn spawn_guarded(mut command: Command, inherit_fds: Vec<RawFd>) -> io::Result<Child> {
+/// group, with a parent-death signal, passing `inherit_fds` to the child;
+/// with `confine`, also with limits, no privileges and that Landlock
+/// ruleset. The ruleset's descriptor lives in the hook, so it stays open
+/// until the command is spawned (and never reaches the child's program:
+/// it is close-on-exec).
+pub(crate) fn spawn_guarded(
+    mut command: Command,
+    inherit_fds: Vec<RawFd>,
+    confine: Option<ExecRuleset>,
+) -> io::Result<Child> {
     let parent = libc::pid_t::try_from(std::process::id())
         .map_err(|_| io::Error::other("process id does not fit in pid_t"))?;
     command.process_group(0);
-    let confine = nook_seccomp::confine_enabled();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (prctl, getppid, fcntl, setrlimit,
-    // capset) on values it owns; it does not allocate or take locks.
+    // capset, landlock_restrict_self) on values it owns; it does not
+    // allocate or take locks.
     unsafe {
         command.pre_exec(move || {
             child_setup(parent, &inherit_fds)?;
-            if confine {
+            if let Some(rules) = &confine {
                 nook_seccomp::limit_process()?;
+                // Sets no-new-privileges, which Landlock requires.
                 nook_seccomp::drop_all_privileges()?;
+                rules.enter()?;
             }
             Ok(())
         });
@@ -136,7 +151,7 @@ mod tests {
              echo hello >&{fd}"
         ));
         cmd.stdout(std::process::Stdio::piped());
-        let child = spawn_guarded(cmd, vec![fd]).unwrap();
+        let child = spawn_guarded(cmd, vec![fd], None).unwrap();
         drop(theirs);
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -154,7 +169,7 @@ mod tests {
         let handle = std::thread::spawn(|| {
             let mut cmd = Command::new("/bin/sh");
             cmd.arg("-c").arg("exit 7");
-            spawn_guarded(cmd, Vec::new()).unwrap()
+            spawn_guarded(cmd, Vec::new(), None).unwrap()
         });
         let mut child = handle.join().unwrap();
         assert_eq!(child.wait().unwrap().code(), Some(7));

@@ -14,6 +14,7 @@ use crate::cmdline::{build_args, kernel_cmdline, ChannelFds, Launch, RamBacking}
 use crate::config::{Accel, GuestRam, QemuConfig, GUEST_RAM_FILE};
 use crate::error::{Diagnostics, QemuError};
 use crate::qmp::{Qmp, QmpError};
+use crate::reach::qemu_reach;
 use crate::spawn::spawn_guarded;
 use crate::tsc::host_tsc_khz;
 
@@ -143,20 +144,28 @@ impl QemuVm {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        let confine = if nook_seccomp::confine_enabled() {
+            let reach = qemu_reach(&cfg, &launch);
+            Some(nook_seccomp::exec_ruleset(&reach).map_err(QemuError::Landlock)?)
+        } else {
+            None
+        };
+        let landlock = confine.as_ref().map(|rules| rules.status());
         let started = Instant::now();
         let mut inherit_fds = vec![fds.agent, fds.qmp];
         inherit_fds.extend(inherit.map(|fd| fd.as_raw_fd()));
         inherit_fds.extend(fds.net);
-        let child = spawn_guarded(command, inherit_fds).map_err(|source| QemuError::Spawn {
-            binary: cfg.binary.clone(),
-            source,
-        })?;
+        let child =
+            spawn_guarded(command, inherit_fds, confine).map_err(|source| QemuError::Spawn {
+                binary: cfg.binary.clone(),
+                source,
+            })?;
         // Only QEMU may hold its ends now, so its exit shows up as EOF here.
         drop(agent_qemu);
         drop(qmp_qemu);
         let pid = child.id();
         info!(target: "nook::qemu", pid, accel = ?cfg.accel, memory_mib = cfg.memory_mib,
-              vcpus = cfg.vcpus, "qemu started");
+              vcpus = cfg.vcpus, ?landlock, "qemu started");
         // Record the command line as run, so a snapshot reproduces it
         // exactly (the TSC hint is measured once, not again on restore).
         cfg.cmdline = kernel_cmdline(&cfg, tsc_khz);

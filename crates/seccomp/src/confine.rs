@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use caps::{CapSet, Capability, CapsHashSet};
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, ABI,
+    RulesetStatus, Scope, ABI,
 };
 
 use crate::switch::Switch;
@@ -195,11 +195,30 @@ fn restrict_paths(reach: &[FsReach]) -> Result<LandlockStatus, landlock::Ruleset
     let Some(kernel) = landlock_abi() else {
         return Ok(LandlockStatus::Unavailable);
     };
-    let abi = LANDLOCK_ABI;
+    let status = ruleset(reach, LANDLOCK_ABI)?.restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => LandlockStatus::Full(kernel),
+        RulesetStatus::PartiallyEnforced => LandlockStatus::Partial(kernel),
+        RulesetStatus::NotEnforced => LandlockStatus::Unavailable,
+    })
+}
+
+/// A created (not yet entered) Landlock ruleset at `abi`: file access only
+/// beneath `reach` (every right where `write`, read and execute rights
+/// elsewhere), no TCP bind or connect, and from ABI 6 on no signals to or
+/// abstract Unix sockets of processes outside the domain.
+pub(crate) fn ruleset(
+    reach: &[FsReach],
+    abi: ABI,
+) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
     let (rw, ro): (Vec<_>, Vec<_>) = reach.iter().partition(|r| r.write);
-    let status = Ruleset::default()
+    let mut rules = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))?
-        .handle_access(AccessNet::from_all(abi))?
+        .handle_access(AccessNet::from_all(abi))?;
+    if !Scope::from_all(abi).is_empty() {
+        rules = rules.scope(Scope::from_all(abi))?;
+    }
+    rules
         .create()?
         .add_rules(path_beneath_rules(
             rw.iter().map(|r| &r.path),
@@ -208,13 +227,7 @@ fn restrict_paths(reach: &[FsReach]) -> Result<LandlockStatus, landlock::Ruleset
         .add_rules(path_beneath_rules(
             ro.iter().map(|r| &r.path),
             AccessFs::from_read(abi),
-        ))?
-        .restrict_self()?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => LandlockStatus::Full(kernel),
-        RulesetStatus::PartiallyEnforced => LandlockStatus::Partial(kernel),
-        RulesetStatus::NotEnforced => LandlockStatus::Unavailable,
-    })
+        ))
 }
 
 /// Keeps only `keep` in the thread's effective, permitted and bounding

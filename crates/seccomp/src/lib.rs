@@ -19,9 +19,12 @@
 //!
 //! [`confine_thread`] adds the rest of a thread's confinement (no new
 //! privileges, Landlock, capabilities; `NOOK_NO_CONFINE=1` turns it off),
-//! and [`limit_process`] the resource limits of a whole helper process.
+//! and [`limit_process`] the resource limits of a whole helper process;
+//! [`exec_ruleset`] prepares the Landlock domain of a program nook starts
+//! (QEMU), entered between `fork` and `exec`.
 
 mod confine;
+mod exec;
 mod filter;
 mod limits;
 mod names;
@@ -33,6 +36,7 @@ pub use confine::{
     confine_enabled, confine_thread, landlock_abi, set_confine_enabled, ConfineError, Confined,
     FsReach, LandlockStatus, ThreadConfinement, FILE_SERVER_CAPS,
 };
+pub use exec::{exec_ruleset, ExecRuleset};
 pub use filter::{apply, enabled, set_enabled, Applied, SeccompError, ThreadFilter, ALL_FILTERS};
 pub use limits::{drop_all_privileges, limit_process, MAX_OPEN_FILES};
 pub use sigsys::{syscall_name, SIGSYS_EXIT_CODE};
