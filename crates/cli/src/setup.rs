@@ -206,7 +206,9 @@ fn hardening_text(h: nook::Hardening) -> String {
     };
     let confine = match (h.confine, h.landlock_abi) {
         (false, _) => "confinement OFF".to_string(),
-        (true, Some(abi)) => format!("confinement on (Landlock ABI {abi}, capabilities, rlimits)"),
+        (true, Some(abi)) => format!(
+            "confinement on (Landlock ABI {abi} for VM threads and QEMU, capabilities, rlimits)"
+        ),
         (true, None) => {
             "confinement on without Landlock (kernel has none: capabilities, rlimits)".to_string()
         }
