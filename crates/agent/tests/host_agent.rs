@@ -532,16 +532,23 @@ fn a_host_that_overruns_the_stdin_window_gets_the_command_killed() {
 #[test]
 fn a_command_that_closes_stdin_tells_the_host_to_stop() {
     let (mut a, _) = start(PROTOCOL_VERSION);
-    let mut req = exec(&["sh", "-c", "exec 0<&-; sleep 1; echo done"]);
+    let mut req = exec(&["sh", "-c", "exec 0<&-; echo closed; sleep 1; echo done"]);
     req.stdin = true;
     send(&mut a, 1, HostMsg::Exec(req));
     let mut r = Reader::new();
-    // Wait for the command to close its stdin, then write.
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the command says it closed its stdin (a fixed sleep was
+    // too short on a loaded host), then write.
+    while !r.done.stdout.ends_with(b"closed\n") {
+        let (s, m) = recv(&mut a);
+        assert!(
+            !r.take(&mut a, s, m, true),
+            "ended before stdin was written"
+        );
+    }
     send(&mut a, 1, HostMsg::Stdin(b"ignored".to_vec()));
     r.finish(&mut a, 1);
     assert!(r.done.stdin_closed, "no PipeClosed for stdin");
-    assert_eq!(r.done.stdout, b"done\n");
+    assert_eq!(r.done.stdout, b"closed\ndone\n");
 }
 
 #[test]
