@@ -287,6 +287,11 @@ fn sidecar_sessions_run_cargo_in_the_default_image() {
         eprintln!("skipping: set NOOK_TEST_DEBIAN_IMAGE=1 to use the Rust toolchain image (minutes to build once)");
         return;
     }
+    // A cold $NOOK_HOME builds the Rust image first, for minutes: here,
+    // not inside session_start, whose reply the client waits for at most
+    // 180 s.
+    nook_serve::toolchain::ensure_rust_image(&nook::default_home(), &mut std::io::stderr())
+        .expect("the Rust toolchain image");
     let d = Daemon::start(&[]);
     let staging = tempfile::tempdir().unwrap();
     let proj = staging.path().join("hello");
