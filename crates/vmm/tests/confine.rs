@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use nook_vmm::{ExitReason, KvmConfig, KvmVm, MmioHook};
@@ -95,6 +95,17 @@ fn kvm_threads_run_confined() {
     let (in_hook, wait_go) = (Mutex::new(in_hook), Mutex::new(wait_go));
     let checker = std::thread::spawn(move || {
         wait_in_hook.recv().unwrap();
+        // The device thread confines itself as it takes up the event loop,
+        // which may come after the vCPU reached the hook (seen: Seccomp 0
+        // on a just-started nook-vmm thread): wait for that, within limits.
+        let deadline = Instant::now() + TIMEOUT;
+        while statuses("nook-vmm")
+            .iter()
+            .any(|s| field(s, "Seccomp:") != "2")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let seen = (statuses("nook-vcpu0"), statuses("nook-vmm"));
         go.send(()).unwrap();
         seen
