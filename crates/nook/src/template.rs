@@ -36,8 +36,12 @@ use crate::error::VmError;
 /// Templates kept at most: making one more removes the least recently used.
 pub const MAX_TEMPLATES: usize = 16;
 
-/// Version of the key's inputs and of `template.json`.
-const FORMAT: u32 = 1;
+/// Version of the key's inputs and of `template.json`. Raised when what
+/// the engines add to a boot changes without showing in the inputs: a
+/// template keeps what its kernel chose at boot. 2: the qemu engine under
+/// TCG boots with `tsc=reliable` (the clock source is the TSC, not
+/// refined-jiffies).
+const FORMAT: u32 = 2;
 /// The inputs file inside a template directory.
 pub(crate) const INPUTS_FILE: &str = "template.json";
 
