@@ -441,8 +441,8 @@ pub(crate) fn confine(
 
 /// Runs the device event loop on the shell's `nook-vmm` thread (confined
 /// to `confinement`, then under the `vmm` filter) and each vCPU on its own
-/// `nook-vcpu{N}` thread; each vCPU thread hands its vCPU back to
-/// [`KvmVm`] when the VM ends.
+/// `nook-vcpu{N}` thread; each vCPU thread hands its vCPU (all of it) back
+/// to [`KvmVm`] when the VM ends.
 fn start_jobs(
     vm: &mut KvmVm,
     shell: &mut VmShell,
@@ -487,9 +487,14 @@ fn start_jobs(
             pause: pause.clone(),
             mem: vm.mem.clone(),
         };
+        // The whole vCPU goes back, not only its fd: what it holds (the
+        // buses and through them the devices, the memory) may be the last
+        // reference, and a device dropped here would run its `Drop` (files
+        // removed, threads joined) under the vCPU filter and Landlock
+        // rules. The caller drops it in `teardown`.
         let run = worker.run(move || {
             vcpu.run();
-            vcpu.fd
+            vcpu
         });
         vm.vcpu_runs
             .push(run.map_err(spawn_err(&format!("nook-vcpu{index}")))?);

@@ -4,8 +4,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Weak;
 use std::time::Duration;
 
-use kvm_ioctls::VcpuFd;
-
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -18,6 +16,7 @@ use crate::snapshot::memory::MemoryBacking;
 use crate::snapshot::restorer::Spares;
 use crate::vstate::exit::{ExitReason, ExitState, Outcome};
 use crate::vstate::shell::VmShell;
+use crate::vstate::vcpu::Vcpu;
 use crate::vstate::worker::JobDone;
 
 /// A running (or ended, not yet dropped) microVM.
@@ -32,8 +31,9 @@ use crate::vstate::worker::JobDone;
 /// order, rng (if configured), net (if configured).
 pub struct KvmVm {
     pub(crate) exit: std::sync::Arc<ExitState>,
-    /// Each vCPU's run loop; it ends handing back the vCPU.
-    pub(crate) vcpu_runs: Vec<JobDone<VcpuFd>>,
+    /// Each vCPU's run loop; it ends handing back the vCPU, dropped here
+    /// rather than on its confined thread.
+    pub(crate) vcpu_runs: Vec<JobDone<Vcpu>>,
     pub(crate) event_run: Option<JobDone<()>>,
     pub(crate) event_stop: EventFd,
     /// The KVM VM, its vCPUs and threads (`None` only while assembling).
@@ -167,7 +167,7 @@ impl KvmVm {
         debug_assert!(self.exit.outcome().is_some());
         for (index, run) in self.vcpu_runs.drain(..).enumerate() {
             // `None`: the run loop panicked and the vCPU went with it.
-            let fd = run.wait();
+            let fd = run.wait().map(|vcpu| vcpu.fd);
             if let Some(slot) = self.shell.as_mut().and_then(|s| s.vcpus.get_mut(index)) {
                 *slot = fd;
             }
