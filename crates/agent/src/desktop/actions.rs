@@ -21,6 +21,9 @@ const DRAG_STEPS: u32 = 8;
 
 /// Characters typed between two syncs with the server.
 const TYPE_BATCH: usize = 64;
+/// How long clients get to take in a keyboard mapping change before the
+/// keys that need it (xdotool waits too).
+const REMAP_SETTLE: Duration = Duration::from_millis(20);
 
 fn bad(message: String) -> DesktopFailure {
     DesktopFailure::BadRequest(message)
@@ -193,16 +196,58 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Types `text` in stretches: the characters a stretch needs that the
+    /// keyboard lacks get their keycodes first, all at once, then the
+    /// server is synced and clients get [`REMAP_SETTLE`] to take in the
+    /// new mapping before its first key arrives. A client that looked a
+    /// key up against a mapping older than the key (Tk under load once
+    /// read `ö` as NoSymbol, remapped just before its key) would see the
+    /// wrong character.
     fn type_text(&mut self, text: &str) -> Result<(), DesktopFailure> {
         let mut map = self.d.keymap()?;
-        for (i, c) in text.chars().enumerate() {
-            let codes = self.press_keys(&mut map, &[keysym_of_char(c)])?;
-            self.release_keys(&codes)?;
-            if i % TYPE_BATCH == TYPE_BATCH - 1 {
-                self.d.sync()?;
+        let syms: Vec<u32> = text.chars().map(keysym_of_char).collect();
+        let mut typed = 0;
+        while typed < syms.len() {
+            let stretch = self.map_ahead(&mut map, &syms[typed..])?;
+            for (i, &sym) in stretch.iter().enumerate() {
+                let codes = self.press_keys(&mut map, &[sym])?;
+                self.release_keys(&codes)?;
+                if i % TYPE_BATCH == TYPE_BATCH - 1 {
+                    self.d.sync()?;
+                }
             }
+            typed += stretch.len();
         }
         Ok(())
+    }
+
+    /// The longest start of `syms` whose missing keysyms fit the keycodes
+    /// that can be remapped, with those keysyms mapped (never empty).
+    fn map_ahead<'s>(
+        &mut self,
+        map: &mut Keymap,
+        syms: &'s [u32],
+    ) -> Result<&'s [u32], DesktopFailure> {
+        let room = self.d.remappable(map);
+        let mut missing: Vec<u32> = Vec::new();
+        let mut end = 0;
+        for &sym in syms {
+            if map.find(sym).is_none() && !missing.contains(&sym) {
+                if missing.len() == room && end > 0 {
+                    break;
+                }
+                missing.push(sym);
+            }
+            end += 1;
+        }
+        for &sym in &missing {
+            self.d.keycode_for(map, sym)?;
+        }
+        if !missing.is_empty() {
+            self.d.sync()?;
+            std::thread::sleep(REMAP_SETTLE);
+        }
+        Ok(&syms[..end])
     }
 
     /// The keys of a click's or scroll's `text` held down, released by

@@ -370,6 +370,13 @@ impl Display {
         Ok((code, false))
     }
 
+    /// How many keycodes [`Display::keycode_for`] can give new keysyms
+    /// without taking one given earlier in the same stretch: the spare
+    /// ones and those it remapped before.
+    pub fn remappable(&self, map: &Keymap) -> usize {
+        map.spare().count() + self.remapped.len()
+    }
+
     /// The keycode of `Shift_L`.
     pub fn shift_code(&mut self, map: &mut Keymap) -> Result<u8, DesktopFailure> {
         self.keycode_for(map, SHIFT_L).map(|(c, _)| c)
